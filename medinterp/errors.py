@@ -1,0 +1,16 @@
+"""Errors medinterp raises for bad input: one class, messages that name the file, row and expectation."""
+
+
+class MedinterpError(ValueError):
+    """A user-facing error: the message says what was wrong and what was expected.
+
+    The CLI prints these as one readable line instead of a traceback.
+    """
+
+
+class ConceptFileError(MedinterpError):
+    """A concept or pairs file is malformed (the message names file, row and column)."""
+
+
+class ModelLoadError(MedinterpError):
+    """A model spec could not be resolved or its files could not be read."""

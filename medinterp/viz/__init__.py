@@ -1,0 +1,5 @@
+"""Plotly figures, circuitsvis views and the self-contained HTML report."""
+
+from medinterp.viz.html import figures_to_html
+
+__all__ = ["figures_to_html"]
