@@ -1,0 +1,262 @@
+"""Plotly figures of knowledge maps: the band map, the normalised-curve heatmaps, model comparison.
+
+All user text (concept labels, model names) is HTML-escaped before it goes into hover text or tick
+labels: plotly renders a subset of HTML in those strings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from medinterp.results import escape
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medinterp.maps import KnowledgeMap
+
+TECH_COLORS = {
+    "geometry": "#1f77b4",
+    "saliency": "#ff7f0e",
+    "lesion": "#d62728",
+    "patching": "#2ca02c",
+}
+_GAP = 0.8  # vertical gap between concept blocks, in lane units
+
+
+def _color(t: str) -> str:
+    return TECH_COLORS.get(t, "#7f7f7f")
+
+
+def _x_edges(start: int, end: int, n_layers: int, relative: bool) -> tuple[float, float]:
+    """Left/right x of a band covering layers ``start..end``."""
+    if relative:
+        return start / n_layers, (end + 1) / n_layers
+    return start - 0.5, end + 0.5
+
+
+def _lane_y(i: int, j: int, n_tech: int) -> float:
+    return i * (n_tech + 1 + _GAP) + j
+
+
+def add_map_traces(fig, km: "KnowledgeMap", *, relative: bool = False, row=None, col=None, showlegend=True, name_prefix=""):
+    """Add the band map of ``km`` to ``fig`` (optionally in a subplot); returns (tickvals, ticktext)."""
+    import plotly.graph_objects as go
+
+    T = len(km.techniques)
+    n = km.n_layers
+    sub = {} if row is None else {"row": row, "col": col}
+    smoothed = km.smoothed()
+    # technique bands
+    for j, t in enumerate(km.techniques):
+        xs, bases, ys, hov = [], [], [], []
+        for iv in km.intervals:
+            if iv["technique"] != t:
+                continue
+            i = km.concepts.index(iv["concept"])
+            x0, x1 = _x_edges(iv["start"], iv["end"], n, relative)
+            xs.append(x1 - x0)
+            bases.append(x0)
+            ys.append(_lane_y(i, j, T))
+            depth = f" (depth {iv['start'] / n:.2f}–{(iv['end'] + 1) / n:.2f})"
+            hov.append(
+                f"<b>{escape(km.label(iv['concept']))}</b><br>technique: {escape(t)}<br>"
+                f"layers {iv['start']}–{iv['end']}{depth}<br>score: {iv['score']:.4g}<br>"
+                f"rule: {escape(iv.get('rule', ''))}<br>curve: {escape(km.curve_names.get(t, t))}"
+            )
+        fig.add_trace(
+            go.Bar(
+                x=xs, base=bases, y=ys, orientation="h", width=0.8, marker_color=_color(t),
+                name=f"{name_prefix}{t}", legendgroup=t, showlegend=showlegend,
+                hovertext=hov, hoverinfo="text",
+            ),
+            **sub,
+        )
+        # per-layer smoothed value dots, faint, so the hover tells the score of every layer
+        dx, dy, dh = [], [], []
+        for i, c in enumerate(km.concepts):
+            if km.status[c].get(t) != "ok":
+                continue
+            for l in range(n):
+                dx.append((l + 0.5) / n if relative else l)
+                dy.append(_lane_y(i, j, T))
+                dh.append(
+                    f"{escape(km.label(c))} · {escape(t)}<br>layer {l}: smoothed {smoothed[i, j, l]:.4g}, raw {km.curves[i, j, l]:.4g}"
+                )
+        fig.add_trace(
+            go.Scatter(
+                x=dx, y=dy, mode="markers", marker=dict(size=4, color=_color(t), opacity=0.25),
+                showlegend=False, hovertext=dh, hoverinfo="text", legendgroup=t,
+            ),
+            **sub,
+        )
+    # missing techniques: say so, draw nothing numeric
+    mx, my, mt = [], [], []
+    for i, c in enumerate(km.concepts):
+        for j, t in enumerate(km.techniques):
+            st = km.status[c].get(t, "not run")
+            if st != "ok":
+                mx.append(0.5 if relative else (n - 1) / 2)
+                my.append(_lane_y(i, j, T))
+                mt.append(f"{t}: {st}"[:80])
+    if mx:
+        fig.add_trace(
+            go.Scatter(
+                x=mx, y=my, mode="text", text=[escape(s) for s in mt], textfont=dict(color="#999", size=10),
+                showlegend=False, hoverinfo="text", hovertext=[escape(s) for s in mt],
+            ),
+            **sub,
+        )
+    # consensus strip
+    cons = km.consensus()
+    cx, cb, cy, cz, ch = [], [], [], [], []
+    for i, c in enumerate(km.concepts):
+        for l in range(n):
+            x0, x1 = _x_edges(l, l, n, relative)
+            cx.append(x1 - x0)
+            cb.append(x0)
+            cy.append(_lane_y(i, T, T))
+            cz.append(int(cons[i, l]))
+            ch.append(f"{escape(km.label(c))}<br>layer {l}: {int(cons[i, l])} of {km.n_available(c)} available techniques agree")
+    fig.add_trace(
+        go.Bar(
+            x=cx, base=cb, y=cy, orientation="h", width=0.8,
+            marker=dict(color=cz, colorscale="Purples", cmin=0, cmax=T, line=dict(width=0),
+                        colorbar=dict(title="agree", len=0.4, y=0.2) if showlegend else None,
+                        showscale=showlegend),
+            name=f"{name_prefix}consensus", showlegend=False, hovertext=ch, hoverinfo="text",
+        ),
+        **sub,
+    )
+    tickvals, ticktext = [], []
+    for i, c in enumerate(km.concepts):
+        for j, t in enumerate(km.techniques):
+            tickvals.append(_lane_y(i, j, T))
+            ticktext.append(f"<b>{escape(km.label(c))}</b> · {escape(t)}" if j == 0 else escape(t))
+        tickvals.append(_lane_y(i, T, T))
+        ticktext.append("consensus")
+    return tickvals, ticktext
+
+
+def map_figure(km: "KnowledgeMap", *, relative_depth: bool = False, title: str | None = None):
+    """Concept × layer map: a coloured band per technique interval, a consensus strip per concept."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    tickvals, ticktext = add_map_traces(fig, km, relative=relative_depth)
+    n = km.n_layers
+    T = len(km.techniques)
+    height = max(300, 60 + int(len(km.concepts) * (T + 1 + _GAP) * 22))
+    fig.update_layout(
+        title=title or f"Knowledge map{' — ' + escape(km.model_name) if km.model_name else ''}",
+        barmode="overlay", height=height, template="plotly_white", bargap=0,
+        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+        margin=dict(l=180),
+    )
+    fig.update_yaxes(tickvals=tickvals, ticktext=ticktext, autorange="reversed", showgrid=False, zeroline=False)
+    if relative_depth:
+        fig.update_xaxes(title="relative depth (layer / n_layers)", range=[0, 1])
+    else:
+        fig.update_xaxes(title="layer", range=[-0.5, n - 0.5], dtick=1)
+    return fig
+
+
+def curve_heatmaps(km: "KnowledgeMap", *, relative_depth: bool = False):
+    """One layer × concept heatmap per technique of the min-max-normalised smoothed curve."""
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    T = len(km.techniques)
+    norm = km.normalised()
+    n = km.n_layers
+    x = (np.arange(n) + 0.5) / n if relative_depth else np.arange(n)
+    labels = [escape(km.label(c)) for c in km.concepts]
+    fig = make_subplots(rows=T, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[f"{escape(t)}: {escape(km.curve_names.get(t, 'layer curve'))} (normalised)" for t in km.techniques])
+    for j, t in enumerate(km.techniques):
+        z = norm[:, j, :]
+        text = [[f"{labels[i]} · {escape(t)}<br>layer {l}: raw {km.curves[i, j, l]:.4g}" for l in range(n)] for i in range(len(km.concepts))]
+        fig.add_trace(
+            go.Heatmap(z=z, x=x, y=labels, colorscale="Viridis", zmin=0, zmax=1, hovertext=text,
+                       hoverinfo="text", showscale=(j == 0), colorbar=dict(title="norm.")),
+            row=j + 1, col=1,
+        )
+    fig.update_layout(height=max(350, T * (60 + 22 * len(km.concepts))), template="plotly_white",
+                      title="Per-technique layer curves (smoothed, min–max normalised per concept)")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title="relative depth" if relative_depth else "layer", row=T, col=1)
+    return fig
+
+
+def curves_figure(km: "KnowledgeMap", technique: str):
+    """Raw and smoothed layer curves of one technique for every concept, with CI bands where known."""
+    import plotly.graph_objects as go
+
+    j = km.techniques.index(technique)
+    fig = go.Figure()
+    sm = km.smoothed()
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    x = np.arange(km.n_layers)
+    for i, c in enumerate(km.concepts):
+        if km.status[c].get(technique) != "ok":
+            continue
+        color = palette[i % len(palette)]
+        lo, hi = km.curves_low[i, j], km.curves_high[i, j]
+        if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
+            fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=color,
+                                     opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=x, y=km.curves[i, j], mode="lines+markers", name=escape(km.label(c)),
+                                 line=dict(color=color, width=1), marker=dict(size=4), legendgroup=c))
+        fig.add_trace(go.Scatter(x=x, y=sm[i, j], mode="lines", name=f"{escape(km.label(c))} (smoothed)",
+                                 line=dict(color=color, dash="dot"), legendgroup=c, showlegend=False))
+    fig.update_layout(title=f"{escape(technique)}: {escape(km.curve_names.get(technique, 'layer curve'))} per layer",
+                      xaxis_title="layer", template="plotly_white", height=380)
+    return fig
+
+
+def compare_figure(maps: Sequence["KnowledgeMap"], names: Sequence[str] | None = None):
+    """Two or more maps side by side on a relative-depth axis (one column per model)."""
+    from plotly.subplots import make_subplots
+
+    names = list(names or [m.model_name or f"map {k}" for k, m in enumerate(maps)])
+    fig = make_subplots(rows=1, cols=len(maps), shared_yaxes=False, horizontal_spacing=0.04,
+                        subplot_titles=[f"{escape(nm)} ({m.n_layers} layers)" for nm, m in zip(names, maps)])
+    maxrows = 0
+    for k, m in enumerate(maps):
+        tv, tt = add_map_traces(fig, m, relative=True, row=1, col=k + 1, showlegend=(k == 0))
+        fig.update_yaxes(tickvals=tv, ticktext=tt,
+                         autorange="reversed", showgrid=False, zeroline=False, row=1, col=k + 1)
+        fig.update_xaxes(range=[0, 1], title="relative depth", row=1, col=k + 1)
+        maxrows = max(maxrows, len(m.concepts) * (len(m.techniques) + 1))
+    fig.update_layout(barmode="overlay", template="plotly_white", height=max(350, 80 + maxrows * 24),
+                      width=max(900, 520 * len(maps)), title="Knowledge maps on a relative-depth axis",
+                      legend=dict(orientation="h", y=1.06, yanchor="bottom"))
+    return fig
+
+
+def consensus_compare_figure(maps: Sequence["KnowledgeMap"], names: Sequence[str] | None = None):
+    """Per concept, the consensus count vs relative depth for every model (lines)."""
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    names = list(names or [m.model_name or f"map {k}" for k, m in enumerate(maps)])
+    concepts: list[str] = []
+    for m in maps:
+        concepts += [c for c in m.concepts if c not in concepts]
+    fig = make_subplots(rows=len(concepts), cols=1, shared_xaxes=True, vertical_spacing=0.03,
+                        subplot_titles=[escape(maps[0].label(c) if c in maps[0].concepts else c) for c in concepts])
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    for k, (m, nm) in enumerate(zip(maps, names)):
+        cons = m.consensus()
+        x = (np.arange(m.n_layers) + 0.5) / m.n_layers
+        for r, c in enumerate(concepts):
+            if c not in m.concepts:
+                continue
+            fig.add_trace(go.Scatter(x=x, y=cons[m.concepts.index(c)], mode="lines+markers", line_shape="hvh",
+                                     name=escape(nm), legendgroup=str(k), showlegend=(r == 0),
+                                     line=dict(color=palette[k % len(palette)])), row=r + 1, col=1)
+    fig.update_layout(height=max(300, 140 * len(concepts)), template="plotly_white",
+                      title="Techniques agreeing per layer (consensus) vs relative depth")
+    fig.update_xaxes(range=[0, 1])
+    fig.update_xaxes(title="relative depth", row=len(concepts), col=1)
+    return fig

@@ -1,0 +1,205 @@
+"""The knowledge-map report: one self-contained HTML file (no CDN, no network request).
+
+plotly.js is inlined once (``medinterp.viz.html.page``); the circuitsvis bundle is inlined once when
+an attention view is shown, and each view is a small ``CircuitsVis.render`` call whose data is JSON
+with ``<``, ``>`` and ``&`` escaped, so no user text can close the script. Every user string placed in
+raw HTML goes through :func:`medinterp.results.escape`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Sequence
+
+from medinterp.results import escape
+from medinterp.viz.html import figure_div, page, provenance_block
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medinterp.maps import KnowledgeMap
+
+log = logging.getLogger(__name__)
+
+_EXTRA_CSS = """
+<style>
+table.iv{border-collapse:collapse;font-size:13px} table.iv td,table.iv th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}
+.note{color:#555;font-size:13px} .missing{color:#a00}
+nav a{margin-right:12px}
+</style>
+"""
+
+
+def safe_json(obj: Any) -> str:
+    """JSON safe to embed in a <script>: ``<``, ``>``, ``&`` and U+2028/9 are \\u-escaped."""
+    s = json.dumps(obj, allow_nan=False, default=str)
+    for a, b in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        s = s.replace(a, b)
+    return s
+
+
+@functools.lru_cache(maxsize=1)
+def circuitsvis_bundle() -> str:
+    """The circuitsvis JavaScript bundle (defines ``CircuitsVis``), taken from its offline render."""
+    import circuitsvis as cv
+    import numpy as np
+
+    src = cv.attention.attention_patterns(tokens=["a", "b"], attention=np.ones((1, 2, 2))).local_src
+    start = src.index(">", src.index("<script")) + 1
+    end = src.index("CircuitsVis.render(")
+    js = src[start:end]
+    js = "\n".join(line for line in js.splitlines() if not line.startswith("//# sourceMappingURL"))
+    if "</script" in js.lower():  # pragma: no cover - would break inlining
+        raise RuntimeError("circuitsvis bundle contains </script>; cannot inline")
+    return js
+
+
+def circuitsvis_tag() -> str:
+    return f'<script type="text/javascript">{circuitsvis_bundle()}</script>'
+
+
+def attention_view(div_id: str, tokens: Sequence[str], attention: Any, head_names: Sequence[str] | None = None) -> str:
+    """HTML for one circuitsvis AttentionPatterns view (needs :func:`circuitsvis_tag` on the page).
+
+    Args:
+        div_id: unique element id (alphanumeric and dashes).
+        tokens: token strings (user text: JSON-escaped).
+        attention: ``[n_heads, n_dest, n_src]`` pattern.
+        head_names: names of the heads (e.g. ``"L3H1"``).
+    """
+    import numpy as np
+
+    att = np.asarray(attention, dtype=float).round(4).tolist()
+    props: dict[str, Any] = {"tokens": [str(t) for t in tokens], "attention": att}
+    if head_names is not None:
+        props["headLabels"] = [str(h) for h in head_names]
+    did = "".join(ch for ch in div_id if ch.isalnum() or ch in "-_")
+    return (
+        f'<div id="{did}" style="margin: 15px 0;"></div>'
+        f'<script type="text/javascript">CircuitsVis.render({safe_json(did)}, CircuitsVis.AttentionPatterns, {safe_json(props)});</script>'
+    )
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='iv'><tr>{head}</tr>{body}</table>"
+
+
+def _technique_result_figures(km: "KnowledgeMap", technique: str, max_figs: int = 12) -> list[str]:
+    """Figures of the saved/in-memory technique results (one per concept), as divs."""
+    from pathlib import Path
+
+    from medinterp.results import Result
+
+    divs = []
+    for c in km.concepts:
+        key = f"{c}/{technique}"
+        res = km._results.get(key)
+        if res is None and key in km.result_dirs and Path(km.result_dirs[key], "manifest.json").is_file():
+            try:
+                res = Result.load(km.result_dirs[key])
+            except Exception as e:  # a stale or foreign dir: say so, keep the report
+                divs.append(f"<p class='missing'>{escape(key)}: could not load saved result ({escape(e)})</p>")
+                continue
+        if res is None:
+            continue
+        try:
+            figs = res.figure()
+        except Exception as e:
+            divs.append(f"<p class='missing'>{escape(key)}: figure failed ({escape(type(e).__name__)}: {escape(e)})</p>")
+            continue
+        if not isinstance(figs, (list, tuple)):
+            figs = [figs]
+        divs.append(f"<h4>{escape(km.label(c))}</h4>")
+        divs.extend(figure_div(f) for f in figs[:max_figs])
+    return divs
+
+
+def render_report(
+    km: "KnowledgeMap",
+    *,
+    title: str | None = None,
+    relative_depth: bool = False,
+    include_technique_figures: bool = True,
+) -> str:
+    """The full report of a knowledge map as one HTML string (see module docstring)."""
+    from medinterp.viz.figures import curve_heatmaps, curves_figure, map_figure
+
+    title = title or f"medinterp knowledge map{' — ' + km.model_name if km.model_name else ''}"
+    parts: list[str] = [_EXTRA_CSS]
+    parts.append(
+        "<nav>" + "".join(f"<a href='#{a}'>{escape(b)}</a>" for a, b in [
+            ("map", "Map"), ("summary", "Summary"), ("curves", "Curves")] +
+            [(f"t-{t}", t) for t in km.techniques] + [("params", "Parameters")]) + "</nav>"
+    )
+    model = (km.provenance or {}).get("model") or {}
+    parts.append(
+        f"<p class='note'>Model: <b>{escape(km.model_name or model.get('spec', '?'))}</b>, "
+        f"{km.n_layers} layers. Concepts: {escape(', '.join(km.label(c) for c in km.concepts))}. "
+        "Each technique's per-layer curve is smoothed (Gaussian σ = "
+        f"{escape(km.params['sigma'])}); geometry marks the {escape(km.params['window'])}-layer window of "
+        f"steepest rise, the other techniques mark runs above the {escape(km.params['percentile'])}th "
+        f"percentile (≥ {escape(km.params['min_len'])} layers, ≤ {escape(km.params['max_intervals'])} per "
+        "technique, largest area kept). The consensus strip counts the techniques marking each layer.</p>"
+    )
+    parts.append("<h2 id='map'>Knowledge map</h2>")
+    parts.append(figure_div(map_figure(km, relative_depth=relative_depth), div_id="knowledge-map"))
+    parts.append("<h2 id='summary'>Summary</h2>")
+    summ = km.summary()
+    parts.append(_table([(km.label(c), summ[c]) for c in km.concepts], ["concept", "where"]))
+    missing = [(km.label(c), t, s) for c in km.concepts for t, s in km.status[c].items() if s != "ok"]
+    if missing:
+        parts.append("<p class='missing'>Techniques missing from this map (no numbers are shown for them):</p>")
+        parts.append(_table(missing, ["concept", "technique", "status"]))
+    parts.append("<h2 id='curves'>Layer curves</h2>")
+    parts.append(figure_div(curve_heatmaps(km, relative_depth=relative_depth)))
+    parts.append("<h3>Marked intervals</h3>")
+    parts.append(_table([(km.label(iv["concept"]), iv["technique"], iv["start"], iv["end"], f"{iv['score']:.4g}", iv["rule"])
+                         for iv in km.intervals], ["concept", "technique", "first layer", "last layer", "score", "rule"]))
+    needs_cv = False
+    for t in km.techniques:
+        parts.append(f"<h2 id='t-{escape(t)}'>{escape(t)}</h2>")
+        parts.append(f"<p class='note'>Curve: {escape(km.curve_names.get(t, 'layer curve'))}.</p>")
+        if not any(km.status[c].get(t) == "ok" for c in km.concepts):
+            parts.append("<p class='missing'>Not run for any concept.</p>")
+            continue
+        parts.append(figure_div(curves_figure(km, t)))
+        if include_technique_figures:
+            parts.append("<details><summary>Full results per concept</summary>")
+            parts.extend(_technique_result_figures(km, t))
+            parts.append("</details>")
+        if t == "patching":
+            views = (km.extras or {}).get("attention") or {}
+            if views:
+                needs_cv = True
+                parts.append("<h3>Attention patterns of the heads patching ranks highest</h3>")
+                for k, (c, v) in enumerate(views.items()):
+                    parts.append(f"<p class='note'>{escape(km.label(c))}: heads {escape(', '.join(v.get('head_names', [])))} "
+                                 f"on the clean prompt “{escape(v.get('prompt', ''))}”.</p>")
+                    parts.append(attention_view(f"cv-{k}", v["tokens"], v["attention"], v.get("head_names")))
+    parts.append("<h2 id='params'>Parameters and provenance</h2>")
+    parts.append(_table(sorted((k, json.dumps(v)) for k, v in km.params.items()), ["parameter", "value"]))
+    parts.append(provenance_block(km.provenance))
+    return page(title, "\n".join(parts), extra_head=circuitsvis_tag() if needs_cv else "")
+
+
+def render_compare(maps: Sequence["KnowledgeMap"], names: Sequence[str] | None = None, *, title: str = "medinterp model comparison") -> str:
+    """Two or more maps side by side on a relative-depth axis, with per-concept summaries."""
+    from medinterp.viz.figures import compare_figure, consensus_compare_figure
+
+    names = list(names or [m.model_name or f"map {k}" for k, m in enumerate(maps)])
+    parts = [_EXTRA_CSS]
+    parts.append("<p class='note'>Layers are shown as relative depth (layer / n_layers) so models of different "
+                 "depth line up.</p>")
+    parts.append(figure_div(compare_figure(maps, names), div_id="knowledge-map"))
+    parts.append(figure_div(consensus_compare_figure(maps, names)))
+    for m, nm in zip(maps, names):
+        parts.append(f"<h2>{escape(nm)} ({m.n_layers} layers)</h2>")
+        s = m.summary()
+        parts.append(_table([(m.label(c), s[c]) for c in m.concepts], ["concept", "where"]))
+        parts.append(provenance_block(m.provenance))
+    return page(title, "\n".join(parts))
+
+
+__all__ = ["render_report", "render_compare", "attention_view", "circuitsvis_tag", "safe_json"]
