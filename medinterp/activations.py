@@ -1,0 +1,344 @@
+"""Batched, hook-filtered, position-reducing activation collection, and its on-disk format.
+
+Only the requested hooks run a caching function (``fwd_hooks`` on exactly those names), each hook keeps
+only the requested token positions (reduced inside the hook, so memory is O(hooks × prompts × d_model)),
+and the forward pass stops after the last block that is needed (``stop_at_layer``), so the
+unembedding — most of a forward for Gemma's 262k-token vocabulary — never runs.
+
+Example:
+    >>> from medinterp.testing import tiny_model
+    >>> model = tiny_model(n_layers=2)
+    >>> acts = collect_activations(model, ["A man with chest pain", "A woman with fever"], progress=False)
+    >>> acts.values.shape       # [hooks, prompts, d_model]
+    (2, 2, 64)
+    >>> acts.layer(1).shape
+    (2, 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from medinterp.errors import MedinterpError
+from medinterp.results import Result, make_provenance
+
+SHORT_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+POSITION_MODES = ("last", "span_mean", "span_last")
+
+
+@dataclasses.dataclass
+class ActivationSet(Result):
+    """Activations of many prompts at selected hooks, one vector per (hook, prompt).
+
+    Attributes:
+        values: ``[n_hooks, n_prompts, d_model]`` float32.
+        hook_names: TransformerLens hook name of each row of ``values``.
+        layers: block index of each hook (−1 for the embedding output).
+        sites: short site name of each hook (``resid_post``, ..., ``embed``).
+        prompts: the prompt texts.
+        labels: label name → one value per prompt.
+        positions: the position mode (``"last"``, ``"span_mean"``, ``"span_last"``) or ``"explicit"``.
+        token_positions: for each prompt, the token indices (in the unpadded prompt, BOS = 0) that were
+            reduced into its vector.
+        provenance: model, parameters, versions.
+    """
+
+    kind = "activations"
+    values: np.ndarray = None  # type: ignore[assignment]
+    hook_names: list = dataclasses.field(default_factory=list)
+    layers: list = dataclasses.field(default_factory=list)
+    sites: list = dataclasses.field(default_factory=list)
+    prompts: list = dataclasses.field(default_factory=list)
+    labels: dict = dataclasses.field(default_factory=dict)
+    positions: str = "last"
+    token_positions: list = dataclasses.field(default_factory=list)
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def layer(self, layer: int, site: str = "resid_post") -> Float[np.ndarray, "prompts d_model"]:
+        """The ``[n_prompts, d_model]`` activations at one block (−1 or ``site="embed"``: embedding output)."""
+        if layer == -1:
+            site = "embed"
+        for i, (l, s) in enumerate(zip(self.layers, self.sites)):
+            if l == layer and s == site:
+                return self.values[i]
+        have = sorted({(s, l) for s, l in zip(self.sites, self.layers)})
+        raise MedinterpError(f"no activations for site {site!r} layer {layer}; this set has {have}")
+
+    def stack(self, site: str = "resid_post", include_embed: bool = True) -> tuple[list[int], np.ndarray]:
+        """``(layers, values[layers, prompts, d_model])`` for one site in layer order (embedding first)."""
+        idx = [i for i, s in enumerate(self.sites) if s == site or (include_embed and s == "embed")]
+        idx.sort(key=lambda i: self.layers[i])
+        if not idx:
+            raise MedinterpError(f"no activations for site {site!r}; sites here: {sorted(set(self.sites))}")
+        return [self.layers[i] for i in idx], self.values[idx]
+
+    def to_torch(self) -> Float[Tensor, "hooks prompts d_model"]:
+        return torch.from_numpy(self.values)
+
+
+# --------------------------------------------------------------------------- inputs
+def _prompt_texts(prompts: Sequence[Any]) -> tuple[list[str], list[tuple[int, int] | None], dict[str, list]]:
+    texts: list[str] = []
+    spans: list[tuple[int, int] | None] = []
+    labels: dict[str, list] = {}
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            text, span, lab = p, None, None
+        elif hasattr(p, "text"):
+            text, span, lab = p.text, getattr(p, "span", None), getattr(p, "labels", None)
+        else:
+            raise MedinterpError(f"prompt {i}: expected a string or a ConceptPrompt, got {type(p).__name__}")
+        if not isinstance(text, str) or not text.strip():
+            raise MedinterpError(f"prompt {i}: empty prompt text")
+        texts.append(text)
+        spans.append(tuple(span) if span is not None else None)
+        if lab:
+            for k, v in lab.items():
+                labels.setdefault(k, [None] * i).append(v)
+        for k in labels:
+            if len(labels[k]) < i + 1:
+                labels[k].append(None)
+    return texts, spans, labels
+
+
+def resolve_hooks(model: Any, sites: Sequence[str], layers: Sequence[int] | None, include_embed: bool) -> list[tuple[str, int, str]]:
+    """Turn site names into ``(hook_name, layer, site)`` triples, validated against the model."""
+    n = model.cfg.n_layers
+    layer_list = list(range(n)) if layers is None else list(layers)
+    for l in layer_list:
+        if not -n <= l < n:
+            raise MedinterpError(f"layer {l} is outside the model's blocks 0..{n - 1}")
+    layer_list = [l % n for l in layer_list]
+    out: list[tuple[str, int, str]] = []
+    if include_embed:
+        out.append(("blocks.0.hook_resid_pre", -1, "embed"))
+    if isinstance(sites, str):
+        sites = [sites]
+    for site in sites:
+        if site in SHORT_SITES:
+            for l in layer_list:
+                out.append((f"blocks.{l}.hook_{site}", l, site))
+        elif site in model.hook_dict:
+            parts = site.split(".")
+            layer = int(parts[1]) if parts[0] == "blocks" else -1
+            out.append((site, layer, site))
+        else:
+            raise MedinterpError(
+                f"unknown site {site!r}: expected one of {', '.join(SHORT_SITES)} or a hook name of this model "
+                f"(e.g. blocks.0.hook_resid_post)"
+            )
+    seen: set[str] = set()
+    uniq = []
+    for h in out:
+        if h[0] not in seen:
+            seen.add(h[0])
+            uniq.append(h)
+    return uniq
+
+
+def _char_span_to_tokens(model: Any, text: str, span: tuple[int, int], index: int) -> list[int]:
+    """Token indices (BOS included at 0 when the model prepends it) covering the char span of ``text``."""
+    tok = model.tokenizer
+    start, end = span
+    if not (0 <= start < end <= len(text)):
+        raise MedinterpError(f"prompt {index}: concept span {span} is outside the text (length {len(text)})")
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
+    offsets = enc["offset_mapping"]
+    bos = 1 if model.cfg.default_prepend_bos else 0
+    idx = [i + bos for i, (a, b) in enumerate(offsets) if b > start and a < end]
+    if not idx:
+        raise MedinterpError(f"prompt {index}: no token covers the concept span {span} ({text[start:end]!r})")
+    return idx
+
+
+def token_positions(
+    model: Any, texts: list[str], spans: list[tuple[int, int] | None], positions: Any
+) -> tuple[list[list[int]], list[int], str]:
+    """For each prompt: the token indices to reduce, and its token length (BOS included)."""
+    lengths = [int(model.to_tokens(t).shape[-1]) for t in texts]
+    if isinstance(positions, str):
+        if positions not in POSITION_MODES:
+            raise MedinterpError(f"unknown positions {positions!r}: expected one of {POSITION_MODES} or a list of ints")
+        if positions == "last":
+            return [[n - 1] for n in lengths], lengths, positions
+        out = []
+        for i, (t, s) in enumerate(zip(texts, spans)):
+            if s is None:
+                raise MedinterpError(f"prompt {i}: positions={positions!r} needs a concept span (pass ConceptPrompts)")
+            idx = _char_span_to_tokens(model, t, s, i)
+            out.append(idx if positions == "span_mean" else [idx[-1]])
+        return out, lengths, positions
+    pos = list(positions)
+    if len(pos) != len(texts):
+        raise MedinterpError(f"positions: got {len(pos)} entries for {len(texts)} prompts")
+    out = []
+    for i, (p, n) in enumerate(zip(pos, lengths)):
+        p = int(p)
+        if not -n <= p < n:
+            raise MedinterpError(f"prompt {i}: position {p} is outside the prompt ({n} tokens incl. BOS)")
+        out.append([p % n])
+    return out, lengths, "explicit"
+
+
+# --------------------------------------------------------------------------- collection
+@torch.inference_mode()
+def collect_activations(
+    model: Any,
+    prompts: Sequence[Any],
+    *,
+    sites: Sequence[str] = ("resid_post",),
+    layers: Sequence[int] | None = None,
+    positions: str | Sequence[int] = "last",
+    include_embed: bool = False,
+    batch_size: int = 32,
+    labels: dict[str, Sequence] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ActivationSet:
+    """Run prompts in left-padded batches and keep one vector per (hook, prompt).
+
+    Args:
+        model: a HookedTransformer.
+        prompts: strings or ``ConceptPrompt`` objects (these bring labels and concept spans).
+        sites: short site names (``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``)
+            expanded over ``layers``, or full hook names.
+        layers: blocks to read (default all).
+        positions: ``"last"`` (last real token), ``"span_mean"`` / ``"span_last"`` (the concept's
+            tokens), or one token index per prompt.
+        include_embed: also keep the embedding output (``blocks.0.hook_resid_pre``) as layer −1.
+        batch_size: prompts per forward pass.
+        labels: extra labels, name → one value per prompt (merged with ConceptPrompt labels).
+        out_dir: if given, finished batches are written there and a rerun skips them (resumable);
+            the complete set is saved there at the end.
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`ActivationSet`.
+    """
+    if prompts is None or len(prompts) == 0:
+        raise MedinterpError("collect_activations: the prompt list is empty")
+    if batch_size < 1:
+        raise MedinterpError(f"batch_size must be ≥ 1, got {batch_size}")
+    texts, spans, prompt_labels = _prompt_texts(prompts)
+    for k, v in (labels or {}).items():
+        if len(v) != len(texts):
+            raise MedinterpError(f"label {k!r}: {len(v)} values for {len(texts)} prompts")
+        prompt_labels[k] = list(v)
+    hooks = resolve_hooks(model, sites, layers, include_embed)
+    pos_lists, lengths, pos_mode = token_positions(model, texts, spans, positions)
+    max_block = max(l for _, l, _ in hooks)
+    stop_at = None if max_block >= model.cfg.n_layers - 1 else max_block + 1
+
+    n, d = len(texts), model.cfg.d_model
+    values = torch.zeros(len(hooks), n, d, dtype=torch.float32)
+    chunk_dir = Path(out_dir) / "chunks" if out_dir is not None else None
+    if chunk_dir is not None:
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+    key = _run_key(model, texts, hooks, pos_lists)
+
+    from tqdm.auto import tqdm
+
+    starts = range(0, n, batch_size)
+    for b0 in tqdm(starts, desc="activations", unit="batch", disable=not progress):
+        b1 = min(n, b0 + batch_size)
+        if chunk_dir is not None and _load_chunk(chunk_dir, key, b0, b1, values):
+            continue
+        batch_texts = texts[b0:b1]
+        width = max(lengths[b0:b1])
+        # Reduction weights [batch, width]: left padding shifts prompt i by (width - len_i).
+        weights = torch.zeros(b1 - b0, width)
+        for j, i in enumerate(range(b0, b1)):
+            shift = width - lengths[i]
+            idx = torch.tensor(pos_lists[i]) + shift
+            weights[j, idx] = 1.0 / len(idx)
+
+        def make_hook(row: int):
+            def hook(act: Tensor, hook: Any) -> None:
+                values[row, b0:b1] = torch.einsum("bp,bpd->bd", weights.to(act.dtype), act).float().cpu()
+
+            return hook
+
+        fwd_hooks = [(name, make_hook(r)) for r, (name, _, _) in enumerate(hooks)]
+        tokens = model.to_tokens(batch_texts, padding_side="left")
+        if tokens.shape[-1] != width:
+            raise MedinterpError("internal: batch tokenization differs from per-prompt tokenization")
+        model.run_with_hooks(
+            batch_texts,
+            fwd_hooks=fwd_hooks,
+            stop_at_layer=stop_at,
+            padding_side="left",
+            return_type=None if stop_at is None else "logits",
+        )
+        if chunk_dir is not None:
+            _save_chunk(chunk_dir, key, b0, b1, values)
+
+    result = ActivationSet(
+        values=values.numpy(),
+        hook_names=[h for h, _, _ in hooks],
+        layers=[l for _, l, _ in hooks],
+        sites=[s for _, _, s in hooks],
+        prompts=texts,
+        labels=prompt_labels,
+        positions=pos_mode,
+        token_positions=pos_lists,
+        provenance=make_provenance(
+            model,
+            technique="activations",
+            sites=list(sites) if not isinstance(sites, str) else [sites],
+            layers=None if layers is None else list(layers),
+            positions=pos_mode,
+            include_embed=include_embed,
+            batch_size=batch_size,
+            padding_side="left",
+            n_prompts=n,
+        ),
+    )
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def _run_key(model: Any, texts: list[str], hooks: list, pos_lists: list) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps([getattr(model.cfg, "model_name", ""), texts, [x[0] for x in hooks], pos_lists]).encode())
+    return h.hexdigest()[:16]
+
+
+def _chunk_path(chunk_dir: Path, key: str, b0: int, b1: int) -> Path:
+    return chunk_dir / f"{key}_{b0:07d}_{b1:07d}.safetensors"
+
+
+def _save_chunk(chunk_dir: Path, key: str, b0: int, b1: int, values: Tensor) -> None:
+    from safetensors.torch import save_file
+
+    path = _chunk_path(chunk_dir, key, b0, b1)
+    tmp = path.with_suffix(".tmp")
+    save_file({"values": values[:, b0:b1].contiguous()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_chunk(chunk_dir: Path, key: str, b0: int, b1: int, values: Tensor) -> bool:
+    from safetensors.torch import load_file
+
+    path = _chunk_path(chunk_dir, key, b0, b1)
+    if not path.is_file():
+        return False
+    try:
+        values[:, b0:b1] = load_file(str(path))["values"]
+    except Exception:
+        return False  # a torn chunk is recomputed
+    return True

@@ -1,0 +1,151 @@
+"""Tiny random-init HookedTransformers with a real (word-level) tokenizer, for tests and examples.
+
+They run in milliseconds, need no download, and tokenize medical prompts word by word, so code
+written for the real model (``to_tokens``, ``to_single_token(" angina")``, offsets for concept spans)
+runs unchanged on them.
+
+Example:
+    >>> from medinterp.testing import tiny_model
+    >>> model = tiny_model(n_layers=2)
+    >>> model.to_str_tokens("A 45-year-old man")
+    ['<bos>', 'A', '45', '-', 'year', '-', 'old', 'man']
+    >>> model.to_single_token(" angina") == model.to_single_token("angina")
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib.resources import files
+from typing import Any, Iterable
+
+_BASE_WORDS = """
+a an the of and or with in on at to for from by is was are be has had have patient patients man woman
+male female boy girl child adult infant year old years presents presented complains history
+diagnosis diagnosed likely most probable the treatment treated treat used dose dosage mg g mcg ml units
+daily twice once every hours hour day days week weeks month months tablet oral intravenous drug drugs
+medication prescribed symptoms symptom disease diseases stage early late mild moderate severe end
+pain chest fever cough headache nausea vomiting fatigue shortness breath rash angina pneumonia asthma
+diabetes hypertension stroke migraine infection cancer heart lung liver kidney brain skin blood bone
+aspirin ibuprofen metformin insulin lisinopril amoxicillin warfarin heparin atorvastatin omeprazole
+parkinson copd tremor dyspnea exertion productive sputum wheezing sex age clinical examination shows
+reports new onset acute chronic progressive normal healthy no signs mild this that which who what
+""".split()
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_words() -> tuple[str, ...]:
+    """Words of every shipped concept file, so shipped prompts tokenize without [UNK] where possible."""
+    words: set[str] = set()
+    try:
+        data = files("medinterp.concepts").joinpath("data")
+        for entry in data.iterdir():
+            if entry.name.endswith((".csv", ".yaml", ".yml", ".json")):
+                words.update(re.findall(r"\w+|[^\w\s]", entry.read_text(encoding="utf-8")))
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        pass
+    return tuple(sorted(words))
+
+
+def word_tokenizer(vocab: Iterable[str] | None = None, max_words: int = 6000):
+    """A fast word-level tokenizer (whitespace + punctuation split) with ``<bos>``, ``<eos>``, ``<pad>``, ``[UNK]``.
+
+    Args:
+        vocab: words to include; default: a built-in medical list, numbers 0..200, and the words of
+            the shipped concept files.
+        max_words: cap on the vocabulary size (tiny models stay tiny).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "[UNK]"]
+    if vocab is None:
+        vocab = [
+            *list(".,:;-'()/%?!"),
+            *_BASE_WORDS,
+            *(w.capitalize() for w in _BASE_WORDS),
+            *(str(i) for i in range(201)),
+            *_shipped_words(),
+        ]
+    seen: dict[str, int] = {s: i for i, s in enumerate(specials)}
+    for w in vocab:
+        if w not in seen and len(seen) < max_words:
+            seen[w] = len(seen)
+    tok = Tokenizer(models.WordLevel(vocab=seen, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # The tokenizer adds BOS itself (like Gemma's), so TransformerLens uses it as is.
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", seen["<bos>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="[UNK]",
+        add_bos_token=True,
+        name_or_path="medinterp-word-tokenizer",
+    )
+
+
+def tiny_model(
+    n_layers: int = 3,
+    d_model: int = 64,
+    n_heads: int = 4,
+    d_mlp: int = 128,
+    *,
+    vocab: Iterable[str] | None = None,
+    n_ctx: int = 128,
+    seed: int = 0,
+    **cfg_overrides: Any,
+):
+    """A random-init ``HookedTransformer`` with a word-level tokenizer and ``medinterp_info``.
+
+    Args:
+        n_layers, d_model, n_heads, d_mlp: architecture (``d_head = d_model // n_heads``).
+        vocab: tokenizer vocabulary (see :func:`word_tokenizer`).
+        n_ctx: context length.
+        seed: weight initialisation seed.
+        **cfg_overrides: any other ``HookedTransformerConfig`` field (e.g. ``positional_embedding_type="rotary"``,
+            ``normalization_type="RMS"``, ``attn_only=True``).
+    """
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = word_tokenizer(vocab)
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=d_model // n_heads,
+        d_mlp=d_mlp,
+        n_ctx=n_ctx,
+        d_vocab=len(tok),
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
+        default_prepend_bos=True,
+        tokenizer_prepends_bos=True,
+        model_name=f"tiny-{n_layers}L-{d_model}d",
+        **cfg_overrides,
+    )
+    torch.manual_seed(seed)
+    model = HookedTransformer(cfg, tokenizer=tok, default_padding_side="right")
+    model.eval()
+    model.medinterp_info = {
+        "spec": "tiny",
+        "model_name": cfg.model_name,
+        "source": {"kind": "random_init", "seed": seed},
+        "fold_ln": False,
+        "center_writing_weights": False,
+        "center_unembed": False,
+        "fold_value_biases": False,
+        "dtype": "float32",
+        "device": str(cfg.device),
+        "n_layers": n_layers,
+        "d_model": d_model,
+        "n_heads": n_heads,
+        "d_vocab": cfg.d_vocab,
+        "architecture": "random-init",
+        "default_prepend_bos": True,
+    }
+    return model
