@@ -117,7 +117,9 @@ def percentile_intervals(
     if len(s) == 0 or np.ptp(s) <= 1e-12 * max(1.0, float(np.abs(s).max())):
         return []
     thr = float(np.percentile(s, percentile))
-    above = s >= thr
+    # at or above the threshold; strictly above when the threshold is the curve's floor (ties at the
+    # minimum are not evidence)
+    above = s >= thr if thr > s.min() else s > thr
     runs: list[tuple[int, int]] = []
     start = None
     for i, a in enumerate(above):
