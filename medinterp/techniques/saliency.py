@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -707,7 +708,8 @@ def aggregate_table(
         for c, comp in enumerate(COMPONENTS):
             for v, var in enumerate(VARIANTS):
                 rows.append((l, comp, var, est[l, c, v], lo[l, c, v], hi[l, c, v]))
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN columns (embedding not measured)
         if np.isfinite(outer_values).any():
             est, lo, hi = bootstrap_ci(outer_values, stat, n_boot=n_boot, ci=ci, seed=seed)
         else:

@@ -1,0 +1,225 @@
+"""Weight-gradient saliency on tiny random models: exact zeros, hook path == plain .grad, state restored."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from medinterp.errors import MedinterpError
+from medinterp.results import Result
+from medinterp.techniques.saliency import (
+    COMPONENTS,
+    VARIANTS,
+    SaliencyResult,
+    build_target,
+    parameter_groups,
+    saliency,
+)
+from medinterp.testing import tiny_model
+
+PROMPTS = [
+    ("The patient takes", "aspirin"),
+    ("A man with chest pain has", "angina"),
+    ("the dose of metformin is", "500 mg daily"),
+    ("A woman with fever and cough has", "pneumonia"),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class FakePrompt:
+    """Duck-typed ConceptPrompt (text, item, span, answer, labels)."""
+
+    text: str
+    item: str
+    span: tuple[int, int]
+    answer: str | None = None
+    labels: dict = dataclasses.field(default_factory=dict)
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return tiny_model(n_layers=3, seed=0)
+
+
+def _full_loss(model, tokens: torch.Tensor, n_context: int) -> torch.Tensor:
+    """Independent reference: full forward, all logits, -Σ log p of the target tokens."""
+    logp = torch.log_softmax(model(tokens), dim=-1)[0]
+    tgt = tokens[0, n_context:]
+    return -logp[torch.arange(n_context - 1, tokens.shape[1] - 1), tgt].sum()
+
+
+def test_parameters_off_the_loss_path_have_exactly_zero_saliency(model):
+    with torch.no_grad():
+        model.blocks[1].mlp.W_out.zero_()  # W_in of block 1 no longer affects anything
+        model.blocks[0].attn.W_O.zero_()  # nor do W_Q, W_K, W_V of block 0
+    res = saliency(model, PROMPTS, progress=False, n_boot=50)
+    idx = {n: i for i, n in enumerate(res.param_names)}
+    for name in ["blocks.1.mlp.W_in", "blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V"]:
+        assert np.all(res.param_values[:, idx[name], :] == 0), name
+    for name in ["blocks.1.mlp.W_out", "blocks.0.attn.W_O", "blocks.2.mlp.W_in"]:
+        assert np.all(res.param_values[:, idx[name], 0] > 0), name
+
+
+def test_zero_final_norm_zeroes_every_block_but_not_the_unembedding(model):
+    with torch.no_grad():
+        model.ln_final.w.zero_()
+        model.ln_final.b.normal_()  # the unembedding input is then this constant, so W_U still gets a gradient
+    res = saliency(model, PROMPTS, progress=False, n_boot=50)
+    assert np.all(res.values == 0)
+    for v in VARIANTS:
+        assert np.all(res.layer_curve(v) == 0)
+        lo, hi = res.layer_curve_ci(v)
+        assert np.all(lo == 0) and np.all(hi == 0)
+    assert np.all(res.outer_values[:, 0] == 0)  # embedding
+    assert np.all(res.outer_values[:, 1, 0] > 0)  # unembedding
+
+
+def test_hook_path_equals_plain_grad_read(model):
+    res = saliency(model, PROMPTS, progress=False, n_boot=50)
+    groups = parameter_groups(model, "weights")
+    named = dict(model.named_parameters())
+    for i, (prompt, answer) in enumerate(PROMPTS):
+        t = build_target(model, prompt, answer)
+        model.zero_grad(set_to_none=True)
+        loss = _full_loss(model, t.tokens, t.n_context)
+        loss.backward()
+        assert res.loss[i] == pytest.approx(float(loss.detach()), rel=1e-5)
+        for layer in range(model.cfg.n_layers):
+            for c, comp in enumerate(COMPONENTS):
+                members = [
+                    n for n, (g, l) in groups.items() if l == layer and (g == comp or comp == "combined")
+                ]
+                gs = torch.cat([named[n].grad.reshape(-1) for n in members]).double()
+                ws = torch.cat([named[n].detach().reshape(-1) for n in members]).double()
+                expect = [gs.abs().mean(), (gs * ws).abs().mean(), gs.norm() / ws.norm()]
+                np.testing.assert_allclose(res.values[i, layer, c], [float(e) for e in expect], rtol=1e-5)
+        for o, key in enumerate(["embed", "unembed"]):
+            members = [n for n, (g, _) in groups.items() if g == key]
+            gs = torch.cat([named[n].grad.reshape(-1) for n in members]).double()
+            ws = torch.cat([named[n].detach().reshape(-1) for n in members]).double()
+            expect = [gs.abs().mean(), (gs * ws).abs().mean(), gs.norm() / ws.norm()]
+            np.testing.assert_allclose(res.outer_values[i, o], [float(e) for e in expect], rtol=1e-5)
+    model.zero_grad(set_to_none=True)
+
+
+def test_model_state_requires_grad_and_grads_restored(model):
+    model.blocks[0].attn.W_Q.requires_grad_(False)
+    model.unembed.b_U.requires_grad_(False)
+    old_grad = torch.randn_like(model.blocks[2].mlp.W_in)
+    model.blocks[2].mlp.W_in.grad = old_grad.clone()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    saliency(model, PROMPTS[:2], progress=False, n_boot=20)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    for n, p in model.named_parameters():
+        if n == "blocks.2.mlp.W_in":
+            assert torch.equal(p.grad, old_grad)
+        else:
+            assert p.grad is None, n
+        assert not getattr(p, "_post_accumulate_grad_hooks", None), f"hook left on {n}"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_grads_are_none_after_a_run_and_after_an_error(model):
+    saliency(model, PROMPTS[:1], progress=False, n_boot=10)
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(MedinterpError):
+        saliency(model, [("The patient takes", "   ")], progress=False)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_span_target_scores_the_item_given_the_text_before_it(model):
+    text = "A man with chest pain has angina today"
+    start = text.index("angina")
+    fp = FakePrompt(text=text, item="angina", span=(start, start + len("angina")), labels={"specialty": "cardio"})
+    res = saliency(model, [fp, fp], progress=False, n_boot=10)
+    assert res.targets[0] == " angina"
+    assert res.labels == {"item": ["angina", "angina"], "specialty": ["cardio", "cardio"]}
+    t = build_target(model, "A man with chest pain has", "angina")
+    with torch.no_grad():
+        ref = float(_full_loss(model, t.tokens, t.n_context))
+    assert res.loss[0] == pytest.approx(ref, rel=1e-5)
+    # An answer, when given, wins over the span.
+    fa = dataclasses.replace(fp, text="A man with chest pain has", answer="pneumonia")
+    assert saliency(model, [fa], progress=False, n_boot=10).targets == [" pneumonia"]
+
+
+def test_multi_token_target_is_the_sum_of_token_log_probs(model):
+    t = build_target(model, "the dose of metformin is", "500 mg daily")
+    assert t.tokens.shape[1] - t.n_context == 3
+    res = saliency(model, [("the dose of metformin is", "500 mg daily")], progress=False, n_boot=10)
+    with torch.no_grad():
+        assert res.loss[0] == pytest.approx(float(_full_loss(model, t.tokens, t.n_context)), rel=1e-5)
+    assert res.n_target_tokens.tolist() == [3]
+
+
+def test_save_load_round_trip_and_html(model, tmp_path):
+    evil = "<script>alert(1)</script>"
+    res = saliency(model, PROMPTS + [(f"The patient {evil} takes", "aspirin")], progress=False, n_boot=100)
+    res.concept_set = evil
+    res.save(tmp_path / "sal")
+    back = Result.load(tmp_path / "sal")
+    assert isinstance(back, SaliencyResult)
+    for f in ["values", "outer_values", "param_values", "loss", "n_target_tokens"]:
+        np.testing.assert_array_equal(getattr(back, f), getattr(res, f))
+    assert back.param_names == res.param_names and back.prompts == res.prompts and back.targets == res.targets
+    np.testing.assert_allclose(back.layer_curve(), res.layer_curve())
+    for a, b in zip(back.layer_curve_ci("grad_x_weight", "mlp"), res.layer_curve_ci("grad_x_weight", "mlp")):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    html = back.to_html(tmp_path / "sal.html")
+    assert evil not in html and "plotly" in html.lower()
+
+
+def test_table_and_ci_bracket_the_mean(model):
+    res = saliency(model, PROMPTS, progress=False, n_boot=200)
+    t = res.table
+    assert len(t) == model.cfg.n_layers * 9 + 2 * 3
+    assert set(t["component"]) == {"attn", "mlp", "combined", "embed", "unembed"}
+    assert (t["ci_low"] <= t["mean"] + 1e-12).all() and (t["mean"] <= t["ci_high"] + 1e-12).all()
+    cur = res.layer_curve()
+    lo, hi = res.layer_curve_ci()
+    assert cur.shape == lo.shape == hi.shape == (model.cfg.n_layers,)
+    np.testing.assert_allclose(cur, res.values[:, :, 2, 0].mean(0))
+    # combined lies between attention and MLP (it is their element-weighted mean)
+    a, m = res.layer_curve("grad", "attn"), res.layer_curve("grad", "mlp")
+    assert np.all(cur >= np.minimum(a, m) - 1e-12) and np.all(cur <= np.maximum(a, m) + 1e-12)
+    assert res.top_layers(1)[0] == int(np.argmax(cur))
+    assert res.memory["peak_rss_delta_mb"] >= 0 and res.timing["seconds_per_prompt"] > 0
+
+
+def test_params_all_adds_biases_and_norms(model):
+    w = parameter_groups(model, "weights")
+    a = parameter_groups(model, "all")
+    assert "blocks.0.attn.b_Q" not in w and a["blocks.0.attn.b_Q"] == ("attn", 0)
+    assert a["blocks.1.ln2.w"] == ("mlp", 1) and a["ln_final.w"] == ("unembed", None)
+    assert set(w) < set(a)
+    res = saliency(model, PROMPTS[:2], params="all", include_embed=False, progress=False, n_boot=10)
+    assert np.all(np.isnan(res.outer_values[:, 0])) and np.all(res.outer_values[:, 1, 0] > 0)
+
+
+def test_max_prompts_takes_a_seeded_subset(model):
+    res = saliency(model, PROMPTS, max_prompts=2, seed=3, progress=False, n_boot=10)
+    again = saliency(model, PROMPTS, max_prompts=2, seed=3, progress=False, n_boot=10)
+    assert res.n_prompts == 2 and res.prompts == again.prompts
+    assert all(p in [q for q, _ in PROMPTS] for p in res.prompts)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([], "no prompts"),
+        ([("The patient takes", "")], "empty"),
+        ([FakePrompt(text="short text", item="x", span=(5, 99))], "outside the text"),
+        ([FakePrompt(text="short text", item="x", span=None)], "neither an answer nor"),
+        ([42], "expected a ConceptPrompt"),
+    ],
+)
+def test_bad_input_raises_a_specific_error(model, bad, match):
+    with pytest.raises(MedinterpError, match=match):
+        saliency(model, bad, progress=False)
