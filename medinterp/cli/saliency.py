@@ -1,0 +1,64 @@
+"""``medinterp saliency``: per-layer weight-gradient saliency of a concept set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medinterp.cli.app import app
+from medinterp.errors import MedinterpError
+
+
+@app.command("saliency")
+def saliency_cmd(
+    concepts: str = typer.Option(..., "--concepts", "-c", help="Concept set name (e.g. drugs) or path to a concept file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (result manifest, per-layer CSV, HTML figure)."),
+    model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model spec (see `medinterp models`)."),
+    max_prompts: int = typer.Option(None, "--max-prompts", "-n", help="Use at most this many prompts (seeded subset)."),
+    params: str = typer.Option("weights", "--params", help="'weights' (weight matrices) or 'all' (also biases, norms)."),
+    embed: bool = typer.Option(True, "--embed/--no-embed", help="Also measure the embedding (dense d_vocab x d_model gradient)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the CIs."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Gradient of -log p(answer | prompt) w.r.t. every weight; mean |grad| per block (attention, MLP,
+    combined), variants |grad*w| and ||grad||/||w||, bootstrap CIs over prompts.
+
+    Writes OUT/manifest.json, OUT/arrays.safetensors, OUT/table.csv (per-layer table) and OUT/saliency.html.
+    """
+    from medinterp.models import load_model
+    from medinterp.techniques.saliency import saliency
+
+    if params not in ("weights", "all"):
+        raise MedinterpError(f"--params {params!r}: expected 'weights' or 'all'")
+    if n_boot < 1:
+        raise MedinterpError(f"--n-boot {n_boot}: expected a positive number")
+    if out.exists() and not out.is_dir():
+        raise MedinterpError(f"--out {out}: exists and is not a directory")
+    concept_set = _load_concepts(concepts)
+    typer.echo(f"loading model {model} ...")
+    m = load_model(model, device=device)
+    res = saliency(
+        m,
+        concept_set,
+        params=params,
+        include_embed=embed,
+        max_prompts=max_prompts,
+        seed=seed,
+        n_boot=n_boot,
+        progress=progress,
+    )
+    res.save(out)
+    res.to_html(out / "saliency.html", title=f"Weight saliency: {res.concept_set} on {model}")
+    typer.echo(res.summary())
+    typer.echo(f"wrote {out}/manifest.json, {out}/table.csv, {out}/saliency.html")
+
+
+def _load_concepts(spec: str):
+    try:
+        from medinterp.concepts import load_concepts
+    except ImportError as e:  # the concept library is not installed in this checkout
+        raise MedinterpError(f"--concepts {spec!r}: the concept library is unavailable ({e})") from None
+    return load_concepts(spec)
