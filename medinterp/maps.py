@@ -487,3 +487,299 @@ def _map_dir(p: str | os.PathLike) -> Path:
         return p.with_suffix(".map")
     raise MedinterpError(f"{p}: not a saved knowledge map (expected a directory with manifest.json, or a report "
                          f"X.html with its map saved beside it as X.map/)")
+
+
+# ============================================================================ running the techniques
+# Default work sizes. "full" targets < 15 min and < 6 GB for Gemma 3 270M on 2 CPU cores (all six
+# families × four techniques); "quick" is a smoke run of a few minutes. Every number can be overridden
+# per technique with ``technique_kwargs={"saliency": {"max_prompts": 10}}``.
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "geometry": {},
+        "saliency": {"max_prompts": 24, "n_boot": 300},
+        "lesion": {},
+        "patching": {},
+    },
+    "quick": {
+        "geometry": {},
+        "saliency": {"max_prompts": 6, "n_boot": 100},
+        "lesion": {},
+        "patching": {},
+    },
+}
+
+
+@dataclasses.dataclass
+class _Family:
+    """What feeds one map row: the concept set (geometry/saliency/lesion) and the pair set (patching)."""
+
+    name: str
+    concepts: Any = None
+    pairs: Any = None
+    label: str = ""
+
+
+def family_specs(families: Sequence[str] | Mapping[str, Any] | None = None) -> dict[str, _Family]:
+    """Map rows → their concept and pair sets, from :data:`medinterp.concepts.CONCEPT_FAMILIES`.
+
+    ``families`` may also be a mapping ``{row name: {"concepts": ..., "pairs": ...}}`` with your own
+    concept sets / prompt lists and pair sets (either may be None).
+    """
+    if isinstance(families, Mapping):
+        return {str(k): _family_from_spec(str(k), v) for k, v in families.items()}
+    from medinterp.concepts import CONCEPT_FAMILIES
+
+    fams = list(CONCEPT_FAMILIES) if families is None else list(families)
+    out = {}
+    for f in fams:
+        if f not in CONCEPT_FAMILIES:
+            raise MedinterpError(f"knowledge_map: unknown concept family {f!r}; known: {list(CONCEPT_FAMILIES)}")
+        spec = CONCEPT_FAMILIES[f]
+        out[f] = _family_from_spec(f, spec)
+    return out
+
+
+def _family_from_spec(name: str, spec: Any) -> _Family:
+    if isinstance(spec, _Family):
+        return spec
+    if isinstance(spec, Mapping):
+        get = lambda *ks: next((spec[k] for k in ks if k in spec and spec[k] is not None), None)
+        return _Family(name, get("concepts", "concept_set", "concept"), get("pairs", "pair_set"),
+                       str(get("label", "title") or name))
+    if isinstance(spec, (tuple, list)) and len(spec) == 2:
+        return _Family(name, spec[0], spec[1], name)
+    for attr in ("concepts", "concept_set"):
+        if hasattr(spec, attr):
+            return _Family(name, getattr(spec, attr), getattr(spec, "pairs", getattr(spec, "pair_set", None)),
+                           str(getattr(spec, "label", name)))
+    raise MedinterpError(f"knowledge_map: cannot read the concept-family spec of {name!r}: {spec!r}")
+
+
+class _Missing(Exception):
+    """A technique cannot run for a family (module absent, no input); the map shows the reason."""
+
+
+def _run_geometry(model, fam: _Family, kw: dict, progress: bool):
+    from medinterp.techniques.geometry import geometry
+
+    if fam.concepts is None:
+        raise _Missing("no concept set for this family")
+    return geometry(model, fam.concepts, progress=progress, **kw)
+
+
+def _run_saliency(model, fam: _Family, kw: dict, progress: bool):
+    from medinterp.techniques.saliency import saliency
+
+    if fam.concepts is None:
+        raise _Missing("no concept set for this family")
+    return saliency(model, fam.concepts, progress=progress, **kw)
+
+
+def _run_lesion(model, fam: _Family, kw: dict, progress: bool):
+    from medinterp.techniques.lesion import lesion
+
+    if fam.concepts is None:
+        raise _Missing("no concept set for this family")
+    return lesion(model, fam.concepts, progress=progress, **kw)
+
+
+def _run_patching(model, fam: _Family, kw: dict, progress: bool):
+    from medinterp.techniques.patching import patch
+
+    if fam.pairs is None:
+        raise _Missing("no pair set for this family")
+    return patch(model, fam.pairs, progress=progress, **kw)
+
+
+RUNNERS: dict[str, Callable[..., Result]] = {
+    "geometry": _run_geometry,
+    "saliency": _run_saliency,
+    "lesion": _run_lesion,
+    "patching": _run_patching,
+}
+
+
+def result_curve(result: Any, n_layers: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, str]:
+    """``(curve, ci or None, curve name)`` of a technique result, validated to ``n_layers`` blocks."""
+    curve = np.asarray(result.layer_curve(), dtype=float)
+    if curve.shape != (n_layers,):
+        raise MedinterpError(f"{result.kind}.layer_curve() has shape {curve.shape}, expected ({n_layers},)")
+    ci = None
+    if hasattr(result, "layer_curve_ci"):
+        try:
+            lo, hi = result.layer_curve_ci()
+            lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+            if lo.shape == hi.shape == (n_layers,):
+                ci = (lo, hi)
+        except Exception:  # a technique without CIs for this run
+            ci = None
+    name = getattr(result, "layer_curve_name", None)
+    name = name() if callable(name) else (name or f"{result.kind} layer curve")
+    return curve, ci, str(name)
+
+
+def _safe_dirname(name: str) -> str:
+    """A family name as a directory name: itself when plain, else a slug plus a short hash."""
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", name) and name not in (".", ".."):
+        return name
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "family"
+    return f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def knowledge_map(
+    model: Any,
+    concepts: Sequence[str] | Mapping[str, Any] | None = None,
+    techniques: Sequence[str] = TECHNIQUES,
+    *,
+    quick: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    technique_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool = True,
+    rerun: bool = False,
+    model_name: str | None = None,
+    **params: Any,
+) -> KnowledgeMap:
+    """Run the techniques on each concept family and merge their layer curves into a map.
+
+    Args:
+        model: a HookedTransformer (e.g. from :func:`medinterp.load_model`).
+        concepts: concept families (map rows) to run; default all of ``CONCEPT_FAMILIES``
+            (age, symptoms, diseases, progression, drugs, dosage). Or a mapping
+            ``{row: {"concepts": concept set / prompts, "pairs": pair set}}`` of your own.
+        techniques: which of geometry, saliency, lesion, patching to run. Those not run show as
+            "not run" in the map (no numbers).
+        quick: smaller defaults (a few minutes on 2 CPU cores) instead of the full run.
+        out_dir: work directory; each technique result is saved there as it finishes
+            (``<dir>/<family>/<technique>/``) and a rerun loads the finished ones instead of
+            recomputing (resume after an interruption). The map itself is saved to ``<dir>/map``.
+        technique_kwargs: per-technique keyword overrides, e.g. ``{"saliency": {"max_prompts": 8}}``.
+        progress: progress bars.
+        rerun: ignore finished results in ``out_dir`` and recompute.
+        model_name: display name (default: the model's spec or config name).
+        **params: synthesis thresholds (see :data:`DEFAULT_PARAMS`).
+
+    Returns:
+        A :class:`KnowledgeMap`. A technique that fails for a family is recorded in
+        ``kmap.status[family][technique]`` with the error and left out of the map.
+
+    Example:
+        >>> import medinterp as mi                                          # doctest: +SKIP
+        >>> kmap = mi.knowledge_map(mi.load_model(), quick=True, out_dir="work")  # doctest: +SKIP
+        >>> kmap.to_html("report.html")                                     # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    techniques = list(techniques)
+    bad = [t for t in techniques if t not in RUNNERS]
+    if bad:
+        raise MedinterpError(f"knowledge_map: unknown technique(s) {bad}; known {list(RUNNERS)}")
+    unknown = set(params) - set(DEFAULT_PARAMS)
+    if unknown:
+        raise MedinterpError(f"knowledge_map: unknown parameter(s) {sorted(unknown)}; known {sorted(DEFAULT_PARAMS)}")
+    size = "quick" if quick else "full"
+    fams = family_specs(concepts)
+    n_layers = int(model.cfg.n_layers)
+    info = getattr(model, "medinterp_info", {}) or {}
+    model_name = model_name or str(info.get("spec") or getattr(model.cfg, "model_name", "model"))
+    work = Path(out_dir) if out_dir is not None else None
+    curves: dict[str, dict[str, Any]] = {f: {} for f in fams}
+    cis: dict[str, dict[str, Any]] = {f: {} for f in fams}
+    status: dict[str, dict[str, str]] = {f: {} for f in fams}
+    curve_names: dict[str, str] = {}
+    results: dict[str, Result] = {}
+    result_dirs: dict[str, str] = {}
+    timing: dict[str, float] = {}
+    kwargs_used: dict[str, dict[str, Any]] = {}
+    jobs = [(f, t) for f in fams for t in techniques]
+    t_start = time.perf_counter()
+    bar = tqdm(jobs, desc="knowledge map", disable=not progress, unit="job")
+    for f, t in bar:
+        bar.set_postfix_str(f"{f}/{t}")
+        kw = {**SIZES[size].get(t, {}), **dict((technique_kwargs or {}).get(t, {}))}
+        kwargs_used[t] = _jsonable(kw)
+        key = f"{f}/{t}"
+        rdir = work / _safe_dirname(f) / t if work is not None else None
+        t0 = time.perf_counter()
+        try:
+            if rdir is not None and not rerun and (rdir / "manifest.json").is_file():
+                res = Result.load(rdir)
+                if int(getattr(res, "n_layers", n_layers) or n_layers) != n_layers:
+                    raise MedinterpError(f"{rdir}: saved result has a different number of layers; use rerun=True")
+            else:
+                res = RUNNERS[t](model, fams[f], kw, progress)
+                if rdir is not None:
+                    res.save(rdir)
+            curve, ci, name = result_curve(res, n_layers)
+        except _Missing as e:
+            status[f][t] = f"not run: {e}"
+            continue
+        except ImportError as e:
+            status[f][t] = f"not available: {e}"
+            continue
+        except Exception as e:  # keep the other techniques; the map says what failed
+            status[f][t] = f"failed: {type(e).__name__}: {e}"[:300]
+            if progress:
+                tqdm.write(f"[knowledge map] {key} failed: {type(e).__name__}: {e}")
+            continue
+        finally:
+            timing[key] = round(time.perf_counter() - t0, 2)
+        curves[f][t] = curve
+        if ci is not None:
+            cis[f][t] = ci
+        status[f][t] = "ok"
+        curve_names.setdefault(t, name)
+        results[key] = res
+        if rdir is not None:
+            result_dirs[key] = str(rdir)
+    timing["total"] = round(time.perf_counter() - t_start, 2)
+    prov = make_provenance(model, concepts=list(fams), techniques=techniques, size=size,
+                           technique_kwargs=kwargs_used, synthesis=params)
+    prov["timing_s"] = timing
+    prov["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    km = KnowledgeMap.from_curves(
+        curves, n_layers=n_layers, cis=cis, techniques=techniques, status=status,
+        labels={f: fams[f].label or f for f in fams}, model_name=model_name, provenance=prov, **params,
+    )
+    km.curve_names.update(curve_names)
+    km.result_dirs.update(result_dirs)
+    km._results = results
+    km.extras.update(_extras(model, km, results))
+    if work is not None:
+        km.save(work / "map")
+    return km
+
+
+def _extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> dict[str, Any]:
+    """Attention patterns of the top patching heads (for the report's circuitsvis view), when known."""
+    views = {}
+    for key, res in results.items():
+        fam, t = key.rsplit("/", 1)
+        if t != "patching" or not hasattr(res, "top_heads"):
+            continue
+        try:
+            views[fam] = _attention_view_data(model, res)
+        except Exception:  # optional decoration; the map does not depend on it
+            continue
+    return {"attention": views} if views else {}
+
+
+def _attention_view_data(model: Any, res: Any, k: int = 4) -> dict[str, Any]:
+    import torch
+
+    heads = [tuple(map(int, h)) for h in res.top_heads(k)]
+    prompt = res.clean_prompts[0] if getattr(res, "clean_prompts", None) else res.pairs[0]["clean"]
+    names = [f"blocks.{l}.attn.hook_pattern" for l in sorted({l for l, _ in heads})]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompt, names_filter=lambda n: n in names)
+    att = np.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, h].float().cpu().numpy() for l, h in heads])
+    return {"tokens": model.to_str_tokens(prompt), "attention": att.round(4).tolist(),
+            "head_names": [f"L{l}H{h}" for l, h in heads], "prompt": prompt}

@@ -214,3 +214,68 @@ def test_compare_html(tmp_path):
         compare([a])
     with pytest.raises(MedinterpError, match="not a saved knowledge map"):
         compare([a, tmp_path / "nope"])
+
+
+# ---------------------------------------------------------------- the runner (fake techniques, tiny model)
+
+import dataclasses as _dc
+
+
+@_dc.dataclass
+class FakeCurve(Result):
+    kind = "test_fake_curve"
+    curve: np.ndarray = None
+    n_layers: int = 0
+
+    def layer_curve(self):
+        return self.curve
+
+    def layer_curve_ci(self):
+        return self.curve - 1, self.curve + 1
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        return go.Figure(go.Scatter(y=self.curve))
+
+
+def test_knowledge_map_runner_resumes_and_records_failures(tmp_path, monkeypatch):
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    model = tiny_model(n_layers=6)
+    calls = []
+
+    def fake(shape):
+        def run(model, fam, kw, progress):
+            calls.append((fam.name, shape, dict(kw)))
+            return FakeCurve(curve=bumps(6, [shape]), n_layers=6)
+        return run
+
+    def broken(model, fam, kw, progress):
+        calls.append((fam.name, "broken", kw))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(maps, "RUNNERS", {"geometry": fake((1, 3)), "saliency": fake((2, 3)),
+                                          "lesion": broken, "patching": maps.RUNNERS["patching"]})
+    fams = {"drugs": {"concepts": ["a prompt"], "pairs": None}, EVIL: {"concepts": ["x"]}}
+    km = maps.knowledge_map(model, fams, out_dir=tmp_path / "w", progress=False,
+                            technique_kwargs={"saliency": {"max_prompts": 2}})
+    assert km.status["drugs"]["saliency"] == "ok" and km.status["drugs"]["lesion"].startswith("failed: RuntimeError: boom")
+    assert km.status["drugs"]["patching"].startswith("not run: no pair set")
+    assert np.isnan(km.curves[:, km.techniques.index("lesion")]).all()
+    assert ("drugs", (2, 3), {"max_prompts": 2, "n_boot": 300}) in calls
+    assert (tmp_path / "w" / "drugs" / "saliency" / "manifest.json").is_file()
+    assert (tmp_path / "w" / "map" / "manifest.json").is_file()
+    np.testing.assert_array_equal(km.curves_low[0, 1], bumps(6, [(2, 3)]) - 1)
+    n_first = len(calls)
+    # rerun: finished results load from the work dir; only the failed technique runs again
+    km2 = maps.knowledge_map(model, fams, out_dir=tmp_path / "w", progress=False)
+    assert [c for c in calls[n_first:] if c[1] != "broken"] == []
+    assert len(calls) - n_first == 2  # lesion for each family
+    np.testing.assert_array_equal(km2.curves, km.curves)
+    # the report includes the saved technique figures and says what failed
+    text = km2.to_html(tmp_path / "r.html")
+    assert "failed: RuntimeError: boom" in text and EVIL not in text
+    with pytest.raises(MedinterpError, match="unknown technique"):
+        maps.knowledge_map(model, fams, techniques=["umap"], progress=False)
