@@ -399,6 +399,12 @@ class KnowledgeMap(Result):
     def label(self, concept: str) -> str:
         return str(self.labels.get(concept, concept))
 
+    def curve_name(self, technique: str, concept: str | None = None) -> str:
+        """What the technique's curve measures (per concept where it differs, e.g. geometry)."""
+        if concept is not None and f"{concept}/{technique}" in self.curve_names:
+            return str(self.curve_names[f"{concept}/{technique}"])
+        return str(self.curve_names.get(technique, "layer curve"))
+
     # ------------------------------------------------------------------ rendering
     def figure(self, *, relative_depth: bool = False):
         """The concept × layer map (plotly): one band per technique and a consensus strip per concept."""
@@ -588,6 +594,7 @@ def _run_patching(model, fam: _Family, kw: dict, progress: bool):
 
     if fam.pairs is None:
         raise _Missing("no pair set for this family")
+    kw = {"site": "resid_pre", "positions": "last", "on_bad": "drop", **kw}
     return patch(model, fam.pairs, progress=progress, **kw)
 
 
@@ -613,9 +620,51 @@ def result_curve(result: Any, n_layers: int) -> tuple[np.ndarray, tuple[np.ndarr
                 ci = (lo, hi)
         except Exception:  # a technique without CIs for this run
             ci = None
-    name = getattr(result, "layer_curve_name", None)
-    name = name() if callable(name) else (name or f"{result.kind} layer curve")
-    return curve, ci, str(name)
+    return curve, ci, curve_name(result)
+
+
+def curve_name(result: Any) -> str:
+    """What a technique result's ``layer_curve()`` measures, in words."""
+    kind = getattr(result, "kind", "")
+    if kind == "geometry" and getattr(result, "primary", None):
+        p = result.primary
+        extra = ", ".join(str(p[k]) for k in ("space", "label", "group") if p.get(k))
+        return f"{p.get('metric', '?')} ({extra})" if extra else str(p.get("metric", "?"))
+    if kind == "saliency":
+        return "mean |∂(−log p)/∂w| over the block's attention + MLP weights"
+    if kind == "patching":
+        return f"{getattr(result, 'metric', 'P')} after patching {getattr(result, 'site', '?')} at the last position"
+    if kind == "lesion":
+        name = getattr(result, "curve_metric", None) or "degradation"
+        return f"{name} when the block is removed"
+    return f"{kind} layer curve"
+
+
+def _geometry_batch(model, fams: Mapping[str, _Family], work: Path | None, rerun: bool, kw: dict,
+                    progress: bool, timing: dict) -> dict[str, Result]:
+    """Geometry of every pending family in one ``geometry_many`` call (one UMAP worker pool), each
+    result saved as it is returned. On any error returns what it has; the per-family loop retries
+    the rest one by one and records their own errors."""
+    if RUNNERS.get("geometry") is not _run_geometry:  # replaced (tests, plugins): use the per-family path
+        return {}
+    todo = [f for f, fam in fams.items() if fam.concepts is not None
+            and (rerun or work is None or not (work / _safe_dirname(f) / "geometry" / "manifest.json").is_file())]
+    if len(todo) < 2:
+        return {}
+    try:
+        from medinterp.techniques.geometry import geometry_many
+
+        t0 = time.perf_counter()
+        results = geometry_many(model, [fams[f].concepts for f in todo], progress=progress, **kw)
+        timing["geometry_batch"] = round(time.perf_counter() - t0, 2)
+    except Exception:
+        return {}
+    out = {}
+    for f, res in zip(todo, results):
+        if work is not None:
+            res.save(work / _safe_dirname(f) / "geometry")
+        out[f"{f}/geometry"] = res
+    return out
 
 
 def _safe_dirname(name: str) -> str:
@@ -701,6 +750,10 @@ def knowledge_map(
     kwargs_used: dict[str, dict[str, Any]] = {}
     jobs = [(f, t) for f in fams for t in techniques]
     t_start = time.perf_counter()
+    pre: dict[str, Result] = {}
+    if "geometry" in techniques:
+        pre = _geometry_batch(model, fams, work, rerun, {**SIZES[size].get("geometry", {}),
+                              **dict((technique_kwargs or {}).get("geometry", {}))}, progress, timing)
     bar = tqdm(jobs, desc="knowledge map", disable=not progress, unit="job")
     for f, t in bar:
         bar.set_postfix_str(f"{f}/{t}")
@@ -710,7 +763,9 @@ def knowledge_map(
         rdir = work / _safe_dirname(f) / t if work is not None else None
         t0 = time.perf_counter()
         try:
-            if rdir is not None and not rerun and (rdir / "manifest.json").is_file():
+            if key in pre:
+                res = pre[key]
+            elif rdir is not None and not rerun and (rdir / "manifest.json").is_file():
                 res = Result.load(rdir)
                 if int(getattr(res, "n_layers", n_layers) or n_layers) != n_layers:
                     raise MedinterpError(f"{rdir}: saved result has a different number of layers; use rerun=True")
@@ -737,6 +792,7 @@ def knowledge_map(
             cis[f][t] = ci
         status[f][t] = "ok"
         curve_names.setdefault(t, name)
+        curve_names[key] = name
         results[key] = res
         if rdir is not None:
             result_dirs[key] = str(rdir)
@@ -759,27 +815,36 @@ def knowledge_map(
 
 
 def _extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> dict[str, Any]:
-    """Attention patterns of the top patching heads (for the report's circuitsvis view), when known."""
+    """Attention patterns (for the report's circuitsvis view) at the block where patching's curve
+    rises most, on the first clean prompt of each family's pairs. Optional decoration: skipped on error."""
     views = {}
     for key, res in results.items():
         fam, t = key.rsplit("/", 1)
-        if t != "patching" or not hasattr(res, "top_heads"):
+        if t != "patching":
             continue
         try:
             views[fam] = _attention_view_data(model, res)
-        except Exception:  # optional decoration; the map does not depend on it
+        except Exception:
             continue
     return {"attention": views} if views else {}
 
 
-def _attention_view_data(model: Any, res: Any, k: int = 4) -> dict[str, Any]:
+def _attention_view_data(model: Any, res: Any) -> dict[str, Any]:
+    """All heads of the block ``l`` maximising ``curve[l+1] - curve[l]`` (resid_pre patching: the block
+    whose output carries the clean answer to the last position), on the first clean prompt."""
     import torch
 
-    heads = [tuple(map(int, h)) for h in res.top_heads(k)]
-    prompt = res.clean_prompts[0] if getattr(res, "clean_prompts", None) else res.pairs[0]["clean"]
-    names = [f"blocks.{l}.attn.hook_pattern" for l in sorted({l for l, _ in heads})]
+    curve = np.asarray(res.layer_curve(), float)
+    if len(curve) < 2 or not np.all(np.isfinite(curve)):
+        raise ValueError("no usable patching curve")
+    layer = int(np.argmax(np.diff(curve)))
+    pair = res.pairs[0]
+    prompt = pair["clean"] if isinstance(pair, Mapping) else pair[0]
+    if not isinstance(prompt, str):
+        raise ValueError("clean prompt is not text")
+    name = f"blocks.{layer}.attn.hook_pattern"
     with torch.no_grad():
-        _, cache = model.run_with_cache(prompt, names_filter=lambda n: n in names)
-    att = np.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, h].float().cpu().numpy() for l, h in heads])
+        _, cache = model.run_with_cache(prompt, names_filter=lambda n: n == name)
+    att = cache[name][0].float().cpu().numpy()
     return {"tokens": model.to_str_tokens(prompt), "attention": att.round(4).tolist(),
-            "head_names": [f"L{l}H{h}" for l, h in heads], "prompt": prompt}
+            "head_names": [f"L{layer}H{h}" for h in range(att.shape[0])], "prompt": prompt, "layer": layer}

@@ -62,7 +62,7 @@ def add_map_traces(fig, km: "KnowledgeMap", *, relative: bool = False, row=None,
             hov.append(
                 f"<b>{escape(km.label(iv['concept']))}</b><br>technique: {escape(t)}<br>"
                 f"layers {iv['start']}–{iv['end']}{depth}<br>score: {iv['score']:.4g}<br>"
-                f"rule: {escape(iv.get('rule', ''))}<br>curve: {escape(km.curve_names.get(t, t))}"
+                f"rule: {escape(iv.get('rule', ''))}<br>curve: {escape(km.curve_name(t, iv['concept']))}"
             )
         fig.add_trace(
             go.Bar(
@@ -175,7 +175,8 @@ def curve_heatmaps(km: "KnowledgeMap", *, relative_depth: bool = False):
                         subplot_titles=[f"{escape(t)}: {escape(km.curve_names.get(t, 'layer curve'))} (normalised)" for t in km.techniques])
     for j, t in enumerate(km.techniques):
         z = norm[:, j, :]
-        text = [[f"{labels[i]} · {escape(t)}<br>layer {l}: raw {km.curves[i, j, l]:.4g}" for l in range(n)] for i in range(len(km.concepts))]
+        text = [[f"{labels[i]} · {escape(t)}<br>{escape(km.curve_name(t, c))}<br>layer {l}: raw {km.curves[i, j, l]:.4g}"
+                 for l in range(n)] for i, c in enumerate(km.concepts)]
         fig.add_trace(
             go.Heatmap(z=z, x=x, y=labels, colorscale="Viridis", zmin=0, zmax=1, hovertext=text,
                        hoverinfo="text", showscale=(j == 0), colorbar=dict(title="norm.")),

@@ -160,7 +160,11 @@ def render_report(
     needs_cv = False
     for t in km.techniques:
         parts.append(f"<h2 id='t-{escape(t)}'>{escape(t)}</h2>")
-        parts.append(f"<p class='note'>Curve: {escape(km.curve_names.get(t, 'layer curve'))}.</p>")
+        names = {c: km.curve_name(t, c) for c in km.concepts if km.status[c].get(t) == "ok"}
+        if len(set(names.values())) > 1:
+            parts.append("<p class='note'>Curve: " + "; ".join(f"{escape(km.label(c))}: {escape(v)}" for c, v in names.items()) + ".</p>")
+        else:
+            parts.append(f"<p class='note'>Curve: {escape(km.curve_name(t))}.</p>")
         if not any(km.status[c].get(t) == "ok" for c in km.concepts):
             parts.append("<p class='missing'>Not run for any concept.</p>")
             continue
