@@ -1,0 +1,260 @@
+"""Patching pairs (clean / corrupted prompts with different single-token answers) and their model check.
+
+Activation patching needs, for one tokenizer: clean and corrupted prompts of the *same token length*
+and answers that are *single, different tokens* continuing the prompt. :meth:`PairSet.check` tests
+this and returns the valid pairs plus every dropped pair with the reason; nothing is dropped silently.
+
+Example:
+    >>> from medinterp.concepts import load_concepts
+    >>> from medinterp.testing import tiny_model
+    >>> pairs = load_concepts("diagnosis_pairs")
+    >>> chk = pairs.check(tiny_model(n_layers=1))
+    >>> chk.n_valid + chk.n_dropped == len(pairs)
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from medinterp.errors import MedinterpError
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """A clean / corrupted prompt pair with the expected next token of each.
+
+    Attributes:
+        clean, corrupted: the two prompts (they differ in one clinical detail or one drug).
+        clean_answer, corrupted_answer: text of the expected next token, with its leading space
+            (e.g. ``" angina"``), or a bare digit after a prompt ending in a space (dosage).
+        meta: the row's other columns (e.g. ``specialty``, ``dose``).
+        line: line of the row in its file (None when built in code).
+    """
+
+    clean: str
+    corrupted: str
+    clean_answer: str
+    corrupted_answer: str
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+    line: int | None = field(default=None, compare=False)
+
+
+@dataclass
+class PairCheck:
+    """Result of :meth:`PairSet.check`: which pairs a tokenizer can use and why the others cannot.
+
+    Attributes:
+        valid: usable pairs, in file order.
+        dropped: ``(pair, reason)`` for every unusable pair.
+        answer_ids: for each valid pair, ``(clean answer token id, corrupted answer token id)``.
+        n_tokens: for each valid pair, its prompt length in tokens (BOS included where the model adds one).
+        tokenizer: short description of the tokenizer used.
+        name: the pair set's name.
+    """
+
+    valid: list[PromptPair]
+    dropped: list[tuple[PromptPair, str]]
+    answer_ids: list[tuple[int, int]] = field(default_factory=list)
+    n_tokens: list[int] = field(default_factory=list)
+    tokenizer: str = ""
+    name: str = ""
+
+    @property
+    def n_valid(self) -> int:
+        return len(self.valid)
+
+    @property
+    def n_dropped(self) -> int:
+        return len(self.dropped)
+
+    @property
+    def fraction_valid(self) -> float:
+        n = self.n_valid + self.n_dropped
+        return self.n_valid / n if n else 0.0
+
+    def reasons(self) -> Counter:
+        """How often each kind of reason occurred (the part before the first ':')."""
+        return Counter(r.split(":")[0] for _, r in self.dropped)
+
+    def summary(self) -> str:
+        """One line: ``diagnosis_pairs: 33/36 valid (92%) for <tokenizer>; 3 dropped``."""
+        n = self.n_valid + self.n_dropped
+        return (f"{self.name or 'pairs'}: {self.n_valid}/{n} valid ({100 * self.fraction_valid:.0f}%) for "
+                f"{self.tokenizer}; {self.n_dropped} dropped")
+
+    def report(self) -> str:
+        """Readable multi-line report: the summary and each dropped pair with its reason."""
+        lines = [self.summary()]
+        for p, r in self.dropped:
+            where = f"line {p.line}: " if p.line else ""
+            lines.append(f"  dropped {where}{p.clean!r} / {p.corrupted!r}: {r}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.report()
+
+    def to_dataframe(self):
+        """One row per pair: the four pair columns, ``valid`` and ``reason`` ("" when valid)."""
+        import pandas as pd
+
+        rows = [dict(clean=p.clean, corrupted=p.corrupted, clean_answer=p.clean_answer,
+                     corrupted_answer=p.corrupted_answer, line=p.line, valid=True, reason="") for p in self.valid]
+        rows += [dict(clean=p.clean, corrupted=p.corrupted, clean_answer=p.clean_answer,
+                      corrupted_answer=p.corrupted_answer, line=p.line, valid=False, reason=r) for p, r in self.dropped]
+        return pd.DataFrame(rows, columns=["clean", "corrupted", "clean_answer", "corrupted_answer", "line",
+                                           "valid", "reason"])
+
+
+@dataclass
+class PairSet:
+    """A validated set of patching pairs (one data file).
+
+    Attributes:
+        name, version, description, provenance: from the file header.
+        pairs: the pairs in file order.
+        columns: the extra (meta) column names.
+        path: the file it came from.
+    """
+
+    name: str
+    version: str
+    description: str
+    pairs: list[PromptPair]
+    columns: list[str] = field(default_factory=list)
+    provenance: str = ""
+    path: str = ""
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[PromptPair]:
+        return iter(self.pairs)
+
+    def __getitem__(self, i: int) -> PromptPair:
+        return self.pairs[i]
+
+    def __repr__(self) -> str:
+        return f"PairSet({self.name!r} v{self.version}: {len(self)} pairs)"
+
+    def to_dataframe(self):
+        """One row per pair: ``clean, corrupted, clean_answer, corrupted_answer`` and the meta columns."""
+        import pandas as pd
+
+        cols = ["clean", "corrupted", "clean_answer", "corrupted_answer"] + self.columns
+        return pd.DataFrame([{"clean": p.clean, "corrupted": p.corrupted, "clean_answer": p.clean_answer,
+                              "corrupted_answer": p.corrupted_answer, **{c: p.meta.get(c) for c in self.columns}}
+                             for p in self.pairs], columns=cols)
+
+    def filter(self, **meta: Any) -> "PairSet":
+        """A new set with the pairs whose meta columns match (value or collection of values)."""
+        for k in meta:
+            if k not in self.columns:
+                raise MedinterpError(f"filter: pair set {self.name!r} has no column {k!r}; columns are {self.columns}")
+
+        def ok(p: PromptPair) -> bool:
+            for k, v in meta.items():
+                val = p.meta.get(k)
+                vs = v if isinstance(v, (list, tuple, set, frozenset)) else [v]
+                if val not in vs and str(val) not in {str(x) for x in vs}:
+                    return False
+            return True
+
+        new = copy.copy(self)
+        new.pairs = [p for p in self.pairs if ok(p)]
+        if not new.pairs:
+            raise MedinterpError(f"filter {meta} leaves no pair of {self.name!r}")
+        return new
+
+    def check(self, model_or_tokenizer: Any, *, prepend_bos: bool | None = None) -> PairCheck:
+        """Which pairs a model's tokenizer can patch, and why the others cannot.
+
+        A pair is valid when clean and corrupted prompts have the same number of tokens, each answer is
+        exactly one token (not the unknown token), the two answer tokens differ, and each answer is
+        the token that follows its prompt when prompt + answer is tokenized as one text.
+
+        Args:
+            model_or_tokenizer: a HookedTransformer (``to_tokens`` semantics, BOS as the model adds
+                it) or a Hugging Face tokenizer (its ``add_special_tokens`` default adds BOS).
+            prepend_bos: for a HookedTransformer, override its default BOS handling.
+
+        Returns:
+            PairCheck with ``valid``, ``dropped=[(pair, reason)]``, answer token ids and lengths.
+        """
+        tk = _Tok(model_or_tokenizer, prepend_bos)
+        valid, dropped, ids, lens = [], [], [], []
+        for p in self.pairs:
+            reasons = []
+            if p.clean == p.corrupted:
+                reasons.append("identical prompts: clean and corrupted are the same text")
+            c_ids, k_ids = tk.prompt(p.clean), tk.prompt(p.corrupted)
+            if len(c_ids) != len(k_ids):
+                reasons.append(f"unequal length: clean is {len(c_ids)} tokens, corrupted is {len(k_ids)}")
+            ans_ids = []
+            for which, prompt, pids, ans in (("clean", p.clean, c_ids, p.clean_answer),
+                                             ("corrupted", p.corrupted, k_ids, p.corrupted_answer)):
+                a = tk.answer(ans)
+                if len(a) != 1:
+                    reasons.append(f"multi-token answer: {which} answer {ans!r} is {len(a)} tokens {tk.strs(a)}")
+                    ans_ids.append(None)
+                    continue
+                if tk.unk is not None and a[0] == tk.unk:
+                    reasons.append(f"unknown token: {which} answer {ans!r} maps to the unknown token")
+                joined = tk.prompt(prompt + ans)
+                if joined != pids + a:
+                    reasons.append(f"answer not the next token: {which} prompt + {ans!r} tokenizes as "
+                                   f"...{tk.strs(joined[len(pids) - 1:])}, not ...{tk.strs(pids[-1:] + a)}")
+                ans_ids.append(a[0])
+            if p.clean_answer == p.corrupted_answer:
+                reasons.append(f"identical answers: clean and corrupted answers are both {p.clean_answer!r}")
+            elif None not in ans_ids and ans_ids[0] == ans_ids[1]:
+                reasons.append(f"identical answers: {p.clean_answer!r} and {p.corrupted_answer!r} are the same token")
+            if reasons:
+                dropped.append((p, "; ".join(reasons)))
+            else:
+                valid.append(p)
+                ids.append((int(ans_ids[0]), int(ans_ids[1])))
+                lens.append(len(c_ids))
+        return PairCheck(valid, dropped, ids, lens, tokenizer=tk.name, name=self.name)
+
+
+class _Tok:
+    """Uniform tokenization over a HookedTransformer or a Hugging Face tokenizer."""
+
+    def __init__(self, obj: Any, prepend_bos: bool | None) -> None:
+        self.model = obj if hasattr(obj, "to_tokens") and hasattr(obj, "cfg") else None
+        if self.model is not None:
+            self.tok = getattr(obj, "tokenizer", None)
+            if self.tok is None:
+                raise MedinterpError("check: this HookedTransformer has no tokenizer; pass one with a tokenizer "
+                                     "or a Hugging Face tokenizer")
+            self.prepend_bos = prepend_bos
+            info = getattr(obj, "medinterp_info", None) or {}
+            self.name = str(info.get("spec") or getattr(obj.cfg, "model_name", "HookedTransformer"))
+        elif callable(obj) and hasattr(obj, "convert_ids_to_tokens"):
+            self.tok = obj
+            self.name = str(getattr(obj, "name_or_path", "") or type(obj).__name__)
+        else:
+            raise MedinterpError(f"check: expected a HookedTransformer or a Hugging Face tokenizer, got "
+                                 f"{type(obj).__name__}")
+        self.unk = getattr(self.tok, "unk_token_id", None)
+        if self.name.startswith("/") or ":\\" in self.name:  # never print a local path
+            self.name = self.name.rstrip("/").split("/")[-1]
+
+    def prompt(self, text: str) -> list[int]:
+        if self.model is not None:
+            kw = {} if self.prepend_bos is None else {"prepend_bos": self.prepend_bos}
+            return self.model.to_tokens(text, **kw)[0].tolist()
+        return list(self.tok(text)["input_ids"])
+
+    def answer(self, text: str) -> list[int]:
+        if self.model is not None:
+            return self.model.to_tokens(text, prepend_bos=False)[0].tolist()
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def strs(self, ids: list[int]) -> list[str]:
+        return [str(t) for t in self.tok.convert_ids_to_tokens(ids)]
