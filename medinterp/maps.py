@@ -501,16 +501,20 @@ def _map_dir(p: str | os.PathLike) -> Path:
 # per technique with ``technique_kwargs={"saliency": {"max_prompts": 10}}``.
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
-        "geometry": {},
-        "saliency": {"max_prompts": 24, "n_boot": 300},
-        "lesion": {},
-        "patching": {},
+        # all prompts of every template; UMAP jobs on 2 worker processes
+        "geometry": {"n_boot": 100, "n_perm": 50, "n_jobs": 2},
+        # the embedding gradient (262k × 640 for Gemma) is not needed for the map: skip it
+        "saliency": {"max_prompts": 16, "n_boot": 300, "include_embed": False},
+        # block removal only (the paper's lesion); a few greedy continuations for the report
+        "lesion": {"modes": ["skip"], "max_prompts": 48, "n_continuations": 4, "n_boot": 300},
+        # resid_pre at the last position, every valid pair of the family's pair set
+        "patching": {"n_boot": 300},
     },
     "quick": {
-        "geometry": {},
-        "saliency": {"max_prompts": 6, "n_boot": 100},
-        "lesion": {},
-        "patching": {},
+        "geometry": {"templates": [0], "n_boot": 30, "n_perm": 20, "n_jobs": 1, "n_epochs": 100},
+        "saliency": {"max_prompts": 4, "n_boot": 100, "include_embed": False},
+        "lesion": {"modes": ["skip"], "max_prompts": 12, "n_continuations": 0, "n_boot": 100},
+        "patching": {"max_pairs": 6, "n_boot": 100},
     },
 }
 
@@ -595,7 +599,15 @@ def _run_patching(model, fam: _Family, kw: dict, progress: bool):
     if fam.pairs is None:
         raise _Missing("no pair set for this family")
     kw = {"site": "resid_pre", "positions": "last", "on_bad": "drop", **kw}
-    return patch(model, fam.pairs, progress=progress, **kw)
+    max_pairs = kw.pop("max_pairs", None)
+    pairs = fam.pairs
+    if max_pairs is not None:
+        from medinterp.concepts import load_concepts
+
+        ps = load_concepts(pairs) if isinstance(pairs, (str, os.PathLike)) else pairs
+        items = list(getattr(ps, "pairs", ps))
+        pairs = items[: int(max_pairs)]
+    return patch(model, pairs, progress=progress, **kw)
 
 
 RUNNERS: dict[str, Callable[..., Result]] = {

@@ -264,7 +264,7 @@ def test_knowledge_map_runner_resumes_and_records_failures(tmp_path, monkeypatch
     assert km.status["drugs"]["saliency"] == "ok" and km.status["drugs"]["lesion"].startswith("failed: RuntimeError: boom")
     assert km.status["drugs"]["patching"].startswith("not run: no pair set")
     assert np.isnan(km.curves[:, km.techniques.index("lesion")]).all()
-    assert ("drugs", (2, 3), {"max_prompts": 2, "n_boot": 300}) in calls
+    assert ("drugs", (2, 3), {**maps.SIZES["full"]["saliency"], "max_prompts": 2}) in calls
     assert (tmp_path / "w" / "drugs" / "saliency" / "manifest.json").is_file()
     assert (tmp_path / "w" / "map" / "manifest.json").is_file()
     np.testing.assert_array_equal(km.curves_low[0, 1], bumps(6, [(2, 3)]) - 1)
