@@ -647,8 +647,7 @@ def curve_name(result: Any) -> str:
     if kind == "patching":
         return f"{getattr(result, 'metric', 'P')} after patching {getattr(result, 'site', '?')} at the last position"
     if kind == "lesion":
-        name = getattr(result, "curve_metric", None) or "degradation"
-        return f"{name} when the block is removed"
+        return "KL(intact ‖ lesioned) of the next-token distribution when the block is removed"
     return f"{kind} layer curve"
 
 
@@ -659,8 +658,9 @@ def _geometry_batch(model, fams: Mapping[str, _Family], work: Path | None, rerun
     the rest one by one and records their own errors."""
     if RUNNERS.get("geometry") is not _run_geometry:  # replaced (tests, plugins): use the per-family path
         return {}
+    fps = {f: _job_fingerprint(model, fam, "geometry", kw) for f, fam in fams.items()}
     todo = [f for f, fam in fams.items() if fam.concepts is not None
-            and (rerun or work is None or not (work / _safe_dirname(f) / "geometry" / "manifest.json").is_file())]
+            and (rerun or work is None or not _finished(work / _safe_dirname(f) / "geometry", fps[f]))]
     if len(todo) < 2:
         return {}
     try:
@@ -674,9 +674,43 @@ def _geometry_batch(model, fams: Mapping[str, _Family], work: Path | None, rerun
     out = {}
     for f, res in zip(todo, results):
         if work is not None:
-            res.save(work / _safe_dirname(f) / "geometry")
+            _save_job(res, work / _safe_dirname(f) / "geometry", fps[f], f"{f}/geometry")
         out[f"{f}/geometry"] = res
     return out
+
+
+def _job_fingerprint(model: Any, fam: _Family, technique: str, kw: Mapping[str, Any]) -> str:
+    """Hash of what a saved technique result depends on: model identity, inputs, technique kwargs."""
+    import hashlib
+
+    from medinterp.models import model_info
+
+    info = {k: v for k, v in model_info(model).items() if k not in ("load_seconds", "device")}
+
+    def ident(x: Any) -> Any:
+        if x is None or isinstance(x, (str, os.PathLike)):
+            return None if x is None else str(x)
+        return hashlib.sha1(repr(x).encode()).hexdigest()  # in-memory sets / prompt lists
+
+    blob = json.dumps(_jsonable({"model": info, "technique": technique, "kwargs": dict(kw),
+                                 "concepts": ident(fam.concepts), "pairs": ident(fam.pairs)}),
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _finished(rdir: Path | None, fingerprint: str) -> bool:
+    """A saved result in ``rdir`` made by the same job (else it is recomputed and overwritten)."""
+    if rdir is None or not (rdir / "manifest.json").is_file() or not (rdir / "job.json").is_file():
+        return False
+    try:
+        return json.loads((rdir / "job.json").read_text()).get("fingerprint") == fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _save_job(res: Result, rdir: Path, fingerprint: str, key: str) -> None:
+    res.save(rdir)
+    (rdir / "job.json").write_text(json.dumps({"fingerprint": fingerprint, "job": key}))
 
 
 def _safe_dirname(name: str) -> str:
@@ -775,16 +809,15 @@ def knowledge_map(
         rdir = work / _safe_dirname(f) / t if work is not None else None
         t0 = time.perf_counter()
         try:
+            fp = _job_fingerprint(model, fams[f], t, kw)
             if key in pre:
                 res = pre[key]
-            elif rdir is not None and not rerun and (rdir / "manifest.json").is_file():
+            elif not rerun and _finished(rdir, fp):
                 res = Result.load(rdir)
-                if int(getattr(res, "n_layers", n_layers) or n_layers) != n_layers:
-                    raise MedinterpError(f"{rdir}: saved result has a different number of layers; use rerun=True")
             else:
                 res = RUNNERS[t](model, fams[f], kw, progress)
                 if rdir is not None:
-                    res.save(rdir)
+                    _save_job(res, rdir, fp, key)
             curve, ci, name = result_curve(res, n_layers)
         except _Missing as e:
             status[f][t] = f"not run: {e}"

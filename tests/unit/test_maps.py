@@ -270,7 +270,8 @@ def test_knowledge_map_runner_resumes_and_records_failures(tmp_path, monkeypatch
     np.testing.assert_array_equal(km.curves_low[0, 1], bumps(6, [(2, 3)]) - 1)
     n_first = len(calls)
     # rerun: finished results load from the work dir; only the failed technique runs again
-    km2 = maps.knowledge_map(model, fams, out_dir=tmp_path / "w", progress=False)
+    km2 = maps.knowledge_map(model, fams, out_dir=tmp_path / "w", progress=False,
+                             technique_kwargs={"saliency": {"max_prompts": 2}})
     assert [c for c in calls[n_first:] if c[1] != "broken"] == []
     assert len(calls) - n_first == 2  # lesion for each family
     np.testing.assert_array_equal(km2.curves, km.curves)
@@ -279,3 +280,25 @@ def test_knowledge_map_runner_resumes_and_records_failures(tmp_path, monkeypatch
     assert "failed: RuntimeError: boom" in text and EVIL not in text
     with pytest.raises(MedinterpError, match="unknown technique"):
         maps.knowledge_map(model, fams, techniques=["umap"], progress=False)
+
+
+def test_runner_recomputes_when_the_job_changes(tmp_path, monkeypatch):
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    calls = []
+
+    def run(model, fam, kw, progress):
+        calls.append(dict(kw))
+        return FakeCurve(curve=bumps(model.cfg.n_layers, [(1, 2)]), n_layers=model.cfg.n_layers)
+
+    monkeypatch.setattr(maps, "RUNNERS", {"saliency": run})
+    fams = {"drugs": {"concepts": ["p"]}}
+    m = tiny_model(n_layers=4)
+    maps.knowledge_map(m, fams, techniques=["saliency"], out_dir=tmp_path, progress=False)
+    maps.knowledge_map(m, fams, techniques=["saliency"], out_dir=tmp_path, progress=False)
+    assert len(calls) == 1  # resumed
+    maps.knowledge_map(m, fams, techniques=["saliency"], quick=True, out_dir=tmp_path, progress=False)
+    assert len(calls) == 2  # other sizes: not the same job
+    km = maps.knowledge_map(tiny_model(n_layers=5), fams, techniques=["saliency"], quick=True, out_dir=tmp_path, progress=False)
+    assert len(calls) == 3 and km.n_layers == 5  # another model: recomputed, never mixed in

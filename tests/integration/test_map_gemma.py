@@ -1,0 +1,87 @@
+"""End to end on the real Gemma 3 270M: a quick knowledge map, resume from the work dir, report, CLI."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from medinterp.maps import TECHNIQUES, KnowledgeMap
+from medinterp.results import Result
+
+pytestmark = pytest.mark.integration
+
+FAMILIES = ["drugs", "age"]
+
+
+@pytest.fixture(scope="module")
+def quick_map(gemma, tmp_path_factory):
+    import medinterp as mi
+
+    work = tmp_path_factory.mktemp("map") / "work"
+    t0 = time.perf_counter()
+    km = mi.knowledge_map(gemma, concepts=FAMILIES, quick=True, out_dir=work, progress=False)
+    return km, work, time.perf_counter() - t0
+
+
+def test_quick_map_runs_every_technique(quick_map, gemma):
+    km, work, _ = quick_map
+    n = gemma.cfg.n_layers
+    assert km.n_layers == n and km.concepts == FAMILIES and km.techniques == list(TECHNIQUES)
+    for c in FAMILIES:
+        for j, t in enumerate(km.techniques):
+            assert km.status[c][t] == "ok", (c, t, km.status[c][t])
+            curve = km.curves[km.concepts.index(c), j]
+            assert curve.shape == (n,) and np.all(np.isfinite(curve))
+            # the stored curve is the saved technique result's own layer_curve
+            res = Result.load(work / c / t)
+            np.testing.assert_allclose(res.layer_curve(), curve, rtol=1e-6)
+    assert km.intervals, "no interval marked at all"
+    for iv in km.intervals:
+        assert 0 <= iv["start"] <= iv["end"] < n
+    cons = km.consensus()
+    assert cons.shape == (len(FAMILIES), n) and cons.max() <= len(TECHNIQUES)
+    assert set(km.summary()) == set(FAMILIES)
+    assert km.provenance["model"]["n_layers"] == n and km.provenance["params"]["size"] == "quick"
+
+
+def test_rerun_resumes_from_work_dir(quick_map, gemma):
+    import medinterp as mi
+
+    km, work, first = quick_map
+    t0 = time.perf_counter()
+    km2 = mi.knowledge_map(gemma, concepts=FAMILIES, quick=True, out_dir=work, progress=False)
+    second = time.perf_counter() - t0
+    np.testing.assert_array_equal(km2.curves, km.curves)
+    assert km2.intervals == km.intervals
+    assert second < 0.3 * first, (first, second)
+    loaded = KnowledgeMap.load(work / "map")
+    np.testing.assert_array_equal(loaded.curves, km.curves)
+
+
+def test_report_and_cli(quick_map, tmp_path):
+    from typer.testing import CliRunner
+
+    from medinterp.cli import app
+
+    def main(args):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, (r.output, r.exception)
+        return r.output
+
+    km, work, _ = quick_map
+    text = km.to_html(tmp_path / "r.html")
+    assert "https://" not in "".join(text.split("<script")[0])  # nothing external before the scripts
+    assert 'src="http' not in text and "src='http" not in text
+    assert "knowledge-map" in text
+    # CLI: resumes from the same work dir (no recomputation), writes report + map beside it
+    out = tmp_path / "cli.html"
+    output = main(["map", "--quick", "--concepts", ",".join(FAMILIES), "--work-dir", str(work), "--out", str(out), "--no-progress"])
+    assert out.is_file() and (tmp_path / "cli.map" / "manifest.json").is_file()
+    assert "Knowledge map of gemma-3-270m" in output and "peak RSS" in output
+    km_cli = KnowledgeMap.load(tmp_path / "cli.map")
+    np.testing.assert_array_equal(km_cli.curves, km.curves)
+    km.rethreshold(percentile=90).save(tmp_path / "strict.map")
+    main(["compare", str(out), str(tmp_path / "strict.map"), "--names", "p75,p90", "--out", str(tmp_path / "c.html")])
+    assert "p90" in (tmp_path / "c.html").read_text()
