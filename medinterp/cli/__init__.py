@@ -23,9 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except MedinterpError as e:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        # Plain print: no line wrapping, so the message stays greppable.
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

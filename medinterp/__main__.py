@@ -1,0 +1,5 @@
+"""``python -m medinterp`` = the ``medinterp`` command."""
+
+from medinterp.cli import main
+
+main()
