@@ -76,6 +76,7 @@ __all__ = [
     "progression_scores",
     "collapse_metrics",
     "layer_metrics",
+    "default_concept_sets",
 ]
 
 TABLE_COLUMNS = [
@@ -178,7 +179,7 @@ def silhouette_samples(D: Float[np.ndarray, "n n"], codes: np.ndarray) -> np.nda
     k = int(C.max()) + 1
     onehot = np.zeros((p, n, k))
     onehot[np.arange(p)[:, None], np.arange(n)[None, :], C] = 1.0
-    sums = np.einsum("ij,pjk->pik", D, onehot)  # [p, n, k] summed distance to each cluster
+    sums = np.matmul(D[None], onehot)  # [p, n, k] summed distance to each cluster (BLAS)
     counts = onehot.sum(1)  # [p, k]
     own = np.take_along_axis(sums, C[..., None], axis=2)[..., 0]
     own_count = np.take_along_axis(counts, C, axis=1)
@@ -256,30 +257,38 @@ def silhouette(
 
 
 # ======================================================================== anisotropy / linearity
-def local_anisotropy(X: Float[np.ndarray, "n d"], k: int = 20) -> Float[np.ndarray, " n"]:
+def local_anisotropy(
+    X: Float[np.ndarray, "n d"], k: int = 20, *, D: np.ndarray | None = None
+) -> Float[np.ndarray, " n"]:
     """Per-point local anisotropy ``1 - λ2/λ1`` over the point and its ``k`` nearest neighbours.
 
     λ1 ≥ λ2 are the two largest eigenvalues of the covariance of the ``k + 1`` points (computed from
     their small Gram matrix, so high ``d`` is cheap). Points on a line give 1, an isotropic cloud
     gives values near 0. ``k`` is capped at ``n - 1``; a neighbourhood of identical points gives NaN.
+    ``D`` (euclidean distances of ``X``) may be passed to skip recomputing them; ties between
+    equidistant neighbours are broken arbitrarily.
 
     Example:
         >>> t = np.linspace(0, 1, 50)[:, None]
         >>> round(float(local_anisotropy(np.c_[t, 2 * t, -t]).mean()), 3)
         1.0
     """
-    from sklearn.neighbors import NearestNeighbors
-
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
     k = int(min(k, n - 1))
     if k < 2:
         raise MedinterpError(f"local anisotropy needs at least 3 points; got {n}")
-    idx = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X, return_distance=False)
-    nb = X[idx]  # [n, k+1, d]
-    nb = nb - nb.mean(1, keepdims=True)
-    gram = nb @ nb.transpose(0, 2, 1)  # same nonzero spectrum as the covariance (times k)
-    ev = np.linalg.eigvalsh(gram)  # ascending
+    G = X @ X.T
+    if D is None:
+        sq = np.diag(G)
+        D = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * G, 0, None))
+    D = D.copy()
+    np.fill_diagonal(D, -1.0)  # each point is its own first neighbour
+    idx = np.argpartition(D, k, axis=1)[:, : k + 1]  # the point and its k nearest neighbours
+    # Gram matrix of each centred neighbourhood, gathered from G: same nonzero spectrum as its covariance
+    g = G[idx[:, :, None], idx[:, None, :]]  # [n, k+1, k+1]
+    g = g - g.mean(1, keepdims=True) - g.mean(2, keepdims=True) + g.mean((1, 2), keepdims=True)
+    ev = np.linalg.eigvalsh(g)  # ascending
     l1, l2 = ev[:, -1], ev[:, -2]
     with np.errstate(invalid="ignore", divide="ignore"):
         a = 1.0 - np.clip(l2, 0, None) / l1
@@ -288,10 +297,11 @@ def local_anisotropy(X: Float[np.ndarray, "n d"], k: int = 20) -> Float[np.ndarr
 
 
 def anisotropy(
-    X: Float[np.ndarray, "n d"], *, k: int = 20, n_boot: int = 200, ci: float = 0.95, seed: int = 0
+    X: Float[np.ndarray, "n d"], *, k: int = 20, n_boot: int = 200, ci: float = 0.95, seed: int = 0,
+    D: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Mean local anisotropy (:func:`local_anisotropy`) with a bootstrap CI over points."""
-    a = local_anisotropy(X, k)
+    a = local_anisotropy(X, k, D=D)
     lo, hi = _ci(_weighted_means(a, _boot_weights(len(a), n_boot, seed)), ci) if n_boot else (math.nan,) * 2
     return {"value": float(np.nanmean(a)) if np.isfinite(a).any() else math.nan, "ci_low": lo, "ci_high": hi,
             "n": int(len(a))}
@@ -364,6 +374,40 @@ def _cell_means(X: np.ndarray, cell_idx: list[np.ndarray], w: np.ndarray | None)
     return out
 
 
+def _consecutive_steps(G: np.ndarray, cells: list[np.ndarray], W: np.ndarray) -> np.ndarray:
+    """Distances between the weighted means of consecutive cells, from the Gram matrix ``G``.
+
+    ``‖m_a − m_b‖² = q_a + q_b − 2 c_ab`` with ``q_a = w_aᵀ G_aa w_a / s_a²`` and
+    ``c_ab = w_aᵀ G_ab w_b / (s_a s_b)``: per replicate this costs O(cell size²), not O(d), so
+    bootstrapping the steps of raw 640-d activations is as cheap as of a 2-d embedding.
+
+    Args:
+        G: Gram matrix of the (centred) points.
+        cells: point indices of each cell, in order.
+        W: weights ``[b, n]`` (a row of ones = the plain means).
+
+    Returns:
+        ``[b, cells - 1]`` step lengths.
+    """
+    q = np.empty((W.shape[0], len(cells)))
+    for c, i in enumerate(cells):
+        wc = W[:, i]
+        q[:, c] = ((wc @ G[np.ix_(i, i)]) * wc).sum(1) / wc.sum(1) ** 2
+    steps = np.empty((W.shape[0], len(cells) - 1))
+    for c in range(len(cells) - 1):
+        i, j = cells[c], cells[c + 1]
+        wi, wj = W[:, i], W[:, j]
+        cross = ((wi @ G[np.ix_(i, j)]) * wj).sum(1) / (wi.sum(1) * wj.sum(1))
+        steps[:, c] = q[:, c] + q[:, c + 1] - 2 * cross
+    return np.sqrt(np.clip(steps, 0, None))
+
+
+def _centred_gram(X: np.ndarray) -> np.ndarray:
+    Xc = np.asarray(X, dtype=np.float64)
+    Xc = Xc - Xc.mean(0)
+    return Xc @ Xc.T
+
+
 def discontinuity_profile(
     X: Float[np.ndarray, "n d"],
     ages: Sequence[float],
@@ -388,14 +432,15 @@ def discontinuity_profile(
     X = np.asarray(X, dtype=np.float64)
     ages = np.asarray(ages, dtype=np.float64)
     g = np.asarray(["all"] * len(ages) if groups is None else [str(x) for x in groups])
+    G = _centred_gram(X)
     rows = []
     for grp in sorted(set(g.tolist())):
         sel = g == grp
         uniq = np.unique(ages[sel])
         if len(uniq) < 3:
             continue
-        means = _cell_means(X, [np.flatnonzero(sel & (ages == a)) for a in uniq], None)
-        steps = np.linalg.norm(np.diff(means, axis=0), axis=1)
+        cells = [np.flatnonzero(sel & (ages == a)) for a in uniq]
+        steps = _consecutive_steps(G, cells, np.ones((1, len(ages))))[0]
         med = float(np.median(steps))
         for a0, a1, st in zip(uniq[:-1], uniq[1:], steps):
             rows.append((grp, float(a0), float(a1), float(st), med, st / med if med > 0 else math.nan))
@@ -435,18 +480,19 @@ def step_ratio(
     if uniq[j + 1] != jump[1]:
         raise MedinterpError(f"step_ratio: {jump[0]} and {jump[1]} are not consecutive ages in the data")
     cells = [np.flatnonzero(ages == a) for a in uniq]
+    G = _centred_gram(X)
 
-    def ratios(means: np.ndarray) -> np.ndarray:  # [..., ages, d] -> [..., ages-1]
-        steps = np.linalg.norm(np.diff(means, axis=-2), axis=-1)
+    def ratios(W: np.ndarray) -> np.ndarray:  # [b, n] -> [b, ages-1]
+        steps = _consecutive_steps(G, cells, W)
         with np.errstate(invalid="ignore", divide="ignore"):
             return steps / np.median(steps, axis=-1, keepdims=True)
 
-    r = ratios(_cell_means(X, cells, None))
+    r = ratios(np.ones((1, len(ages))))[0]
     out = {"value": float(r[j]), "ci_low": math.nan, "ci_high": math.nan, "baseline": 1.0,
            "baseline_high": float(np.quantile(r, 0.95)), "p_value": math.nan, "n": int(len(ages))}
     if n_boot:
         w = _strat_weights(np.searchsorted(uniq, ages), n_boot, seed)
-        rb = ratios(_cell_means(X, cells, w))[:, j]
+        rb = ratios(w)[:, j]
         out["ci_low"], out["ci_high"] = _ci(rb, ci)
         # share of all ordinary steps that are at least as large: an empirical rank p-value
         out["p_value"] = float((np.sum(r >= r[j])) / len(r))
@@ -551,12 +597,12 @@ def _collapse_weighted(X: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.nda
     sw = W.sum(1)
     norm_b = (W @ norms) / sw
     # pairs of distinct draws: all ordered pairs minus each draw paired with itself
-    cos_b = (np.einsum("bi,ij,bj->b", W, Gc, W) - W @ np.diag(Gc)) / (sw**2 - sw)
+    cos_b = (((W @ Gc) * W).sum(1) - W @ np.diag(Gc)) / (sw**2 - sw)
     # covariance C_w = A - mu mu^T with A = X^T diag(w) X / sw and mu = X^T w / sw
     Gw = W @ G  # [b, n]: (G w)_i = x_i . (sw mu)
     mu2 = np.einsum("bi,bi->b", Gw, W) / sw**2  # |mu|^2
     tr_c = (W @ np.diag(G)) / sw - mu2
-    a_f2 = np.einsum("bi,ij,bj->b", W, G * G, W) / sw**2  # |A|_F^2
+    a_f2 = ((W @ (G * G)) * W).sum(1) / sw**2  # |A|_F^2
     mu_a_mu = np.einsum("bi,bi->b", W, (Gw / sw[:, None]) ** 2) / sw  # mu^T A mu
     c_f2 = a_f2 - 2 * mu_a_mu + mu2**2  # |C_w|_F^2
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -653,6 +699,23 @@ def _umap_one(
 
 def _embed_layer(X: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
     """UMAP-``n_components`` and UMAP-2 of one layer (module level so joblib workers can run it)."""
+    with _one_blas_thread():
+        return _embed_layer_inner(X, params)
+
+
+def _one_blas_thread():
+    """Single-threaded BLAS for the many small matrix ops here.
+
+    Measured on a loaded 2-core machine: a 480×480 ``eigh`` took 11 s with OpenBLAS's 2 threads
+    (spin-waiting against other processes) and 0.09 s with one. Parallelism comes from worker
+    processes (``n_jobs``) instead.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _embed_layer_inner(X: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
     t0 = time.perf_counter()
     X = np.asarray(X, dtype=np.float32)
     Xs = X - X.mean(0, keepdims=True)
@@ -708,21 +771,22 @@ def embed_layers(
     """
     params = dict(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric,
                   pca=pca, n_epochs=n_epochs, seed=seed)
-    out = _run_jobs([(values[i], params) for i in range(len(values))], n_jobs, progress, desc)
+    out = _run_jobs(_embed_layer, [(values[i], params) for i in range(len(values))], n_jobs, progress, desc)
     e_hi = np.stack([o[0] for o in out])
     e_2 = _align_2d(np.stack([o[1] for o in out]))
     return e_hi, e_2, [o[2] for o in out]
 
 
-def _run_jobs(jobs: list[tuple[np.ndarray, dict]], n_jobs: int, progress: bool, desc: str) -> list:
+def _run_jobs(fn: Any, jobs: list[tuple], n_jobs: int, progress: bool, desc: str) -> list:
+    """``[fn(*job) for job in jobs]``, in joblib worker processes when ``n_jobs > 1``, in order."""
     from tqdm.auto import tqdm
 
     if n_jobs == 1 or len(jobs) <= 1:
-        return [_embed_layer(x, p) for x, p in tqdm(jobs, desc=desc, disable=not progress, leave=False)]
+        return [fn(*job) for job in tqdm(jobs, desc=desc, disable=not progress, leave=False)]
     from joblib import Parallel, delayed
 
     par = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")
-    gen = par(delayed(_embed_layer)(x, p) for x, p in jobs)
+    gen = par(delayed(fn)(*job) for job in jobs)
     return list(tqdm(gen, total=len(jobs), desc=desc, disable=not progress, leave=False))
 
 
@@ -768,7 +832,7 @@ def layer_metrics(
     steps: list[pd.DataFrame] = []
     progs: list[pd.DataFrame] = []
     spaces = {"umap": np.asarray(emb, np.float64), "raw": np.asarray(raw, np.float64)}
-    dists = {name: _pairwise(X) for name, X in spaces.items()} if spec.categorical else {}
+    dists = {name: _pairwise(X) for name, X in spaces.items()}
     for name, labels in spec.categorical.items():
         keep = _present(labels)
         lab = [x for x, ok in zip(labels, keep) if ok]
@@ -779,7 +843,8 @@ def layer_metrics(
             rows.append(_row(layer, "silhouette", sp, name, "", silhouette(
                 X[keep], lab, n_perm=n_perm, n_boot=n_boot, ci=ci, seed=seed, D=D)))
     for sp, X in spaces.items():
-        rows.append(_row(layer, "anisotropy", sp, "", "", anisotropy(X, k=k, n_boot=n_boot, ci=ci, seed=seed)))
+        rows.append(_row(layer, "anisotropy", sp, "", "",
+                         anisotropy(X, k=k, n_boot=n_boot, ci=ci, seed=seed, D=dists[sp])))
         for name, y in spec.continuous.items():
             keep = _present(y)
             if keep.sum() < 10:
@@ -1128,6 +1193,38 @@ def _family_labels(name: str) -> list[str] | None:
     return None
 
 
+SHIPPED_GEOMETRY_SETS = ("age", "symptoms", "diseases", "progression", "drugs", "dosage")
+
+
+def default_concept_sets() -> list[str]:
+    """Names of the shipped concept sets that feed geometry (CONCEPT_FAMILIES order), pair sets excluded."""
+    names: list[str] = []
+    try:
+        from medinterp.concepts import CONCEPT_FAMILIES
+    except ImportError:
+        CONCEPT_FAMILIES = None
+    if isinstance(CONCEPT_FAMILIES, Mapping):
+        for fam, v in CONCEPT_FAMILIES.items():
+            c = v.get("concepts", v.get("geometry")) if isinstance(v, Mapping) else getattr(v, "concepts", None)
+            if isinstance(c, str) and c not in names:
+                names.append(c)
+    if not names:
+        names = list(SHIPPED_GEOMETRY_SETS)
+    out = []
+    try:
+        from medinterp.concepts import load_concepts
+    except ImportError as e:
+        raise MedinterpError(f"the concept library is unavailable ({e})") from None
+    for n in names:
+        try:
+            cs = load_concepts(n)
+        except MedinterpError:
+            continue
+        if hasattr(cs, "prompts") and getattr(cs, "categorical_labels", None) is not None:
+            out.append(n)
+    return out
+
+
 def _pick(names: Iterable[str], candidates: Sequence[str]) -> str | None:
     names = list(names)
     for c in candidates:
@@ -1259,7 +1356,9 @@ def _prepare(
                 raise MedinterpError(f"labelling {lab!r} to score is not a label of {name!r}; have {sorted(lab_dict)}")
         score = list(labels)
     else:
-        score = [s for s in (_family_labels(name) or []) if s in lab_dict] or None
+        # CONCEPT_FAMILIES lists continuous labellings too (age, stage): those get the age /
+        # progression / linearity metrics, only the categorical ones get a silhouette
+        score = [s for s in (_family_labels(name) or []) if s in lab_dict and s in cat_names] or None
     spec = _build_spec(lab_dict, cat_names, cont_names, score=score, age_label=age_label,
                        group_label=group_label, disease_label=disease_label, stage_label=stage_label)
     primary = (list(score)[0] if score else (cat_names[0] if cat_names else None))
@@ -1277,25 +1376,27 @@ def _primary_for(spec: _LabelSpec, primary_label: str | None) -> dict[str, str]:
     return {"metric": "silhouette", "space": "umap", "label": lab, "group": ""}
 
 
-def _finish(
-    prep: _Prepared, e_hi: np.ndarray, e_2: np.ndarray, t_umap: list[float], model: Any, params: dict[str, Any],
-    progress: bool,
-) -> GeometryResult:
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
-    rows: list[dict] = []
-    steps: list[pd.DataFrame] = []
-    progs: list[pd.DataFrame] = []
-    for i, layer in enumerate(tqdm(prep.layers, desc=f"metrics {prep.name}", disable=not progress, leave=False)):
-        r, s, p = layer_metrics(
-            layer, prep.values[i], e_hi[i], prep.spec, k=params["k_anisotropy"], n_perm=params["n_perm"],
-            n_boot=params["n_boot"], ci=params["ci"], seed=params["seed"], jump=tuple(params["jump"]),
+def _layer_job(X: np.ndarray, layer: int, spec: _LabelSpec, umap_params: dict[str, Any],
+               params: dict[str, Any]) -> tuple:
+    """One layer end to end (UMAP + metrics); module level so joblib worker processes can run it."""
+    with _one_blas_thread():
+        e_hi, e_2, t_umap = _embed_layer_inner(X, umap_params)
+        t0 = time.perf_counter()
+        rows, steps, progs = layer_metrics(
+            layer, X, e_hi, spec, k=params["k_anisotropy"], n_perm=params["n_perm"], n_boot=params["n_boot"],
+            ci=params["ci"], seed=params["seed"], jump=tuple(params["jump"]),
         )
-        rows += r
-        steps += s
-        progs += p
-    t_metrics = time.perf_counter() - t0
+    return e_hi, e_2, rows, steps, progs, t_umap, time.perf_counter() - t0
+
+
+def _finish(prep: _Prepared, outs: list[tuple], model: Any, params: dict[str, Any]) -> GeometryResult:
+    e_hi = np.stack([o[0] for o in outs])
+    e_2 = _align_2d(np.stack([o[1] for o in outs]))
+    rows = [r for o in outs for r in o[2]]
+    steps = [s for o in outs for s in o[3]]
+    progs = [p for o in outs for p in o[4]]
+    t_umap = float(sum(o[5] for o in outs))
+    t_metrics = float(sum(o[6] for o in outs))
     labels = {k: list(v) for k, v in prep.spec.categorical.items()}
     labels.update({k: list(v) for k, v in prep.spec.continuous.items()})
     kinds = {k: "categorical" for k in prep.spec.categorical} | {k: "continuous" for k in prep.spec.continuous}
@@ -1314,7 +1415,7 @@ def _finish(
         label_kinds=kinds,
         primary=_primary_for(prep.spec, prep.primary_label),
         params=params,
-        timings={"activations_s": prep.t_acts, "umap_s": float(sum(t_umap)), "metrics_s": t_metrics},
+        timings={"activations_s": prep.t_acts, "umap_cpu_s": t_umap, "metrics_cpu_s": t_metrics},
         provenance=prov,
     )
 
@@ -1448,16 +1549,14 @@ def geometry_many(
     t0 = time.perf_counter()
     umap_params = dict(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric,
                        pca=pca, n_epochs=n_epochs, seed=seed)
-    jobs = [(p.values[i], umap_params) for p in preps for i in range(len(p.layers))]
-    out = _run_jobs(jobs, n_jobs, progress, "UMAP")
+    jobs = [(p.values[i], layer, p.spec, umap_params, params) for p in preps for i, layer in enumerate(p.layers)]
+    out = _run_jobs(_layer_job, jobs, n_jobs, progress, "UMAP + metrics")
     t_wall = time.perf_counter() - t0
     results, k = [], 0
     for p in preps:
         chunk = out[k : k + len(p.layers)]
         k += len(p.layers)
-        e_hi = np.stack([o[0] for o in chunk])
-        e_2 = _align_2d(np.stack([o[1] for o in chunk]))
-        res = _finish(p, e_hi, e_2, [o[2] for o in chunk], model, params, progress)
-        res.timings["umap_wall_all_sets_s"] = t_wall
+        res = _finish(p, chunk, model, params)
+        res.timings["layers_wall_all_sets_s"] = t_wall
         results.append(res)
     return results
