@@ -373,6 +373,7 @@ def load_model(
         official = m.hf_name if m.name == "gemma-3-270m" else None
         prepend = None if m.name == "gemma-3-270m" else False  # SmolLM2's tokenizer adds no BOS
         model = _hooked_from_hf_folder(folder, official_name=official, device=device, dtype=dtype, flags=flags, prepend_bos=prepend)
+        model.cfg.model_name = m.hf_name.split("/")[-1]  # not the neutral cache-folder name
         source = {"kind": "builtin", "package": m.package, "gguf": gguf_name, "gguf_sha256": sha, "hf_name": m.hf_name}
     elif spec_str.lower().endswith(".gguf"):
         gguf = Path(spec_str).expanduser()
