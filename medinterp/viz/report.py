@@ -184,6 +184,18 @@ def render_report(
                     parts.append(attention_view(f"cv-{k}", v["tokens"], v["attention"], v.get("head_names")))
     parts.append("<h2 id='params'>Parameters and provenance</h2>")
     parts.append(_table(sorted((k, json.dumps(v)) for k, v in km.params.items()), ["parameter", "value"]))
+    prov = km.provenance or {}
+    run_params = prov.get("params") or {}
+    if run_params.get("technique_kwargs"):
+        parts.append("<h3>Technique settings</h3>")
+        parts.append(_table(sorted((t, json.dumps(v)) for t, v in run_params["technique_kwargs"].items()),
+                            ["technique", "keyword arguments"]))
+    if prov.get("timing_s"):
+        parts.append("<h3>Run time</h3>")
+        rows = [(k, f"{v:.1f} s") for k, v in prov["timing_s"].items() if isinstance(v, (int, float))]
+        if prov.get("peak_rss_mb") is not None:
+            rows.append(("peak resident memory of the process", f"{prov['peak_rss_mb']:.0f} MB"))
+        parts.append(_table(rows, ["job", "time"]))
     parts.append(provenance_block(km.provenance))
     return page(title, "\n".join(parts), extra_head=circuitsvis_tag() if needs_cv else "")
 
