@@ -246,7 +246,7 @@ def _all_set_names(xs: Sequence[str]) -> bool:
     except ImportError:
         return False
     try:
-        known = set(list_concepts())
+        known = {d["name"] if isinstance(d, Mapping) else str(d) for d in list_concepts()}
     except Exception:
         return False
     return all(x in known for x in xs)
@@ -336,17 +336,20 @@ def _from_logprobs(logp: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, tor
     return logp[batch.read_idx], tgt
 
 
+@torch.no_grad()
 def readout_resid(model: Any, resid: Float[torch.Tensor, "B T d"], batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Metrics inputs from the residual after the last block: unembed only the positions read."""
     logits = unembed(model, resid[batch.rows, batch.cols])
     return _from_logprobs(torch.log_softmax(logits.float(), dim=-1), batch)
 
 
+@torch.no_grad()
 def readout_logits(logits: Float[torch.Tensor, "B T V"], batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Metrics inputs from full logits (the ``method="full"`` path)."""
     return _from_logprobs(torch.log_softmax(logits[batch.rows, batch.cols].float(), dim=-1), batch)
 
 
+@torch.no_grad()
 def compare(
     intact: tuple[torch.Tensor, torch.Tensor], lesioned: tuple[torch.Tensor, torch.Tensor]
 ) -> Float[np.ndarray, "B 3"]:
@@ -378,6 +381,38 @@ def intact_run(model: Any, batch: _Batch, layers: Sequence[int], method: str = "
 
 
 @torch.no_grad()
+def lesioned_resid(
+    model: Any,
+    batch: _Batch,
+    layer: int,
+    mode: str,
+    *,
+    cache: Any = None,
+    means: dict[str, MeanActivation] | None = None,
+    mean_over: str = "position",
+    method: str = "prefix",
+) -> Float[torch.Tensor, "B T d_model"]:
+    """The residual stream after the last block (before ``ln_final``) with one lesion applied.
+
+    ``method="prefix"`` restarts from ``cache["blocks.{layer}.hook_resid_pre"]`` (from
+    :func:`intact_run`); ``method="full"`` runs the whole model with the lesion hooks.
+    """
+    n = model.cfg.n_layers
+    if method == "full":
+        hooks = lesion_hooks(layer, mode, means=means, how=mean_over)
+        return model.run_with_hooks(batch.tokens, attention_mask=batch.mask, stop_at_layer=n, fwd_hooks=hooks)
+    if cache is None:
+        raise MedinterpError("lesioned_resid(method='prefix') needs the cache from intact_run")
+    x = cache[f"blocks.{layer}.hook_resid_pre"]
+    if mode == "skip":
+        # Skipping block `layer` is starting block `layer + 1` from resid_pre[layer]; past the last
+        # block the loop is empty and x goes straight to ln_final.
+        return model(x, start_at_layer=layer + 1, stop_at_layer=n, attention_mask=batch.mask)
+    hooks = lesion_hooks(layer, mode, means=means, how=mean_over)
+    return model.run_with_hooks(x, start_at_layer=layer, stop_at_layer=n, attention_mask=batch.mask, fwd_hooks=hooks)
+
+
+@torch.no_grad()
 def lesioned_run(
     model: Any,
     batch: _Batch,
@@ -391,26 +426,14 @@ def lesioned_run(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One lesion on one batch, returning its readout (see :func:`compare`).
 
-    ``method="prefix"`` restarts from ``cache["blocks.{layer}.hook_resid_pre"]`` (from
-    :func:`intact_run`); ``method="full"`` runs the whole model with the lesion hooks.
+    ``method="prefix"``: :func:`lesioned_resid` from the cached residual, then the unembedding at the
+    read positions only. ``method="full"``: the whole model with the lesion hooks and full logits.
     """
-    n = model.cfg.n_layers
     if method == "full":
         hooks = lesion_hooks(layer, mode, means=means, how=mean_over)
         logits = model.run_with_hooks(batch.tokens, attention_mask=batch.mask, return_type="logits", fwd_hooks=hooks)
         return readout_logits(logits, batch)
-    if cache is None:
-        raise MedinterpError("lesioned_run(method='prefix') needs the cache from intact_run")
-    x = cache[f"blocks.{layer}.hook_resid_pre"]
-    if mode == "skip":
-        # Skipping block `layer` is starting block `layer + 1` from resid_pre[layer]; past the last
-        # block the loop is empty and x goes straight to ln_final.
-        resid = model(x, start_at_layer=layer + 1, stop_at_layer=n, attention_mask=batch.mask)
-    else:
-        hooks = lesion_hooks(layer, mode, means=means, how=mean_over)
-        resid = model.run_with_hooks(
-            x, start_at_layer=layer, stop_at_layer=n, attention_mask=batch.mask, fwd_hooks=hooks
-        )
+    resid = lesioned_resid(model, batch, layer, mode, cache=cache, means=means, mean_over=mean_over, method=method)
     return readout_resid(model, resid, batch)
 
 

@@ -1,0 +1,303 @@
+"""Layer lesioning on tiny random models: hooks, the start_at_layer path, metrics, continuations, results."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from medinterp.errors import MedinterpError
+from medinterp.hooks import (
+    compute_means,
+    lesion_hooks,
+    mean_ablate_hooks,
+    skip_block_hooks,
+    zero_ablate_hooks,
+)
+from medinterp.results import Result
+from medinterp.techniques.lesion import (
+    LesionResult,
+    continuation_metrics,
+    greedy_continuations,
+    intact_run,
+    items_from_inputs,
+    lesion,
+    lesioned_resid,
+    make_batch,
+)
+
+PROMPTS = [
+    ("The patient takes", " aspirin"),
+    ("A 45 - year - old man with chest pain on exertion most likely has", " angina"),
+    "fever and cough",
+    ("Diabetes is treated with", "insulin daily"),
+    ("Asthma", " wheezing"),
+]
+MODES = ["skip", "attn_zero", "attn_mean", "mlp_zero", "mlp_mean"]
+
+
+@pytest.fixture(scope="module")
+def rot():
+    """A 4-layer rotary model (like Gemma's positional scheme) with non-zero biases."""
+    from medinterp.testing import tiny_model
+
+    m = tiny_model(n_layers=4, d_model=64, n_heads=4, d_mlp=128, positional_embedding_type="rotary", rotary_dim=16, seed=1)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for name, p in m.named_parameters():
+            if name.split(".")[-1].startswith("b_"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return m
+
+
+def _tokens(model, text):
+    return model.to_tokens(text)
+
+
+# ---------------------------------------------------------------------------------------- hooks
+@pytest.mark.parametrize("layer", [0, 2, 3])
+def test_zeroed_block_equals_skipped_block(rot, layer):
+    toks = _tokens(rot, "A 45 - year - old man with chest pain")
+    zeroed = copy.deepcopy(rot)
+    with torch.no_grad():
+        for name, p in zeroed.blocks[layer].named_parameters():
+            if name.startswith(("attn.", "mlp.")):  # weights and biases: zero weights alone leave the biases
+                p.zero_()
+    want = zeroed(toks)
+    got_hooks = rot.run_with_hooks(toks, fwd_hooks=skip_block_hooks(layer))
+    assert not torch.allclose(rot(toks), want, atol=1e-3)  # the block mattered
+    torch.testing.assert_close(got_hooks, want, rtol=1e-5, atol=1e-5)
+    # the prefix path (start block layer+1 from resid_pre[layer]) gives the same thing
+    items, _, _ = items_from_inputs(rot, ["A 45 - year - old man with chest pain"])
+    batch = make_batch(items, [0], 0, "cpu")
+    _, cache = intact_run(rot, batch, [layer])
+    resid = lesioned_resid(rot, batch, layer, "skip", cache=cache)
+    _, zc = zeroed.run_with_cache(toks, names_filter=f"blocks.{rot.cfg.n_layers - 1}.hook_resid_post")
+    torch.testing.assert_close(resid, zc[f"blocks.{rot.cfg.n_layers - 1}.hook_resid_post"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sub", ["attn", "mlp"])
+def test_zeroed_sublayer_equals_zero_ablation(rot, sub):
+    toks = _tokens(rot, "severe headache and nausea")
+    zeroed = copy.deepcopy(rot)
+    with torch.no_grad():
+        for p in getattr(zeroed.blocks[1], sub).parameters():
+            p.zero_()
+    torch.testing.assert_close(rot.run_with_hooks(toks, fwd_hooks=zero_ablate_hooks(1, sub)), zeroed(toks), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layer", [1, 2])
+def test_lesion_leaves_earlier_layers_untouched(rot, mode, layer):
+    toks = _tokens(rot, "The patient was started on metformin for diabetes")
+    means = compute_means(rot, ["fever and cough", "chest pain on exertion"])
+    names = lambda n: n.endswith(("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"))  # noqa: E731
+    _, clean = rot.run_with_cache(toks, names_filter=names)
+    with rot.hooks(fwd_hooks=lesion_hooks(layer, mode, means=means)):
+        _, les = rot.run_with_cache(toks, names_filter=names)
+    for name in clean.keys():
+        l = int(name.split(".")[1])
+        if l < layer or name == f"blocks.{layer}.hook_resid_pre":
+            assert torch.equal(clean[name], les[name]), name
+    assert not torch.allclose(clean[f"blocks.{rot.cfg.n_layers - 1}.hook_resid_post"],
+                              les[f"blocks.{rot.cfg.n_layers - 1}.hook_resid_post"])
+    if mode == "skip":
+        assert torch.equal(les[f"blocks.{layer}.hook_resid_post"], les[f"blocks.{layer}.hook_resid_pre"])
+
+
+def test_mean_ablation_per_position_and_last(rot):
+    refs = ["fever and cough", "chest pain on exertion most likely"]
+    m = compute_means(rot, refs, layers=[2], sublayers=["mlp"])["blocks.2.hook_mlp_out"]
+    acts = []
+    for r in refs:
+        _, c = rot.run_with_cache(_tokens(rot, r), names_filter="blocks.2.hook_mlp_out")
+        acts.append(c["blocks.2.hook_mlp_out"][0])
+    n0, n1 = acts[0].shape[0], acts[1].shape[0]
+    assert m.per_position.shape[0] == max(n0, n1)
+    torch.testing.assert_close(m.per_position[0], (acts[0][0] + acts[1][0]) / 2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.per_position[n1 - 1], acts[1][n1 - 1], rtol=1e-5, atol=1e-6)  # only the longer prompt
+    torch.testing.assert_close(m.last, (acts[0][-1] + acts[1][-1]) / 2, rtol=1e-5, atol=1e-6)
+    overall = torch.cat([acts[0][1:], acts[1][1:]]).mean(0)
+    torch.testing.assert_close(m.overall, overall, rtol=1e-5, atol=1e-6)
+    # a prompt longer than every reference: positions past them get the overall mean
+    long = _tokens(rot, "a b c d e f g h i j k l m n o p")
+    with rot.hooks(fwd_hooks=mean_ablate_hooks(2, "mlp", m)):
+        _, c = rot.run_with_cache(long, names_filter="blocks.2.hook_mlp_out")
+    out = c["blocks.2.hook_mlp_out"][0]
+    torch.testing.assert_close(out[: max(n0, n1)], m.per_position)
+    torch.testing.assert_close(out[-1], m.overall)
+
+
+def test_mean_ablation_with_own_prompt_as_reference_changes_nothing(rot):
+    res = lesion(rot, [PROMPTS[1]], modes=["attn_mean", "mlp_mean"], n_continuations=0, n_boot=10, progress=False)
+    assert np.abs(res.metrics[..., 0]).max() < 1e-5  # KL
+    assert np.abs(res.metrics[..., 1]).max() < 1e-4  # log-prob drop
+    assert res.metrics[..., 2].min() == 1.0
+
+
+# ---------------------------------------------------------------------------------------- prefix path
+def test_prefix_path_equals_full_forward(rot):
+    kw = dict(modes=MODES, n_continuations=0, n_boot=10, progress=False, batch_size=3)
+    a = lesion(rot, PROMPTS, method="prefix", **kw)
+    b = lesion(rot, PROMPTS, method="full", **kw)
+    np.testing.assert_allclose(a.metrics, b.metrics, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.intact_logp, b.intact_logp, rtol=1e-6, atol=1e-6)
+    assert a.metrics[..., 0].max() > 1e-3  # lesions do something
+
+
+def test_prefix_residual_equals_full_residual_with_padding(rot):
+    items, _, _ = items_from_inputs(rot, PROMPTS)
+    batch = make_batch(items, list(range(len(items))), 0, "cpu")
+    assert (batch.mask == 0).any()  # padded batch
+    means = compute_means(rot, [it.tokens for it in items])
+    _, cache = intact_run(rot, batch, range(rot.cfg.n_layers))
+    real = batch.mask.bool()
+    for mode in MODES:
+        for l in range(rot.cfg.n_layers):
+            a = lesioned_resid(rot, batch, l, mode, cache=cache, means=means)
+            b = lesioned_resid(rot, batch, l, mode, means=means, method="full")
+            err = torch.linalg.vector_norm(a[real] - b[real]) / torch.linalg.vector_norm(b[real])
+            assert err < 1e-6, (mode, l, float(err))
+
+
+def test_batching_does_not_change_results(rot):
+    kw = dict(modes=["skip", "mlp_zero"], n_continuations=0, n_boot=10, progress=False)
+    a = lesion(rot, PROMPTS, batch_size=1, **kw)
+    b = lesion(rot, PROMPTS, batch_size=16, **kw)
+    np.testing.assert_allclose(a.metrics, b.metrics, rtol=1e-4, atol=1e-5)
+
+
+def test_intact_logp_and_read_position(rot):
+    res = lesion(rot, PROMPTS[:2], modes=["skip"], n_continuations=0, n_boot=10, progress=False)
+    for i, (ctx, ans) in enumerate(PROMPTS[:2]):
+        c, a = rot.to_tokens(ctx), rot.to_tokens(ans, prepend_bos=False)
+        logp = torch.log_softmax(rot(torch.cat([c, a], 1))[0].double(), -1)
+        want = sum(float(logp[c.shape[1] - 1 + j, a[0, j]]) for j in range(a.shape[1]))
+        assert res.intact_logp[i] == pytest.approx(want, abs=1e-4)
+        assert res.intact_top1[i] == int(logp[c.shape[1] - 1].argmax())
+
+
+def test_span_target_reads_before_the_item(rot):
+    p = types.SimpleNamespace(text="The patient takes aspirin daily", span=(18, 25), answer=None,
+                              labels={"specialty": "cardiology"}, item="aspirin")
+    items, labels, _ = items_from_inputs(rot, [p])
+    it = items[0]
+    ctx = rot.to_tokens("The patient takes")[0]
+    assert it.read_pos == ctx.shape[0] - 1 and it.target_start == ctx.shape[0]
+    assert it.tokens.tolist() == rot.to_tokens("The patient takes aspirin")[0].tolist()
+    assert labels == {"item": ["aspirin"], "specialty": ["cardiology"]}
+
+
+def test_kl_and_agreement_are_consistent(rot):
+    res = lesion(rot, PROMPTS, modes=["skip", "attn_zero"], n_continuations=5, max_new_tokens=5,
+                 continuation_modes=["skip", "attn_zero"], n_boot=10, progress=False)
+    kl, agree = res.metrics[..., 0], res.metrics[..., 2]
+    assert (kl > -1e-6).all()
+    # the first greedy token is the arg-max at the read position: top-1 kept <=> first_diff > 0
+    first = res.cont_metrics[..., 0]
+    for k, i in enumerate(res.cont_index):
+        np.testing.assert_array_equal(first[k] > 0, agree[i] == 1)
+
+
+# ---------------------------------------------------------------------------------------- generation
+@pytest.mark.parametrize("mode", ["skip", "attn_mean", None])
+def test_greedy_kv_cache_equals_recompute_and_unbatched(rot, mode):
+    items, _, _ = items_from_inputs(rot, PROMPTS)
+    ctx = [it.context for it in items]
+    means = compute_means(rot, [it.tokens for it in items])
+    fn = None if mode is None else (lambda pos: lesion_hooks(2, mode, means=means, position_ids=pos))
+    a = greedy_continuations(rot, ctx, 6, fn)
+    b = greedy_continuations(rot, ctx, 6, fn, use_cache=False)
+    c = torch.cat([greedy_continuations(rot, [x], 6, fn) for x in ctx])
+    assert torch.equal(a, b) and torch.equal(a, c)
+    if mode is None:  # TransformerLens's own greedy decoding agrees
+        ref = rot.generate(ctx[0][None], max_new_tokens=6, do_sample=False, verbose=False, stop_at_eos=False)
+        assert ref[0, ctx[0].shape[0]:].tolist() == a[0].tolist()
+
+
+def test_continuation_metrics():
+    assert continuation_metrics(np.array([1, 2, 3]), np.array([1, 2, 3])) == (3.0, 1.0, 1.0)
+    assert continuation_metrics(np.array([1, 2, 3, 4]), np.array([9, 1, 2, 3])) == (0.0, 0.0, 0.75)
+
+
+def test_judge_scores_and_validation(rot):
+    calls = []
+
+    def judge(prompt, intact, lesioned):
+        calls.append(prompt)
+        return 1 if intact == lesioned else 7
+
+    res = lesion(rot, PROMPTS[:3], modes=["skip"], n_continuations=2, max_new_tokens=4, judge=judge, n_boot=10, progress=False)
+    assert res.judge_scores.shape == (2, 1, rot.cfg.n_layers)
+    same = res.cont_metrics[..., 1] == 1.0
+    np.testing.assert_array_equal(res.judge_scores == 1, same)
+    assert "judge" in res.table.columns and len(calls) == 2 * rot.cfg.n_layers
+    with pytest.raises(MedinterpError, match="1..10"):
+        lesion(rot, PROMPTS[:1], modes=["skip"], n_continuations=1, max_new_tokens=2, judge=lambda *a: 11, progress=False)
+
+
+# ---------------------------------------------------------------------------------------- results
+def test_result_save_load_figure_and_escaping(rot, tmp_path):
+    bad = "<script>alert(1)</script> chest pain"
+    concepts = {"cardio": PROMPTS[:2], "resp": [bad, "fever and cough"]}
+    res = lesion(rot, concepts, modes=["skip", "mlp_mean"], n_continuations=3, max_new_tokens=4, n_boot=50, progress=False)
+    assert res.labels["concept"] == ["cardio", "cardio", "resp", "resp"]
+    assert res.layer_curve().shape == (rot.cfg.n_layers,)
+    lo, hi = res.layer_curve_ci()
+    cur = res.layer_curve()
+    assert np.all(lo <= cur + 1e-12) and np.all(cur <= hi + 1e-12)
+    c1 = res.layer_curve(where={"concept": "cardio"})
+    np.testing.assert_allclose(c1, res.metrics[:2, 0, :, 0].mean(0))
+    res.save(tmp_path / "r")
+    back = Result.load(tmp_path / "r")
+    assert isinstance(back, LesionResult)
+    np.testing.assert_array_equal(back.metrics, res.metrics)
+    np.testing.assert_array_equal(back.cont_tokens, res.cont_tokens)
+    np.testing.assert_allclose(back.layer_curve_ci()[0], lo)
+    assert back.lesioned_continuations == res.lesioned_continuations and back.prompts == res.prompts
+    assert back.table.shape == res.table.shape and set(back.table["mode"]) == {"skip", "mlp_mean"}
+    assert "kl_ci_low" in back.table.columns
+    html = back.to_html(tmp_path / "r.html")
+    assert "<script>alert(1)" not in html and "plotly" in html
+    assert len(back.figure()) >= 5  # heatmaps, curves, per-concept curves, continuation table
+    assert back.top_layers(2) == res.top_layers(2)
+    assert "top blocks by kl" in back.summary()
+
+
+def test_layer_subset_curve_has_nan_elsewhere(rot):
+    res = lesion(rot, PROMPTS[:2], modes=["skip"], layers=[1, 3], n_continuations=1, max_new_tokens=2, n_boot=10, progress=False)
+    cur = res.layer_curve()
+    assert cur.shape == (4,) and np.isnan(cur[[0, 2]]).all() and np.isfinite(cur[[1, 3]]).all()
+    assert np.isnan(res.layer_curve_ci()[0][0])
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(modes=["nope"]), "modes"),
+        (dict(layers=[7]), "blocks 0..3"),
+        (dict(method="fast"), "method"),
+        (dict(mean_over="median"), "mean_over"),
+        (dict(max_prompts=0), "max_prompts"),
+        (dict(continuation_modes=["x"]), "continuation_modes"),
+    ],
+)
+def test_bad_arguments(rot, kw, match):
+    with pytest.raises(MedinterpError, match=match):
+        lesion(rot, PROMPTS[:1], progress=False, **kw)
+
+
+def test_bad_prompts(rot):
+    with pytest.raises(MedinterpError, match="no prompts"):
+        lesion(rot, [], progress=False)
+    with pytest.raises(MedinterpError, match="prompt 1.*empty"):
+        lesion(rot, [("a", " b"), ("x", "  ")], progress=False)
+    with pytest.raises(MedinterpError, match="prompt 0.*expected a ConceptPrompt"):
+        lesion(rot, [42], progress=False)
+    with pytest.raises(MedinterpError, match="outside the text"):
+        lesion(rot, [types.SimpleNamespace(text="abc", span=(2, 9), answer=None)], progress=False)
+    with pytest.raises(MedinterpError, match="reference mean"):
+        lesion_hooks(0, "mlp_mean")
