@@ -1,0 +1,132 @@
+"""``medinterp concepts list | show | check``: the concept library from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medinterp.cli.app import app
+from medinterp.errors import MedinterpError
+
+concepts_app = typer.Typer(help="Concept sets and patching pairs: list, show, check tokenization.",
+                           no_args_is_help=True)
+app.add_typer(concepts_app, name="concepts")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@concepts_app.command("list")
+def list_command() -> None:
+    """List the shipped concept sets and pair sets with their sizes, labels and versions."""
+    from rich.table import Table
+
+    from medinterp.concepts import CONCEPT_FAMILIES, list_concepts
+
+    table = Table(title="Shipped concept sets (medinterp concepts show NAME)")
+    for col in ("name", "kind", "n", "labels / columns", "templates", "version"):
+        table.add_column(col)
+    for s in list_concepts():
+        table.add_row(s["name"], s["kind"], str(s["n"]), ", ".join(map(str, s["labels"])),
+                      str(s["templates"] or ""), s["version"])
+    con = _console()
+    con.print(table)
+    con.print("Knowledge-map rows: " + "; ".join(
+        f"{row}: concepts={f['concepts']}, pairs={f['pairs']}, labels={f['labels']}"
+        for row, f in CONCEPT_FAMILIES.items()))
+
+
+@concepts_app.command("show")
+def show_command(
+    name: str = typer.Argument(..., help="shipped set name (e.g. drugs) or path to a .yaml/.csv file"),
+    rows: int = typer.Option(10, "--rows", "-n", help="how many rows to print"),
+    label: Optional[str] = typer.Option(None, "--filter", help="LABEL=VALUE: show only matching items"),
+) -> None:
+    """Show one set: header, label counts, templates with an example prompt, and the first rows."""
+    import pandas as pd
+
+    from medinterp.concepts import PairSet, load_concepts
+
+    s = load_concepts(name)
+    if label:
+        if "=" not in label:
+            raise MedinterpError(f"--filter expects LABEL=VALUE, got {label!r}")
+        k, v = label.split("=", 1)
+        s = s.filter(**{k.strip(): v.strip()})
+    con = _console()
+    con.print(f"[bold]{s.name}[/bold] v{s.version} — {s.description}")
+    if s.provenance:
+        con.print(f"[dim]provenance: {s.provenance}[/dim]")
+    if isinstance(s, PairSet):
+        con.print(f"{len(s)} pairs; columns: clean, corrupted, clean_answer, corrupted_answer"
+                  + (", " + ", ".join(s.columns) if s.columns else ""))
+    else:
+        con.print(f"{len(s)} items (item column: {s.item_key})")
+        for lab in s.categorical_labels:
+            counts = pd.Series([str(x) for x in s.label(lab)]).value_counts()
+            con.print(f"  {lab} ({len(counts)} values): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        for lab in s.continuous_labels:
+            vals = [float(x) for x in s.label(lab)]
+            con.print(f"  {lab} (continuous): {min(vals):g} .. {max(vals):g}")
+        ex = s.items[0]
+        for i, t in enumerate(s.templates):
+            text, _ = s.render(t, ex)
+            ans = s.template_answers[i]
+            con.print(f"  template {i}: {t!r} -> {text!r}" + (f" (answer {ex[ans]!r})" if ans else ""))
+    with pd.option_context("display.max_colwidth", 70, "display.width", 200):
+        con.print(s.to_dataframe().head(rows).to_string(index=False))
+
+
+@concepts_app.command("check")
+def check_command(
+    model: Optional[str] = typer.Option("gemma-3-270m", "--model", "-m",
+                                        help="model spec for medinterp.load_model (uses its tokenizer)"),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
+                                             help="check with a local Hugging Face tokenizer folder instead "
+                                                  "of loading a model (fast)"),
+    pairs: Optional[list[str]] = typer.Option(None, "--pairs", "-p",
+                                              help="pair set name or file (repeatable); default all shipped"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print every dropped pair with its reason"),
+) -> None:
+    """Tokenization report: which patching pairs have equal-length prompts and single-token answers."""
+    from medinterp.concepts import PairSet, load_concepts, SHIPPED
+
+    names = list(pairs) if pairs else [n for n in SHIPPED if isinstance(load_concepts(n), PairSet)]
+    sets = []
+    for n in names:
+        s = load_concepts(n)
+        if not isinstance(s, PairSet):
+            raise MedinterpError(f"{n!r} is a concept set, not a pair set; pair sets have the columns "
+                                 "clean, corrupted, clean_answer, corrupted_answer")
+        sets.append(s)
+    if tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        if not tokenizer.exists():
+            raise MedinterpError(f"--tokenizer {tokenizer}: no such folder")
+        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+        target, what = tok, f"tokenizer {tokenizer.name}"
+    else:
+        import medinterp as mi
+
+        target, what = mi.load_model(model), f"model {model}"
+    con = _console()
+    con.print(f"Tokenization check with {what}:")
+    total_v = total = 0
+    for s in sets:
+        chk = s.check(target)
+        total_v += chk.n_valid
+        total += len(s)
+        line = f"  {s.name}: {chk.n_valid}/{len(s)} valid ({100 * chk.fraction_valid:.0f}%), {chk.n_dropped} dropped"
+        if chk.n_dropped:
+            line += " — " + ", ".join(f"{k} x{v}" for k, v in chk.reasons().most_common())
+        con.print(line)
+        if verbose:
+            for p, r in chk.dropped:
+                con.print(f"      line {p.line}: {p.clean!r} / {p.corrupted!r}: {r}")
+    con.print(f"  total: {total_v}/{total} valid")
