@@ -35,7 +35,7 @@ import dataclasses
 import threading
 import time
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from medinterp.results import Result, bootstrap_ci, make_provenance
 COMPONENTS: tuple[str, ...] = ("attn", "mlp", "combined")
 VARIANTS: tuple[str, ...] = ("grad", "grad_x_weight", "grad_norm_ratio")
 OUTER: tuple[str, ...] = ("embed", "unembed")
-_CHUNK = 1 << 22  # elements per chunk for |g·w| (bounds the temporary to 16 MB in float32)
+_CHUNK = 1 << 18  # elements per statistics chunk (1 MB in float32: cache-sized temporaries)
 
 
 # ============================================================================ targets
@@ -251,23 +251,38 @@ class _Accumulator:
         self.seen[:] = False
 
     @torch.no_grad()
-    def add(self, name: str, grad: torch.Tensor) -> None:
+    def add(self, name: str, grad: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Add the sums of ``grad`` (all of it, or a slice of the parameter whose values are ``weight``).
+
+        Works chunk by chunk (``_CHUNK`` elements) so the ``g·w`` temporary stays small and each chunk
+        is still in cache for its three reductions.
+        """
         i = self.index[name]
-        w = self.weights[i]
         g = grad.reshape(-1)
-        self.l1[i] += float(torch.linalg.vector_norm(g, 1))
-        self.l2sq[i] += float(torch.linalg.vector_norm(g, 2)) ** 2
-        wf = w.reshape(-1)
-        total = 0.0
+        wf = (self.weights[i] if weight is None else weight).reshape(-1)
+        if wf.numel() != g.numel():
+            raise RuntimeError(f"saliency: gradient of {name} has {g.numel()} elements, weight {wf.numel()}")
+        l1 = l2sq = gw = 0.0
         for s in range(0, g.numel(), _CHUNK):
             gc, wc = g[s : s + _CHUNK], wf[s : s + _CHUNK]
             if self._buf is None or self._buf.numel() < gc.numel() or self._buf.dtype != gc.dtype:
-                self._buf = torch.empty(min(_CHUNK, max(gc.numel(), 1 << 16)), dtype=gc.dtype, device=gc.device)
+                self._buf = torch.empty(max(gc.numel(), min(_CHUNK, 1 << 16)), dtype=gc.dtype, device=gc.device)
             buf = self._buf[: gc.numel()]
-            torch.mul(gc, wc, out=buf)
-            total += float(torch.linalg.vector_norm(buf, 1))
-        self.gw[i] += total
+            # torch.sum / dot accumulate accurately; float32 vector_norm is off by ~1e-5 on 1e5 elements.
+            l1 += float(torch.abs(gc, out=buf).sum())
+            l2sq += float(torch.dot(gc, gc))
+            gw += float(torch.mul(gc, wc, out=buf).abs_().sum())
+        self.l1[i] += l1
+        self.l2sq[i] += l2sq
+        self.gw[i] += gw
         self.seen[i] = True
+
+
+@torch.no_grad()
+def _sum_of_squares(p: torch.Tensor) -> float:
+    """Σ p² in chunks (dot products summed in float64)."""
+    f = p.detach().reshape(-1)
+    return float(sum(float(torch.dot(f[s : s + _CHUNK], f[s : s + _CHUNK])) for s in range(0, f.numel(), _CHUNK)))
 
 
 def _group_stats(
@@ -297,20 +312,33 @@ def _param_stats(acc: _Accumulator, numel: np.ndarray, wsq: np.ndarray) -> np.nd
 
 
 # ============================================================================ loss
-def target_loss(model: Any, t: SaliencyTarget, device: torch.device | str) -> torch.Tensor:
-    """``-Σ log p(target tokens | preceding tokens)``, with logits only at the predicting positions."""
+def target_loss(
+    model: Any,
+    t: SaliencyTarget,
+    device: torch.device | str,
+    on_unembed: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """``-Σ log p(target tokens | preceding tokens)``, with logits only at the predicting positions.
+
+    The unembedding is applied as ``x @ W_U + b_U`` (TransformerLens' ``Unembed`` copies ``W_U.T`` on
+    every call, 671 MB for Gemma). If ``on_unembed`` is given, it is called during backward with
+    ``(x, ∂L/∂logits)`` (``[k, d_model]``, ``[k, d_vocab]``), from which ``∂L/∂W_U = xᵀ·∂L/∂logits``.
+    """
     tokens = t.tokens.to(device)
     resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [1, T, d_model], before ln_final
     pos = torch.tensor(t.predict_positions, device=resid.device)
-    x = resid[:, pos]
+    x = resid[0, pos]  # [k, d_model]
     if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    logits = model.unembed(x)
+        x = model.ln_final(x.unsqueeze(0))[0]
+    logits = x @ model.unembed.W_U + model.unembed.b_U  # [k, d_vocab]
+    if on_unembed is not None and logits.requires_grad:
+        xd = x.detach()
+        logits.register_hook(lambda d_logits: on_unembed(xd, d_logits))
     cap = getattr(model.cfg, "output_logits_soft_cap", None)
     if cap is not None and cap > 0:
         logits = cap * torch.tanh(logits / cap)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    tgt = tokens[:, t.n_context :]
+    tgt = tokens[0, t.n_context :]
     return -logp.gather(-1, tgt.unsqueeze(-1)).sum()
 
 
@@ -364,6 +392,7 @@ def saliency(
     ci: float = 0.95,
     progress: bool = True,
     track_memory: bool = True,
+    fast_outer: bool = True,
 ) -> "SaliencyResult":
     """Per-layer weight-gradient saliency of ``-log p(target | prompt)``, one backward per prompt.
 
@@ -381,6 +410,9 @@ def saliency(
         n_boot, ci: bootstrap replicates and confidence level of the aggregated table.
         progress: show a tqdm bar.
         track_memory: record the peak RSS increase during the run (``result.memory``).
+        fast_outer: compute the embedding's gradient only on the prompt's token rows (the others are
+            exactly zero) and the unembedding's gradient a few rows at a time, never materialising either
+            ``d_vocab × d_model`` gradient. Same numbers (tested); False uses plain parameter hooks.
 
     Returns:
         A :class:`SaliencyResult`.
@@ -405,8 +437,7 @@ def saliency(
     plist = [named[n] for n in names]
     n_layers = int(model.cfg.n_layers)
     numel = np.array([p.numel() for p in plist], dtype=float)
-    with torch.no_grad():
-        wsq = np.array([float(torch.linalg.vector_norm(p.detach().reshape(-1), 2)) ** 2 for p in plist])
+    wsq = np.array([_sum_of_squares(p) for p in plist])
     masks = _masks(groups, names, n_layers)
     device = next(model.parameters()).device
 
@@ -418,7 +449,7 @@ def saliency(
 
     tracker = PeakRSS() if track_memory else None
     t0 = time.perf_counter()
-    with _grad_hooks(model, names, acc):
+    with _grad_hooks(model, names, acc, fast_outer=fast_outer) as gh:
         if tracker:
             tracker.__enter__()
         try:
@@ -430,7 +461,7 @@ def saliency(
             for i in it:
                 acc.reset()
                 with torch.enable_grad():
-                    loss = target_loss(model, targets[i], device)
+                    loss = target_loss(model, targets[i], device, on_unembed=gh.on_unembed)
                     loss.backward()
                 losses[i] = float(loss.detach())
                 del loss
@@ -497,22 +528,47 @@ def _summarise(acc, masks, numel, wsq, n_layers) -> tuple[np.ndarray, np.ndarray
 
 
 class _grad_hooks:
-    """Context: selected params require grad, each has a post-accumulate hook that feeds ``acc`` and
-    frees the gradient; on exit hooks are removed and ``requires_grad`` and ``.grad`` are restored."""
+    """Context that makes gradients arrive one parameter at a time and never be kept.
 
-    def __init__(self, model: Any, names: list[str], acc: _Accumulator):
+    * Every measured parameter requires grad and has a ``register_post_accumulate_grad_hook`` that feeds
+      ``acc`` and sets ``p.grad = None`` at once.
+    * Embedding (``fast_outer``): ``∂L/∂W_E`` is zero except on the rows of the prompt's tokens, so
+      instead of a dense ``d_vocab × d_model`` gradient, ``W_E`` gets no gradient and a forward hook
+      on ``model.embed`` catches ``∂L/∂(W_E[tokens])`` and scatter-adds it into the used rows.
+    * Unembedding (``fast_outer``): ``W_U`` gets no gradient; :func:`target_loss` hands
+      ``(x, ∂L/∂logits)`` to :meth:`on_unembed`, which forms ``∂L/∂W_U = xᵀ·∂L/∂logits`` a few rows at
+      a time, so the full ``d_model × d_vocab`` gradient never exists.
+    On exit hooks are removed and every parameter's ``requires_grad`` and ``.grad`` are restored.
+    """
+
+    def __init__(self, model: Any, names: list[str], acc: _Accumulator, fast_outer: bool = True):
         self.model, self.names, self.acc = model, set(names), acc
         self.handles: list[Any] = []
         self.saved: dict[str, tuple[bool, torch.Tensor | None]] = {}
+        self.fast_embed = fast_outer and "embed.W_E" in self.names and _embed_is_plain_lookup(model)
+        self.fast_unembed = fast_outer and "unembed.W_U" in self.names and not _shares_storage(model, "unembed.W_U")
+        self.fast = {n for n, on in [("embed.W_E", self.fast_embed), ("unembed.W_U", self.fast_unembed),
+                                      ("unembed.b_U", self.fast_unembed and "unembed.b_U" in self.names)] if on}
 
     def __enter__(self) -> "_grad_hooks":
-        for name, p in self.model.named_parameters():
-            self.saved[name] = (p.requires_grad, p.grad)
-            p.grad = None
-            p.requires_grad_(name in self.names)
-            if name in self.names:
-                self.handles.append(p.register_post_accumulate_grad_hook(self._hook(name)))
+        try:
+            for name, p in self.model.named_parameters():
+                self.saved[name] = (p.requires_grad, p.grad)
+                p.grad = None
+                hooked = name in self.names and name not in self.fast
+                p.requires_grad_(hooked)
+                if hooked:
+                    self.handles.append(p.register_post_accumulate_grad_hook(self._hook(name)))
+            if self.fast_embed:
+                self.handles.append(self.model.embed.register_forward_hook(self._embed_hook))
+        except BaseException:
+            self.__exit__()
+            raise
         return self
+
+    @property
+    def on_unembed(self) -> Callable[[torch.Tensor, torch.Tensor], None] | None:
+        return self._on_unembed if self.fast_unembed else None
 
     def _hook(self, name: str):
         acc = self.acc
@@ -523,14 +579,59 @@ class _grad_hooks:
 
         return hook
 
+    def _embed_hook(self, module: Any, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return out
+        tokens = args[0].reshape(-1)
+        leaf = out.detach().requires_grad_(True)
+        W_E = module.W_E
+
+        def on_grad(g: torch.Tensor) -> None:
+            with torch.no_grad():
+                rows, inv = torch.unique(tokens, return_inverse=True)
+                g_rows = torch.zeros(len(rows), g.shape[-1], dtype=g.dtype, device=g.device)
+                g_rows.index_add_(0, inv.to(g.device), g.reshape(-1, g.shape[-1]))
+                self.acc.add("embed.W_E", g_rows, W_E.detach()[rows])
+
+        leaf.register_hook(on_grad)
+        return leaf
+
+    @torch.no_grad()
+    def _on_unembed(self, x: torch.Tensor, d_logits: torch.Tensor) -> None:
+        W_U = self.model.unembed.W_U.detach()  # [d_model, d_vocab]
+        step = max(1, _CHUNK * 16 // W_U.shape[1])  # rows of ∂L/∂W_U per block (~16 MB)
+        for r in range(0, W_U.shape[0], step):
+            g = x[:, r : r + step].T.to(d_logits.dtype) @ d_logits  # [step, d_vocab]
+            self.acc.add("unembed.W_U", g, W_U[r : r + step])
+        if "unembed.b_U" in self.fast:
+            self.acc.add("unembed.b_U", d_logits.sum(0))
+
     def __exit__(self, *exc: Any) -> None:
         for h in self.handles:
             h.remove()
+        self.handles.clear()
         for name, p in self.model.named_parameters():
             if name in self.saved:
                 rg, g = self.saved[name]
                 p.requires_grad_(rg)
                 p.grad = g
+
+
+def _shares_storage(model: Any, name: str) -> bool:
+    """True if parameter ``name`` shares memory with another parameter (tied weights)."""
+    named = dict(model.named_parameters())
+    ptr = named[name].untyped_storage().data_ptr()
+    return any(n != name and p.untyped_storage().data_ptr() == ptr for n, p in named.items())
+
+
+def _embed_is_plain_lookup(model: Any) -> bool:
+    """``model.embed(tokens)`` is exactly ``W_E[tokens]`` (TransformerLens ``Embed`` without post-LN)."""
+    embed = getattr(model, "embed", None)
+    return (
+        type(embed).__name__ == "Embed"
+        and not getattr(model.cfg, "post_embedding_ln", False)
+        and not _shares_storage(model, "embed.W_E")
+    )
 
 
 # ============================================================================ result
