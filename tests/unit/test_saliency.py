@@ -255,3 +255,24 @@ def test_fast_outer_never_materialises_the_vocab_gradients(model):
     n_rows = len(set(build_target(model, *PROMPTS[0]).tokens[0].tolist()))
     assert shapes["embed.W_E"] == (n_rows, model.cfg.d_model)  # only the prompt's token rows
     assert sum(s[0] for n, s, _ in seen if n == "unembed.W_U") == model.cfg.d_model  # in row blocks
+
+
+def test_cli_writes_result_dir_table_and_html(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import medinterp.models
+    from medinterp.cli import app
+
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, device="cpu": tiny_model(n_layers=2))
+    out = tmp_path / "sal"
+    r = CliRunner().invoke(
+        app, ["saliency", "-c", "drugs", "-o", str(out), "-m", "tiny", "-n", "5", "--no-progress", "--n-boot", "50"]
+    )
+    assert r.exit_code == 0, r.output
+    assert {"manifest.json", "arrays.safetensors", "table.csv", "saliency.html"} <= {p.name for p in out.iterdir()}
+    res = Result.load(out)
+    assert res.concept_set == "drugs" and res.n_prompts == 5 and res.n_layers == 2
+    assert {"specialty", "mechanism", "item"} <= set(res.labels)
+    assert "block" in r.output
+    bad = CliRunner().invoke(app, ["saliency", "-c", "drugs", "-o", str(out), "--params", "some"])
+    assert bad.exit_code != 0 and isinstance(bad.exception, MedinterpError)
