@@ -1,0 +1,381 @@
+"""Concept library: shipped data shape and facts, API, validation errors, pair tokenization checks."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+
+import pytest
+
+from medinterp.concepts import (
+    CONCEPT_FAMILIES,
+    SHIPPED,
+    ConceptPrompt,
+    ConceptSet,
+    PairSet,
+    PromptPair,
+    list_concepts,
+    load_concepts,
+)
+from medinterp.errors import ConceptFileError, MedinterpError
+
+PAIR_SETS = ["diagnosis_pairs", "dosage", "age_pairs", "symptom_pairs", "drug_pairs", "progression_pairs"]
+CONCEPT_SETS = ["age", "symptoms", "diseases", "progression", "drugs", "dosage_drugs"]
+
+
+# ----------------------------------------------------------------------------- shipped data: shape
+
+
+def test_every_shipped_set_loads_with_version_and_provenance():
+    assert set(PAIR_SETS + CONCEPT_SETS) <= set(SHIPPED)
+    for name in SHIPPED:
+        s = load_concepts(name)
+        assert s.name == name
+        assert re.fullmatch(r"\d+\.\d+\.\d+", s.version), name
+        assert len(s.provenance) > 40 and len(s.description) > 20, name
+        assert isinstance(s, PairSet) == (name in PAIR_SETS)
+
+
+def test_list_concepts_counts_match():
+    rows = {r["name"]: r for r in list_concepts()}
+    assert rows["drugs"]["n"] == len(load_concepts("drugs"))
+    assert rows["diagnosis_pairs"]["kind"] == "pairs"
+
+
+def test_age_every_year_both_sexes_no_article_before_age():
+    age = load_concepts("age")
+    df = age.to_dataframe()
+    assert list(df.columns)[:2] == ["age", "sex"]
+    assert len(age.templates) >= 3
+    for sex in ("male", "female"):
+        assert sorted(df[df.sex == sex].age) == list(range(1, 101))
+    assert age.continuous_labels == ["age"] and age.categorical_labels == ["sex"]
+    # "a 18-year-old" / "an 18-year-old" would change the surface form exactly at the adult boundary
+    for t in age.templates:
+        assert not re.search(r"\b(a|an)\s+\{age\}", t, re.I), t
+
+
+def test_symptoms_and_diseases_coverage():
+    sym = load_concepts("symptoms").to_dataframe()
+    assert len(sym) >= 60 and "system" in sym.columns
+    counts = sym.system.value_counts()
+    assert len(counts) >= 8 and counts.min() >= 5, counts
+    dis = load_concepts("diseases").to_dataframe()
+    assert len(dis) >= 60 and "specialty" in dis.columns
+    counts = dis.specialty.value_counts()
+    assert len(counts) >= 8 and counts.min() >= 5, counts
+    assert not dis.disease.str.lower().duplicated().any()
+
+
+def test_progression_stages_ordered_and_complete():
+    prog = load_concepts("progression")
+    df = prog.to_dataframe()
+    assert {"disease", "stage"} <= set(df.columns)
+    diseases = set(df.disease)
+    assert len(diseases) >= 6 and {"Parkinson's disease", "COPD"} <= diseases
+    for d, g in df.groupby("disease"):
+        stages = list(g.stage)
+        assert 8 <= len(stages) <= 10, d
+        assert stages == list(range(len(stages))), f"{d}: stages must be 0..n-1 in file order, got {stages}"
+        assert g.description.is_unique
+    # spot-check clinical ordering where the description carries a number: FEV1 falls, eGFR falls
+    for d, pat in (("COPD", r"FEV1 (\d+)%"), ("chronic kidney disease", r"eGFR (\d+)")):
+        vals = [int(m.group(1)) for m in (re.search(pat, x) for x in df[df.disease == d].description) if m]
+        assert len(vals) >= 5 and vals == sorted(vals, reverse=True), (d, vals)
+
+
+def test_drug_labels_cross_cut():
+    drugs = load_concepts("drugs")
+    df = drugs.to_dataframe()
+    assert len(df) >= 60 and {"specialty", "mechanism"} <= set(df.columns)
+    assert not df.drug.str.lower().duplicated().any()
+    spec_per_mech = df.groupby("mechanism").specialty.nunique()
+    mech_per_spec = df.groupby("specialty").mechanism.nunique()
+    assert (spec_per_mech >= 2).sum() >= 5, spec_per_mech[spec_per_mech >= 2]
+    assert (mech_per_spec >= 2).sum() >= 8, mech_per_spec
+    # the two labellings are not the same partition
+    assert df.specialty.nunique() >= 8 and df.mechanism.nunique() >= 20
+    for it in drugs:
+        assert it["indication"].startswith(" ") and it["indication"].strip(), it["drug"]
+        assert isinstance(it["keywords"], list)
+
+
+def test_known_drug_facts():
+    """A handful of facts a pharmacist would check first (guards against a shuffled column)."""
+    by = {it["drug"]: it for it in load_concepts("drugs")}
+    assert by["metformin"]["mechanism"] == "biguanide" and by["metformin"]["indication"] == " diabetes"
+    assert by["timolol"]["mechanism"] == by["metoprolol"]["mechanism"] == "beta blocker"
+    assert by["timolol"]["specialty"] == "ophthalmology" and by["metoprolol"]["specialty"] == "cardiology"
+    assert by["levodopa"]["indication"] == " Parkinson"
+    assert by["omeprazole"]["mechanism"] == "proton pump inhibitor"
+    dose = {it["drug"]: it for it in load_concepts("dosage_drugs")}
+    assert dose["amlodipine"]["dose_mg"] == 5 and dose["metformin"]["dose_mg"] == 500
+    assert dose["clopidogrel"]["dose_mg"] == 75
+
+
+def test_pair_files_columns_and_answers():
+    for name in PAIR_SETS:
+        ps = load_concepts(name)
+        df = ps.to_dataframe()
+        assert list(df.columns[:4]) == ["clean", "corrupted", "clean_answer", "corrupted_answer"]
+        assert len(ps) >= 20, name
+        for p in ps:
+            assert p.clean != p.corrupted and p.clean_answer != p.corrupted_answer, (name, p)
+    diag = load_concepts("diagnosis_pairs")
+    assert len(diag) >= 30
+    specs = set(diag.to_dataframe().clean_specialty) | set(diag.to_dataframe().corrupted_specialty)
+    assert len(specs) >= 8
+
+
+def test_item_pairs_differ_only_in_the_item_and_agree_with_concept_sets():
+    drugs = {it["drug"]: it for it in load_concepts("drugs")}
+    for p in load_concepts("drug_pairs"):
+        a, b = p.meta["clean_drug"], p.meta["corrupted_drug"]
+        assert p.clean.replace(a, "X") == p.corrupted.replace(b, "X")
+        assert p.clean_answer == drugs[a]["indication"] and p.corrupted_answer == drugs[b]["indication"]
+    doses = {it["drug"]: it for it in load_concepts("dosage_drugs")}
+    for p in load_concepts("dosage"):
+        a, b = p.meta["clean_drug"], p.meta["corrupted_drug"]
+        assert p.clean.replace(a, "X") == p.corrupted.replace(b, "X")
+        assert p.clean_answer == str(doses[a]["dose_mg"])[0] == doses[a]["answer"]
+        assert p.corrupted_answer == str(doses[b]["dose_mg"])[0]
+        assert p.meta["clean_dose"] == f"{doses[a]['dose_mg']} mg"
+    for p in load_concepts("age_pairs"):
+        assert p.clean.replace(str(p.meta["clean_age"]), "X") == p.corrupted.replace(str(p.meta["corrupted_age"]), "X")
+        if "Legal status" in p.clean:
+            assert p.clean_answer == (" minor" if p.meta["clean_age"] < 18 else " adult")
+
+
+def test_concept_families_point_at_real_sets_and_labels():
+    assert set(CONCEPT_FAMILIES) == {"age", "symptoms", "diseases", "progression", "drugs", "dosage"}
+    for row, fam in CONCEPT_FAMILIES.items():
+        cs, ps = load_concepts(fam["concepts"]), load_concepts(fam["pairs"])
+        assert isinstance(cs, ConceptSet) and isinstance(ps, PairSet), row
+        assert fam["labels"] and set(fam["labels"]) <= set(cs.labels), row
+    assert CONCEPT_FAMILIES["drugs"]["labels"] == ["specialty", "mechanism"]
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def test_to_dataframe_label_columns():
+    expect = {"age": ["age", "sex"], "symptoms": ["system"], "diseases": ["specialty"],
+              "progression": ["disease", "stage"], "drugs": ["specialty", "mechanism"]}
+    for name, cols in expect.items():
+        s = load_concepts(name)
+        df = s.to_dataframe()
+        assert len(df) == len(s) and set(cols) <= set(df.columns), name
+
+
+def test_prompts_spans_labels_answers():
+    drugs = load_concepts("drugs")
+    ps = drugs.prompts()
+    assert len(ps) == len(drugs) * len(drugs.templates)
+    assert all(isinstance(p, ConceptPrompt) for p in ps)
+    for p in ps[:30]:
+        assert p.text[p.span[0]:p.span[1]] == p.item == drugs.items[p.item_index]["drug"]
+        assert p.labels == {"specialty": drugs.items[p.item_index]["specialty"],
+                            "mechanism": drugs.items[p.item_index]["mechanism"]}
+        assert (p.answer is not None) == (drugs.template_answers[p.template_index] is not None)
+    first = drugs.prompts(templates=[0])
+    assert all(p.answer == drugs.items[p.item_index]["indication"] for p in first)
+    custom = drugs.prompts(templates=["Dose of {drug}:"])
+    assert custom[0].template_index == -1 and custom[0].answer is None and custom[0].text.startswith("Dose of ")
+    age = load_concepts("age").prompts(templates=[1])
+    assert age[0].labels == {"sex": "male", "age": 1} and age[0].item == "1"
+    with pytest.raises(MedinterpError, match="out of range"):
+        drugs.prompts(templates=[99])
+    with pytest.raises(MedinterpError, match="placeholder"):
+        drugs.prompts(templates=["no placeholder"])
+
+
+def test_filter_and_iteration():
+    drugs = load_concepts("drugs")
+    card = drugs.filter(specialty="cardiology")
+    assert 0 < len(card) < len(drugs) and all(it["specialty"] == "cardiology" for it in card)
+    two = drugs.filter(specialty=["cardiology", "neurology"], mechanism="calcium channel blocker")
+    assert {it["drug"] for it in two} >= {"amlodipine", "nimodipine"}
+    adults = load_concepts("age").filter(age=range(18, 66), sex="female")
+    assert len(adults) == 48
+    assert len(drugs) == len(load_concepts("drugs"))  # filter does not mutate
+    with pytest.raises(MedinterpError, match="no label"):
+        drugs.filter(colour="red")
+    with pytest.raises(MedinterpError, match="leaves no item"):
+        drugs.filter(specialty="astrology")
+    diag = load_concepts("diagnosis_pairs").filter(clean_specialty="neurology")
+    assert len(diag) >= 2 and all(isinstance(p, PromptPair) for p in diag)
+
+
+# ----------------------------------------------------------------------------- validation errors
+
+GOOD = """name: mini
+version: "0.1"
+item: drug
+labels:
+  specialty: {type: categorical, values: [cardiology, neurology]}
+templates:
+  - "The drug {drug} is"
+items:
+  - {drug: amlodipine, specialty: cardiology}
+  - {drug: levodopa, specialty: neurology}
+"""
+
+
+def _write(tmp_path, text, name="set.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_user_yaml_file_loads(tmp_path):
+    s = load_concepts(_write(tmp_path, GOOD))
+    assert isinstance(s, ConceptSet) and len(s) == 2 and s.prompts()[1].text == "The drug levodopa is"
+
+
+@pytest.mark.parametrize(
+    "old,new,line,column,expect",
+    [
+        ("  - {drug: levodopa, specialty: neurology}", "  - {drug: levodopa}", 10, "specialty", "missing column"),
+        ("specialty: neurology}", "specialty: neurolgy}", 10, "specialty", "unknown label 'neurolgy'"),
+        ("{drug: levodopa,", "{drug: Amlodipine,", 10, "drug", "duplicate item.*line 9"),
+        ('  - "The drug {drug} is"', '  - ""', 7, "templates", "empty"),
+        ('  - "The drug {drug} is"', '  - "The drug is"', 7, "templates", "no placeholder '{drug}'"),
+        ('  - "The drug {drug} is"', '  - "The {dose} of {drug}"', 7, "templates", "unknown placeholder"),
+        ("specialty: cardiology}", "specialty: cardiology, colour: red}", 9, "colour", "unknown column"),
+    ],
+)
+def test_validation_errors_name_file_line_column(tmp_path, old, new, line, column, expect):
+    assert old in GOOD
+    p = _write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(ConceptFileError) as e:
+        load_concepts(p)
+    msg = str(e.value)
+    assert "set.yaml" in msg and f"line {line}" in msg and f"column '{column}'" in msg, msg
+    assert re.search(expect, msg), msg
+
+
+def test_non_numeric_age(tmp_path):
+    text = """name: ages
+version: "1"
+item: age
+labels: {age: continuous, sex: {values: [male, female]}}
+templates: ["Age {age}, {sex}."]
+items:
+  - {age: 40, sex: male}
+  - {age: forty, sex: female}
+"""
+    with pytest.raises(ConceptFileError, match=r"ages.yaml, line 8, column 'age': expected a number.*'forty'"):
+        load_concepts(_write(tmp_path, text, "ages.yaml"))
+
+
+def test_csv_user_files_with_header_and_line_numbers(tmp_path):
+    csv_text = ("# name: csvset\n# version: '2'\n# item: symptom\n# labels: {system: categorical}\n"
+                "# templates: ['Complains of {symptom}.']\n"
+                "symptom,system\ncough,respiratory\nwheeze,respiratory\nrash,skin\n")
+    s = load_concepts(_write(tmp_path, csv_text, "sym.csv"))
+    assert len(s) == 3 and s.version == "2" and s.prompts()[2].text == "Complains of rash."
+    bad = csv_text.replace("rash,skin\n", "cough,respiratory\n")
+    with pytest.raises(ConceptFileError, match=r"sym.csv, line 9, column 'symptom': duplicate item.*line 7"):
+        load_concepts(_write(tmp_path, bad, "sym.csv"))
+    pairs = 'clean,corrupted,clean_answer,corrupted_answer\nA,B," x"," y"\nC,D," z"\n'
+    with pytest.raises(ConceptFileError, match=r"p.csv, line 3, column 'corrupted_answer': expected non-empty"):
+        load_concepts(_write(tmp_path, pairs, "p.csv"))
+    ps = load_concepts(_write(tmp_path, pairs.replace('" z"\n', '" z"," w"\n'), "p.csv"))
+    assert isinstance(ps, PairSet) and ps.pairs[1].corrupted_answer == " w" and ps.pairs[1].line == 3
+    missing = "clean,corrupted,clean_answer\nA,B, x\n"
+    with pytest.raises(ConceptFileError, match=r"column 'corrupted_answer'.*missing"):
+        load_concepts(_write(tmp_path, missing, "m.csv"))
+
+
+def test_pair_yaml_errors(tmp_path):
+    text = """name: p
+kind: pairs
+version: "1"
+pairs:
+  - {clean: "a b", corrupted: "a c", clean_answer: " x", corrupted_answer: " y"}
+  - {clean: "a d", corrupted: "a e", clean_answer: " x"}
+"""
+    with pytest.raises(ConceptFileError, match=r"p.yaml, line 6, column 'corrupted_answer': missing column"):
+        load_concepts(_write(tmp_path, text, "p.yaml"))
+    dup = text.replace('{clean: "a d", corrupted: "a e", clean_answer: " x"}',
+                       '{clean: "a b", corrupted: "a c", clean_answer: " x", corrupted_answer: " z"}')
+    with pytest.raises(ConceptFileError, match=r"line 6.*duplicate pair: already on line 5"):
+        load_concepts(_write(tmp_path, dup, "p.yaml"))
+
+
+def test_unknown_name_and_bad_files(tmp_path):
+    with pytest.raises(MedinterpError, match="unknown concept set 'drugz'.*drugs"):
+        load_concepts("drugz")
+    with pytest.raises(ConceptFileError, match="no such file"):
+        load_concepts(tmp_path / "missing.yaml")
+    with pytest.raises(ConceptFileError, match=r"line \d+.*not valid YAML"):
+        load_concepts(_write(tmp_path, "name: x\nitems: [\n  {a: 1\n", "broken.yaml"))
+
+
+# ----------------------------------------------------------------------------- tokenization check
+
+
+def test_check_reasons_on_tiny_model(tiny):
+    ps = PairSet("t", "1", "", [
+        PromptPair("The patient has chest pain", "The patient has a cough", " angina", " pneumonia"),   # valid
+        PromptPair("The patient has chest pain", "The patient has pain", " angina", " pneumonia"),      # length
+        PromptPair("The patient has chest pain", "The patient has a cough", " angina pectoris", " asthma"),
+        PromptPair("The patient has chest pain", "The patient has a cough", " angina", " angina"),
+        PromptPair("The patient has chest pain", "The patient has chest pain", " angina", " asthma"),
+        PromptPair("The patient has chest pain", "The patient has a cough", " zzqx", " asthma"),
+    ])
+    chk = ps.check(tiny)
+    assert chk.n_valid + chk.n_dropped == len(ps)  # never silent
+    assert [p.corrupted_answer for p in chk.valid] == [" pneumonia"]
+    reasons = [r for _, r in chk.dropped]
+    assert "unequal length: clean is 6 tokens, corrupted is 5" in reasons[0]  # 5 words + BOS
+    assert "multi-token answer" in reasons[1] and "2 tokens" in reasons[1]
+    assert "identical answers" in reasons[2]
+    assert "identical prompts" in reasons[3]
+    assert "unknown token" in reasons[4]
+    a, b = chk.answer_ids[0]
+    assert a == tiny.to_single_token(" angina") and b == tiny.to_single_token(" pneumonia")
+    assert chk.n_tokens == [6]
+    df = chk.to_dataframe()
+    assert len(df) == 6 and df.valid.sum() == 1 and (df.reason != "").sum() == 5
+    assert "1/6 valid" in chk.summary() and "dropped" in chk.report()
+
+
+def test_check_with_hf_tokenizer_matches_model(tiny):
+    ps = load_concepts("symptom_pairs")
+    via_model, via_tok = ps.check(tiny), ps.check(tiny.tokenizer)
+    assert via_model.n_valid + via_model.n_dropped == len(ps)
+    assert [p.clean for p in via_model.valid] == [p.clean for p in via_tok.valid]
+    assert via_model.answer_ids == via_tok.answer_ids
+    with pytest.raises(MedinterpError, match="expected a HookedTransformer or a Hugging Face tokenizer"):
+        ps.check(42)
+
+
+def test_check_answer_must_continue_prompt(tiny):
+    # a prompt ending in a space followed by an answer with its own space is not one next token
+    ps = PairSet("s", "1", "", [PromptPair("The dose is", "The drug is", " five", " ten")])
+    assert ps.check(tiny).n_valid in (0, 1)  # word-level: valid iff the words exist; must not crash
+    for name in PAIR_SETS:
+        chk = load_concepts(name).check(tiny)
+        assert chk.n_valid + chk.n_dropped == len(load_concepts(name))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_list_show_check(tmp_path, tiny):
+    from typer.testing import CliRunner
+
+    from medinterp.cli import app
+
+    r = CliRunner().invoke(app, ["concepts", "list"])
+    assert r.exit_code == 0, r.output
+    assert "drugs" in r.output and "diagnosis_pairs" in r.output and "152" in r.output
+    r = CliRunner().invoke(app, ["concepts", "show", "drugs", "-n", "3", "--filter", "specialty=ophthalmology"])
+    assert r.exit_code == 0, r.output
+    assert "latanoprost" in r.output and "metformin" not in r.output
+    tiny.tokenizer.save_pretrained(tmp_path / "tok")
+    r = CliRunner().invoke(app, ["concepts", "check", "--tokenizer", str(tmp_path / "tok"), "-p", "diagnosis_pairs",
+                                 "-v"])
+    assert r.exit_code == 0, r.output
+    assert "diagnosis_pairs:" in r.output and "valid" in r.output and "unequal length" in r.output
