@@ -721,6 +721,16 @@ class SaliencyResult(Result):
         rows = t[(t["component"] == component) & (t["variant"] == variant)].sort_values("layer")
         return rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float)
 
+    def layer_curve_by(
+        self, label: str, variant: str = "grad", component: str = "combined"
+    ) -> dict[Any, Float[np.ndarray, "n_layers"]]:
+        """:meth:`layer_curve` separately for each value of a per-prompt label (e.g. ``"specialty"``)."""
+        if label not in self.labels:
+            raise MedinterpError(f"label {label!r} not in this result; available: {sorted(self.labels)}")
+        c, v = self._idx(component, variant)
+        vals = np.asarray(self.labels[label], dtype=object)
+        return {k: self.values[vals == k, :, c, v].mean(axis=0) for k in dict.fromkeys(self.labels[label])}
+
     def top_layers(self, k: int = 3, variant: str = "grad", component: str = "combined") -> list[int]:
         """The ``k`` blocks with the highest :meth:`layer_curve`."""
         return [int(i) for i in np.argsort(-self.layer_curve(variant, component))[:k]]

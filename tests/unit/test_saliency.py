@@ -276,3 +276,17 @@ def test_cli_writes_result_dir_table_and_html(tmp_path, monkeypatch):
     assert "block" in r.output
     bad = CliRunner().invoke(app, ["saliency", "-c", "drugs", "-o", str(out), "--params", "some"])
     assert bad.exit_code != 0 and isinstance(bad.exception, MedinterpError)
+
+
+def test_layer_curve_by_label(model):
+    texts = ["The patient takes aspirin", "The patient takes metformin", "The patient takes insulin"]
+    fps = [
+        FakePrompt(text=t, item=t.split()[-1], span=(len(t) - len(t.split()[-1]), len(t)), labels={"k": k})
+        for t, k in zip(texts, ["a", "b", "a"])
+    ]
+    res = saliency(model, fps, progress=False, n_boot=10)
+    by = res.layer_curve_by("k", "grad_x_weight", "attn")
+    np.testing.assert_allclose(by["a"], res.values[[0, 2], :, 0, 1].mean(0))
+    np.testing.assert_allclose(by["b"], res.values[1, :, 0, 1])
+    with pytest.raises(MedinterpError, match="not in this result"):
+        res.layer_curve_by("nope")
