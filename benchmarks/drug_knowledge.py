@@ -8,6 +8,9 @@ indication (the ``indication`` column plus the ``keywords`` list). Two scores:
 * lenient: a top-5 token of >= 4 letters is also accepted when it is the start of such a word
   (" hyp" for "hypertension": the model began the right word but the tokenizer split it).
 
+Both are compared with a shuffled-indication baseline (each drug scored against another drug's
+indication words), which shows what generic continuations such as " pain" or " cancer" score.
+
 For the ``dosage_drugs`` set it also reports how often the top-1 next token after
 "The usual adult dose of {drug} is " is the leading digit of the usual adult dose.
 Nothing is asserted: the numbers are printed (and written as JSON with --json) for the record.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import time
 from collections import defaultdict
@@ -62,8 +66,26 @@ def last_logits(model, prompts: list[str], batch_size: int = 32) -> torch.Tensor
     return torch.cat(outs)
 
 
-def drug_recall(model, k: int = 5, templates=TEMPLATES) -> dict:
+def _score(tops: list[list[str]], words: list[set[str]]) -> tuple[float, float]:
+    """Fraction of prompts whose top-k tokens hit their indication words (strict, lenient)."""
+    s = l_ = 0
+    for toks, w in zip(tops, words):
+        m = [_match(x, w) for x in toks]
+        s += any(a for a, _ in m)
+        l_ += any(b for _, b in m)
+    return s / len(tops), l_ / len(tops)
+
+
+def drug_recall(model, k: int = 5, templates=TEMPLATES, n_perm: int = 20, seed: int = 0) -> dict:
+    """Top-k indication recall per template, with a shuffled-indication baseline.
+
+    The baseline scores each drug's top-k tokens against the indication words of a *random other*
+    drug (mean over ``n_perm`` permutations): what generic continuations (" pain", " cancer", " high")
+    would score without drug-specific knowledge.
+    """
+    rng = random.Random(seed)
     drugs = load_concepts("drugs")
+    words = [_words(it) for it in drugs.items]
     res: dict = {"k": k, "templates": list(templates), "per_template": {}, "misses": []}
     by_spec: dict[str, list[int]] = defaultdict(list)
     any_strict = [False] * len(drugs)
@@ -71,21 +93,25 @@ def drug_recall(model, k: int = 5, templates=TEMPLATES) -> dict:
     for t in templates:
         prompts = [drugs.render(t, it)[0] for it in drugs.items]
         top = last_logits(model, prompts).topk(k, dim=-1).indices
-        s_hits = l_hits = 0
+        tops = [[model.to_string(int(x)) for x in row] for row in top]
+        strict, lenient = _score(tops, words)
+        base = []
+        for _ in range(n_perm):
+            perm = list(range(len(words)))
+            rng.shuffle(perm)
+            base.append(_score(tops, [words[j] for j in perm]))
+        res["per_template"][t] = {"strict": strict, "lenient": lenient,
+                                  "shuffled_baseline_strict": sum(b[0] for b in base) / n_perm,
+                                  "shuffled_baseline_lenient": sum(b[1] for b in base) / n_perm}
         for i, it in enumerate(drugs.items):
-            toks = [model.to_string(int(x)) for x in top[i]]
-            words = _words(it)
-            m = [_match(x, words) for x in toks]
-            s, l_ = any(a for a, _ in m), any(b for _, b in m)
-            s_hits += s
-            l_hits += l_
-            any_strict[i] |= s
+            m = [_match(x, words[i]) for x in tops[i]]
+            s_, l_ = any(a for a, _ in m), any(b for _, b in m)
+            any_strict[i] |= s_
             any_len[i] |= l_
             if t == templates[0]:
-                by_spec[it["specialty"]].append(int(s))
+                by_spec[it["specialty"]].append(int(s_))
                 if not l_:
-                    res["misses"].append({"drug": it["drug"], "indication": it["indication"].strip(), "top": toks})
-        res["per_template"][t] = {"strict": s_hits / len(drugs), "lenient": l_hits / len(drugs)}
+                    res["misses"].append({"drug": it["drug"], "indication": it["indication"].strip(), "top": tops[i]})
     res["n_drugs"] = len(drugs)
     res["any_template_strict"] = sum(any_strict) / len(drugs)
     res["any_template_lenient"] = sum(any_len) / len(drugs)
@@ -119,7 +145,8 @@ def main() -> None:
     d = dose_digit(model)
     print(f"model {args.model}: {r['n_drugs']} drugs, top-{args.k} next tokens")
     for t, v in r["per_template"].items():
-        print(f"  {t!r}: strict {v['strict']:.1%}  lenient {v['lenient']:.1%}")
+        print(f"  {t!r}: strict {v['strict']:.1%}  lenient {v['lenient']:.1%}   (shuffled-indication baseline: "
+              f"strict {v['shuffled_baseline_strict']:.1%}, lenient {v['shuffled_baseline_lenient']:.1%})")
     print(f"  either template: strict {r['any_template_strict']:.1%}  lenient {r['any_template_lenient']:.1%}")
     print("  by specialty (strict, first template): "
           + ", ".join(f"{s} {v:.0%}" for s, v in r["by_specialty_strict"].items()))
