@@ -7,6 +7,8 @@ Speed (one process, interleaved repeats, medians per prompt):
 * ``bare_targeted`` the same loss computed as saliency does (logits only at predicting positions),
                     ``.grad`` kept: isolates the cost of the hooks and statistics.
 * ``saliency``      :func:`medinterp.techniques.saliency.saliency` (hooks, statistics, bootstrap).
+* ``saliency_plain_hooks``  the same with ``fast_outer=False``: every parameter, embedding and
+                    unembedding included, through a post-accumulate-grad hook (dense vocab gradients).
 
 Memory (``--memory``): each mode runs in a fresh subprocess (glibc keeps freed memory, so modes
 must not share a process); a thread samples RSS every 2 ms; reported is peak RSS minus RSS after the
@@ -73,10 +75,10 @@ def run_bare(model, targets, targeted: bool) -> None:
         loss.backward()
 
 
-def run_saliency(model, pairs) -> None:
+def run_saliency(model, pairs, fast_outer: bool = True) -> None:
     from medinterp.techniques.saliency import saliency
 
-    saliency(model, pairs, progress=False, track_memory=False, n_boot=100)
+    saliency(model, pairs, progress=False, track_memory=False, n_boot=100, fast_outer=fast_outer)
 
 
 def speed(model, pairs, repeats: int) -> dict:
@@ -87,6 +89,7 @@ def speed(model, pairs, repeats: int) -> dict:
         "bare": lambda: run_bare(model, targets, False),
         "bare_targeted": lambda: run_bare(model, targets, True),
         "saliency": lambda: run_saliency(model, pairs),
+        "saliency_plain_hooks": lambda: run_saliency(model, pairs, fast_outer=False),
     }
     # warm-up (allocator, lazy init)
     run_bare(model, targets[:1], False)
@@ -105,6 +108,7 @@ def speed(model, pairs, repeats: int) -> dict:
         "all_times": {k: [round(x, 4) for x in v] for k, v in times.items()},
         "ratio_saliency_vs_bare": round(med["saliency"] / med["bare"], 3),
         "ratio_saliency_vs_bare_targeted": round(med["saliency"] / med["bare_targeted"], 3),
+        "ratio_plain_hooks_vs_bare_targeted": round(med["saliency_plain_hooks"] / med["bare_targeted"], 3),
     }
 
 
@@ -116,8 +120,8 @@ def memory_child(spec: str, mode: str, n: int) -> None:
     pairs = prompts(n)
     targets = [build_target(model, p, a) for p, a in pairs]
     with PeakRSS() as tr:
-        if mode == "saliency":
-            run_saliency(model, pairs)
+        if mode.startswith("saliency"):
+            run_saliency(model, pairs, fast_outer=(mode == "saliency"))
         else:
             run_bare(model, targets, targeted=(mode == "bare_targeted"))
     n_params = sum(p.numel() for p in model.parameters())
@@ -147,7 +151,7 @@ def main() -> None:
         del model
     if args.memory:
         out["memory"] = {}
-        for mode in ("bare", "saliency"):
+        for mode in ("bare", "bare_targeted", "saliency", "saliency_plain_hooks"):
             cmd = [sys.executable, __file__, "--model", args.model, "--n-prompts", str(args.n_prompts), "--_child", mode]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
