@@ -148,7 +148,7 @@ def _load(path: Path, shown: str) -> ConceptSet | PairSet:
         rows = validate_pair_rows(raw, columns, labels)
         extra = [c for c in columns if c not in PAIR_COLUMNS] + [c for c in labels if c not in columns]
         pairs = [PromptPair(r["clean"], r["corrupted"], r["clean_answer"], r["corrupted_answer"],
-                            meta={c: r.get(c) for c in extra}, line=line)
+                            meta={**{c: r.get(c) for c in extra}, "row": f"{Path(str(path)).name}:{line}"}, line=line)
                  for r, line in zip(rows, raw.row_lines)]
         return PairSet(name, version, description, pairs, extra, provenance, shown)
     if kind != "concepts":

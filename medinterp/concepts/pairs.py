@@ -32,7 +32,8 @@ class PromptPair:
         clean, corrupted: the two prompts (they differ in one clinical detail or one drug).
         clean_answer, corrupted_answer: text of the expected next token, with its leading space
             (e.g. ``" angina"``), or a bare digit after a prompt ending in a space (dosage).
-        meta: the row's other columns (e.g. ``specialty``, ``dose``).
+        meta: the row's other columns (e.g. ``clean_drug``, ``clean_dose``) and ``row`` ("file:line",
+            which techniques use to name a pair in messages).
         line: line of the row in its file (None when built in code).
     """
 
