@@ -46,6 +46,7 @@ __all__ = [
 #: For each knowledge-map row: the concept set that feeds geometry / saliency / lesioning, the pair
 #: set that feeds activation patching, and the labellings geometry scores (categorical labels get a
 #: silhouette; continuous ones — age, stage, dose_mg — get the age / progression / linearity metrics).
+#: Each entry also has ``geometry`` (= ``concepts``), so a family can be found from its concept-set name.
 #: dosage: the concept set is ``dosage_drugs`` (the drugs of the dosage pairs) labelled by
 #: ``dose_range`` (usual adult single dose < 10 mg, 10-99 mg, >= 100 mg) and ``dose_mg``.
 CONCEPT_FAMILIES: dict[str, dict[str, Any]] = {
@@ -56,6 +57,8 @@ CONCEPT_FAMILIES: dict[str, dict[str, Any]] = {
     "drugs": {"concepts": "drugs", "pairs": "drug_pairs", "labels": ["specialty", "mechanism"]},
     "dosage": {"concepts": "dosage_drugs", "pairs": "dosage", "labels": ["dose_range"]},
 }
+for _fam in CONCEPT_FAMILIES.values():  # alias: lets code look a family up by its concept-set name
+    _fam["geometry"] = _fam["concepts"]
 
 
 def data_path() -> Path:
