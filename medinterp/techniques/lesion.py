@@ -763,6 +763,15 @@ def _judge_score(judge: Callable, prompt: str, intact: str, lesioned: str) -> fl
 
 
 # ============================================================================ result
+def _nanmean0(x: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN; all-NaN columns (blocks not lesioned) stay NaN without a warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=0)
+
+
 @dataclasses.dataclass
 class LesionResult(Result):
     """Damage per prompt × lesion mode × layer, aggregated with bootstrap CIs, plus continuations.
@@ -828,7 +837,7 @@ class LesionResult(Result):
         """The per-(mode, layer) table: means over prompts with percentile-bootstrap CIs (NaN-aware)."""
         import pandas as pd
 
-        stat = lambda s: np.nanmean(s, axis=0)  # noqa: E731
+        stat = _nanmean0
         kw = dict(n_boot=self.n_boot, ci=self.ci, seed=self.seed)
         est, lo, hi = bootstrap_ci(self.metrics, stat, **kw)
         cols: dict[str, list] = {"mode": [], "layer": []}
@@ -911,7 +920,7 @@ class LesionResult(Result):
 
         For ``top1_agree`` higher means *less* damage; use ``1 - curve`` for the map.
         """
-        return np.nanmean(self.values(metric, mode, where), axis=0)
+        return _nanmean0(self.values(metric, mode, where))
 
     def layer_curve_ci(
         self, metric: str = "kl", mode: str = "skip", where: Mapping[str, Any] | None = None
@@ -919,7 +928,7 @@ class LesionResult(Result):
         """Bootstrap ``(low, high)`` of :meth:`layer_curve` (from the table unless ``where`` filters)."""
         self._check(metric, mode)
         if where:
-            _, lo, hi = bootstrap_ci(self.values(metric, mode, where), lambda s: np.nanmean(s, axis=0),
+            _, lo, hi = bootstrap_ci(self.values(metric, mode, where), _nanmean0,
                                      n_boot=self.n_boot, ci=self.ci, seed=self.seed)
             return lo, hi
         t = self.table[self.table["mode"] == mode].sort_values("layer")
@@ -935,10 +944,10 @@ class LesionResult(Result):
         if metric == "judge":
             if self.judge_scores is None:
                 raise MedinterpError("this result has no judge scores (run lesion(..., judge=...))")
-            return self._full(np.nanmean(self.judge_scores[:, mi_], axis=0))
+            return self._full(_nanmean0(self.judge_scores[:, mi_]))
         if metric not in self.cont_metric_names:
             raise MedinterpError(f"continuation metric {metric!r}; expected one of {self.cont_metric_names} or 'judge'")
-        return self._full(np.nanmean(self.cont_metrics[:, mi_, :, self.cont_metric_names.index(metric)], axis=0))
+        return self._full(_nanmean0(self.cont_metrics[:, mi_, :, self.cont_metric_names.index(metric)]))
 
     def top_layers(self, k: int = 3, metric: str = "kl", mode: str = "skip") -> list[int]:
         """The ``k`` blocks whose lesion does the most damage by ``metric`` (least agreement for top-1)."""

@@ -301,3 +301,25 @@ def test_bad_prompts(rot):
         lesion(rot, [types.SimpleNamespace(text="abc", span=(2, 9), answer=None)], progress=False)
     with pytest.raises(MedinterpError, match="reference mean"):
         lesion_hooks(0, "mlp_mean")
+
+
+def test_cli_lesion(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import medinterp.models
+    from medinterp.cli import app
+    from medinterp.testing import tiny_model
+
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, device="cpu": tiny_model(n_layers=2))
+    out = tmp_path / "les"
+    args = ["lesion", "-c", "drugs", "-o", str(out), "-m", "tiny", "-n", "4", "--modes", "skip,mlp_mean",
+            "--continuations", "2", "--max-new-tokens", "3", "--n-boot", "20", "--no-progress"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert {"manifest.json", "arrays.safetensors", "table.csv", "lesion.html"} <= {p.name for p in out.iterdir()}
+    res = Result.load(out)
+    assert res.concept_set == "drugs" and res.n_prompts == 4 and res.metrics.shape == (4, 2, 2, 3)
+    assert {"specialty", "mechanism", "item"} <= set(res.labels)
+    assert "top blocks by kl" in r.output
+    bad = CliRunner().invoke(app, ["lesion", "-c", "drugs", "-o", str(out), "--modes", "skip,cut"])
+    assert bad.exit_code != 0 and isinstance(bad.exception, MedinterpError)

@@ -1,0 +1,78 @@
+"""``medinterp lesion``: remove / ablate one block at a time and measure the damage per layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medinterp.cli.app import app
+from medinterp.errors import MedinterpError
+
+
+@app.command("lesion")
+def lesion_cmd(
+    concepts: str = typer.Option(..., "--concepts", "-c", help="Concept set name (e.g. drugs) or path to a concept file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (result manifest, per-layer CSV, HTML figure)."),
+    model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model spec (see `medinterp models`)."),
+    modes: str = typer.Option("skip,attn_zero,attn_mean,mlp_zero,mlp_mean", "--modes",
+                              help="Comma-separated lesion modes: skip, attn_zero, attn_mean, mlp_zero, mlp_mean."),
+    max_prompts: int = typer.Option(64, "--max-prompts", "-n", help="Use at most this many prompts (seeded subset); 0 = all."),
+    mean_over: str = typer.Option("position", "--mean-over", help="Mean ablation: position, overall or last."),
+    continuations: int = typer.Option(8, "--continuations", help="Prompts that get greedy continuations (0 = none)."),
+    max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Length of each greedy continuation."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the CIs."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """KL(intact || lesioned) of the next token, drop in log p(answer), top-1 agreement and greedy-continuation
+    divergence when each block is skipped (identity) or its attention / MLP output is zeroed or mean-ablated.
+
+    Writes OUT/manifest.json, OUT/arrays.safetensors, OUT/table.csv (one row per mode and layer, with
+    bootstrap CIs) and OUT/lesion.html.
+    """
+    from medinterp.hooks import LESION_MODES
+    from medinterp.models import load_model
+    from medinterp.techniques.lesion import MEAN_OVER, lesion
+
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    bad = [m for m in mode_list if m not in LESION_MODES]
+    if bad or not mode_list:
+        raise MedinterpError(f"--modes {modes!r}: expected a comma-separated subset of {', '.join(LESION_MODES)}")
+    if mean_over not in MEAN_OVER:
+        raise MedinterpError(f"--mean-over {mean_over!r}: expected one of {', '.join(MEAN_OVER)}")
+    if max_prompts < 0 or continuations < 0 or max_new_tokens < 1 or batch_size < 1 or n_boot < 1:
+        raise MedinterpError("--max-prompts/--continuations must be >= 0; --max-new-tokens, --batch-size, --n-boot >= 1")
+    if out.exists() and not out.is_dir():
+        raise MedinterpError(f"--out {out}: exists and is not a directory")
+    concept_set = _load_concepts(concepts)
+    typer.echo(f"loading model {model} ...")
+    m = load_model(model, device=device)
+    res = lesion(
+        m,
+        concept_set,
+        modes=mode_list,
+        max_prompts=max_prompts or None,
+        mean_over=mean_over,
+        n_continuations=continuations,
+        max_new_tokens=max_new_tokens,
+        continuation_modes=[x for x in ("skip",) if x in mode_list] or mode_list[:1],
+        batch_size=batch_size,
+        n_boot=n_boot,
+        seed=seed,
+        progress=progress,
+    )
+    res.save(out)
+    res.to_html(out / "lesion.html", title=f"Layer lesioning: {res.concept_set} on {model}")
+    typer.echo(res.summary())
+    typer.echo(f"wrote {out}/manifest.json, {out}/table.csv, {out}/lesion.html")
+
+
+def _load_concepts(spec: str):
+    try:
+        from medinterp.concepts import load_concepts
+    except ImportError as e:  # the concept library is not installed in this checkout
+        raise MedinterpError(f"--concepts {spec!r}: the concept library is unavailable ({e})") from None
+    return load_concepts(spec)
