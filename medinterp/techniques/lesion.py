@@ -48,6 +48,17 @@ block ``l`` restarts from that cached residual with ``model(resid, start_at_laye
 (Gemma's unembedding is 640 × 262144). ``method="full"`` runs the whole model with the lesion hooks and
 full logits, for checking and benchmarking (``benchmarks/lesion_speed.py``).
 
+``start_at_layer`` and rotary / sliding-window models (Gemma 3): TransformerLens skips
+``input_to_embed`` when ``start_at_layer`` is given, so no attention mask is derived from tokens; the
+rotary position of each token then comes from the ``attention_mask`` argument (``cumsum - 1``) if one
+is passed, else from its index. With *left* padding a missing mask shifts every rotary position and
+lets real tokens attend to padding, so the restarted run silently differs from the full one. We
+therefore right-pad (index = true position, padding only after real tokens) and pass the same explicit
+mask to the intact, restarted and full runs. Gemma's sliding window (512) is computed from raw
+indices, which equal true positions under right padding. Greedy continuations need left padding (one
+new token per row per step); there the mask is passed on every step and TransformerLens's KV cache
+keeps it, and mean-ablation hooks get explicit position ids.
+
 Example:
     >>> from medinterp.testing import tiny_model
     >>> res = lesion(tiny_model(n_layers=3), [("The patient takes", " aspirin"), ("Chest pain suggests", " angina")],
