@@ -343,3 +343,30 @@ def test_hook_helpers_exported():
     out = hook(torch.full((2, 3, 2), -1.0))
     assert out[0, 0].tolist() == clean[1, 0].tolist() and out[1, 2].tolist() == clean[0, 2].tolist()
     assert (out[0, 1:] == -1).all() and (out[1, :2] == -1).all()
+
+
+def test_cli_patch_writes_outputs_and_reports_bad_rows(tiny, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import medinterp.cli.patch  # noqa: F401  (registers the command)
+    import medinterp.models
+    from medinterp.cli.app import app
+
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, **kw: tiny)
+    f = tmp_path / "pairs.csv"
+    f.write_text("clean,corrupted,clean_answer,corrupted_answer\n"
+                 f"{CLEAN},{CORR}, angina, pneumonia\n{CLEAN},A man has, angina, pneumonia\n")
+    out = tmp_path / "out"
+    args = ["patch", "--model", "tiny", "--pairs", str(f), "--site", "resid_pre", "--positions", "all", "--out", str(out),
+            "--no-progress"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code != 0 and "pairs.csv:3" in str(r.exception)
+    r = CliRunner().invoke(app, args + ["--drop-bad"])
+    assert r.exit_code == 0, r.output
+    assert "dropped row pairs.csv:3" in r.output
+    values, mean = np.load(out / "values.npy"), np.load(out / "mean.npy")
+    assert values.shape == (1, 3, 10) and mean.shape == (3, 10)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "patching" and manifest["fields"]["dropped"][0]["row"] == "pairs.csv:3"
+    assert (out / "heatmap.html").stat().st_size > 1_000_000 and not (out / "_checkpoint").exists()
+    np.testing.assert_allclose(values[0], patch(tiny, f, positions="all", on_bad="drop", progress=False).values[0, :, :, 0])
