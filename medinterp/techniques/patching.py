@@ -151,7 +151,7 @@ def read_pairs(path: str | os.PathLike) -> list[PatchPair]:
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "p.csv"
         >>> _ = p.write_text("clean,corrupted,clean_answer,corrupted_answer\\nA,B, x, y\\n")
         >>> read_pairs(p)[0].row
-        2
+        'p.csv:2'
     """
     path = Path(path)
     if not path.is_file():
