@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS per mode (subprocesses)")
+    ap.add_argument("--memory-modes", default="bare,bare_targeted,saliency,saliency_plain_hooks",
+                    help="comma-separated modes for --memory")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -151,7 +153,7 @@ def main() -> None:
         del model
     if args.memory:
         out["memory"] = {}
-        for mode in ("bare", "bare_targeted", "saliency", "saliency_plain_hooks"):
+        for mode in args.memory_modes.split(","):
             cmd = [sys.executable, __file__, "--model", args.model, "--n-prompts", str(args.n_prompts), "--_child", mode]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
