@@ -20,28 +20,29 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 
 import numpy as np
 import torch
 
 SYMPTOMS = {
-    " angina": "chest pain on exertion relieved by rest",
-    " pneumonia": "fever, productive cough and crackles",
-    " asthma": "episodic wheezing and breathlessness",
-    " diabetes": "thirst, frequent urination and weight loss",
-    " stroke": "sudden facial droop and slurred speech",
-    " migraine": "throbbing headache with visual aura",
-    " gout": "a painful, swollen big toe",
-    " malaria": "cyclic fevers after travel to Africa",
-    " anemia": "fatigue, pale skin and low hemoglobin",
-    " epilepsy": "recurrent unprovoked seizures",
-    " hepatitis": "jaundice, dark urine and raised liver enzymes",
-    " tuberculosis": "night sweats, weight loss and chronic cough",
-    " influenza": "sudden fever, aches and dry cough",
-    " measles": "fever, cough and a spreading rash",
+    " angina": "exertional chest pain",
+    " pneumonia": "fever and productive cough",
+    " asthma": "episodic wheezing",
+    " diabetes": "polyuria and thirst",
+    " stroke": "sudden hemiparesis",
+    " migraine": "throbbing headache with aura",
+    " gout": "a swollen big toe",
+    " malaria": "cyclic fevers",
+    " anemia": "pallor and fatigue",
+    " epilepsy": "recurrent seizures",
+    " hepatitis": "jaundice",
+    " tuberculosis": "night sweats and hemoptysis",
+    " influenza": "fever and myalgia",
+    " measles": "fever and rash",
 }
-TEMPLATE = "A patient presents with {s}. The most likely diagnosis is"
+TEMPLATE = "Patient with {s}. Diagnosis:"
 
 
 def diagnosis_pairs(model, n: int = 8) -> list[tuple[str, str, str, str]]:
@@ -96,7 +97,10 @@ def main() -> None:
     ap.add_argument("--tl-pairs", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a shared, busy CPU)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import medinterp as mi
     from transformer_lens import patching as tlp
@@ -109,11 +113,13 @@ def main() -> None:
     load_s = time.perf_counter() - t
     pairs = diagnosis_pairs(model, args.pairs)
     S = len(model.to_tokens(pairs[0][0])[0])
+    print(f"model loaded in {load_s:.1f}s; {len(pairs)} pairs of {S} tokens", file=sys.stderr, flush=True)
 
     # --- ours
     t = time.perf_counter()
     res = patch(model, pairs, site="resid_pre", positions="all", metric="P", progress=False, min_denominator=0.0)
     ours_s = time.perf_counter() - t
+    print(f"ours: {ours_s:.1f}s", file=sys.stderr, flush=True)
 
     # --- TransformerLens, the same metric, pair by pair
     n_tl = len(pairs) if args.tl_pairs is None else min(args.tl_pairs, len(pairs))
@@ -132,6 +138,7 @@ def main() -> None:
 
         tl_vals.append(tlp.get_act_patch_resid_pre(model, xt, cache, metric).cpu().numpy())
     tl_s = time.perf_counter() - t
+    print(f"TL: {tl_s:.1f}s for {n_tl} pair(s)", file=sys.stderr, flush=True)
     tl_per_pair = tl_s / n_tl
     tl_all = np.stack(tl_vals)  # [pair, layer, pos]
     max_abs = float(np.nanmax(np.abs(tl_all - res.values[:n_tl, :, :, 0])))
