@@ -40,8 +40,8 @@ def patch_cmd(
     """Patch clean activations into corrupted runs, cell by cell (layer x position x head).
 
     Writes OUT/manifest.json (provenance, axes, metric, kept/dropped/excluded pairs),
-    OUT/arrays.safetensors (every array), OUT/values.npy [pair, layer, position(, head)],
-    OUT/mean.npy [layer, position(, head)] and OUT/heatmap.html. An interrupted exact sweep resumes
+    OUT/arrays.safetensors (every array), OUT/values.npy (axes: pair, layer, position, and head for head sites),
+    OUT/mean.npy (layer, position, head) and OUT/heatmap.html. An interrupted exact sweep resumes
     from OUT/_checkpoint when rerun with the same arguments.
     """
     import numpy as np
