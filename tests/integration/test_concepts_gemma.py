@@ -3,7 +3,9 @@
 Measured (Gemma 3 270M tokenizer, v1.0.0 data): every shipped pair set is 100% valid — diagnosis_pairs
 34/34, dosage 42/42, drug_pairs 60/60, symptom_pairs 38/38, age_pairs 24/24, progression_pairs 22/22.
 On diagnosis_pairs the model prefers the right one of the two answers in 31/34 clean and 31/34
-corrupted prompts.
+corrupted prompts. Same measure (LD_clean > 0 / LD_corrupted < 0) on the other sets, for the record
+(not asserted): symptom_pairs 95%/95%, drug_pairs 87%/93%, dosage 48%/60%, progression_pairs 41%/55%,
+age_pairs 33%/96% (the model nearly always prefers the adult-side answer).
 """
 
 from __future__ import annotations
