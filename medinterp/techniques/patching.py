@@ -638,6 +638,7 @@ class _Group:
     xid: torch.Tensor
     corr_cache: dict
     clean_cache: dict
+    kv: tuple | None = None  # corrupted keys/values per layer (for prefix reuse)
 
 
 def _groups(pairs: list[PatchPair]) -> list[list[int]]:
@@ -746,6 +747,21 @@ def _cells(
     return out
 
 
+def _batches(rows: list, chunk: int, by_prefix: bool) -> Iterator[tuple[int, list]]:
+    """Split rows into forward batches of at most ``chunk`` rows. With ``by_prefix`` rows are grouped
+    by their first patched position, so each batch can skip its unpatched common prefix."""
+    if not by_prefix:
+        for s in range(0, len(rows), chunk):
+            yield 0, rows[s:s + chunk]
+        return
+    by: dict[int, list] = {}
+    for r in rows:
+        by.setdefault(int(np.argmax(r[3])), []).append(r)
+    for p in sorted(by):
+        for s in range(0, len(by[p]), chunk):
+            yield p, by[p][s:s + chunk]
+
+
 def _prepare(model: Any, pairs: Any, positions: Any, on_bad: str):
     kept, dropped = prepare_pairs(model, pairs, on_bad=on_bad)
     labels, masks = _position_specs(kept, positions)
@@ -771,40 +787,74 @@ def _n_heads_for(model: Any, site: str, cache_shape: tuple[int, ...] | None = No
     return int(model.cfg.n_heads)
 
 
+def _corrupted_kv(model: Any, group: _Group) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-layer keys/values of the corrupted run exactly as TL's KV cache stores them (after
+    k-norm / clipping, before rotary): a run from the cached embedding with empty, growing entries."""
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
+
+    b = group.corr_tokens.shape[0]
+    entries = [Entry.init_cache_entry(model.cfg, _device(model), b) for _ in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        model(group.corr_cache["blocks.0.hook_resid_pre"], start_at_layer=0, stop_at_layer=model.cfg.n_layers,
+              past_kv_cache=entries)
+    return [e.past_keys for e in entries], [e.past_values for e in entries]
+
+
 def _forward_rows(
-    model: Any, group: _Group, site: str, layer: int, rows: list[tuple[int, int, int, np.ndarray]], heads: list[int], metric: _Metric
+    model: Any, group: _Group, site: str, layer: int, rows: list[tuple[int, int, int, np.ndarray]], heads: list[int],
+    metric: _Metric, prefix: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact patched runs of the given rows (all of one layer and group): (metric, LD) per row."""
+    """Exact patched runs of the given rows (all of one layer and group): (metric, LD) per row.
+
+    ``prefix``: every row leaves positions ``< prefix`` unpatched. Causal attention means those
+    positions are identical to the corrupted run at every later layer, so only positions
+    ``prefix..S-1`` are computed, attending to the corrupted run's cached keys/values for the prefix
+    (TL's KV-cache path: queries get rotary offset ``prefix``, the causal / sliding-window masks are
+    built with that offset).
+    """
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
+
     dev = _device(model)
     L = model.cfg.n_layers
     hook_suffix, has_head, layout = SITES[site]
     row_pair = torch.tensor([r[0] for r in rows], device=dev)
-    pos_mask = torch.from_numpy(np.stack([r[3] for r in rows])).to(dev)
+    pos_mask = torch.from_numpy(np.stack([r[3] for r in rows])).to(dev)[:, prefix:]
     head_mask = None
     if has_head:
         nh = _n_heads_for(model, site)
         head_mask = torch.zeros(len(rows), nh, dtype=torch.bool, device=dev)
         head_mask[torch.arange(len(rows)), torch.tensor([heads[r[2]] for r in rows])] = True
     cid, xid = group.cid[row_pair], group.xid[row_pair]
+
+    def kv(start: int):
+        if prefix == 0 or start >= L:
+            return None
+        K, V = group.kv
+        return [None] * start + [Entry(K[m][row_pair, :prefix], V[m][row_pair, :prefix], frozen=True) for m in range(start, L)]
+
+    def suffix(clean: torch.Tensor) -> torch.Tensor:
+        return clean[:, :, prefix:] if layout == "pattern" else clean[:, prefix:]
+
     with torch.no_grad():
         if site in ("resid_pre", "resid_post"):
             start = layer if site == "resid_pre" else layer + 1
             name = site_hook_name(site, layer)
             corr = group.corr_cache[f"blocks.{start}.hook_resid_pre"] if start < L else group.corr_cache["final"]
-            x = make_patch_hook(group.clean_cache[name], row_pair, pos_mask)(corr[row_pair])
-            resid = model(x, start_at_layer=start, stop_at_layer=L) if start < L else x
+            x = make_patch_hook(suffix(group.clean_cache[name]), row_pair, pos_mask)(corr[row_pair][:, prefix:])
+            resid = model(x, start_at_layer=start, stop_at_layer=L, past_kv_cache=kv(start)) if start < L else x
         else:
             name = site_hook_name(site, layer)
-            x = group.corr_cache[f"blocks.{layer}.hook_resid_pre"][row_pair]
-            hook = make_patch_hook(group.clean_cache[name], row_pair, pos_mask, head_mask, layout)
-            resid = model.run_with_hooks(x, start_at_layer=layer, stop_at_layer=L, fwd_hooks=[(name, hook)])
+            x = group.corr_cache[f"blocks.{layer}.hook_resid_pre"][row_pair][:, prefix:]
+            hook = make_patch_hook(suffix(group.clean_cache[name]), row_pair, pos_mask, head_mask, layout)
+            resid = model.run_with_hooks(x, start_at_layer=layer, stop_at_layer=L, past_kv_cache=kv(layer),
+                                         fwd_hooks=[(name, hook)])
         return metric(model, resid, cid, xid)
 
 
 def _exact_sweep(
     model: Any, kept: list[PatchPair], masks: list[list], n_pos: int, site: str, layers: list[int], heads: list[int],
     metric: _Metric, *, batch_budget_mb: float, progress: bool, checkpoint: _Checkpoint | None,
-    cell_filter: np.ndarray | None = None, desc: str = "patching",
+    cell_filter: np.ndarray | None = None, desc: str = "patching", prefix_cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """Returns values, ld [pair, layer, pos, head] and baselines clean/corr metric & LD [pair]."""
     from tqdm.auto import tqdm
@@ -835,6 +885,8 @@ def _exact_sweep(
             continue
         group, clean_final, corr_final = _make_group(model, kept, idx, corr_names, clean_names)
         group.corr_cache["final"] = corr_final
+        if prefix_cache:
+            group.kv = _corrupted_kv(model, group)
         with torch.no_grad():
             cm, cl = metric(model, clean_final, group.cid, group.xid)
             xm, xl = metric(model, corr_final, group.cid, group.xid)
@@ -853,9 +905,8 @@ def _exact_sweep(
             rows = _cells(n_pos, heads, group, masks, cell_filter, li)
             uv = np.full((len(idx), n_pos, len(heads)), np.nan, np.float32)
             ul = uv.copy()
-            for s in range(0, len(rows), chunk):
-                part = rows[s:s + chunk]
-                m, d = _forward_rows(model, group, site, l, part, heads, metric)
+            for prefix, part in _batches(rows, chunk, prefix_cache and group.kv is not None):
+                m, d = _forward_rows(model, group, site, l, part, heads, metric, prefix)
                 m, d = m.float().cpu().numpy(), d.float().cpu().numpy()
                 for r, (gi, j, hj, _) in enumerate(part):
                     uv[gi, j, hj], ul[gi, j, hj] = m[r], d[r]
@@ -938,6 +989,7 @@ def patch(
     progress: bool = True,
     n_boot: int = 1000,
     seed: int = 0,
+    prefix_cache: bool = True,
 ) -> PatchingResult:
     """Exact activation patching of clean activations into corrupted runs, swept over cells.
 
@@ -962,6 +1014,10 @@ def patch(
             inputs resumes where an interrupted sweep stopped.
         progress: show a tqdm bar.
         n_boot, seed: bootstrap of the mean over pairs.
+        prefix_cache: skip each row's unpatched prefix positions (causal attention leaves them equal
+            to the corrupted run) by attending to the corrupted run's cached keys/values; rows are
+            batched by their first patched position. False runs every position (same numbers up to
+            float rounding).
 
     Returns:
         A :class:`PatchingResult`, values ``[pair, layer, position, head]``.
@@ -982,7 +1038,7 @@ def patch(
     t0 = time.perf_counter()
     vals, lds, cm, xm, cl, xl, stats = _exact_sweep(
         model, kept, masks, len(labels), site, layer_list, head_list, met,
-        batch_budget_mb=batch_budget_mb, progress=progress, checkpoint=ckpt)
+        batch_budget_mb=batch_budget_mb, progress=progress, checkpoint=ckpt, prefix_cache=prefix_cache)
     stats["seconds"] = time.perf_counter() - t0
     vals, cm, xm, included, excluded = _normalise(met, vals, lds, cm, xm, cl, xl, kept, min_denominator)
     res = PatchingResult(

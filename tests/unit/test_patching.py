@@ -370,3 +370,12 @@ def test_cli_patch_writes_outputs_and_reports_bad_rows(tiny, tmp_path, monkeypat
     assert manifest["kind"] == "patching" and manifest["fields"]["dropped"][0]["row"] == "pairs.csv:3"
     assert (out / "heatmap.html").stat().st_size > 1_000_000 and not (out / "_checkpoint").exists()
     np.testing.assert_allclose(values[0], patch(tiny, f, positions="all", on_bad="drop", progress=False).values[0, :, :, 0])
+
+
+@pytest.mark.parametrize("site,positions", [("z", "all"), ("pattern", "all"), ("resid_post", "span"), ("k", "last")])
+def test_prefix_cache_reuse_is_exact(gemma_like, site, positions):
+    """Skipping the unpatched prefix (corrupted KV cache, rotary offset, local-window mask) changes nothing."""
+    pairs = [PAIR, PAIR2, PAIR3]
+    a = patch(gemma_like, pairs, site=site, positions=positions, metric="logit_diff", progress=False, prefix_cache=True)
+    b = patch(gemma_like, pairs, site=site, positions=positions, metric="logit_diff", progress=False, prefix_cache=False)
+    np.testing.assert_allclose(a.values, b.values, atol=1e-9, rtol=0)
