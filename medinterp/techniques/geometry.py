@@ -27,8 +27,9 @@ scored:
 Uncertainty: every scalar metric carries a percentile bootstrap CI. UMAP is **not** re-run per
 replicate: prompts are resampled (multinomial weights) on the fixed embedding and the cheap statistic
 is recomputed: the mean of per-point silhouette values, the mean per-point anisotropy, R² of the
-out-of-fold predictions, the step ratio and progression scores from stage/age means recomputed with
-prompts resampled within each (age) or (disease, stage) cell. The collapse statistics (norm,
+out-of-fold predictions, the step ratio and progression scores from age/stage means recomputed with
+whole templates resampled (a cluster bootstrap: every template covers every age/stage, and
+resampling single prompts would change each mean's template mix and bias the steps). The collapse statistics (norm,
 cosine, effective rank) use a delete-one jackknife instead (resampling with repeats biases the
 effective rank down and the cosine up), evaluated in closed form from the Gram matrix. The CIs therefore describe the sampling of prompts given the embedding, not
 UMAP's own randomness (run with other ``seed`` values for that).
@@ -116,6 +117,18 @@ def _strat_weights(cells: np.ndarray, n_boot: int, seed: int) -> Float[np.ndarra
         draw = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
         np.add.at(w, (rows, draw), 1.0)
     return w
+
+
+def _cluster_weights(units: Sequence[Any], n_boot: int, seed: int) -> Float[np.ndarray, "b n"]:
+    """Resampling counts that draw whole units (e.g. templates) with replacement; each point gets
+    the count of its unit. Used where every unit covers all cells (a crossed design), so a
+    replicate changes which templates are averaged, not the template mix of single cells."""
+    codes, names = _encode(units)
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, len(names), size=(n_boot, len(names)))
+    cnt = np.zeros((n_boot, len(names)))
+    np.add.at(cnt, (np.arange(n_boot)[:, None], draw), 1.0)
+    return cnt[:, codes]
 
 
 def _ci(reps: np.ndarray, ci: float) -> tuple[float, float]:
@@ -460,11 +473,15 @@ def step_ratio(
     n_boot: int = 200,
     ci: float = 0.95,
     seed: int = 0,
+    units: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """Step between the mean embeddings at ``jump[0]`` and ``jump[1]`` divided by the median step.
 
-    The CI resamples prompts within each age (so every age keeps its size) and recomputes all age
-    means, steps and the median. ``baseline`` is 1 (a step as large as the median one) and
+    The CI recomputes all age means, steps and the median on resamples. With ``units`` (e.g. the
+    template, or template × sex, of each prompt; every unit covering every age) whole units are
+    resampled: resampling prompts within an age instead would change each age's template mix
+    independently, which adds spurious steps and biases the ratio towards 1 (seen on Gemma, where
+    templates dominate the geometry). Without ``units`` prompts are resampled within each age. ``baseline`` is 1 (a step as large as the median one) and
     ``baseline_high`` the 95th percentile of all consecutive step ratios: how large the largest
     ordinary steps are.
 
@@ -496,8 +513,10 @@ def step_ratio(
     out = {"value": float(r[j]), "ci_low": math.nan, "ci_high": math.nan, "baseline": 1.0,
            "baseline_high": float(np.quantile(r, 0.95)), "p_value": math.nan, "n": int(len(ages))}
     if n_boot:
-        w = _strat_weights(np.searchsorted(uniq, ages), n_boot, seed)
-        rb = ratios(w)[:, j]
+        w = (_cluster_weights(units, n_boot, seed) if units is not None
+             else _strat_weights(np.searchsorted(uniq, ages), n_boot, seed))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rb = ratios(w)[:, j]
         out["ci_low"], out["ci_high"] = _ci(rb, ci)
         # share of all ordinary steps that are at least as large: an empirical rank p-value
         out["p_value"] = float((np.sum(r >= r[j])) / len(r))
@@ -536,6 +555,7 @@ def progression_scores(
     n_boot: int = 200,
     ci: float = 0.95,
     seed: int = 0,
+    units: Sequence[Any] | None = None,
 ) -> pd.DataFrame:
     """Per-disease progression geometry from the mean embedding of each stage.
 
@@ -549,7 +569,9 @@ def progression_scores(
     * ``circularity``: ``1 - d(first, last) / max_j d(first, j)``: 0 when the last stage is the
       farthest from the first, near 1 when the last stage is back next to the first.
 
-    CIs resample prompts within each (disease, stage) cell; with one prompt per cell they are NaN.
+    CIs: with ``units`` (the template of each prompt) whole templates are resampled (see
+    :func:`step_ratio` for why); otherwise prompts are resampled within each (disease, stage) cell.
+    With one prompt per cell (or one unit) they are NaN.
 
     Returns:
         DataFrame with one row per disease and metric: ``group (disease), metric, value, ci_low,
@@ -575,12 +597,14 @@ def progression_scores(
         cells = [sel[st[sel] == s] for s in stages]
         est = _progression_stats(_cell_means(X, cells, None))
         lows = highs = (math.nan,) * 4
-        if n_boot and max(len(c) for c in cells) > 1:
+        if n_boot and max(len(c) for c in cells) > 1 and (units is None or len(set(units)) > 1):
             sub = np.concatenate(cells)
             cell_id = np.concatenate([np.full(len(c), i) for i, c in enumerate(cells)])
-            w_sub = _strat_weights(cell_id, n_boot, seed)
+            w_sub = (_cluster_weights([units[i] for i in sub], n_boot, seed) if units is not None
+                     else _strat_weights(cell_id, n_boot, seed))
             local = [np.flatnonzero(cell_id == i) for i in range(len(cells))]
-            reps = _progression_stats(_cell_means(X[sub], local, w_sub))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reps = _progression_stats(_cell_means(X[sub], local, w_sub))
             cis = [_ci(reps[:, i], ci) for i in range(4)]
             lows, highs = [c[0] for c in cis], [c[1] for c in cis]
         for i, name in enumerate(names):
@@ -614,6 +638,8 @@ def _collapse_weighted(X: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.nda
     c_f2 = a_f2 - 2 * mu_a_mu + mu2**2  # |C_w|_F^2
     with np.errstate(invalid="ignore", divide="ignore"):
         pr_b = tr_c**2 / c_f2
+    # (numerically) identical vectors: no variance, so no spectrum to measure
+    pr_b[~(tr_c > 1e-10 * np.maximum((W @ norms**2) / sw, 1e-300))] = np.nan
     return norm_b, cos_b, pr_b
 
 
@@ -816,6 +842,7 @@ class _LabelSpec:
     group: str | None = None
     disease: str | None = None
     stage: str | None = None
+    units: list[Any] | None = None  # template index per prompt (bootstrap unit), when known
 
 
 def _row(layer: int, metric: str, space: str, label: str, group: str, d: Mapping[str, Any]) -> dict:
@@ -881,12 +908,15 @@ def layer_metrics(
             steps.append(prof)
             if jump[0] in ages and jump[1] in ages:
                 label = f"{spec.age}:{jump[0]:g}-{jump[1]:g}"
+                u = spec.units
+                u_all = None if u is None else [f"{a}|{b}" for a, b in zip(u, grp)] if grp is not None else u
                 rows.append(_row(layer, "step_ratio", sp, label, "all",
-                                 step_ratio(X, ages, jump, n_boot=n_boot, ci=ci, seed=seed)))
+                                 step_ratio(X, ages, jump, n_boot=n_boot, ci=ci, seed=seed, units=u_all)))
                 for g in sorted(set(map(str, grp))) if grp is not None else []:
                     sel = np.asarray([str(x) == g for x in grp])
+                    u_g = None if u is None else [x for x, ok in zip(u, sel) if ok]
                     try:
-                        r = step_ratio(X[sel], ages[sel], jump, n_boot=n_boot, ci=ci, seed=seed)
+                        r = step_ratio(X[sel], ages[sel], jump, n_boot=n_boot, ci=ci, seed=seed, units=u_g)
                     except MedinterpError:
                         continue
                     rows.append(_row(layer, "step_ratio", sp, label, g, r))
@@ -894,7 +924,7 @@ def layer_metrics(
         dis = spec.categorical[spec.disease]
         stg = spec.continuous[spec.stage]
         for sp, X in spaces.items():
-            df = progression_scores(X, dis, stg, n_boot=n_boot, ci=ci, seed=seed)
+            df = progression_scores(X, dis, stg, n_boot=n_boot, ci=ci, seed=seed, units=spec.units)
             if df.empty:
                 continue
             df.insert(0, "space", sp)
@@ -1345,10 +1375,13 @@ def _prepare(
             lab_dict[k] = [p.labels.get(k) for p in prompts]
         texts = [p.text for p in prompts]
         items = [str(p.item) for p in prompts]
+        units = [getattr(p, "template_index", None) for p in prompts]
+        units = units if None not in units and len(set(units)) > 1 else None
     else:
         lab_dict = {k: list(v) for k, v in (getattr(activations, "labels", None) or {}).items()}
         texts = list(getattr(activations, "prompts", [""] * n))
         items = texts
+        units = None
     if n < 5:
         raise MedinterpError(f"geometry needs at least 5 prompts; got {n}")
     for k, v in lab_dict.items():
@@ -1378,6 +1411,7 @@ def _prepare(
         score = [s for s in (_family_labels(name) or []) if s in lab_dict and s in cat_names] or None
     spec = _build_spec(lab_dict, cat_names, cont_names, score=score, age_label=age_label,
                        group_label=group_label, disease_label=disease_label, stage_label=stage_label)
+    spec.units = units
     primary = (list(score)[0] if score else (cat_names[0] if cat_names else None))
     return _Prepared(name, version, values, act_layers, texts, items, spec, primary, time.perf_counter() - t0)
 

@@ -339,3 +339,23 @@ def test_geometry_input_errors(tiny):
         G.geometry(tiny, drug_like_set(), positions="first")
     with pytest.raises(MedinterpError, match="labelling 'organ'"):
         G.geometry(tiny, drug_like_set(), labels=["organ"], progress=False)
+
+
+def test_step_ratio_template_bootstrap_keeps_the_estimate_inside_its_ci():
+    # three templates far apart (as on Gemma), ages along a line, a jump at 18: resampling single
+    # prompts within each age would mix templates differently per age and swamp the steps
+    rng = np.random.default_rng(0)
+    offsets = rng.normal(0, 50, (3, 8))
+    ages = np.repeat(np.arange(1, 41), 3)
+    tmpl = np.tile(np.arange(3), 40)
+    X = offsets[tmpl] + ages[:, None] * 0.5 * np.eye(8)[0] + (ages[:, None] >= 18) * 5.0 * np.eye(8)[1]
+    X = X + rng.normal(0, 0.05, X.shape) * (1 + tmpl[:, None])  # templates differ a little in noise too
+    r = G.step_ratio(X, ages, (17, 18), n_boot=200, units=tmpl)
+    assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["ci_low"] > 5
+    naive = G.step_ratio(X, ages, (17, 18), n_boot=200)
+    assert naive["ci_high"] < r["value"]  # the within-age bootstrap is biased far below the estimate
+
+
+def test_eff_rank_is_nan_without_variance():
+    out = G.collapse_metrics(np.ones((10, 4)), n_boot=10)
+    assert math.isnan(out["eff_rank"]["value"]) and out["mean_cosine"]["value"] == pytest.approx(1.0)
