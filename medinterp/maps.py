@@ -859,6 +859,63 @@ def knowledge_map(
     return km
 
 
+def map_from_work_dir(
+    work_dir: str | os.PathLike,
+    families: Sequence[str] | None = None,
+    techniques: Sequence[str] = TECHNIQUES,
+    *,
+    model_name: str = "",
+    **params: Any,
+) -> KnowledgeMap:
+    """A map from the technique results saved in a work dir so far, without a model.
+
+    Useful to look at an interrupted or still-running :func:`knowledge_map`: a family/technique with
+    no finished result shows as "no saved result" (no numbers).
+
+    Example:
+        >>> km = map_from_work_dir("report.work")           # doctest: +SKIP
+    """
+    work = Path(work_dir)
+    if not work.is_dir():
+        raise MedinterpError(f"{work}: no such work directory")
+    if families is None:
+        families = sorted(p.name for p in work.iterdir() if p.is_dir() and p.name != "map")
+    curves: dict[str, dict[str, Any]] = {f: {} for f in families}
+    cis: dict[str, dict[str, Any]] = {f: {} for f in families}
+    status: dict[str, dict[str, str]] = {f: {} for f in families}
+    names: dict[str, str] = {}
+    dirs: dict[str, str] = {}
+    n_layers = None
+    for f in families:
+        for t in techniques:
+            d = work / _safe_dirname(f) / t
+            if not (d / "manifest.json").is_file():
+                status[f][t] = "no saved result"
+                continue
+            try:
+                res = Result.load(d)
+                curve = np.asarray(res.layer_curve(), float)
+                n_layers = n_layers or len(curve)
+                curve, ci, name = result_curve(res, n_layers)
+            except Exception as e:
+                status[f][t] = f"failed to load: {type(e).__name__}: {e}"[:300]
+                continue
+            curves[f][t] = curve
+            if ci is not None:
+                cis[f][t] = ci
+            status[f][t] = "ok"
+            names.setdefault(t, name)
+            names[f"{f}/{t}"] = name
+            dirs[f"{f}/{t}"] = str(d)
+    if n_layers is None:
+        raise MedinterpError(f"{work}: no finished technique result found")
+    km = KnowledgeMap.from_curves(curves, n_layers=n_layers, cis=cis, techniques=techniques, status=status,
+                                  model_name=model_name, provenance={"work_dir": str(work)}, **params)
+    km.curve_names.update(names)
+    km.result_dirs.update(dirs)
+    return km
+
+
 def _extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> dict[str, Any]:
     """Attention patterns (for the report's circuitsvis view) at the block where patching's curve
     rises most, on the first clean prompt of each family's pairs. Optional decoration: skipped on error."""

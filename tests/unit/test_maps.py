@@ -275,6 +275,10 @@ def test_knowledge_map_runner_resumes_and_records_failures(tmp_path, monkeypatch
     assert [c for c in calls[n_first:] if c[1] != "broken"] == []
     assert len(calls) - n_first == 2  # lesion for each family
     np.testing.assert_array_equal(km2.curves, km.curves)
+    # a map from the work dir alone (no model), e.g. of an interrupted run
+    km3 = maps.map_from_work_dir(tmp_path / "w", families=list(fams))
+    np.testing.assert_array_equal(km3.curves, km.curves)
+    assert km3.status["drugs"]["lesion"] == "no saved result"
     # the report includes the saved technique figures and says what failed
     text = km2.to_html(tmp_path / "r.html")
     assert "failed: RuntimeError: boom" in text and EVIL not in text
