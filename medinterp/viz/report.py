@@ -139,7 +139,7 @@ def render_report(
         f"{km.n_layers} layers. Concepts: {escape(', '.join(km.label(c) for c in km.concepts))}. "
         "Each technique's per-layer curve is smoothed (Gaussian σ = "
         f"{escape(km.params['sigma'])}); geometry marks the {escape(km.params['window'])}-layer window of "
-        f"steepest rise, the other techniques mark runs above the {escape(km.params['percentile'])}th "
+        f"steepest rise, the other techniques mark runs above the {escape(format(float(km.params['percentile']), 'g'))}th "
         f"percentile (≥ {escape(km.params['min_len'])} layers, ≤ {escape(km.params['max_intervals'])} per "
         "technique, largest area kept). The consensus strip counts the techniques marking each layer.</p>"
     )
