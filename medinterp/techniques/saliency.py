@@ -47,7 +47,9 @@ from medinterp.results import Result, bootstrap_ci, make_provenance
 COMPONENTS: tuple[str, ...] = ("attn", "mlp", "combined")
 VARIANTS: tuple[str, ...] = ("grad", "grad_x_weight", "grad_norm_ratio")
 OUTER: tuple[str, ...] = ("embed", "unembed")
-_CHUNK = 1 << 18  # elements per statistics chunk (1 MB in float32: cache-sized temporaries)
+_CHUNK = 1 << 22  # elements per statistics chunk (16 MB in float32); few, large ops: small ones cost
+# an OpenMP barrier each, which is ruinous on a busy machine
+_UNEMBED_BLOCK = 1 << 24  # elements of one row block of the unembedding gradient (64 MB in float32)
 
 
 # ============================================================================ targets
@@ -599,7 +601,7 @@ class _grad_hooks:
     @torch.no_grad()
     def _on_unembed(self, x: torch.Tensor, d_logits: torch.Tensor) -> None:
         W_U = self.model.unembed.W_U.detach()  # [d_model, d_vocab]
-        step = max(1, _CHUNK * 16 // W_U.shape[1])  # rows of ∂L/∂W_U per block (~16 MB)
+        step = max(1, _UNEMBED_BLOCK // W_U.shape[1])  # rows of ∂L/∂W_U per block
         for r in range(0, W_U.shape[0], step):
             g = x[:, r : r + step].T.to(d_logits.dtype) @ d_logits  # [step, d_vocab]
             self.acc.add("unembed.W_U", g, W_U[r : r + step])
