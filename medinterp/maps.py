@@ -505,8 +505,9 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "geometry": {"n_boot": 100, "n_perm": 50, "n_jobs": 2},
         # the embedding gradient (262k × 640 for Gemma) is not needed for the map: skip it
         "saliency": {"max_prompts": 16, "n_boot": 300, "include_embed": False},
-        # block removal only (the paper's lesion); a few greedy continuations for the report
-        "lesion": {"modes": ["skip"], "max_prompts": 48, "n_continuations": 4, "n_boot": 300},
+        # block removal only (the paper's lesion). Greedy continuations are left to `medinterp lesion`:
+        # 4 prompts x 20 tokens x 18 lesions cost ~5 min per family on 2 cores, over the 15-min budget.
+        "lesion": {"modes": ["skip"], "max_prompts": 48, "n_continuations": 0, "n_boot": 300},
         # resid_pre at the last position, every valid pair of the family's pair set
         "patching": {"n_boot": 300},
     },
