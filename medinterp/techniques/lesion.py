@@ -80,6 +80,7 @@ import torch
 from jaxtyping import Float, Int
 
 from medinterp.errors import MedinterpError
+from medinterp.prompt_inputs import parse_prompt_inputs
 from medinterp.hooks import (
     LESION_MODES,
     FwdHooks,
@@ -211,44 +212,15 @@ def items_from_inputs(model: Any, inputs: Any) -> tuple[list[LesionItem], dict[s
         return _merge({str(k): v for k, v in inputs.items()}, model)
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, str) for x in inputs) and _all_set_names(inputs):
         return _merge({x: x for x in inputs}, model)
-    set_name = "custom"
     if isinstance(inputs, str):
         inputs = _load_concepts(inputs)
-    if hasattr(inputs, "prompts") and callable(inputs.prompts):
-        set_name = str(getattr(inputs, "name", "custom"))
-        inputs = inputs.prompts()
-    inputs = list(inputs)
-    if not inputs:
-        raise MedinterpError("lesion: no prompts given; expected a concept set or a non-empty list of prompts")
-    items: list[LesionItem] = []
-    rows: list[dict] = []
-    for i, p in enumerate(inputs):
-        where = f"prompt {i}"
-        row: dict = {}
-        if isinstance(p, str):
-            items.append(item_from_text(model, p, where=where))
-        elif isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p):
-            items.append(item_with_target(model, p[0], p[1], where=f"{where} ({p[0]!r})"))
-        elif hasattr(p, "text"):
-            where = f"{where} ({p.text!r})"
-            answer = getattr(p, "answer", None)
-            if answer is not None:
-                items.append(item_with_target(model, p.text, answer, where=where))
-            elif getattr(p, "span", None) is not None:
-                items.append(item_from_span(model, p.text, p.span, where=where))
-            else:
-                raise MedinterpError(f"{where}: has neither an answer nor an item span to score")
-            row = dict(getattr(p, "labels", {}) or {})
-            if getattr(p, "item", None) is not None:
-                row.setdefault("item", p.item)
-        else:
-            raise MedinterpError(
-                f"{where}: expected a ConceptPrompt, a (prompt, answer) pair of strings or a string, got {type(p).__name__}"
-            )
-        rows.append(row)
-    keys = sorted({k for r in rows for k in r})
-    labels = {k: [_plain(r.get(k)) for r in rows] for k in keys}
-    return items, labels, set_name
+    return parse_prompt_inputs(
+        inputs,
+        technique="lesion",
+        from_text=lambda text, where: item_from_text(model, text, where=where),
+        from_answer=lambda text, answer, where: item_with_target(model, text, answer, where=where),
+        from_span=lambda text, span, where: item_from_span(model, text, span, where=where),
+    )
 
 
 def _all_set_names(xs: Sequence[str]) -> bool:
@@ -284,12 +256,6 @@ def _merge(sets: dict[str, Any], model: Any) -> tuple[list[LesionItem], dict[str
     keys = sorted({k for r in rows for k in r})
     labels = {k: [r.get(k) for r in rows] for k in keys}
     return items, labels, "+".join(sets)
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
 
 
 # ============================================================================ batches and readout

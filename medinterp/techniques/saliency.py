@@ -42,6 +42,7 @@ import torch
 from jaxtyping import Float, Int
 
 from medinterp.errors import MedinterpError
+from medinterp.prompt_inputs import parse_prompt_inputs
 from medinterp.results import Result, bootstrap_ci, make_provenance
 
 COMPONENTS: tuple[str, ...] = ("attn", "mlp", "combined")
@@ -137,57 +138,19 @@ def targets_from_inputs(model: Any, inputs: Any) -> tuple[list[SaliencyTarget], 
     ``ConceptPrompt`` (``.text``, ``.answer``, ``.span``, ``.labels``), of ``(prompt, answer)`` pairs, or
     of plain strings (target = every token after the first: the text's own LM loss).
     """
-    set_name = "custom"
-    if isinstance(inputs, str):
-        from medinterp.concepts import load_concepts
+    def from_text(text: str, where: str) -> SaliencyTarget:
+        toks = _to_tokens(model, text, bos=True)
+        if toks.shape[1] < 2:
+            raise MedinterpError(f"{where} ({text!r}): needs at least 2 tokens to score its own text")
+        return SaliencyTarget(text=text, tokens=toks, n_context=1, target=text)
 
-        inputs = load_concepts(inputs)
-    if hasattr(inputs, "prompts") and callable(inputs.prompts):
-        set_name = str(getattr(inputs, "name", "custom"))
-        inputs = inputs.prompts()
-    inputs = list(inputs)
-    if not inputs:
-        raise MedinterpError("saliency: no prompts given; expected a concept set or a non-empty list of prompts")
-    targets: list[SaliencyTarget] = []
-    label_rows: list[dict] = []
-    for i, p in enumerate(inputs):
-        where = f"prompt {i}"
-        if isinstance(p, str):
-            toks = _to_tokens(model, p, bos=True)
-            if toks.shape[1] < 2:
-                raise MedinterpError(f"{where} ({p!r}): needs at least 2 tokens to score its own text")
-            targets.append(SaliencyTarget(text=p, tokens=toks, n_context=1, target=p))
-            label_rows.append({})
-        elif isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p):
-            targets.append(build_target(model, p[0], p[1], where=where))
-            label_rows.append({})
-        elif hasattr(p, "text"):
-            where = f"{where} ({p.text!r})"
-            answer = getattr(p, "answer", None)
-            if answer is not None:
-                targets.append(build_target(model, p.text, answer, where=where))
-            elif getattr(p, "span", None) is not None:
-                targets.append(_target_from_span(model, p.text, p.span, where))
-            else:
-                raise MedinterpError(f"{where}: has neither an answer nor an item span to score")
-            row = dict(getattr(p, "labels", {}) or {})
-            if getattr(p, "item", None) is not None:
-                row.setdefault("item", p.item)
-            label_rows.append(row)
-        else:
-            raise MedinterpError(
-                f"{where}: expected a ConceptPrompt, a (prompt, answer) pair of strings or a string, "
-                f"got {type(p).__name__}"
-            )
-    keys = sorted({k for r in label_rows for k in r})
-    labels = {k: [_plain(r.get(k)) for r in label_rows] for k in keys}
-    return targets, labels, set_name
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
+    return parse_prompt_inputs(
+        inputs,
+        technique="saliency",
+        from_text=from_text,
+        from_answer=lambda text, answer, where: build_target(model, text, answer, where=where),
+        from_span=lambda text, span, where: _target_from_span(model, text, span, where),
+    )
 
 
 # ============================================================================ parameter groups
