@@ -1612,3 +1612,29 @@ def geometry_many(
         res.timings["layers_wall_all_sets_s"] = t_wall
         results.append(res)
     return results
+
+
+# ============================================================================ technique contract
+def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any) -> GeometryResult:
+    return geometry(model, family.concepts, progress=progress, **params)
+
+
+def _run_families(model: Any, families: Sequence[Any], *, progress: bool = True, **params: Any) -> list[GeometryResult]:
+    return geometry_many(model, [f.concepts for f in families], progress=progress, **params)
+
+
+from medinterp.techniques.base import Technique  # noqa: E402  (contract object, defined after the engine)
+
+TECHNIQUE = Technique(
+    name="geometry",
+    run_fn=_run_family,
+    run_many_fn=_run_families,
+    presets={
+        # all prompts of every template; UMAP jobs on 2 worker processes
+        "full": {"n_boot": 100, "n_perm": 50, "n_jobs": 2},
+        "quick": {"templates": [0], "n_boot": 30, "n_perm": 20, "n_jobs": 1, "n_epochs": 100},
+    },
+    needs=("concepts",),
+    interval_rule="rise",
+    description="activation geometry of the residual stream per layer (silhouette, age, progression, collapse)",
+)

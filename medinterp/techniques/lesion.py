@@ -1055,3 +1055,24 @@ class LesionResult(Result):
             fig.update_layout(title=f"Greedy continuations ({self.max_new_tokens} tokens) at the most damaging block")
             figs.append(fig)
         return figs
+
+
+# ============================================================================ technique contract
+def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any) -> LesionResult:
+    return lesion(model, family.concepts, progress=progress, **params)
+
+
+from medinterp.techniques.base import Technique  # noqa: E402
+
+TECHNIQUE = Technique(
+    name="lesion",
+    run_fn=_run_family,
+    presets={
+        # block removal only (the paper's lesion). Greedy continuations are left to `medinterp lesion`:
+        # 4 prompts x 20 tokens x 18 lesions cost ~5 min per family on 2 cores, over the 15-min budget.
+        "full": {"modes": ["skip"], "max_prompts": 48, "n_continuations": 0, "n_boot": 300},
+        "quick": {"modes": ["skip"], "max_prompts": 12, "n_continuations": 0, "n_boot": 100},
+    },
+    needs=("concepts",),
+    description="remove one block at a time and measure how the model's predictions degrade",
+)

@@ -1397,3 +1397,52 @@ def _head_setter(new: torch.Tensor, head: int) -> Callable:
         return act
 
     return hook
+
+
+# ============================================================================ technique contract
+def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any) -> PatchingResult:
+    params = {"site": "resid_pre", "positions": "last", "on_bad": "drop", **params}
+    max_pairs = params.pop("max_pairs", None)
+    pairs = family.pairs
+    if max_pairs is not None:
+        from medinterp.concepts import load_concepts
+
+        ps = load_concepts(pairs) if isinstance(pairs, (str, os.PathLike)) else pairs
+        pairs = list(getattr(ps, "pairs", ps))[: int(max_pairs)]
+    return patch(model, pairs, progress=progress, **params)
+
+
+def attention_view_data(model: Any, res: "PatchingResult") -> dict[str, Any]:
+    """All heads of the block ``l`` maximising ``curve[l+1] - curve[l]`` (resid_pre patching: the block
+    whose output carries the clean answer to the last position), on the first clean prompt."""
+    curve = np.asarray(res.layer_curve(), float)
+    if len(curve) < 2 or not np.all(np.isfinite(curve)):
+        raise ValueError("no usable patching curve")
+    layer = int(np.argmax(np.diff(curve)))
+    pair = res.pairs[0]
+    prompt = pair["clean"] if isinstance(pair, dict) else pair[0]
+    if not isinstance(prompt, str):
+        raise ValueError("clean prompt is not text")
+    name = f"blocks.{layer}.attn.hook_pattern"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompt, names_filter=lambda n: n == name)
+    att = cache[name][0].float().cpu().numpy()
+    return {"attention": {"tokens": model.to_str_tokens(prompt), "attention": att.round(4).tolist(),
+                          "head_names": [f"L{layer}H{h}" for h in range(att.shape[0])], "prompt": prompt,
+                          "layer": layer}}
+
+
+from medinterp.techniques.base import Technique  # noqa: E402
+
+TECHNIQUE = Technique(
+    name="patching",
+    run_fn=_run_family,
+    presets={
+        # resid_pre at the last position, every valid pair of the family's pair set
+        "full": {"n_boot": 300},
+        "quick": {"max_pairs": 6, "n_boot": 100},
+    },
+    needs=("pairs",),
+    extras=attention_view_data,
+    description="activation patching of clean into corrupted runs (normalised logit difference)",
+)

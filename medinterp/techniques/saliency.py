@@ -797,3 +797,23 @@ def aggregate_table(
     df = pd.DataFrame(rows, columns=["layer", "component", "variant", "mean", "ci_low", "ci_high"])
     df["n_prompts"] = values.shape[0]
     return df
+
+
+# ============================================================================ technique contract
+def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any) -> SaliencyResult:
+    return saliency(model, family.concepts, progress=progress, **params)
+
+
+from medinterp.techniques.base import Technique  # noqa: E402
+
+TECHNIQUE = Technique(
+    name="saliency",
+    run_fn=_run_family,
+    presets={
+        # the embedding gradient (262k × 640 for Gemma) is not needed for the map: skip it
+        "full": {"max_prompts": 16, "n_boot": 300, "include_embed": False},
+        "quick": {"max_prompts": 4, "n_boot": 100, "include_embed": False},
+    },
+    needs=("concepts",),
+    description="gradient saliency of the loss w.r.t. each block's weights",
+)

@@ -1,0 +1,196 @@
+"""The technique contract: every technique is one room of the same shape.
+
+A :class:`Technique` is a named, registered object with
+
+* ``run(model, family, **params) -> TechniqueResult``: explicit parameters, no hidden state;
+* ``presets``: the parameters of a ``"quick"`` and a ``"full"`` map run (overridable per call);
+* ``needs``: which inputs of a :class:`Family` it reads (``"concepts"`` and/or ``"pairs"``);
+* ``interval_rule``: how the paper-style map marks its curve (``"rise"`` or ``"percentile"``);
+* optional ``run_many(model, families, **params)`` when several families share work (one worker pool)
+  and optional ``extras(model, result) -> dict`` for report decorations that need the model.
+
+Every result is a :class:`TechniqueResult`: a dataclass with the same field names everywhere
+(``concept_set``, ``params``, ``timings``, ``provenance``) and the same methods (``layer_curve()``,
+``layer_curve_ci()``, ``curve_label``, ``summary() -> str``, ``save()``/``load()``, ``figure()``,
+``to_html()``). Figures are drawn by ``medinterp.viz``, which registers one renderer per result kind
+with :func:`register_renderer`; nothing here imports it.
+
+:data:`medinterp.techniques.REGISTRY` lists the techniques; the knowledge map reads only it.
+
+Example:
+    >>> import dataclasses, numpy as np
+    >>> @dataclasses.dataclass
+    ... class ToyResult(TechniqueResult):
+    ...     kind = "toy_doc"
+    ...     values: np.ndarray = None
+    ...     def layer_curve(self):
+    ...         return self.values
+    ...     def layer_curve_ci(self):
+    ...         return self.values - 1, self.values + 1
+    >>> toy = Technique("toy_doc", lambda model, family, **p: ToyResult(values=np.arange(3.0)),
+    ...                 presets={"quick": {}, "full": {}}, needs=("concepts",))
+    >>> toy.run(None, Family("drugs", concepts="drugs")).layer_curve().tolist()
+    [0.0, 1.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+from jaxtyping import Float
+
+from medinterp.errors import MedinterpError
+from medinterp.results import Result
+
+INPUTS = ("concepts", "pairs")
+INTERVAL_RULES = ("rise", "percentile")
+SIZES = ("quick", "full")
+
+_RENDERERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_renderer(kind: str, renderer: Callable[..., Any]) -> None:
+    """Register the function that draws results of ``kind`` (``renderer(result, **kw) -> figure(s)``).
+
+    ``medinterp.viz`` registers the shipped renderers when it is imported (``import medinterp`` does
+    that on first use of the public API).
+    """
+    _RENDERERS[kind] = renderer
+
+
+def renderer_for(kind: str) -> Callable[..., Any]:
+    """The registered renderer of a result kind, or a clear error."""
+    if kind not in _RENDERERS:
+        raise MedinterpError(
+            f"no figure renderer registered for result kind {kind!r}; `import medinterp.viz` registers the "
+            f"shipped ones, or call register_renderer({kind!r}, fn)")
+    return _RENDERERS[kind]
+
+
+class MissingInput(MedinterpError):
+    """A technique cannot run for a family because an input it needs is absent (shown in the map)."""
+
+
+@dataclasses.dataclass
+class Family:
+    """One map row: its name, the concept set (or prompts) and the pair set that feed the techniques.
+
+    ``concepts`` and ``pairs`` are shipped names, file paths, or loaded ``ConceptSet`` / ``PairSet``
+    objects; either may be None (the techniques that need it are then "not run").
+    """
+
+    name: str
+    concepts: Any = None
+    pairs: Any = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
+
+    def require(self, technique: str, needs: Sequence[str]) -> None:
+        for need in needs:
+            if getattr(self, need) is None:
+                raise MissingInput(f"{technique}: family {self.name!r} has no {need} input")
+
+
+@dataclasses.dataclass(frozen=True)
+class Technique:
+    """One technique: how to run it on a family, its size presets and what it reads.
+
+    Args:
+        name: registry key and map column name.
+        run: ``run(model, family, *, progress=True, **params) -> TechniqueResult``.
+        presets: ``{"quick": {...}, "full": {...}}`` default parameters of a map run.
+        needs: the :class:`Family` inputs it reads.
+        interval_rule: the paper-style marking rule for its curve (METHOD.md §5).
+        run_many: optional; runs several families at once (shared work), same parameters.
+        extras: optional; ``extras(model, result) -> dict`` of report decorations.
+        description: one line for listings.
+    """
+
+    name: str
+    run_fn: Callable[..., "TechniqueResult"]
+    presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=lambda: {"quick": {}, "full": {}})
+    needs: tuple[str, ...] = ("concepts",)
+    interval_rule: str = "percentile"
+    run_many_fn: Callable[..., list["TechniqueResult"]] | None = None
+    extras: Callable[[Any, "TechniqueResult"], dict[str, Any]] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.needs if n not in INPUTS]
+        if bad:
+            raise MedinterpError(f"technique {self.name!r}: unknown input(s) {bad}; known {list(INPUTS)}")
+        if self.interval_rule not in INTERVAL_RULES:
+            raise MedinterpError(f"technique {self.name!r}: interval_rule must be one of {INTERVAL_RULES}")
+        missing = [s for s in SIZES if s not in self.presets]
+        if missing:
+            raise MedinterpError(f"technique {self.name!r}: presets lack {missing}")
+
+    def params(self, size: str = "full", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The preset of ``size`` updated with ``overrides``."""
+        if size not in SIZES:
+            raise MedinterpError(f"size must be one of {SIZES}, not {size!r}")
+        return {**dict(self.presets[size]), **dict(overrides or {})}
+
+    def run(self, model: Any, family: Family, **params: Any) -> "TechniqueResult":
+        """Run on one family (raises :class:`MissingInput` when an input it needs is absent)."""
+        family.require(self.name, self.needs)
+        return self.run_fn(model, family, **params)
+
+    def run_many(self, model: Any, families: Sequence[Family], **params: Any) -> list["TechniqueResult"]:
+        """Run on several families; shares work when the technique supports it."""
+        for fam in families:
+            fam.require(self.name, self.needs)
+        if self.run_many_fn is not None:
+            return list(self.run_many_fn(model, list(families), **params))
+        return [self.run_fn(model, fam, **params) for fam in families]
+
+
+@dataclasses.dataclass
+class TechniqueResult(Result):
+    """Base of every technique's result: same fields, same methods.
+
+    Fields:
+        concept_set: name of the concept or pair set the result was computed on.
+        params: the technique parameters of the run (enough to rerun it).
+        timings: wall-clock seconds by stage.
+        provenance: model identity, parameters, package versions (see ``make_provenance``).
+
+    Subclasses implement :meth:`layer_curve`, :meth:`layer_curve_ci`, :attr:`curve_label` and
+    :meth:`summary`; :meth:`figure` asks the renderer registry.
+    """
+
+    kind: ClassVar[str] = "technique"
+
+    concept_set: str = ""
+    params: dict = dataclasses.field(default_factory=dict)
+    timings: dict = dataclasses.field(default_factory=dict)
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    def layer_curve(self) -> Float[np.ndarray, "n_layers"]:
+        """One value per block (higher = more evidence); the map's curve."""
+        raise NotImplementedError(f"{type(self).__name__}.layer_curve")
+
+    def layer_curve_ci(self) -> tuple[Float[np.ndarray, "n_layers"], Float[np.ndarray, "n_layers"]]:
+        """``(low, high)`` confidence band of :meth:`layer_curve`."""
+        raise NotImplementedError(f"{type(self).__name__}.layer_curve_ci")
+
+    @property
+    def curve_label(self) -> str:
+        """What :meth:`layer_curve` measures, in words."""
+        return f"{self.kind} layer curve"
+
+    def summary(self) -> str:
+        """A few lines a person reads first."""
+        curve = np.asarray(self.layer_curve(), float)
+        if not np.isfinite(curve).any():
+            return f"{self.kind} on {self.concept_set or '?'}: no finite layer values"
+        top = int(np.nanargmax(curve))
+        return f"{self.kind} on {self.concept_set or '?'}: {self.curve_label}; peak at layer {top} ({curve[top]:.4g})"
+
+    def figure(self, **kwargs: Any):
+        """Plotly figure(s) of the result, drawn by the renderer ``medinterp.viz`` registered."""
+        return renderer_for(self.kind)(self, **kwargs)
