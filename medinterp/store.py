@@ -1,0 +1,203 @@
+"""One fingerprint and one resume mechanism for every saved result and every long run.
+
+* :func:`fingerprint` hashes the *content* of a job's inputs (items, labels, templates, pairs, token
+  ids, arrays, files), all its parameters, the model identity and the medinterp version. Objects
+  that know their content give it through a ``content_hash()`` (or ``fingerprint_payload()``) method;
+  files are hashed by their bytes, never by their path.
+* :class:`Checkpoint` is a directory of finished work units (safetensors, no pickle), tied to one
+  fingerprint. Opening it with another fingerprint clears it (stale work is recomputed, and the log says
+  why); a torn or corrupt unit reads as missing (recomputed, not trusted).
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> d = tempfile.mkdtemp()
+    >>> ck = Checkpoint(d, fingerprint({"n": 1}))
+    >>> ck.save("u0", vals=np.arange(3.0))
+    >>> ck.load("u0")["vals"].tolist()
+    [0.0, 1.0, 2.0]
+    >>> Checkpoint(d, fingerprint({"n": 2})).load("u0") is None    # other inputs: stale unit cleared
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("medinterp")
+
+_UNIT_GLOB = "unit_*.safetensors"
+
+
+def _version() -> str:
+    from medinterp import __version__
+
+    return __version__
+
+
+def _canonical(x: Any) -> Any:
+    """A JSON-able, content-based stand-in for ``x`` (used only for hashing)."""
+    for meth in ("content_hash", "fingerprint_payload"):
+        fn = getattr(x, meth, None)
+        if callable(fn) and not isinstance(x, type):
+            return {"__content__": _canonical(fn())}
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    if isinstance(x, float):
+        return repr(x)
+    if isinstance(x, Path) or isinstance(x, os.PathLike):
+        p = Path(x)
+        if p.is_file():
+            return {"__file__": _file_sha256(p)}
+        return {"__path__": str(p)}
+    if isinstance(x, dict):
+        return {str(k): _canonical(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(x, (list, tuple)):
+        return [_canonical(v) for v in x]
+    if isinstance(x, (set, frozenset)):
+        return sorted((_canonical(v) for v in x), key=json.dumps)
+    if isinstance(x, np.ndarray):
+        a = np.ascontiguousarray(x)
+        return {"__array__": [str(a.dtype), list(a.shape), hashlib.sha256(a.tobytes()).hexdigest()]}
+    if isinstance(x, np.generic):
+        return _canonical(x.item())
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return _canonical(x.detach().cpu().numpy())
+    except ImportError:  # torch is a dependency; this only keeps the function importable without it
+        pass
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {"__dataclass__": type(x).__name__,
+                **{f.name: _canonical(getattr(x, f.name)) for f in dataclasses.fields(x)}}
+    raise TypeError(f"fingerprint: cannot hash a {type(x).__name__} by content; give it a content_hash() method")
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_hash(x: Any) -> str:
+    """sha256 (hex) of the canonical content of ``x`` (see :func:`fingerprint`)."""
+    blob = json.dumps(_canonical(x), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def model_identity(model: Any) -> dict[str, Any]:
+    """What identifies a model's numbers: its ``medinterp_info`` minus timings and devices."""
+    if model is None:
+        return {}
+    info = getattr(model, "medinterp_info", None)
+    if isinstance(info, dict) and info:
+        return {k: v for k, v in info.items() if k not in ("load_seconds", "seconds", "device", "verify_seconds")}
+    cfg = getattr(model, "cfg", None)
+    return {"model_name": str(getattr(cfg, "model_name", "")), "n_layers": getattr(cfg, "n_layers", None),
+            "n_params": int(sum(p.numel() for p in model.parameters())) if hasattr(model, "parameters") else None}
+
+
+def fingerprint(*parts: Any, model: Any = None, length: int = 16) -> str:
+    """Hash of a job: the content of ``parts``, the model identity and the medinterp version.
+
+    Args:
+        *parts: inputs and parameters (dicts, lists, arrays, concept/pair sets, files).
+        model: the model the job runs on (its :func:`model_identity` is included).
+        length: hex digits kept.
+
+    Example:
+        >>> fingerprint({"a": 1}) == fingerprint({"a": 1}) != fingerprint({"a": 2})
+        True
+    """
+    return content_hash({"medinterp": _version(), "model": model_identity(model), "parts": list(parts)})[:length]
+
+
+class Checkpoint:
+    """Finished work units of one job in a directory, tied to the job's fingerprint.
+
+    Args:
+        directory: where units are written (created); None gives a no-op checkpoint.
+        fingerprint: the job's :func:`fingerprint`; units of another fingerprint are removed.
+        name: shown in log lines.
+    """
+
+    def __init__(self, directory: str | os.PathLike | None, fingerprint: str, name: str = "job"):
+        self.dir = Path(directory) if directory is not None else None
+        self.fingerprint = fingerprint
+        self.name = name
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fp_file = self.dir / "fingerprint.json"
+        old = None
+        if fp_file.is_file():
+            try:
+                old = json.loads(fp_file.read_text()).get("fingerprint")
+            except (OSError, json.JSONDecodeError):
+                old = "unreadable"
+        if old is not None and old != fingerprint:
+            n = self.clear()
+            log.warning("%s: %s holds %d unit(s) of other inputs or parameters (fingerprint %s, now %s); "
+                        "recomputing", name, self.dir, n, old, fingerprint)
+        tmp = self.dir / "fingerprint.json.tmp"
+        tmp.write_text(json.dumps({"fingerprint": fingerprint}))
+        os.replace(tmp, fp_file)
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"unit_{key}.safetensors"
+
+    def load(self, key: str) -> dict[str, np.ndarray] | None:
+        """The arrays of a finished unit, or None (absent, torn, corrupt or of another fingerprint)."""
+        if self.dir is None or not self._path(key).is_file():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self._path(key)), framework="numpy") as f:
+                if (f.metadata() or {}).get("fingerprint") != self.fingerprint:
+                    return None
+                return {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 - any unreadable unit is recomputed, and said so
+            log.warning("%s: unit %s is unreadable (%s: %s); recomputing it", self.name, key, type(e).__name__, e)
+            return None
+
+    def save(self, key: str, **arrays: np.ndarray) -> None:
+        """Write one finished unit atomically (a unit on disk is always complete)."""
+        if self.dir is None:
+            return
+        from safetensors.numpy import save_file
+
+        tmp = self.dir / f"tmp_{key}.safetensors"
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
+                  metadata={"fingerprint": self.fingerprint})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self._path(key))
+
+    def done(self) -> list[str]:
+        """Keys of the units on disk."""
+        if self.dir is None:
+            return []
+        return sorted(p.name[len("unit_"):-len(".safetensors")] for p in self.dir.glob(_UNIT_GLOB))
+
+    def n_done(self) -> int:
+        return len(self.done())
+
+    def clear(self) -> int:
+        """Remove every unit; returns how many there were."""
+        if self.dir is None:
+            return 0
+        n = 0
+        for p in list(self.dir.glob(_UNIT_GLOB)) + list(self.dir.glob("tmp_*")):
+            p.unlink()
+            n += 1
+        return n
