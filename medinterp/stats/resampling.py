@@ -191,8 +191,7 @@ def item_permutations(
     """
     labels = np.asarray(labels)
     ids, inverse = _as_units(units, len(labels))
-    first = np.full(len(ids), -1)
-    first[inverse[::-1]] = np.arange(len(labels))[::-1]
+    first = np.unique(np.asarray(units), return_index=True)[1]  # first row of each unit, in ids order
     unit_labels = labels[first]
     if not np.array_equal(unit_labels[inverse], labels):
         bad = ids[np.unique(inverse[unit_labels[inverse] != labels])][:3]
