@@ -13,6 +13,7 @@ import pytest
 from medinterp.errors import MedinterpError
 from medinterp.results import Result
 from medinterp.techniques import geometry as G
+from medinterp.techniques.geometry import metrics as GM
 
 
 def clusters(k=3, per=30, d=10, sep=6.0, seed=0):
@@ -30,7 +31,7 @@ def test_silhouette_samples_matches_sklearn_including_singletons():
     X = rng.normal(size=(40, 5))
     codes = rng.integers(0, 4, 40)
     codes[7] = 4  # a singleton cluster: sklearn gives it 0
-    D = G._pairwise(X)
+    D = GM._pairwise(X)
     np.testing.assert_allclose(G.silhouette_samples(D, codes), sk(X, codes), atol=1e-10)
     # stacked label vectors give the same as one at a time
     perms = np.stack([rng.permutation(codes) for _ in range(3)])
@@ -169,7 +170,7 @@ def test_collapse_closed_form_bootstrap_equals_explicit_resampling():
     drop = np.ones(25)
     drop[4] = 0  # a jackknife replicate
     W = np.r_[np.ones((1, 25)), np.bincount(idx, minlength=25).astype(float)[None], drop[None]]
-    norm_b, cos_b, pr_b = G._collapse_weighted(X, W)
+    norm_b, cos_b, pr_b = GM._collapse_weighted(X, W)
     for row, Xs in ((0, X), (1, X[idx]), (2, np.delete(X, 4, axis=0))):
         Xc = Xs - Xs.mean(0)
         lam = np.linalg.eigvalsh(Xc.T @ Xc)
@@ -282,7 +283,7 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     lo, hi = res.layer_curve_ci()
     assert curve.shape == lo.shape == hi.shape == (n_layers,)
     np.testing.assert_allclose(curve, res.metric("silhouette", label="specialty").value.to_numpy()[1:])
-    assert res.provenance["params"]["concepts"] == "toy_drugs"
+    assert res.provenance["params"]["concepts"] == "toy_drugs" and res.concept_set == "toy_drugs"
     assert res.items[0] == "fever" and "fever" in res.texts[0]
 
     res.save(tmp_path / "g")
@@ -293,6 +294,8 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     assert back.labels == res.labels and back.layers == res.layers and back.primary == res.primary
     np.testing.assert_allclose(back.layer_curve(), curve)
 
+    import medinterp.viz  # registers the geometry renderer
+
     figs = back.figure()
     assert len(figs) == 3  # specialty, mechanism, curves
     umap_fig = figs[0]
@@ -301,7 +304,7 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     html = back.to_html(tmp_path / "g.html")
     assert "<script src=" not in html and "toy_drugs" in html
     with pytest.raises(MedinterpError, match="color_by"):
-        back.umap_figure("nope")
+        medinterp.viz.geometry.umap_figure(back, "nope")
 
 
 def test_geometry_reuses_precomputed_activations_and_scores_age_geometry(tiny):
