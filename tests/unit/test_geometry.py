@@ -293,6 +293,11 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     np.testing.assert_array_equal(back.embedding_2d, res.embedding_2d)
     assert back.labels == res.labels and back.layers == res.layers and back.primary == res.primary
     np.testing.assert_allclose(back.layer_curve(), curve)
+    assert back.concept_set == "toy_drugs" and back.curve_label == "silhouette (umap, specialty)"
+    text = back.summary()
+    assert isinstance(text, str) and text.startswith("[toy_drugs] layer curve: silhouette (umap, specialty)")
+    assert "best_silhouette_umap[mechanism]: layer" in text
+    assert back.summary_dict()["best_silhouette_umap[specialty]"] == back.best("silhouette", label="specialty")
 
     import medinterp.viz  # registers the geometry renderer
 
@@ -362,3 +367,58 @@ def test_step_ratio_template_bootstrap_keeps_the_estimate_inside_its_ci():
 def test_eff_rank_is_nan_without_variance():
     out = G.collapse_metrics(np.ones((10, 4)), n_boot=10)
     assert math.isnan(out["eff_rank"]["value"]) and out["mean_cosine"]["value"] == pytest.approx(1.0)
+
+
+def test_a_one_class_label_is_a_clear_error(tiny):
+    items = [{"item": w, "specialty": ["cardio", "pulm"][i % 2], "mechanism": "a"} for i, w in enumerate(WORDS)]
+    one = _FakeSet("toy_one", items, ["specialty", "mechanism"], [])
+    with pytest.raises(MedinterpError, match="'mechanism' has 1 distinct value"):
+        G.geometry(tiny, one, progress=False)
+
+
+def test_is_constant_uses_relative_spread():
+    rng = np.random.default_rng(0)
+    v = rng.normal(0, 30, 64)
+    X = np.tile(v, (20, 1)).astype(np.float32)
+    assert G.is_constant(X)  # identical rows
+    noisy = X * (1 + rng.normal(0, 1e-7, X.shape)).astype(np.float32)  # float32 rounding-sized noise
+    assert not np.allclose(noisy - noisy.mean(0), 0) and G.is_constant(noisy)
+    assert not G.is_constant(X + rng.normal(0, 0.01 * 30, X.shape))  # a real 1% spread
+
+
+def test_constant_layer_gives_nan_metrics_and_a_saved_warning(tiny, tmp_path):
+    # every prompt ends on the token "old": the embedding output (layer -1) is one vector for all prompts
+    items = [{"item": f"{a}", "age": a, "sex": s} for a in range(10, 26) for s in ("man", "woman")]
+    aset = _FakeSet("toy_age", items, ["sex"], ["age"], templates=("A {item} year old",))
+    with pytest.warns(G.ConstantLayerWarning, match="embedding output"):
+        res = G.geometry(tiny, aset, n_epochs=30, n_perm=10, n_boot=20, progress=False)
+    assert len(res.warnings) == 1 and "layer -1" in res.warnings[0]
+    t = res.table
+    emb_rows = t[t.layer == -1]
+    spread = emb_rows[~emb_rows.metric.isin(["resid_norm", "mean_cosine"])]
+    assert len(spread) > 5 and spread.value.isna().all() and spread.ci_low.isna().all()
+    assert (emb_rows[emb_rows.metric == "resid_norm"].value > 0).all()
+    assert np.isfinite(t[t.layer >= 0].value[t.metric == "anisotropy"]).all()
+    assert not np.asarray(res.embedding_2d[0]).any()  # not embedded
+    res.save(tmp_path / "a")
+    assert Result.load(tmp_path / "a").warnings == res.warnings
+
+
+def test_family_labels_come_from_concept_families(tiny):
+    from medinterp.concepts import CONCEPT_FAMILIES
+
+    assert G.family_labels("dosage_drugs") == CONCEPT_FAMILIES["dosage"]["labels"]
+    assert G.family_labels("not_a_shipped_set") is None
+    # a set named like a shipped family scores that family's categorical labels only
+    items = [{"item": w, "specialty": ["cardio", "pulm", "neuro"][i % 3], "mechanism": ["a", "b"][i % 2],
+              "extra": ["x", "y"][i % 2]} for i, w in enumerate(WORDS)]
+    res = G.geometry(tiny, _FakeSet("drugs", items, ["specialty", "mechanism", "extra"], []), n_epochs=20,
+                     n_perm=0, n_boot=0, layers=[0], include_embed=False, progress=False)
+    assert set(res.table[res.table.metric == "silhouette"].label) == {"specialty", "mechanism"}
+
+
+def test_geometry_rejects_unknown_parameters_and_other_activation_shapes(tiny):
+    with pytest.raises(MedinterpError, match="unknown parameter"):
+        G.geometry_many(tiny, [drug_like_set()], n_boots=3)
+    with pytest.raises(MedinterpError, match="ActivationSet"):
+        G.geometry(concepts=drug_like_set(), activations=np.zeros((2, 18, 8)))

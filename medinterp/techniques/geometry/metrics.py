@@ -6,11 +6,10 @@ scalar carries a CI (see the package docstring for how each is resampled).
 
 Example:
     >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> X = np.r_[rng.normal(0, .1, (20, 5)), rng.normal(3, .1, (20, 5))]
-    >>> s = silhouette(X, [0] * 20 + [1] * 20, n_perm=20, n_boot=50)
-    >>> bool(s["value"] > 0.9 and s["baseline"] < 0.2)
-    True
+    >>> t = np.linspace(0, 1, 40)[:, None]
+    >>> line = np.c_[t, 3 * t]                      # points on a line: anisotropic and linear in t
+    >>> round(anisotropy(line, n_boot=0)["value"], 3), round(linearity_r2(line, t[:, 0], n_boot=0)["value"], 3)
+    (1.0, 1.0)
 """
 
 from __future__ import annotations

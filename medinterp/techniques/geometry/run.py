@@ -227,9 +227,10 @@ def _finish(prep: _Prepared, outs: list[tuple], model: Any, params: dict[str, An
     for layer, o in zip(prep.layers, outs):
         if o[7]:
             where = "the embedding output (layer -1)" if layer < 0 else f"layer {layer}"
-            notes.append(f"ConstantLayerWarning: {prep.name}: every prompt gives the same vector at {where} (up to "
-                         f"float32 rounding); its geometry metrics are NaN (residual norm and mean cosine kept)")
-            warnings.warn(notes[-1], ConstantLayerWarning, stacklevel=3)
+            msg = (f"{prep.name}: every prompt gives the same vector at {where} (up to float32 rounding); "
+                   f"its geometry metrics are NaN (residual norm and mean cosine kept)")
+            notes.append(f"ConstantLayerWarning: {msg}")
+            warnings.warn(msg, ConstantLayerWarning, stacklevel=3)
     labels = {k: list(v) for k, v in prep.spec.categorical.items()}
     labels.update({k: list(v) for k, v in prep.spec.continuous.items()})
     kinds = {k: "categorical" for k in prep.spec.categorical} | {k: "continuous" for k in prep.spec.continuous}
