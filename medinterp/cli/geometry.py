@@ -67,12 +67,12 @@ def geometry_cmd(
     summary = {"model": model, "model_load_s": round(t_model, 1), "total_s": round(total, 1), "sets": {}}
     out.mkdir(parents=True, exist_ok=True)
     for res in results:
-        d = out / _dirname(res.concept)
+        d = out / _dirname(res.concept_set)
         res.save(d)
-        res.to_html(d / "geometry.html", title=f"Activation geometry: {res.concept} on {model}")
-        s = res.summary()
+        res.to_html(d / "geometry.html", title=f"Activation geometry: {res.concept_set} on {model}")
+        s = res.summary_dict()
         s["timings"] = {k: round(v, 1) for k, v in res.timings.items()}
-        summary["sets"][res.concept] = s
+        summary["sets"][res.concept_set] = s
         typer.echo(_format(s))
         typer.echo(f"  wrote {d}/manifest.json, table.csv, geometry.html")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -97,9 +97,9 @@ def _dirname(name: str) -> str:
 
 
 def _format(s: dict) -> str:
-    lines = [f"[{s['concept']}]"]
+    lines = [f"[{s['concept_set']}]"]
     for k, v in s.items():
-        if k in ("concept", "timings"):
+        if k in ("concept_set", "timings"):
             continue
         if isinstance(v, (list, tuple)) and len(v) == 2:
             lines.append(f"  {k}: layer {v[0]} ({v[1]:.3f})")

@@ -13,6 +13,7 @@ import pytest
 from medinterp.errors import MedinterpError
 from medinterp.results import Result
 from medinterp.techniques import geometry as G
+from medinterp.techniques.geometry import metrics as GM
 
 
 def clusters(k=3, per=30, d=10, sep=6.0, seed=0):
@@ -30,7 +31,7 @@ def test_silhouette_samples_matches_sklearn_including_singletons():
     X = rng.normal(size=(40, 5))
     codes = rng.integers(0, 4, 40)
     codes[7] = 4  # a singleton cluster: sklearn gives it 0
-    D = G._pairwise(X)
+    D = GM._pairwise(X)
     np.testing.assert_allclose(G.silhouette_samples(D, codes), sk(X, codes), atol=1e-10)
     # stacked label vectors give the same as one at a time
     perms = np.stack([rng.permutation(codes) for _ in range(3)])
@@ -169,7 +170,7 @@ def test_collapse_closed_form_bootstrap_equals_explicit_resampling():
     drop = np.ones(25)
     drop[4] = 0  # a jackknife replicate
     W = np.r_[np.ones((1, 25)), np.bincount(idx, minlength=25).astype(float)[None], drop[None]]
-    norm_b, cos_b, pr_b = G._collapse_weighted(X, W)
+    norm_b, cos_b, pr_b = GM._collapse_weighted(X, W)
     for row, Xs in ((0, X), (1, X[idx]), (2, np.delete(X, 4, axis=0))):
         Xc = Xs - Xs.mean(0)
         lam = np.linalg.eigvalsh(Xc.T @ Xc)
@@ -282,7 +283,7 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     lo, hi = res.layer_curve_ci()
     assert curve.shape == lo.shape == hi.shape == (n_layers,)
     np.testing.assert_allclose(curve, res.metric("silhouette", label="specialty").value.to_numpy()[1:])
-    assert res.provenance["params"]["concepts"] == "toy_drugs"
+    assert res.provenance["params"]["concepts"] == "toy_drugs" and res.concept_set == "toy_drugs"
     assert res.items[0] == "fever" and "fever" in res.texts[0]
 
     res.save(tmp_path / "g")
@@ -292,6 +293,13 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     np.testing.assert_array_equal(back.embedding_2d, res.embedding_2d)
     assert back.labels == res.labels and back.layers == res.layers and back.primary == res.primary
     np.testing.assert_allclose(back.layer_curve(), curve)
+    assert back.concept_set == "toy_drugs" and back.curve_label == "silhouette (umap, specialty)"
+    text = back.summary()
+    assert isinstance(text, str) and text.startswith("[toy_drugs] layer curve: silhouette (umap, specialty)")
+    assert "best_silhouette_umap[mechanism]: layer" in text
+    assert back.summary_dict()["best_silhouette_umap[specialty]"] == back.best("silhouette", label="specialty")
+
+    import medinterp.viz  # registers the geometry renderer
 
     figs = back.figure()
     assert len(figs) == 3  # specialty, mechanism, curves
@@ -301,7 +309,7 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     html = back.to_html(tmp_path / "g.html")
     assert "<script src=" not in html and "toy_drugs" in html
     with pytest.raises(MedinterpError, match="color_by"):
-        back.umap_figure("nope")
+        medinterp.viz.geometry.umap_figure(back, "nope")
 
 
 def test_geometry_reuses_precomputed_activations_and_scores_age_geometry(tiny):
@@ -359,3 +367,58 @@ def test_step_ratio_template_bootstrap_keeps_the_estimate_inside_its_ci():
 def test_eff_rank_is_nan_without_variance():
     out = G.collapse_metrics(np.ones((10, 4)), n_boot=10)
     assert math.isnan(out["eff_rank"]["value"]) and out["mean_cosine"]["value"] == pytest.approx(1.0)
+
+
+def test_a_one_class_label_is_a_clear_error(tiny):
+    items = [{"item": w, "specialty": ["cardio", "pulm"][i % 2], "mechanism": "a"} for i, w in enumerate(WORDS)]
+    one = _FakeSet("toy_one", items, ["specialty", "mechanism"], [])
+    with pytest.raises(MedinterpError, match="'mechanism' has 1 distinct value"):
+        G.geometry(tiny, one, progress=False)
+
+
+def test_is_constant_uses_relative_spread():
+    rng = np.random.default_rng(0)
+    v = rng.normal(0, 30, 64)
+    X = np.tile(v, (20, 1)).astype(np.float32)
+    assert G.is_constant(X)  # identical rows
+    noisy = X * (1 + rng.normal(0, 1e-7, X.shape)).astype(np.float32)  # float32 rounding-sized noise
+    assert not np.allclose(noisy - noisy.mean(0), 0) and G.is_constant(noisy)
+    assert not G.is_constant(X + rng.normal(0, 0.01 * 30, X.shape))  # a real 1% spread
+
+
+def test_constant_layer_gives_nan_metrics_and_a_saved_warning(tiny, tmp_path):
+    # every prompt ends on the token "old": the embedding output (layer -1) is one vector for all prompts
+    items = [{"item": f"{a}", "age": a, "sex": s} for a in range(10, 26) for s in ("man", "woman")]
+    aset = _FakeSet("toy_age", items, ["sex"], ["age"], templates=("A {item} year old",))
+    with pytest.warns(G.ConstantLayerWarning, match="embedding output"):
+        res = G.geometry(tiny, aset, n_epochs=30, n_perm=10, n_boot=20, progress=False)
+    assert len(res.warnings) == 1 and "layer -1" in res.warnings[0]
+    t = res.table
+    emb_rows = t[t.layer == -1]
+    spread = emb_rows[~emb_rows.metric.isin(["resid_norm", "mean_cosine"])]
+    assert len(spread) > 5 and spread.value.isna().all() and spread.ci_low.isna().all()
+    assert (emb_rows[emb_rows.metric == "resid_norm"].value > 0).all()
+    assert np.isfinite(t[t.layer >= 0].value[t.metric == "anisotropy"]).all()
+    assert not np.asarray(res.embedding_2d[0]).any()  # not embedded
+    res.save(tmp_path / "a")
+    assert Result.load(tmp_path / "a").warnings == res.warnings
+
+
+def test_family_labels_come_from_concept_families(tiny):
+    from medinterp.concepts import CONCEPT_FAMILIES
+
+    assert G.family_labels("dosage_drugs") == CONCEPT_FAMILIES["dosage"]["labels"]
+    assert G.family_labels("not_a_shipped_set") is None
+    # a set named like a shipped family scores that family's categorical labels only
+    items = [{"item": w, "specialty": ["cardio", "pulm", "neuro"][i % 3], "mechanism": ["a", "b"][i % 2],
+              "extra": ["x", "y"][i % 2]} for i, w in enumerate(WORDS)]
+    res = G.geometry(tiny, _FakeSet("drugs", items, ["specialty", "mechanism", "extra"], []), n_epochs=20,
+                     n_perm=0, n_boot=0, layers=[0], include_embed=False, progress=False)
+    assert set(res.table[res.table.metric == "silhouette"].label) == {"specialty", "mechanism"}
+
+
+def test_geometry_rejects_unknown_parameters_and_other_activation_shapes(tiny):
+    with pytest.raises(MedinterpError, match="unknown parameter"):
+        G.geometry_many(tiny, [drug_like_set()], n_boots=3)
+    with pytest.raises(MedinterpError, match="ActivationSet"):
+        G.geometry(concepts=drug_like_set(), activations=np.zeros((2, 18, 8)))

@@ -1,0 +1,108 @@
+"""Technique 1: activation geometry per layer (METHOD.md §1).
+
+For a concept set, the residual stream (``blocks.{l}.hook_resid_post`` of every block, plus the
+embedding output as layer ``-1``) is read at one position per prompt (last token by default). Each
+layer is embedded with UMAP to 30 dimensions (for metrics) and to 2 dimensions (for plots), and
+scored:
+
+* **silhouette** of the ground-truth labels (every categorical labelling, e.g. drugs: specialty *and*
+  mechanism), in UMAP-30 space and in the raw activation space, with a **label-permutation baseline**
+  (mean and 95th percentile of the silhouette of shuffled labels: what chance gives at that layer);
+* **local anisotropy**: ``1 - λ2/λ1`` of the covariance of each point and its ``k = 20`` nearest
+  neighbours, averaged over points (1 = points lie locally on a line, 0 = isotropic);
+* **linearity**: cross-validated R² of a ridge regression predicting each continuous label (age) from
+  the embedding (out-of-fold predictions, 5 folds);
+* **discontinuity profile** (age): the distance between the mean embeddings of consecutive ages,
+  against the median such step; the ratio for the boundary ``jump=(17, 18)`` is reported pooled and
+  separately per sex;
+* **progression** (disease stages): per disease, CSFS = the stage nearest to the first stage, CSLS =
+  the stage nearest to the last stage, the Spearman correlation of stage index vs distance from stage
+  0, and the **circularity** ``1 - d(first, last) / max_j d(first, j)`` on the stage means: 0 when the
+  last stage is the one farthest from the first (an outward path), near 1 when the path comes back to
+  where it started (a closed loop);
+* **collapse diagnostics** on the raw activations: mean residual norm, mean pairwise cosine
+  similarity, and effective rank (participation ratio ``(Σλ)² / Σλ²`` of the covariance spectrum).
+  A collapse shows as cosine → 1 and effective rank → 1; a plain norm change moves neither.
+
+Uncertainty: every scalar metric carries a percentile bootstrap CI. UMAP is **not** re-run per
+replicate: prompts are resampled (multinomial weights) on the fixed embedding and the cheap statistic
+is recomputed: the mean of per-point silhouette values, the mean per-point anisotropy, R² of the
+out-of-fold predictions, the step ratio and progression scores from age/stage means recomputed with
+whole templates resampled (a cluster bootstrap: every template covers every age/stage, and
+resampling single prompts would change each mean's template mix and bias the steps). The collapse statistics (norm,
+cosine, effective rank) use a delete-one jackknife instead (resampling with repeats biases the
+effective rank down and the cosine up), evaluated in closed form from the Gram matrix. The CIs therefore describe the sampling of prompts given the embedding, not
+UMAP's own randomness (run with other ``seed`` values for that).
+
+A layer where every prompt gives the same vector (up to float32 rounding; e.g. the embedding output
+when all prompts end on one token) is not embedded: its metrics are NaN (residual norm and mean
+cosine kept) and the run emits a :class:`ConstantLayerWarning`, also listed in ``result.warnings``.
+
+Layout: ``bootstrap`` (resampling weights, percentile CIs), ``metrics`` (the metric functions on
+numpy arrays), ``embedding`` (PCA, kNN, UMAP, alignment, worker pool), ``layer`` (label roles, all
+metrics of one layer), ``result`` (:class:`GeometryResult`), ``run`` (:func:`geometry`,
+:func:`geometry_many`, the ``TECHNIQUE`` adapter). Figures: ``medinterp.viz.geometry``.
+
+Metric functions work on plain numpy arrays and are usable on their own; :func:`geometry` runs the
+whole pipeline for one concept set and :func:`geometry_many` for several sets with one shared pool of
+UMAP workers.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.r_[rng.normal(0, .1, (20, 5)), rng.normal(3, .1, (20, 5))]
+    >>> s = silhouette(X, [0] * 20 + [1] * 20, n_perm=20, n_boot=50)
+    >>> bool(s["value"] > 0.9 and s["baseline"] < 0.2)
+    True
+"""
+
+from medinterp.techniques.geometry.embedding import embed_layers, is_constant
+from medinterp.techniques.geometry.layer import TABLE_COLUMNS, LabelSpec, layer_metrics
+from medinterp.techniques.geometry.metrics import (
+    anisotropy,
+    collapse_metrics,
+    discontinuity_profile,
+    linearity_r2,
+    local_anisotropy,
+    progression_scores,
+    silhouette,
+    silhouette_samples,
+    step_ratio,
+)
+from medinterp.techniques.geometry.result import GeometryResult
+from medinterp.techniques.geometry.run import (
+    TECHNIQUE,
+    ConstantLayerWarning,
+    default_concept_sets,
+    family_labels,
+    geometry,
+    geometry_many,
+)
+
+#: The shipped concept sets that feed geometry (0.1.0 name; see :func:`default_concept_sets`).
+SHIPPED_GEOMETRY_SETS = tuple(default_concept_sets())
+
+__all__ = [
+    "GeometryResult",
+    "geometry",
+    "geometry_many",
+    "embed_layers",
+    "silhouette",
+    "silhouette_samples",
+    "local_anisotropy",
+    "anisotropy",
+    "linearity_r2",
+    "discontinuity_profile",
+    "step_ratio",
+    "progression_scores",
+    "collapse_metrics",
+    "layer_metrics",
+    "default_concept_sets",
+    "family_labels",
+    "is_constant",
+    "ConstantLayerWarning",
+    "LabelSpec",
+    "TABLE_COLUMNS",
+    "SHIPPED_GEOMETRY_SETS",
+    "TECHNIQUE",
+]

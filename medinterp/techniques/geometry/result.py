@@ -1,0 +1,186 @@
+"""The result of a geometry run: the per-layer metric table, embeddings and labels.
+
+Example:
+    >>> import pandas as pd
+    >>> t = pd.DataFrame([{"layer": l, "metric": "silhouette", "space": "umap", "label": "x", "group": "",
+    ...                    "value": v, "ci_low": v - .1, "ci_high": v + .1} for l, v in [(0, .1), (1, .5)]])
+    >>> r = GeometryResult(concept_set="toy", layers=[0, 1], table=t,
+    ...                    primary={"metric": "silhouette", "space": "umap", "label": "x", "group": ""})
+    >>> r.layer_curve().tolist(), r.curve_label
+    ([0.1, 0.5], 'silhouette (umap, x)')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from medinterp.errors import MedinterpError
+from medinterp.techniques.base import TechniqueResult
+
+
+@dataclasses.dataclass
+class GeometryResult(TechniqueResult):
+    """Per-layer activation geometry of one concept set.
+
+    Attributes:
+        concept_set: concept set name (``concept`` in 0.1.0).
+        layers: layer index per row of the embeddings (``-1`` = embedding output).
+        table: tidy per-layer metrics: ``layer, metric, space (umap|raw), label, group, value,
+            ci_low, ci_high, baseline, baseline_high, p_value, n``. Metrics: ``silhouette`` (per
+            categorical labelling; baseline = label-permutation mean, baseline_high = its 95th
+            percentile), ``anisotropy``, ``linearity_r2`` (per continuous label), ``step_ratio``
+            (age jump; group = all / each sex), ``spearman`` and ``circularity`` (progression,
+            mean over diseases), ``resid_norm``, ``mean_cosine``, ``eff_rank`` (raw space).
+        age_steps: the full discontinuity profile (``layer, space, group, age_from, age_to, step,
+            median_step, ratio``) or None.
+        progression: per-disease progression scores (``layer, space, group, metric, value, ci_low,
+            ci_high, n``) or None.
+        embedding_2d: ``[layers, n, 2]`` UMAP-2 (aligned across layers) for plots.
+        embedding: ``[layers, n, n_components]`` UMAP embedding the metrics were computed in.
+        texts: prompt per point; items: concept item per point (hover text).
+        labels: label name -> one value per point; label_kinds: name -> categorical|continuous.
+        primary: which table rows :meth:`layer_curve` returns (metric, space, label, group).
+        warnings: named warnings of the run (e.g. a constant layer whose metrics are NaN).
+        params, timings, provenance: how it was run.
+
+    Figures (``figure()``: UMAP scatter per labelling with a layer slider, metric curves with CI
+    bands) are drawn by ``medinterp.viz.geometry``.
+
+    Example:
+        >>> res = geometry(model, "drugs")                # doctest: +SKIP
+        >>> res.best("silhouette", label="specialty")      # doctest: +SKIP
+    """
+
+    kind = "geometry"
+    _legacy_fields: ClassVar[dict] = {"concept": "concept_set"}
+
+    layers: list[int] = dataclasses.field(default_factory=list)
+    table: pd.DataFrame | None = None
+    age_steps: pd.DataFrame | None = None
+    progression: pd.DataFrame | None = None
+    embedding_2d: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    texts: list[str] = dataclasses.field(default_factory=list)
+    items: list[str] = dataclasses.field(default_factory=list)
+    labels: dict[str, list] = dataclasses.field(default_factory=dict)
+    label_kinds: dict[str, str] = dataclasses.field(default_factory=dict)
+    primary: dict[str, str] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def _after_load(self) -> None:
+        self.layers = [int(x) for x in self.layers]
+        for name in ("age_steps", "progression", "table"):
+            df = getattr(self, name)
+            for col in ("group", "label"):
+                if df is not None and col in df.columns:  # CSV turns "" into NaN
+                    df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
+
+    # ------------------------------------------------------------ queries
+    def metric(self, metric: str, *, space: str = "umap", label: str | None = None,
+               group: str | None = None) -> pd.DataFrame:
+        """Rows of one metric, one per layer (sorted by layer)."""
+        t = self.table
+        sel = (t.metric == metric) & (t.space == space)
+        if label is not None:
+            sel &= t.label == label
+        if group is not None:
+            sel &= t.group == group
+        out = t[sel].sort_values("layer")
+        if out.layer.duplicated().any():
+            raise MedinterpError(
+                f"{metric!r} in {space!r} has several rows per layer; pick label= from "
+                f"{sorted(set(out.label))} and group= from {sorted(set(out.group))}"
+            )
+        return out.reset_index(drop=True)
+
+    def best(self, metric: str = "silhouette", *, space: str = "umap", label: str | None = None,
+             group: str | None = None, blocks_only: bool = True) -> tuple[int, float]:
+        """(layer, value) of the highest value of a metric."""
+        m = self.metric(metric, space=space, label=label, group=group)
+        if blocks_only:
+            m = m[m.layer >= 0]
+        if m.value.isna().all():
+            return -1, math.nan
+        r = m.loc[m.value.idxmax()]
+        return int(r.layer), float(r.value)
+
+    def _primary_rows(self, **override: str) -> pd.DataFrame:
+        p = {**self.primary, **{k: v for k, v in override.items() if v is not None}}
+        if not p:
+            raise MedinterpError(f"geometry result for {self.concept_set!r} has no primary metric")
+        m = self.metric(p["metric"], space=p.get("space", "umap"), label=p.get("label"), group=p.get("group"))
+        return m[m.layer >= 0]
+
+    def layer_curve(self, **override: str) -> np.ndarray:
+        """Primary per-layer score over blocks ``0..n_layers-1`` (higher = more structure).
+
+        Categorical sets: silhouette in UMAP-30 space on the primary labelling (first scored
+        labelling, e.g. drugs → specialty). Age: mean local anisotropy in UMAP-30 space (the paper's
+        age geometry measure, METHOD §5). Progression: mean over diseases of the Spearman ρ of stage
+        index vs distance from stage 0 in UMAP-30 space (ordered stages = the concept is laid out).
+        ``override`` (metric=, space=, label=, group=) picks another table row set.
+        """
+        return self._primary_rows(**override).value.to_numpy(float)
+
+    def layer_curve_ci(self, **override: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` bootstrap CI of :meth:`layer_curve`."""
+        m = self._primary_rows(**override)
+        return m.ci_low.to_numpy(float), m.ci_high.to_numpy(float)
+
+    @property
+    def curve_label(self) -> str:
+        """What :meth:`layer_curve` measures: the primary metric, its space, label and group."""
+        p = self.primary
+        extra = ", ".join(str(p[k]) for k in ("space", "label", "group") if p.get(k))
+        return f"{p.get('metric', '?')} ({extra})" if extra else str(p.get("metric", "?"))
+
+    def summary_dict(self) -> dict[str, Any]:
+        """Headline numbers: best layer per silhouette labelling, age and progression scores."""
+        out: dict[str, Any] = {"concept_set": self.concept_set}
+        t = self.table
+        for lab in sorted(set(t[t.metric == "silhouette"].label)):
+            for sp in ("umap", "raw"):
+                out[f"best_silhouette_{sp}[{lab}]"] = self.best("silhouette", space=sp, label=lab)
+        for lab in sorted(set(t[t.metric == "linearity_r2"].label)):
+            out[f"best_linearity_r2[{lab}]"] = self.best("linearity_r2", label=lab)
+        if (t.metric == "step_ratio").any():
+            r = self.metric("step_ratio", label=t[t.metric == "step_ratio"].label.iloc[0], group="all")
+            out["max_step_ratio_layer"] = _arg(r, "max")
+        for m in ("spearman", "circularity"):
+            if (t.metric == m).any():
+                out[f"mean_{m}"] = float(self.metric(m).value.mean())
+        out["max_mean_cosine_layer"] = _arg(self.metric("mean_cosine", space="raw"), "max")
+        out["min_eff_rank_layer"] = _arg(self.metric("eff_rank", space="raw"), "min")
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
+    def summary(self) -> str:
+        """The headline numbers of :meth:`summary_dict` as a few readable lines."""
+        s = self.summary_dict()
+        lines = [f"[{s['concept_set']}] layer curve: {self.curve_label}"]
+        for k, v in s.items():
+            if k in ("concept_set", "warnings"):
+                continue
+            if isinstance(v, (list, tuple)) and len(v) == 2:
+                lines.append(f"  {k}: layer {v[0]} ({v[1]:.3f})")
+            elif isinstance(v, float):
+                lines.append(f"  {k}: {v:.3f}")
+            else:
+                lines.append(f"  {k}: {v}")
+        lines += [f"  warning: {w}" for w in s.get("warnings", [])]
+        return "\n".join(lines)
+
+
+def _arg(rows: pd.DataFrame, which: str) -> tuple[int, float]:
+    """(layer, value) of the largest / smallest finite value of metric rows; (-1, nan) when none."""
+    ok = rows[rows.value.notna()]
+    if ok.empty:
+        return -1, math.nan
+    i = ok.value.idxmax() if which == "max" else ok.value.idxmin()
+    return int(ok.loc[i, "layer"]), float(ok.loc[i, "value"])

@@ -1,0 +1,404 @@
+"""The geometry pipeline: inputs → per-layer jobs (UMAP + metrics) → :class:`GeometryResult`.
+
+:func:`geometry` runs one concept set and :func:`geometry_many` several sets with one shared pool of
+UMAP workers; ``TECHNIQUE`` is the registry adapter the knowledge map runs.
+
+Which labellings get a silhouette: ``labels=`` when given; else, for a set whose name is a concept
+set of :data:`medinterp.concepts.CONCEPT_FAMILIES`, the categorical ones among that family's
+``"labels"``; else (or when none of those is categorical) every categorical label the set declares.
+The label roles are found by name: ``age`` (continuous), ``sex`` (categorical, the age groups),
+``disease`` (categorical) with ``stage`` (continuous).
+
+Example:
+    >>> import medinterp as mi
+    >>> res = geometry(mi.load_model(), "drugs", n_jobs=2)          # doctest: +SKIP
+    >>> res.summary()                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import time
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from medinterp.activations import ActivationSet, collect_activations
+from medinterp.concepts import CONCEPT_FAMILIES, load_concepts
+from medinterp.errors import MedinterpError
+from medinterp.results import make_provenance
+from medinterp.techniques.base import Technique
+from medinterp.techniques.geometry.embedding import (
+    _align_2d,
+    _embed_layer_inner,
+    _one_blas_thread,
+    _run_jobs,
+    is_constant,
+)
+from medinterp.techniques.geometry.layer import TABLE_COLUMNS, LabelSpec, _present, layer_metrics
+from medinterp.techniques.geometry.result import GeometryResult
+
+#: The role labels, by name (see the module docstring).
+AGE_LABEL, GROUP_LABEL, DISEASE_LABEL, STAGE_LABEL = "age", "sex", "disease", "stage"
+
+
+class ConstantLayerWarning(UserWarning):
+    """A layer where every prompt gives the same vector (up to float32 rounding): its metrics are NaN."""
+
+
+@dataclasses.dataclass
+class _Prepared:
+    name: str
+    version: str
+    values: np.ndarray  # [L, n, d]
+    layers: list[int]
+    texts: list[str]
+    items: list[str]
+    spec: LabelSpec
+    primary_label: str | None
+    t_acts: float
+
+
+def family_labels(set_name: str) -> list[str] | None:
+    """The ``"labels"`` CONCEPT_FAMILIES lists for the family whose concept set is ``set_name``
+    (None when no family uses that set)."""
+    for fam in CONCEPT_FAMILIES.values():
+        if fam["concepts"] == set_name:
+            return list(fam["labels"])
+    return None
+
+
+def default_concept_sets() -> list[str]:
+    """Names of the shipped concept sets that feed geometry (CONCEPT_FAMILIES order)."""
+    return list(dict.fromkeys(fam["concepts"] for fam in CONCEPT_FAMILIES.values()))
+
+
+def _build_spec(labels: Mapping[str, Sequence[Any]], categorical: Sequence[str], continuous: Sequence[str],
+                score: Sequence[str]) -> LabelSpec:
+    for nm in list(categorical) + list(continuous) + list(score):
+        if nm not in labels:
+            raise MedinterpError(f"label {nm!r} is not in the prompts' labels {sorted(labels)}")
+    cat = {k: list(labels[k]) for k in score}
+    cont = {k: [math.nan if v is None or v == "" else float(v) for v in labels[k]] for k in continuous}
+    age = AGE_LABEL if AGE_LABEL in cont else None
+    group = GROUP_LABEL if GROUP_LABEL in categorical else None
+    stage = STAGE_LABEL if STAGE_LABEL in cont else None
+    disease = DISEASE_LABEL if DISEASE_LABEL in categorical else None
+    if group and group not in cat and age:
+        cat[group] = list(labels[group])
+    if disease and disease not in cat and stage:
+        cat[disease] = list(labels[disease])
+    return LabelSpec(cat, cont, age=age, group=group if age else None,
+                     disease=disease if stage else None, stage=stage if disease else None)
+
+
+def _check_classes(name: str, lab_dict: Mapping[str, Sequence[Any]], score: Sequence[str]) -> None:
+    """Each scored categorical labelling needs 2..n-1 classes among the prompts that have it."""
+    for k in score:
+        present = [str(v) for v, ok in zip(lab_dict[k], _present(lab_dict[k])) if ok]
+        n_cls = len(set(present))
+        if not 2 <= n_cls < len(present):
+            raise MedinterpError(
+                f"geometry of {name!r}: categorical label {k!r} has {n_cls} distinct value(s) over {len(present)} "
+                f"prompts; a silhouette needs 2..n-1 classes (filter the set differently, or pass labels=[...] "
+                f"naming the labellings to score)")
+
+
+def _prepare(model: Any, concepts: Any, activations: Any, *, labels: Sequence[str] | None, positions: Any,
+             templates: Any, include_embed: bool, layers: Sequence[int] | None, batch_size: int,
+             progress: bool) -> _Prepared:
+    t0 = time.perf_counter()
+    cset = load_concepts(concepts) if isinstance(concepts, str) else concepts
+    if cset is not None and not hasattr(cset, "prompts"):
+        raise MedinterpError(f"geometry needs a ConceptSet (items with labels); got {type(cset).__name__}")
+    prompts = cset.prompts(templates) if cset is not None else None
+    if activations is None:
+        if model is None or prompts is None:
+            raise MedinterpError("geometry needs a model and concepts, or precomputed activations=")
+        activations = collect_activations(
+            model, prompts, sites=("resid_post",), layers=layers, positions=positions,
+            include_embed=include_embed, batch_size=batch_size, progress=progress,
+        )
+    if not isinstance(activations, ActivationSet):
+        raise MedinterpError(f"activations= must be an ActivationSet (from collect_activations); "
+                             f"got {type(activations).__name__}")
+    act_layers, values = activations.stack("resid_post", include_embed=include_embed)
+    values = np.asarray(values, dtype=np.float32)
+    act_layers = [int(x) for x in act_layers]
+    if not include_embed:
+        keep = [i for i, l in enumerate(act_layers) if l >= 0]
+        values, act_layers = values[keep], [act_layers[i] for i in keep]
+    if layers is not None:
+        want = set(int(x) for x in layers) | ({-1} if include_embed else set())
+        keep = [i for i, l in enumerate(act_layers) if l in want]
+        values, act_layers = values[keep], [act_layers[i] for i in keep]
+    order = np.argsort(act_layers, kind="stable")
+    values, act_layers = values[order], [act_layers[i] for i in order]
+    if values.ndim != 3 or values.shape[0] == 0:
+        raise MedinterpError(f"activations must be [layers, prompts, d_model]; got shape {values.shape}")
+    n = values.shape[1]
+    if prompts is not None and len(prompts) == n:
+        lab_dict: dict[str, list] = {}
+        for p in prompts:
+            for k in p.labels:
+                lab_dict.setdefault(k, [])
+        for k in lab_dict:
+            lab_dict[k] = [p.labels.get(k) for p in prompts]
+        texts = [p.text for p in prompts]
+        items = [str(p.item) for p in prompts]
+        units = [getattr(p, "template_index", None) for p in prompts]
+        units = units if None not in units and len(set(units)) > 1 else None
+    else:
+        lab_dict = {k: list(v) for k, v in activations.labels.items()}
+        texts = list(activations.prompts) or [""] * n
+        items = texts
+        units = None
+    if n < 5:
+        raise MedinterpError(f"geometry needs at least 5 prompts; got {n}")
+    for k, v in lab_dict.items():
+        if len(v) != n:
+            raise MedinterpError(f"label {k!r} has {len(v)} values for {n} prompts")
+    if cset is not None:
+        cat_names, cont_names = list(cset.categorical_labels), list(cset.continuous_labels)
+        name, version = str(cset.name), str(getattr(cset, "version", ""))
+    else:  # an ActivationSet alone: its labels' kinds are read from their values
+        cat_names, cont_names = [], []
+        for k, v in lab_dict.items():
+            vals = [x for x in v if x is not None]
+            (cont_names if vals and all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+                                        for x in vals) else cat_names).append(k)
+        name = str(activations.provenance.get("params", {}).get("concepts", "activations"))
+        version = ""
+    if labels is not None:
+        for lab in labels:
+            if lab not in lab_dict:
+                raise MedinterpError(f"labelling {lab!r} to score is not a label of {name!r}; have {sorted(lab_dict)}")
+        score = list(labels)
+    else:
+        # CONCEPT_FAMILIES lists continuous labellings too (age, stage): those get the age /
+        # progression / linearity metrics, only the categorical ones get a silhouette
+        score = [s for s in (family_labels(name) or []) if s in lab_dict and s in cat_names] or cat_names
+    _check_classes(name, lab_dict, [s for s in score if s not in cont_names])
+    spec = _build_spec(lab_dict, cat_names, cont_names, score)
+    spec.units = units
+    primary = score[0] if score else None
+    return _Prepared(name, version, values, act_layers, texts, items, spec, primary, time.perf_counter() - t0)
+
+
+def _primary_for(spec: LabelSpec, primary_label: str | None) -> dict[str, str]:
+    if spec.age:
+        return {"metric": "anisotropy", "space": "umap", "label": "", "group": ""}
+    if spec.disease and spec.stage:
+        return {"metric": "spearman", "space": "umap", "label": spec.stage, "group": "mean"}
+    lab = primary_label if primary_label in spec.categorical else next(iter(spec.categorical), None)
+    if lab is None:
+        return {"metric": "anisotropy", "space": "umap", "label": "", "group": ""}
+    return {"metric": "silhouette", "space": "umap", "label": lab, "group": ""}
+
+
+def _layer_job(X: np.ndarray, layer: int, spec: LabelSpec, umap_params: dict[str, Any],
+               params: dict[str, Any]) -> tuple:
+    """One layer end to end (UMAP + metrics); module level so joblib worker processes can run it."""
+    with _one_blas_thread():
+        c0 = time.process_time()
+        constant = is_constant(X)
+        e_hi, e_2, _ = _embed_layer_inner(X, umap_params)
+        c1 = time.process_time()
+        rows, steps, progs = layer_metrics(
+            layer, X, e_hi, spec, k=params["k_anisotropy"], n_perm=params["n_perm"], n_boot=params["n_boot"],
+            ci=params["ci"], seed=params["seed"], jump=tuple(params["jump"]), constant=constant,
+        )
+    return e_hi, e_2, rows, steps, progs, c1 - c0, time.process_time() - c1, constant
+
+
+def _finish(prep: _Prepared, outs: list[tuple], model: Any, params: dict[str, Any]) -> GeometryResult:
+    e_hi = np.stack([o[0] for o in outs])
+    e_2 = _align_2d(np.stack([o[1] for o in outs]))
+    rows = [r for o in outs for r in o[2]]
+    steps = [s for o in outs for s in o[3]]
+    progs = [p for o in outs for p in o[4]]
+    t_umap = float(sum(o[5] for o in outs))
+    t_metrics = float(sum(o[6] for o in outs))
+    notes = []
+    for layer, o in zip(prep.layers, outs):
+        if o[7]:
+            where = "the embedding output (layer -1)" if layer < 0 else f"layer {layer}"
+            msg = (f"{prep.name}: every prompt gives the same vector at {where} (up to float32 rounding); "
+                   f"its geometry metrics are NaN (residual norm and mean cosine kept)")
+            notes.append(f"ConstantLayerWarning: {msg}")
+            warnings.warn(msg, ConstantLayerWarning, stacklevel=3)
+    labels = {k: list(v) for k, v in prep.spec.categorical.items()}
+    labels.update({k: list(v) for k, v in prep.spec.continuous.items()})
+    kinds = {k: "categorical" for k in prep.spec.categorical} | {k: "continuous" for k in prep.spec.continuous}
+    prov = make_provenance(model, concepts=prep.name, concepts_version=prep.version, **params)
+    return GeometryResult(
+        concept_set=prep.name,
+        layers=list(prep.layers),
+        table=pd.DataFrame(rows, columns=TABLE_COLUMNS),
+        age_steps=pd.concat(steps, ignore_index=True) if steps else None,
+        progression=pd.concat(progs, ignore_index=True) if progs else None,
+        embedding_2d=e_2.astype(np.float32),
+        embedding=e_hi.astype(np.float32),
+        texts=prep.texts,
+        items=prep.items,
+        labels=labels,
+        label_kinds=kinds,
+        primary=_primary_for(prep.spec, prep.primary_label),
+        warnings=notes,
+        params=params,
+        timings={"activations_s": prep.t_acts, "umap_cpu_s": t_umap, "metrics_cpu_s": t_metrics},
+        provenance=prov,
+    )
+
+
+def geometry(
+    model: Any = None,
+    concepts: Any = None,
+    *,
+    activations: Any = None,
+    labels: Sequence[str] | None = None,
+    positions: Any = "last",
+    templates: Any = None,
+    include_embed: bool = True,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 32,
+    n_components: int = 30,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    metric: str = "euclidean",
+    pca: int | None = 50,
+    n_epochs: int | None = 200,
+    seed: int = 0,
+    n_perm: int = 100,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    k_anisotropy: int = 20,
+    jump: tuple[float, float] = (17, 18),
+    n_jobs: int = 1,
+    progress: bool = True,
+) -> GeometryResult:
+    """Activation geometry of one concept set, per layer (METHOD.md §1).
+
+    Args:
+        model: a HookedTransformer (from :func:`medinterp.load_model`); optional with ``activations``.
+        concepts: a ConceptSet or a shipped set name (``"drugs"``, ``"age"``, ...).
+        activations: a precomputed ActivationSet (``resid_post`` per layer, optionally the embedding
+            as layer -1) to reuse instead of running the model; labels then come from ``concepts``
+            when given (same prompt order) or from the ActivationSet.
+        labels: categorical labellings to score (default: CONCEPT_FAMILIES, else all categorical;
+            see the module docstring). Each needs 2..n-1 classes (else a MedinterpError).
+        positions: ``"last"`` (default), ``"span_mean"``, ``"span_last"`` (see collect_activations).
+        templates: which templates of the set to use (default all).
+        include_embed: also analyse the embedding output (layer -1).
+        layers: block indices (default all).
+        n_components: UMAP dims for metrics (paper: 30).
+        n_neighbors, min_dist, metric: UMAP parameters.
+        pca: PCA components before UMAP (None/0 = off).
+        n_epochs: UMAP epochs (None = umap-learn's default, 500 for small sets).
+        seed: seed for UMAP, PCA, permutations and bootstrap.
+        n_perm: label permutations for the silhouette baseline.
+        n_boot: bootstrap replicates for CIs (on the fixed embedding, see the package docstring).
+        ci: confidence level.
+        k_anisotropy: neighbours for local anisotropy (paper: 20).
+        jump: the consecutive ages whose step is compared to the median step.
+        n_jobs: worker processes for UMAP (1 = in this process).
+        progress: show progress bars.
+
+    Returns:
+        :class:`GeometryResult`. A layer where all prompts give one vector (up to rounding) gets NaN
+        metrics and a :class:`ConstantLayerWarning`, also listed in ``result.warnings``.
+
+    Example:
+        >>> import medinterp as mi
+        >>> res = mi.geometry(mi.load_model(), "drugs")               # doctest: +SKIP
+        >>> res.best("silhouette", label="mechanism")                  # doctest: +SKIP
+        >>> res.to_html("drugs.html")                                   # doctest: +SKIP
+    """
+    params = {k: v for k, v in locals().items() if k in _DEFAULTS}
+    return geometry_many(model, [concepts] if activations is None or concepts is not None else [None],
+                         activations=[activations] if activations is not None else None, **params)[0]
+
+
+#: The run parameters of :func:`geometry` and their defaults (one source for both entry points).
+_DEFAULTS: dict[str, Any] = {
+    k: p.default for k, p in inspect.signature(geometry).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "activations"
+}
+
+
+def geometry_many(model: Any, concepts: Sequence[Any], *, activations: Sequence[Any] | None = None,
+                  **params: Any) -> list[GeometryResult]:
+    """:func:`geometry` for several concept sets; the UMAP jobs of all sets share one worker pool.
+
+    Args: as :func:`geometry` (same keyword parameters and defaults); ``concepts`` is a list,
+    ``activations`` (optional) a parallel list. ``labels`` applies to every set (usually leave it None).
+
+    Example:
+        >>> results = geometry_many(model, ["symptoms", "drugs"])     # doctest: +SKIP
+    """
+    unknown = sorted(set(params) - set(_DEFAULTS))
+    if unknown:
+        raise MedinterpError(f"geometry: unknown parameter(s) {unknown}; known: {sorted(_DEFAULTS)}")
+    p = {**_DEFAULTS, **params}
+    if isinstance(concepts, (str, bytes)) or not isinstance(concepts, Sequence):
+        raise MedinterpError("geometry_many: concepts must be a list of sets or names")
+    if activations is not None and len(activations) != len(concepts):
+        raise MedinterpError(f"geometry_many: {len(activations)} activation sets for {len(concepts)} concept sets")
+    if not 0 < p["ci"] < 1:
+        raise MedinterpError(f"ci must be in (0, 1); got {p['ci']}")
+    if p["n_components"] < 2:
+        raise MedinterpError(f"n_components must be ≥ 2; got {p['n_components']}")
+    positions = p["positions"]
+    if isinstance(positions, str) and positions not in ("last", "span_mean", "span_last"):
+        raise MedinterpError(f"positions must be 'last', 'span_mean' or 'span_last'; got {positions!r}")
+    run_params = dict(positions=positions if isinstance(positions, str) else "custom",
+                      **{k: p[k] for k in ("include_embed", "n_components", "n_neighbors", "min_dist", "metric",
+                                           "pca", "n_epochs", "seed", "n_perm", "n_boot", "ci", "k_anisotropy")},
+                      jump=list(p["jump"]), n_jobs=p["n_jobs"], labels=list(p["labels"]) if p["labels"] else None)
+    preps = [
+        _prepare(model, c, activations[i] if activations is not None else None, labels=p["labels"],
+                 positions=positions, templates=p["templates"], include_embed=p["include_embed"],
+                 layers=p["layers"], batch_size=p["batch_size"], progress=p["progress"])
+        for i, c in enumerate(concepts)
+    ]
+    t0 = time.perf_counter()
+    umap_params = {k: p[k] for k in ("n_components", "n_neighbors", "min_dist", "metric", "pca", "n_epochs", "seed")}
+    jobs = [(pr.values[i], layer, pr.spec, umap_params, run_params) for pr in preps for i, layer in enumerate(pr.layers)]
+    out = _run_jobs(_layer_job, jobs, p["n_jobs"], p["progress"], "UMAP + metrics")
+    t_wall = time.perf_counter() - t0
+    results, k = [], 0
+    for pr in preps:
+        chunk = out[k : k + len(pr.layers)]
+        k += len(pr.layers)
+        res = _finish(pr, chunk, model, run_params)
+        res.timings["layers_wall_all_sets_s"] = t_wall
+        results.append(res)
+    return results
+
+
+# ============================================================================ technique contract
+def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any) -> GeometryResult:
+    return geometry(model, family.concepts, progress=progress, **params)
+
+
+def _run_families(model: Any, families: Sequence[Any], *, progress: bool = True, **params: Any) -> list[GeometryResult]:
+    return geometry_many(model, [f.concepts for f in families], progress=progress, **params)
+
+
+TECHNIQUE = Technique(
+    name="geometry",
+    run_fn=_run_family,
+    run_many_fn=_run_families,
+    presets={
+        # all prompts of every template; UMAP jobs on 2 worker processes
+        "full": {"n_boot": 100, "n_perm": 50, "n_jobs": 2},
+        "quick": {"templates": [0], "n_boot": 30, "n_perm": 20, "n_jobs": 1, "n_epochs": 100},
+    },
+    needs=("concepts",),
+    interval_rule="rise",
+    description="activation geometry of the residual stream per layer (silhouette, age, progression, collapse)",
+)
