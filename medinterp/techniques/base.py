@@ -150,6 +150,35 @@ class Technique:
 
 
 @dataclasses.dataclass
+class UnitScores:
+    """Per-prompt, per-layer evidence with the unit of inference of each prompt.
+
+    The map's effect-over-control statistics (``medinterp.stats.layer_effects``) resample *units*
+    (items: all templates of an item move together), never prompts.
+
+    Fields:
+        values: ``[n_prompts, n_layers]`` evidence per prompt and block (higher = more evidence;
+            comparable between a family, its control family and the random-init twin).
+        units: the item id of each prompt (its cluster).
+        templates: the template index of each prompt (for template resamples), or None.
+        description: what a value is, in words (e.g. "out-of-fold probe correctness, chance-corrected").
+    """
+
+    values: np.ndarray
+    units: list
+    templates: list | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=float)
+        if self.values.ndim != 2 or len(self.units) != self.values.shape[0]:
+            raise MedinterpError(f"UnitScores: values must be [n_prompts, n_layers] with one unit per prompt; "
+                                 f"got values {self.values.shape} and {len(self.units)} units")
+        if self.templates is not None and len(self.templates) != self.values.shape[0]:
+            raise MedinterpError("UnitScores: one template index per prompt expected")
+
+
+@dataclasses.dataclass
 class TechniqueResult(Result):
     """Base of every technique's result: same fields, same methods.
 
@@ -177,6 +206,13 @@ class TechniqueResult(Result):
     def layer_curve_ci(self) -> tuple[Float[np.ndarray, "n_layers"], Float[np.ndarray, "n_layers"]]:
         """``(low, high)`` confidence band of :meth:`layer_curve`."""
         raise NotImplementedError(f"{type(self).__name__}.layer_curve_ci")
+
+    def unit_scores(self) -> UnitScores:
+        """Per-prompt evidence per layer with item ids: what the map compares against its controls.
+
+        A technique that does not provide it is drawn with the paper's rules only (``rule="paper"``).
+        """
+        raise NotImplementedError(f"{type(self).__name__}.unit_scores")
 
     @property
     def curve_label(self) -> str:
