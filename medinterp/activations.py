@@ -28,11 +28,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from medinterp import sites
+from medinterp.sites import RESID_SITES
+from medinterp.sites import hook_name as site_hook_name
 from medinterp.errors import MedinterpError
 from medinterp.results import Result, make_provenance
 
-SHORT_SITES = sites.RESID_SITES  # the [batch, pos, d_model] sites of the one site vocabulary
+SHORT_SITES = RESID_SITES  # the [batch, pos, d_model] sites of the one site vocabulary
 POSITION_MODES = ("last", "span_mean", "span_last")
 
 
@@ -130,7 +131,7 @@ def resolve_hooks(model: Any, sites: Sequence[str], layers: Sequence[int] | None
     for site in sites:
         if site in SHORT_SITES:
             for l in layer_list:
-                out.append((sites.hook_name(site, l), l, site))
+                out.append((site_hook_name(site, l), l, site))
         elif site in model.hook_dict:
             parts = site.split(".")
             layer = int(parts[1]) if parts[0] == "blocks" else -1

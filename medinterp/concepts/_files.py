@@ -325,7 +325,7 @@ def validate_concept_rows(
 def validate_pair_rows(raw: RawFile, extra: list[str], labels: dict[str, LabelSpec] | None = None) -> list[dict[str, Any]]:
     """Check pair rows: the four pair columns present and non-empty text, declared extras.
 
-    Duplicate pairs are kept here: :meth:`PairSet.check` drops them (with the line of the first), the one
+    Duplicate pairs are kept here: :meth:`PairSet.check` drops them (naming the line of the first), the one
     place duplicates are handled."""
     path = raw.path
     labels = labels or {}

@@ -9,9 +9,9 @@ tokenizer a pair is valid when
 3. each answer is the *real next token*: tokenizing ``prompt + answer`` gives the prompt's tokens
    followed by the answer token (``"... head"`` + ``"ache"`` tokenizing as one ``"▁headache"`` fails);
 4. the two answer tokens differ;
-5. it is not a duplicate: a pair whose clean and corrupted prompts equal an earlier pair's is dropped
-   with the reason ``duplicate: same clean and corrupted prompts as line N`` (``as pair N`` for
-   pairs built in code); the file readers keep duplicates so that this is the one place they are handled;
+5. it is not a duplicate: a pair equal to an earlier one (both prompts and both answers) is dropped with
+   the reason ``duplicate: the same pair (prompts and answers) as line N`` (``as pair N`` for pairs
+   built in code); the file readers keep duplicates so that this is the one place they are handled;
 6. with a model: every token id is inside the model's vocabulary.
 
 :meth:`PairSet.check` returns the valid pairs, tokenized (:class:`TokenizedPair`, what the patching
@@ -268,8 +268,7 @@ class PairSet:
 
         The rule (see the module docstring): different prompts of the same token length; each answer
         exactly one token, not the unknown token, and the real next token of its prompt; different
-        answer tokens; no duplicate of an earlier pair's prompts; with a model, token ids inside its
-        vocabulary.
+        answer tokens; not a repeat of an earlier pair; with a model, token ids inside its vocabulary.
 
         Args:
             model_or_tokenizer: a HookedTransformer (``to_tokens`` semantics, BOS as the model adds
@@ -283,11 +282,11 @@ class PairSet:
         tk = _Tok(model_or_tokenizer, prepend_bos)
         d_vocab = getattr(tk.model.cfg, "d_vocab", None) if tk.model is not None else None
         valid, dropped, ids, lens, toks, dropped_index = [], [], [], [], [], []
-        seen: dict[tuple[str, str], str] = {}
+        seen: dict[tuple[str, str, str, str], str] = {}
         for i, p in enumerate(self.pairs):
-            key = (p.clean, p.corrupted)
+            key = (p.clean, p.corrupted, p.clean_answer, p.corrupted_answer)
             if key in seen:
-                dropped.append((p, f"duplicate: same clean and corrupted prompts as {seen[key]}"))
+                dropped.append((p, f"duplicate: the same pair (prompts and answers) as {seen[key]}"))
                 dropped_index.append(i)
                 continue
             seen[key] = f"line {p.line}" if p.line else f"pair {i}"

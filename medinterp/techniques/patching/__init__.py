@@ -59,6 +59,7 @@ __all__ = [
     "patch",
     "path_patch",
     "attribution_patch",
+    "pair_set",
     "prepare_pairs",
     "validate_patch_params",
     "SITES",
