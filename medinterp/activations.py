@@ -28,10 +28,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from medinterp.sites import RESID_SITES
+from medinterp.sites import hook_name as site_hook_name
 from medinterp.errors import MedinterpError
 from medinterp.results import Result, make_provenance
 
-SHORT_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+SHORT_SITES = RESID_SITES  # the [batch, pos, d_model] sites of the one site vocabulary
 POSITION_MODES = ("last", "span_mean", "span_last")
 
 
@@ -129,7 +131,7 @@ def resolve_hooks(model: Any, sites: Sequence[str], layers: Sequence[int] | None
     for site in sites:
         if site in SHORT_SITES:
             for l in layer_list:
-                out.append((f"blocks.{l}.hook_{site}", l, site))
+                out.append((site_hook_name(site, l), l, site))
         elif site in model.hook_dict:
             parts = site.split(".")
             layer = int(parts[1]) if parts[0] == "blocks" else -1

@@ -28,13 +28,15 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from jaxtyping import Float, Int
 
+from medinterp import sites
 from medinterp.errors import MedinterpError
 
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 FwdHooks = list[tuple[str, HookFn]]
 Sublayer = Literal["attn", "mlp"]
 
-SUBLAYER_HOOKS: dict[str, str] = {"attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+#: Sub-layer name → hook suffix (the ``attn_out`` / ``mlp_out`` sites of :mod:`medinterp.sites`).
+SUBLAYER_HOOKS: dict[str, str] = {"attn": sites.SITES["attn_out"].hook, "mlp": sites.SITES["mlp_out"].hook}
 #: Lesion modes understood by :func:`lesion_hooks` (and ``medinterp.techniques.lesion``).
 LESION_MODES: tuple[str, ...] = ("skip", "attn_zero", "attn_mean", "mlp_zero", "mlp_mean")
 
@@ -44,7 +46,7 @@ def sublayer_hook_name(layer: int, sublayer: str) -> str:
     """The hook holding a sub-layer's output, e.g. ``sublayer_hook_name(3, "mlp") == "blocks.3.hook_mlp_out"``."""
     if sublayer not in SUBLAYER_HOOKS:
         raise MedinterpError(f"sub-layer {sublayer!r}; expected one of {sorted(SUBLAYER_HOOKS)}")
-    return f"blocks.{int(layer)}.{SUBLAYER_HOOKS[sublayer]}"
+    return sites.hook_name(sites.ALIASES[sublayer], layer)
 
 
 def _check_layer(model: Any, layer: int) -> None:
@@ -305,14 +307,29 @@ def compute_means(
 
 # ============================================================================ patching
 def patch_hook(
-    source: Float[torch.Tensor, "batch pos ..."],
-    positions: Sequence[int] | Int[torch.Tensor, "n"] | None = None,
+    source: torch.Tensor,
+    positions: Sequence[int] | Int[torch.Tensor, "n"] | torch.Tensor | None = None,
+    *,
+    rows: Int[torch.Tensor, "batch"] | None = None,
+    heads: torch.Tensor | None = None,
+    layout: str = "resid",
 ) -> HookFn:
-    """A hook writing ``source`` (e.g. a clean run's cached activation) into the activation.
+    """THE patch hook: writes ``source`` (e.g. a clean run's cached activation) into the activation.
+
+    The activation patching engine uses it with one cell per batch row (``rows``, a boolean
+    ``positions`` mask per row, ``heads``); the simple form patches every row alike.
 
     Args:
-        source: same shape as the activation (or broadcastable over batch).
-        positions: only these positions are overwritten (default: all).
+        source: activations to write, in the hook's layout; ``[n_source, ...]`` with ``rows``, else the
+            activation's shape (or broadcastable over batch).
+        positions: ``None`` (every position), a list / 1-D tensor of position indices (every row), or a
+            boolean ``[batch, pos]`` mask (per row). For ``layout="pattern"`` these are query positions.
+        rows: ``[batch]`` which row of ``source`` each batch row takes (default: ``source`` as is).
+        heads: boolean ``[batch, head]``: which heads each row patches (head layouts; default all).
+        layout: ``"resid"`` ``[b, pos, d]``, ``"head"`` ``[b, pos, head, d]`` or ``"pattern"``
+            ``[b, head, q, k]`` (see :mod:`medinterp.sites`).
+
+    Rows whose masks are all False leave the activation untouched, so a batch may mix cells.
 
     Example:
         >>> from medinterp.testing import tiny_model
@@ -324,14 +341,31 @@ def patch_hook(
         >>> bool(torch.allclose(out, model(clean), atol=1e-5))
         True
     """
+    if layout not in ("resid", "head", "pattern"):
+        raise MedinterpError(f"patch_hook: layout {layout!r}; expected 'resid', 'head' or 'pattern'")
 
-    def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        src = source.to(device=act.device, dtype=act.dtype)
-        if positions is None:
-            return src.expand_as(act).clone()
-        out = act.clone()
-        out[:, positions] = src.expand_as(act)[:, positions]
-        return out
+    def fn(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        src = source[rows] if rows is not None else source
+        if positions is None and heads is None:
+            return src.to(device=act.device, dtype=act.dtype).expand_as(act).clone()
+        b = act.shape[0]
+        n_pos = act.shape[2] if layout == "pattern" else act.shape[1]
+        if isinstance(positions, torch.Tensor) and positions.dtype == torch.bool:
+            pm = positions
+        else:
+            pm = torch.ones(b, n_pos, dtype=torch.bool, device=act.device)
+            if positions is not None:
+                pm = torch.zeros(b, n_pos, dtype=torch.bool, device=act.device)
+                pm[:, positions] = True
+        if layout == "resid":
+            m = pm[:, :, None]
+        elif layout == "head":
+            hm = heads if heads is not None else torch.ones(b, act.shape[2], dtype=torch.bool)
+            m = (pm[:, :, None] & hm[:, None, :])[..., None]
+        else:
+            hm = heads if heads is not None else torch.ones(b, act.shape[1], dtype=torch.bool)
+            m = (hm[:, :, None] & pm[:, None, :])[..., None]
+        return torch.where(m.to(act.device), src.to(act.dtype), act)
 
     return fn
 

@@ -22,7 +22,7 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
 
 @app.command("patch")
 def patch_cmd(
-    pairs: str = typer.Option(..., "--pairs", "-p", help="Pairs file (CSV/JSONL with clean, corrupted, clean_answer, corrupted_answer) or a shipped pair-set name."),
+    pairs: str = typer.Option(..., "--pairs", "-p", help="Pair set: a shipped name or a file (.csv with or without the '#' YAML header, .yaml, .jsonl) with clean, corrupted, clean_answer, corrupted_answer; the same reader and pair rule as `medinterp concepts check`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model spec (see `medinterp models`)."),
     site: str = typer.Option("resid_pre", "--site", "-s", help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v or pattern."),
@@ -30,7 +30,7 @@ def patch_cmd(
     metric: str = typer.Option("P", "--metric", help="P (normalised logit difference), logit_diff or logprob."),
     method: str = typer.Option("exact", "--method", help="exact or attribution (gradient approximation)."),
     layers: str = typer.Option(None, "--layers", help="Comma-separated layers (default all)."),
-    heads: str = typer.Option(None, "--heads", help="Comma-separated heads for head sites (default all)."),
+    heads: str = typer.Option(None, "--heads", help="Comma-separated heads, only for the head sites z, q, k, v, pattern (default all)."),
     min_denominator: float = typer.Option(1e-2, "--min-denominator", help="Pairs with |LD_clean - LD_corrupted| below this are excluded from means."),
     drop_bad: bool = typer.Option(False, "--drop-bad/--strict", help="Drop invalid pairs (recorded in the manifest) instead of stopping."),
     budget_mb: float = typer.Option(1024.0, "--budget-mb", help="Memory budget of one batch of patched runs."),
@@ -46,44 +46,38 @@ def patch_cmd(
     """
     import numpy as np
 
+    import medinterp.viz  # noqa: F401  (registers the figure renderers)
     from medinterp.models import load_model
-    from medinterp.techniques.patching import attribution_patch, patch
+    from medinterp.techniques.patching import attribution_patch, pair_set, patch, validate_patch_params
 
-    if method not in ("exact", "attribution"):
-        raise MedinterpError(f"--method {method!r}: expected 'exact' or 'attribution'")
+    # everything that does not need the model is checked before it loads
     if out.exists() and not out.is_dir():
         raise MedinterpError(f"--out {out}: exists and is not a directory")
     pos = positions if positions in ("all", "last", "span", "all_at_once") else _int_list(positions, "positions")
     layer_list, head_list = _int_list(layers, "layers"), _int_list(heads, "heads")
-    typer.echo(f"loading model {model} ...")
-    m = load_model(model, device=device)
     on_bad = "drop" if drop_bad else "raise"
+    validate_patch_params(site, pos, metric, method=method, layers=layer_list, heads=head_list,
+                          min_denominator=min_denominator, on_bad=on_bad, batch_budget_mb=budget_mb)
+    pair_data = pair_set(pairs)
+    typer.echo(f"{pair_data.name}: {len(pair_data)} pairs read; loading model {model} ...")
+    m = load_model(model, device=device)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "_checkpoint"
+    kw = dict(site=site, positions=pos, layers=layer_list, heads=head_list, min_denominator=min_denominator,
+              on_bad=on_bad, batch_budget_mb=budget_mb, progress=progress)
     if method == "exact":
-        res = patch(m, pairs, site=site, positions=pos, metric=metric, layers=layer_list, heads=head_list,
-                    min_denominator=min_denominator, on_bad=on_bad, batch_budget_mb=budget_mb,
-                    checkpoint_dir=ckpt, progress=progress)
+        res = patch(m, pair_data, metric=metric, checkpoint_dir=ckpt, **kw)
     else:
-        if metric != "P":
-            raise MedinterpError("--method attribution supports only --metric P")
-        res = attribution_patch(m, pairs, site=site, positions=pos, layers=layer_list, heads=head_list,
-                                min_denominator=min_denominator, on_bad=on_bad, progress=progress)
+        res = attribution_patch(m, pair_data, **kw)
     res.save(out)
     squeeze = res.values.shape[-1] == 1
     np.save(out / "values.npy", res.values[..., 0] if squeeze else res.values)
     np.save(out / "mean.npy", np.asarray(res.mean)[..., 0] if squeeze else np.asarray(res.mean))
-    res.to_html(out / "heatmap.html", title=f"{method} patching of {site} on {model}")
+    res.to_html(out / "heatmap.html", title=f"{method} patching of {res.site} on {model}")
     if ckpt.exists():
         shutil.rmtree(ckpt)
-    n_inc = int(np.sum(res.included))
-    typer.echo(f"{len(res.pairs)} pairs kept ({n_inc} in the mean), {len(res.dropped)} dropped, {len(res.excluded)} excluded "
-               "(near-zero denominator)")
+    typer.echo(res.summary())
     for d in res.dropped:
         typer.echo(f"  dropped row {d['row']}: {d['reason']}")
-    curve = res.layer_curve()
-    best = int(np.nanargmax(curve)) if np.isfinite(curve).any() else None
-    if best is not None:
-        typer.echo(f"layer curve ({res.metric} at the last position column): max {curve[best]:.3f} at layer {res.layers[best]}")
     axes = "[pair, layer, position]" if squeeze else "[pair, layer, position, head]"
     typer.echo(f"wrote {out}/manifest.json, arrays.safetensors, values.npy {axes}, mean.npy, heatmap.html")

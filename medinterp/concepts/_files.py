@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import string
 from dataclasses import dataclass, field
@@ -55,11 +56,13 @@ def _err(path: str, line: int | None, column: str | None, msg: str) -> ConceptFi
 
 
 def read_file(path: str | Path) -> RawFile:
-    """Parse a YAML (``.yaml``/``.yml``) or CSV (``.csv``) concept or pair file, keeping row line numbers."""
+    """Parse a YAML (``.yaml``/``.yml``) or CSV (``.csv``, with or without the ``#`` YAML header) concept or
+    pair file, or a JSONL (``.jsonl``) pair file, keeping row line numbers."""
     p = Path(path)
     shown = str(path)
     if not p.is_file():
-        raise ConceptFileError(f"{shown}: no such file (expected a .yaml, .yml or .csv concept/pair file)")
+        raise ConceptFileError(f"{shown}: no such file (expected a .yaml, .yml or .csv concept/pair file "
+                               "or a .jsonl pair file)")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -69,7 +72,30 @@ def read_file(path: str | Path) -> RawFile:
         return _read_yaml(shown, text)
     if suffix == ".csv":
         return _read_csv(shown, text)
-    raise ConceptFileError(f"{shown}: unknown file type {suffix!r} (expected .yaml, .yml or .csv)")
+    if suffix == ".jsonl":
+        return _read_jsonl(shown, text)
+    raise ConceptFileError(f"{shown}: unknown file type {suffix!r} (expected .yaml, .yml, .csv or .jsonl)")
+
+
+def _read_jsonl(path: str, text: str) -> RawFile:
+    """A pair file with one JSON object per line (``clean, corrupted, clean_answer, corrupted_answer`` and
+    any meta keys; blank lines skipped). It has no header: the name is the file's stem."""
+    rows: list[dict[str, Any]] = []
+    row_lines: list[int] = []
+    extra: list[str] = []
+    for ln, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _err(path, ln, None, f"not valid JSON ({e.msg}); expected one pair object per line") from None
+        if not isinstance(rec, dict):
+            raise _err(path, ln, None, f"expected a JSON object with keys {list(PAIR_COLUMNS)}, got {rec!r}")
+        extra += [str(k) for k in rec if k not in PAIR_COLUMNS and k not in extra]
+        rows.append(rec)
+        row_lines.append(ln)
+    return RawFile(path, {"kind": "pairs", "columns": extra}, rows, row_lines, {}, [], "jsonl")
 
 
 def _read_yaml(path: str, text: str) -> RawFile:
@@ -297,14 +323,16 @@ def validate_concept_rows(
 
 
 def validate_pair_rows(raw: RawFile, extra: list[str], labels: dict[str, LabelSpec] | None = None) -> list[dict[str, Any]]:
-    """Check pair rows: the four pair columns present and non-empty, declared extras, no duplicate pairs."""
+    """Check pair rows: the four pair columns present and non-empty text, declared extras.
+
+    Duplicate pairs are kept here: :meth:`PairSet.check` drops them (naming the line of the first), the one
+    place duplicates are handled."""
     path = raw.path
     labels = labels or {}
     extra = list(extra) + [c for c in labels if c not in extra]
     if not raw.rows:
         raise _err(path, raw.key_lines.get("pairs"), "pairs", "no rows: expected at least one pair")
     allowed = list(PAIR_COLUMNS) + [c for c in extra if c not in PAIR_COLUMNS]
-    seen: dict[tuple, int] = {}
     out = []
     for row, line in zip(raw.rows, raw.row_lines):
         if not isinstance(row, dict):
@@ -329,9 +357,5 @@ def validate_pair_rows(raw: RawFile, extra: list[str], labels: dict[str, LabelSp
                 row = {**row, c: _to_number(row[c])}
             elif spec.values is not None and str(row[c]) not in spec.values:
                 raise _err(path, line, c, f"unknown label {str(row[c])!r} for '{c}'; expected one of {spec.values}")
-        key = (row["clean"], row["corrupted"])
-        if key in seen:
-            raise _err(path, line, "clean", f"duplicate pair: already on line {seen[key]}")
-        seen[key] = line
         out.append(dict(row))
     return out

@@ -1,8 +1,21 @@
-"""Patching pairs (clean / corrupted prompts with different single-token answers) and their model check.
+"""Patching pairs (clean / corrupted prompts with different single-token answers) and THE pair rule.
 
-Activation patching needs, for one tokenizer: clean and corrupted prompts of the *same token length*
-and answers that are *single, different tokens* continuing the prompt. :meth:`PairSet.check` tests
-this and returns the valid pairs plus every dropped pair with the reason; nothing is dropped silently.
+:class:`PromptPair` is the one pair type and :meth:`PairSet.check` the one validity rule, used by
+``medinterp concepts check``, ``medinterp patch``, the knowledge map and the API alike. For one
+tokenizer a pair is valid when
+
+1. clean and corrupted are different texts that tokenize to the *same number of tokens*;
+2. each answer is *exactly one token*, not the unknown token (``<unk>``/``[UNK]``);
+3. each answer is the *real next token*: tokenizing ``prompt + answer`` gives the prompt's tokens
+   followed by the answer token (``"... head"`` + ``"ache"`` tokenizing as one ``"▁headache"`` fails);
+4. the two answer tokens differ;
+5. it is not a duplicate: a pair equal to an earlier one (both prompts and both answers) is dropped with
+   the reason ``duplicate: the same pair (prompts and answers) as line N`` (``as pair N`` for pairs
+   built in code); the file readers keep duplicates so that this is the one place they are handled;
+6. with a model: every token id is inside the model's vocabulary.
+
+:meth:`PairSet.check` returns the valid pairs, tokenized (:class:`TokenizedPair`, what the patching
+engine runs on), plus every dropped pair with its reason; nothing is dropped silently.
 
 Example:
     >>> from medinterp.concepts import load_concepts
@@ -19,9 +32,11 @@ import copy
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from medinterp.errors import MedinterpError
+
+_PAIR_FIELDS = ("clean", "corrupted", "clean_answer", "corrupted_answer")
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,43 @@ class PromptPair:
     line: int | None = field(default=None, compare=False)
 
 
+def pair_row(pair: PromptPair, index: int) -> str | int:
+    """How messages name a pair: its ``meta["row"]`` (``"file.csv:3"``) or its index in the set."""
+    return pair.meta.get("row", index)
+
+
+def describe_pair(pair: PromptPair, index: int) -> dict[str, Any]:
+    """The pair's row label and four texts, as results and reports list them."""
+    return {"row": pair_row(pair, index), "clean": pair.clean, "corrupted": pair.corrupted,
+            "clean_answer": pair.clean_answer, "corrupted_answer": pair.corrupted_answer}
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """A valid pair with its tokens, as :meth:`PairSet.check` returns it (the patching engine's input).
+
+    Attributes:
+        pair: the :class:`PromptPair`.
+        index: its position in the pair set.
+        clean_tokens, corrupted_tokens: prompt token ids (BOS included where the model adds one).
+        clean_id, corrupted_id: the answer token ids.
+    """
+
+    pair: PromptPair
+    index: int
+    clean_tokens: list[int]
+    corrupted_tokens: list[int]
+    clean_id: int
+    corrupted_id: int
+
+    @property
+    def row(self) -> str | int:
+        return pair_row(self.pair, self.index)
+
+    def describe(self) -> dict[str, Any]:
+        return describe_pair(self.pair, self.index)
+
+
 @dataclass
 class PairCheck:
     """Result of :meth:`PairSet.check`: which pairs a tokenizer can use and why the others cannot.
@@ -56,6 +108,8 @@ class PairCheck:
         n_tokens: for each valid pair, its prompt length in tokens (BOS included where the model adds one).
         tokenizer: short description of the tokenizer used.
         name: the pair set's name.
+        tokenized: for each valid pair, its :class:`TokenizedPair` (what the patching engine runs on).
+        dropped_index: for each dropped pair, its index in the pair set.
     """
 
     valid: list[PromptPair]
@@ -64,6 +118,13 @@ class PairCheck:
     n_tokens: list[int] = field(default_factory=list)
     tokenizer: str = ""
     name: str = ""
+    tokenized: list[TokenizedPair] = field(default_factory=list)
+    dropped_index: list[int] = field(default_factory=list)
+
+    def dropped_rows(self) -> list[dict[str, Any]]:
+        """Each dropped pair as ``{row, clean, corrupted, clean_answer, corrupted_answer, reason}``."""
+        idx = self.dropped_index or list(range(len(self.dropped)))
+        return [{**describe_pair(p, i), "reason": r} for (p, r), i in zip(self.dropped, idx)]
 
     @property
     def n_valid(self) -> int:
@@ -142,6 +203,37 @@ class PairSet:
     def __repr__(self) -> str:
         return f"PairSet({self.name!r} v{self.version}: {len(self)} pairs)"
 
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[Any], name: str = "pairs") -> "PairSet":
+        """A set built in code from :class:`PromptPair` objects, 4-tuples ``(clean, corrupted, clean_answer,
+        corrupted_answer)`` or dicts with exactly those keys (plus meta keys).
+
+        Example:
+            >>> PairSet.from_pairs([("A has", "B has", " x", " y")]).pairs[0].corrupted_answer
+            ' y'
+        """
+        out = []
+        for i, p in enumerate(pairs):
+            if isinstance(p, PromptPair):
+                out.append(p)
+            elif isinstance(p, dict):
+                missing = [c for c in _PAIR_FIELDS if c not in p]
+                if missing:
+                    raise MedinterpError(f"pair {i}: missing keys {missing}; a pair dict needs {list(_PAIR_FIELDS)}")
+                out.append(PromptPair(*(p[c] for c in _PAIR_FIELDS),
+                                      meta={k: v for k, v in p.items() if k not in _PAIR_FIELDS}))
+            elif isinstance(p, (tuple, list)) and len(p) == 4:
+                out.append(PromptPair(*p))
+            else:
+                raise MedinterpError(f"pair {i}: expected a PromptPair, a dict or a 4-tuple (clean, corrupted, "
+                                     f"clean_answer, corrupted_answer), got {type(p).__name__}")
+            bad = [c for c in _PAIR_FIELDS if not isinstance(getattr(out[-1], c), str)]
+            if bad:
+                raise MedinterpError(f"pair {i}: {bad} must be text, got {[type(getattr(out[-1], c)).__name__ for c in bad]}")
+        if not out:
+            raise MedinterpError("no pairs given")
+        return cls(name, "unversioned", "", out)
+
     def to_dataframe(self):
         """One row per pair: ``clean, corrupted, clean_answer, corrupted_answer`` and the meta columns."""
         import pandas as pd
@@ -174,9 +266,9 @@ class PairSet:
     def check(self, model_or_tokenizer: Any, *, prepend_bos: bool | None = None) -> PairCheck:
         """Which pairs a model's tokenizer can patch, and why the others cannot.
 
-        A pair is valid when clean and corrupted prompts have the same number of tokens, each answer is
-        exactly one token (not the unknown token), the two answer tokens differ, and each answer is
-        the token that follows its prompt when prompt + answer is tokenized as one text.
+        The rule (see the module docstring): different prompts of the same token length; each answer
+        exactly one token, not the unknown token, and the real next token of its prompt; different
+        answer tokens; not a repeat of an earlier pair; with a model, token ids inside its vocabulary.
 
         Args:
             model_or_tokenizer: a HookedTransformer (``to_tokens`` semantics, BOS as the model adds
@@ -184,17 +276,27 @@ class PairSet:
             prepend_bos: for a HookedTransformer, override its default BOS handling.
 
         Returns:
-            PairCheck with ``valid``, ``dropped=[(pair, reason)]``, answer token ids and lengths.
+            PairCheck with ``valid``, ``dropped=[(pair, reason)]``, answer token ids and lengths, and the
+            valid pairs tokenized (``tokenized``).
         """
         tk = _Tok(model_or_tokenizer, prepend_bos)
-        valid, dropped, ids, lens = [], [], [], []
-        for p in self.pairs:
+        d_vocab = getattr(tk.model.cfg, "d_vocab", None) if tk.model is not None else None
+        valid, dropped, ids, lens, toks, dropped_index = [], [], [], [], [], []
+        seen: dict[tuple[str, str, str, str], str] = {}
+        for i, p in enumerate(self.pairs):
+            key = (p.clean, p.corrupted, p.clean_answer, p.corrupted_answer)
+            if key in seen:
+                dropped.append((p, f"duplicate: the same pair (prompts and answers) as {seen[key]}"))
+                dropped_index.append(i)
+                continue
+            seen[key] = f"line {p.line}" if p.line else f"pair {i}"
             reasons = []
             if p.clean == p.corrupted:
                 reasons.append("identical prompts: clean and corrupted are the same text")
             c_ids, k_ids = tk.prompt(p.clean), tk.prompt(p.corrupted)
             if len(c_ids) != len(k_ids):
-                reasons.append(f"unequal length: clean is {len(c_ids)} tokens, corrupted is {len(k_ids)}")
+                reasons.append(f"unequal length: clean is {len(c_ids)} tokens, corrupted is {len(k_ids)} "
+                               "(equal token length is required)")
             ans_ids = []
             for which, prompt, pids, ans in (("clean", p.clean, c_ids, p.clean_answer),
                                              ("corrupted", p.corrupted, k_ids, p.corrupted_answer)):
@@ -214,13 +316,18 @@ class PairSet:
                 reasons.append(f"identical answers: clean and corrupted answers are both {p.clean_answer!r}")
             elif None not in ans_ids and ans_ids[0] == ans_ids[1]:
                 reasons.append(f"identical answers: {p.clean_answer!r} and {p.corrupted_answer!r} are the same token")
+            if d_vocab is not None and not reasons and max(c_ids + k_ids + ans_ids) >= d_vocab:
+                reasons.append(f"token id out of the model's vocabulary (d_vocab={d_vocab})")
             if reasons:
                 dropped.append((p, "; ".join(reasons)))
+                dropped_index.append(i)
             else:
                 valid.append(p)
                 ids.append((int(ans_ids[0]), int(ans_ids[1])))
                 lens.append(len(c_ids))
-        return PairCheck(valid, dropped, ids, lens, tokenizer=tk.name, name=self.name)
+                toks.append(TokenizedPair(p, i, c_ids, k_ids, int(ans_ids[0]), int(ans_ids[1])))
+        return PairCheck(valid, dropped, ids, lens, tokenizer=tk.name, name=self.name, tokenized=toks,
+                         dropped_index=dropped_index)
 
 
 class _Tok:

@@ -75,6 +75,6 @@ def test_attribution_tracks_exact_sweep(gemma, short_pair):
     assert exact.layer_curve().shape == (gemma.cfg.n_layers,)
     c = correlation(attr.values, exact.values)
     assert c > 0.3, c
-    for v in attr.extra["verified"]:
+    for v in attr.diagnostics["verified"]:
         li, j = attr.layers.index(v["layer"]), attr.positions.index(v["position"])
         assert abs(v["exact"] - exact.values[0, li, j, 0]) < 1e-4

@@ -297,10 +297,43 @@ pairs:
 """
     with pytest.raises(ConceptFileError, match=r"p.yaml, line 6, column 'corrupted_answer': missing column"):
         load_concepts(_write(tmp_path, text, "p.yaml"))
+    # duplicates are handled in one place, PairSet.check: the reader keeps them, check drops the repeat
     dup = text.replace('{clean: "a d", corrupted: "a e", clean_answer: " x"}',
-                       '{clean: "a b", corrupted: "a c", clean_answer: " x", corrupted_answer: " z"}')
-    with pytest.raises(ConceptFileError, match=r"line 6.*duplicate pair: already on line 5"):
-        load_concepts(_write(tmp_path, dup, "p.yaml"))
+                       '{clean: "a b", corrupted: "a c", clean_answer: " x", corrupted_answer: " y"}')
+    ps = load_concepts(_write(tmp_path, dup, "p.yaml"))
+    assert len(ps) == 2 and [p.line for p in ps] == [5, 6]
+
+
+def test_check_drops_duplicates_naming_the_first_line(tiny, tmp_path):
+    text = ("clean,corrupted,clean_answer,corrupted_answer\n"
+            "The patient has chest pain,The patient has a cough, angina, pneumonia\n"
+            "The patient has chest pain,The patient has a cough, asthma, pneumonia\n"   # other answers: not a repeat
+            "The patient has chest pain,The patient has a cough, angina, pneumonia\n")  # repeat of line 2
+    chk = load_concepts(_write(tmp_path, text, "d.csv")).check(tiny)
+    assert [p.line for p in chk.valid] == [2, 3]
+    assert [(p.line, r) for p, r in chk.dropped] == [(4, "duplicate: the same pair (prompts and answers) as line 2")]
+    assert chk.dropped_rows()[0]["row"] == "d.csv:4"
+    assert [t.index for t in chk.tokenized] == [0, 1] and chk.tokenized[0].clean_tokens == tiny.to_tokens(
+        "The patient has chest pain")[0].tolist()
+
+
+def test_jsonl_and_plain_csv_pair_files(tmp_path):
+    import json
+
+    rows = [{"clean": "a b", "corrupted": "a c", "clean_answer": " x", "corrupted_answer": " y", "topic": "t1"},
+            {"clean": "a d", "corrupted": "a e", "clean_answer": " x", "corrupted_answer": " z", "topic": "t2"}]
+    f = _write(tmp_path, "\n".join(json.dumps(r) for r in rows) + "\n\n", "p.jsonl")
+    ps = load_concepts(f)
+    assert isinstance(ps, PairSet) and ps.name == "p" and len(ps) == 2 and ps.columns == ["topic"]
+    assert ps.pairs[1].meta["topic"] == "t2" and ps.pairs[1].line == 2 and ps.pairs[1].meta["row"] == "p.jsonl:2"
+    plain = _write(tmp_path, "clean,corrupted,clean_answer,corrupted_answer,topic\n"
+                   "a b,a c, x, y,t1\na d,a e, x, z,t2\n", "plain.csv")
+    assert [(p.clean, p.corrupted_answer, p.meta["topic"]) for p in load_concepts(plain)] == \
+        [(p.clean, p.corrupted_answer, p.meta["topic"]) for p in ps]
+    with pytest.raises(ConceptFileError, match=r"p2.jsonl, line 2: not valid JSON"):
+        load_concepts(_write(tmp_path, json.dumps(rows[0]) + "\n{oops\n", "p2.jsonl"))
+    with pytest.raises(ConceptFileError, match=r"p3.jsonl, line 1, column 'corrupted_answer': missing column"):
+        load_concepts(_write(tmp_path, json.dumps({"clean": "a", "corrupted": "b", "clean_answer": " x"}), "p3.jsonl"))
 
 
 def test_unknown_name_and_bad_files(tmp_path):

@@ -11,9 +11,12 @@ import torch
 from transformer_lens import patching as tlp
 
 import medinterp.techniques.patching as pm
-from medinterp.errors import MedinterpError
+import medinterp.techniques.patching.engine as engine
+from medinterp.errors import ConceptFileError, MedinterpError
 from medinterp.results import Result
-from medinterp.techniques.patching import PatchingResult, attribution_patch, path_patch, patch, read_pairs
+from medinterp.techniques.patching import PatchingResult, attribution_patch, path_patch, patch
+
+COLUMNS = ("clean", "corrupted", "clean_answer", "corrupted_answer")
 
 CLEAN = "A 45 year old man with chest pain has"
 CORR = "A 45 year old man with cough pain has"
@@ -140,15 +143,32 @@ def test_identity_patching_nothing_gives_zero(tiny64):
 
 
 def test_identity_clean_into_clean(tiny64):
-    same = (CLEAN, CLEAN, " angina", " pneumonia")
-    r = patch(tiny64, [same], site="z", positions="all", metric="logit_diff", progress=False)
-    clean_ld = r.clean_ld[0]
-    np.testing.assert_allclose(r.values, clean_ld, atol=1e-5)
-    # with P the denominator is zero: the pair is reported, not averaged in
-    rp = patch(tiny64, [same, PAIR], site="resid_pre", positions="last", progress=False)
-    assert list(rp.included) == [False, True]
-    assert "min_denominator" in rp.excluded[0]["reason"]
-    np.testing.assert_allclose(rp.mean, rp.values[1], atol=1e-6)
+    # The pair rule drops identical prompts, so the engine is called directly on a hand-tokenized pair.
+    from medinterp.concepts.pairs import PromptPair, TokenizedPair
+    from medinterp.techniques.patching.common import Metric, position_specs
+
+    toks = tiny64.to_tokens(CLEAN)[0].tolist()
+    same = TokenizedPair(PromptPair(CLEAN, CLEAN, " angina", " pneumonia"), 0, toks, toks,
+                         tiny64.to_single_token(" angina"), tiny64.to_single_token(" pneumonia"))
+    labels, masks = position_specs([same], "all")
+    vals, _, _, _, clean_ld, corr_ld, _ = engine.exact_sweep(
+        tiny64, [same], masks, len(labels), "z", [0, 1, 2], [0, 1, 2, 3], Metric("logit_diff"),
+        batch_budget_mb=64, progress=False, checkpoint=None)
+    np.testing.assert_allclose(vals, clean_ld[0], atol=1e-5)
+    assert abs(clean_ld[0] - corr_ld[0]) < 1e-9
+    with pytest.raises(MedinterpError, match="identical prompts"):
+        patch(tiny64, [(CLEAN, CLEAN, " angina", " pneumonia")], progress=False)
+
+
+def test_near_zero_denominator_pairs_are_excluded_not_averaged(tiny64):
+    first = patch(tiny64, [PAIR, PAIR2], site="resid_pre", positions="last", progress=False)
+    d = np.abs(first.clean_ld - first.corrupted_ld)
+    thr = float(np.sqrt(d[0] * d[1]))  # between the two denominators
+    rp = patch(tiny64, [PAIR, PAIR2], site="resid_pre", positions="last", progress=False, min_denominator=thr)
+    small = int(np.argmin(d))
+    assert list(rp.included) == [i != small for i in range(2)]
+    assert "min_denominator" in rp.excluded[0]["reason"] and rp.excluded[0]["pair_index"] == small
+    np.testing.assert_allclose(rp.mean, rp.values[1 - small], atol=1e-6)
 
 
 def test_metrics_logprob_and_custom(tiny):
@@ -167,7 +187,7 @@ def test_batch_chunking_and_groups_do_not_change_values(tiny64):
     big = patch(tiny64, pairs, site="z", positions="all", progress=False)
     small = patch(tiny64, pairs, site="z", positions="all", progress=False, batch_budget_mb=1e-6)
     np.testing.assert_allclose(big.values, small.values, atol=1e-6)
-    assert small.extra["engine"]["forward_calls"] > big.extra["engine"]["forward_calls"]
+    assert small.diagnostics["engine"]["forward_calls"] > big.diagnostics["engine"]["forward_calls"]
     alone = patch(tiny64, [PAIR3], site="z", positions="all", progress=False)
     n3 = alone.values.shape[2]
     np.testing.assert_allclose(big.values[2, :, -n3:], alone.values[0], atol=1e-5)
@@ -188,29 +208,29 @@ def test_bad_pairs_raise_with_row(tiny, tmp_path):
     assert len(r.pairs) == 1 and r.dropped[0]["row"] == "pairs.csv:3" and "token length" in r.dropped[0]["reason"]
     bad = tmp_path / "bad.csv"
     bad.write_text("clean,corrupted,answer\nx,y,z\n")
-    with pytest.raises(MedinterpError, match="missing column"):
-        read_pairs(bad)
+    with pytest.raises(ConceptFileError, match="missing column"):
+        patch(tiny, bad, progress=False)
     with pytest.raises(MedinterpError, match="unknown patching site"):
         patch(tiny, [PAIR], site="nonsense")
 
 
 def test_jsonl_and_dict_inputs(tiny, tmp_path):
     f = tmp_path / "p.jsonl"
-    f.write_text(json.dumps(dict(zip(pm._COLUMNS, PAIR))) + "\n")
+    f.write_text(json.dumps(dict(zip(COLUMNS, PAIR))) + "\n")
     a = patch(tiny, f, progress=False)
-    b = patch(tiny, [dict(zip(pm._COLUMNS, PAIR))], progress=False)
+    b = patch(tiny, [dict(zip(COLUMNS, PAIR))], progress=False)
     np.testing.assert_allclose(a.values, b.values)
 
 
 def test_resume_recomputes_only_missing_units(tiny, tmp_path, monkeypatch):
     pairs = [PAIR, PAIR2]
     full = patch(tiny, pairs, site="resid_pre", positions="all", progress=False, checkpoint_dir=tmp_path)
-    units = sorted(tmp_path.glob("unit_g*_l*.npz"))
+    units = sorted(tmp_path.glob("unit_g*_l*.safetensors"))
     assert len(units) == 6  # two token lengths (groups) x 3 layers
-    (tmp_path / "unit_g1_l2.npz").unlink()  # as if the sweep had been interrupted before the last layer
+    (tmp_path / "unit_g1_l2.safetensors").unlink()  # as if the sweep had been interrupted before the last layer
     calls = []
-    orig = pm._forward_rows
-    monkeypatch.setattr(pm, "_forward_rows", lambda *a, **k: calls.append(a[3]) or orig(*a, **k))
+    orig = engine._forward_rows
+    monkeypatch.setattr(engine, "_forward_rows", lambda *a, **k: calls.append(a[3]) or orig(*a, **k))
     resumed = patch(tiny, pairs, site="resid_pre", positions="all", progress=False, checkpoint_dir=tmp_path)
     assert set(calls) == {2}
     np.testing.assert_allclose(resumed.values, full.values)
@@ -218,9 +238,18 @@ def test_resume_recomputes_only_missing_units(tiny, tmp_path, monkeypatch):
     calls.clear()
     patch(tiny, pairs, site="mlp_out", positions="all", progress=False, checkpoint_dir=tmp_path)
     assert set(calls) == {0, 1, 2}
+    # a changed pair set (same sweep parameters) invalidates the checkpoint too
+    patch(tiny, pairs, site="resid_pre", positions="all", progress=False, checkpoint_dir=tmp_path)
+    calls.clear()
+    changed = patch(tiny, [PAIR, PAIR3], site="resid_pre", positions="all", progress=False, checkpoint_dir=tmp_path)
+    assert set(calls) == {0, 1, 2} and changed.diagnostics["engine"]["units_resumed"] == 0
+    fresh = patch(tiny, [PAIR, PAIR3], site="resid_pre", positions="all", progress=False)
+    np.testing.assert_allclose(changed.values, fresh.values)
 
 
 def test_result_save_load_figure_curve(tiny, tmp_path):
+    import medinterp.viz  # noqa: F401  (registers the renderers)
+
     r = patch(tiny, [PAIR, PAIR2], site="z", positions="all", progress=False)
     assert r.values.shape == (2, 3, 10, 4) and r.mean.shape == (3, 10, 4)
     assert (r.ci_low <= r.mean + 1e-6).all() and (r.mean <= r.ci_high + 1e-6).all()
@@ -235,7 +264,8 @@ def test_result_save_load_figure_curve(tiny, tmp_path):
     np.testing.assert_array_equal(back.mean, r.mean)
     assert back.positions == r.positions and back.provenance == json.loads(json.dumps(r.provenance))
     figs = r.figure()
-    assert len(figs) == 2
+    assert len(figs) == 3  # layer curve with CI band, layer x position, layer x head
+    assert back.concept_set == r.concept_set == "pairs" and back.params == json.loads(json.dumps(r.params))
     html = r.to_html(tmp_path / "x.html")
     assert "<script" in html and len(html) > 1_000_000  # plotly.js inlined
     assert len(r.to_frame()) == r.values.size
@@ -253,8 +283,8 @@ def test_attribution_patching(tiny):
     exact = patch(tiny, pairs, site="resid_pre", positions="all", progress=False)
     # positions before the first differing token: activations identical, estimate exactly 0
     np.testing.assert_allclose(attr.values[0, :, :7, 0], 0.0, atol=1e-6)
-    assert attr.extra["correlation_with_exact"] > 0.5
-    for v in attr.extra["verified"]:
+    assert attr.diagnostics["correlation_with_exact"] > 0.5
+    for v in attr.diagnostics["verified"]:
         li, j = attr.layers.index(v["layer"]), attr.positions.index(v["position"])
         assert abs(v["exact"] - exact.mean[li, j, 0]) < 1e-5
     # linear: the all-at-once estimate is the sum of the per-position estimates
@@ -337,9 +367,11 @@ def test_path_patching_to_logits_at_last_layer_equals_plain_patch(tiny64):
 
 
 def test_hook_helpers_exported():
+    from medinterp.hooks import patch_hook
+
     assert pm.site_hook_name("mlp_out", 2) == "blocks.2.hook_mlp_out"
     clean = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
-    hook = pm.make_patch_hook(clean, torch.tensor([1, 0]), torch.tensor([[True, False, False], [False, False, True]]))
+    hook = patch_hook(clean, torch.tensor([[True, False, False], [False, False, True]]), rows=torch.tensor([1, 0]))
     out = hook(torch.full((2, 3, 2), -1.0))
     assert out[0, 0].tolist() == clean[1, 0].tolist() and out[1, 2].tolist() == clean[0, 2].tolist()
     assert (out[0, 1:] == -1).all() and (out[1, :2] == -1).all()
@@ -379,3 +411,142 @@ def test_prefix_cache_reuse_is_exact(gemma_like, site, positions):
     a = patch(gemma_like, pairs, site=site, positions=positions, metric="logit_diff", progress=False, prefix_cache=True)
     b = patch(gemma_like, pairs, site=site, positions=positions, metric="logit_diff", progress=False, prefix_cache=False)
     np.testing.assert_allclose(a.values, b.values, atol=1e-9, rtol=0)
+
+
+# ----------------------------------------------------------------------------- one pair rule, one reader
+NINE = [  # the 9 user pairs of issue 14: only the first two are usable
+    (CLEAN, CORR, " angina", " pneumonia"),
+    PAIR2,
+    (CLEAN, "A man has", " angina", " pneumonia"),  # unequal length
+    (CLEAN, CORR, " angina pectoris", " pneumonia"),  # multi-token answer
+    (CLEAN, CORR, " zzqx", " pneumonia"),  # unknown token
+    ("The patient has chest", "The patient has fever", "pain", "cough"),  # not the real next token
+    (CLEAN, CORR, " angina", " angina"),  # identical answers
+    (CLEAN, CORR, " angina", " pneumonia"),  # duplicate of the first
+    (CLEAN, CLEAN, " angina", " pneumonia"),  # identical prompts
+]
+REASONS = ["unequal length", "multi-token answer", "unknown token", "answer not the next token", "identical answers",
+           "duplicate: the same pair (prompts and answers) as line", "identical prompts"]
+
+
+def _write_formats(tmp_path):
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([list(COLUMNS)] + [list(r) for r in NINE])
+    plain = tmp_path / "nine_plain.csv"
+    plain.write_text(buf.getvalue())
+    hashed = tmp_path / "nine.csv"
+    hashed.write_text("# name: nine\n# kind: pairs\n# version: '1'\n" + buf.getvalue())
+    jsonl = tmp_path / "nine.jsonl"
+    jsonl.write_text("".join(json.dumps(dict(zip(COLUMNS, r))) + "\n" for r in NINE))
+    yml = tmp_path / "nine.yaml"
+    yml.write_text("name: nine\nkind: pairs\nversion: '1'\npairs:\n" +
+                   "".join(f"  - {json.dumps(dict(zip(COLUMNS, r)))}\n" for r in NINE))
+    return [plain, hashed, jsonl, yml]
+
+
+def test_check_and_patch_keep_the_same_pairs_in_every_format(tiny, tmp_path):
+    from medinterp.concepts import load_concepts
+
+    for f in _write_formats(tmp_path):
+        chk = load_concepts(f).check(tiny)
+        res = patch(tiny, f, on_bad="drop", progress=False)
+        kept = [(p["clean"], p["corrupted"], p["clean_answer"], p["corrupted_answer"]) for p in res.pairs]
+        assert kept == [(p.clean, p.corrupted, p.clean_answer, p.corrupted_answer) for p in chk.valid] == NINE[:2], f
+        assert len(res.dropped) == chk.n_dropped == 7
+        for want, d in zip(REASONS, res.dropped):
+            assert want in d["reason"], (f, d)
+        assert res.dropped[5]["reason"].endswith(f"as line {chk.valid[0].line}")  # the line of the first copy
+        assert [d["row"] for d in res.dropped] == [f"{f.name}:{p.line}" for p, _ in chk.dropped]
+    listed = patch(tiny, NINE, on_bad="drop", progress=False)  # the API with a list: the same rule
+    assert [p["row"] for p in listed.pairs] == [0, 1] and "as pair 0" in listed.dropped[5]["reason"]
+    with pytest.raises(MedinterpError, match=r"bad pair \(row 2\): unequal length.*\(and 6 more\)"):
+        patch(tiny, NINE, progress=False)
+
+
+def test_heads_on_a_site_without_heads_is_an_error(tiny):
+    with pytest.raises(MedinterpError, match="site 'resid_pre' has no heads"):
+        patch(tiny, [PAIR], site="resid_pre", heads=[1], progress=False)
+    with pytest.raises(MedinterpError, match="has no heads"):
+        attribution_patch(tiny, [PAIR], site="mlp_out", heads=[0], progress=False)
+    with pytest.raises(MedinterpError, match="has no heads"):
+        path_patch(tiny, [PAIR], sender_site="attn_out", heads=[0], progress=False)
+    r = patch(tiny, [PAIR], site="head_out", heads=[1, 3], progress=False)  # alias of z: heads apply
+    assert r.site == "z" and r.heads == [1, 3] and r.values.shape[-1] == 2
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"site": "resid"}, None),
+    ({"site": "nonsense"}, "unknown patching site 'nonsense'"),
+    ({"site": "resid_pre", "heads": [0]}, "no heads"),
+    ({"positions": "first"}, "positions must be one of"),
+    ({"positions": ["a"]}, "positions must be one of"),
+    ({"metric": "kl"}, "unknown metric 'kl'"),
+    ({"method": "attribution", "metric": "logit_diff"}, "supports only metric 'P'"),
+    ({"method": "fast"}, "method 'fast'"),
+    ({"on_bad": "skip"}, "on_bad must be"),
+    ({"min_denominator": -1.0}, "min_denominator"),
+    ({"site": "z", "heads": [-1]}, "heads must be >= 0"),
+])
+def test_validate_patch_params(kw, match):
+    if match is None:
+        assert pm.validate_patch_params(**kw) == "resid_pre"
+    else:
+        with pytest.raises(MedinterpError, match=match):
+            pm.validate_patch_params(**kw)
+
+
+def test_cli_checks_options_and_pairs_before_loading_the_model(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import medinterp.cli.patch  # noqa: F401  (registers the command)
+    import medinterp.models
+    from medinterp.cli.app import app
+
+    def no_model(spec, **kw):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(medinterp.models, "load_model", no_model)
+    f = tmp_path / "p.csv"
+    f.write_text("clean,corrupted,clean_answer,corrupted_answer\n" + f"{CLEAN},{CORR}, angina, pneumonia\n")
+    base = ["patch", "--model", "tiny", "--out", str(tmp_path / "o"), "--no-progress"]
+    for extra, want in ((["--pairs", str(f), "--heads", "1"], "no heads"),
+                        (["--pairs", str(f), "--site", "zz"], "unknown patching site"),
+                        (["--pairs", str(f), "--method", "attribution", "--metric", "logprob"], "only metric 'P'"),
+                        (["--pairs", str(tmp_path / "missing.csv")], "no such file")):
+        r = CliRunner().invoke(app, base + extra)
+        assert r.exit_code != 0 and isinstance(r.exception, MedinterpError) and want in str(r.exception), (extra, r.exception)
+
+
+def test_result_contract_fields_label_summary(tiny):
+    from medinterp.concepts import load_concepts
+    from medinterp.techniques import REGISTRY, Family
+
+    r = patch(tiny, [PAIR, PAIR2], site="resid_pre", positions="all", progress=False, n_boot=50, seed=1)
+    assert r.curve_label == "P after patching resid_pre at the last position"
+    assert isinstance(r.summary(), str) and "2 pairs kept" in r.summary()
+    assert r.params["n_boot"] == 50 and r.params["site"] == "resid_pre" and r.timings["sweep"] > 0
+    assert PatchingResult._legacy_fields == {"extra": "diagnostics"}
+    z = patch(tiny, [PAIR], site="z", positions="span", progress=False)
+    assert z.curve_label == "P after patching z at the differing tokens, max over heads"
+    a = attribution_patch(tiny, [PAIR], site="mlp_out", positions="all_at_once", progress=False)
+    assert a.curve_label == "P (attribution estimate) after patching mlp_out at all positions at once"
+    # the map's run: the first max_pairs rows of the family's pair set, concept_set = the set's name
+    res = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=3, n_boot=20,
+                                   progress=False)
+    first3 = load_concepts("diagnosis_pairs").pairs[:3]
+    assert res.concept_set == "diagnosis_pairs" and len(res.pairs) + len(res.dropped) == 3
+    assert sorted(p["clean"] for p in res.pairs + res.dropped) == sorted(p.clean for p in first3)
+
+
+def test_one_site_vocabulary_feeds_hooks_and_activations():
+    from medinterp import activations, hooks, sites
+
+    assert sites.hook_name("pattern", 1) == "blocks.1.attn.hook_pattern" and sites.canonical("head") == "z"
+    assert hooks.sublayer_hook_name(3, "attn") == sites.hook_name("attn_out", 3) == "blocks.3.hook_attn_out"
+    assert activations.SHORT_SITES == sites.RESID_SITES == ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+    assert pm.SITES is sites.SITES and set(sites.HEAD_SITES) == {"z", "q", "k", "v", "pattern"}
+    with pytest.raises(MedinterpError, match="unknown site 'embed'"):
+        sites.hook_name("embed", 0)

@@ -1,0 +1,118 @@
+"""Activation patching (METHOD.md §4): exact layer × position × head sweeps, path and attribution patching.
+
+Three entry points, all returning a :class:`PatchingResult`:
+
+* :func:`patch` -- exact activation patching (:mod:`.engine`). Clean activations are written into the
+  corrupted run at one site (residual stream, attention / MLP output, one head's z / q / k / v /
+  pattern; the site vocabulary is :mod:`medinterp.sites`), one cell at a time, and the metric is
+  read at the last position. Numbers equal TransformerLens's ``transformer_lens.patching``
+  functions; the engine batches cells, starts at the patched layer, reuses the unpatched prefix and
+  unembeds only the answer columns.
+* :func:`path_patch` -- path patching from a sender component to chosen receivers (IOI style, :mod:`.path`).
+* :func:`attribution_patch` -- the first-order (gradient) approximation of a whole sweep in one
+  forward + backward pass, optionally verified exactly on its top-k cells (:mod:`.attribution`).
+
+Pairs are :class:`medinterp.concepts.PromptPair` and pass the one pair rule of
+:meth:`medinterp.concepts.PairSet.check` (the same rule ``medinterp concepts check`` applies).
+
+Metric (default ``"P"``): ``P = (LD_patched − LD_corrupted) / (LD_clean − LD_corrupted)`` with
+``LD = logit(clean answer) − logit(corrupted answer)`` at the last position. Pairs whose
+denominator is smaller than ``min_denominator`` are reported in ``excluded`` and left out of the
+mean. ``"logit_diff"`` gives the raw LD, ``"logprob"`` the log-probability of the clean answer
+(full log-softmax), and any callable ``f(logits [rows, d_vocab], clean_ids [rows],
+corrupted_ids [rows]) -> [rows]`` is accepted.
+
+Example:
+    >>> from medinterp.testing import tiny_model
+    >>> res = patch(tiny_model(n_layers=2), [("a man with chest pain has", "a man with cough pain has",
+    ...                                       " angina", " pneumonia")], site="resid_pre", progress=False)
+    >>> res.mean.shape, res.curve_label  # [layer, position, head]
+    ((2, 1, 1), 'P after patching resid_pre at the last position')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from medinterp.concepts import PairSet
+from medinterp.errors import MedinterpError
+from medinterp.sites import SITES
+from medinterp.sites import hook_name as site_hook_name
+from medinterp.techniques.base import Technique
+from medinterp.techniques.patching.attribution import attribution_patch
+from medinterp.techniques.patching.common import (
+    correlation,
+    last_position_logits,
+    pair_set,
+    prepare_pairs,
+    validate_patch_params,
+)
+from medinterp.techniques.patching.engine import patch
+from medinterp.techniques.patching.path import make_freeze_hook, path_patch
+from medinterp.techniques.patching.result import PatchingResult
+
+__all__ = [
+    "PatchingResult",
+    "patch",
+    "path_patch",
+    "attribution_patch",
+    "pair_set",
+    "prepare_pairs",
+    "validate_patch_params",
+    "SITES",
+    "site_hook_name",
+    "make_freeze_hook",
+    "last_position_logits",
+    "correlation",
+    "attention_view_data",
+    "TECHNIQUE",
+]
+
+
+def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any) -> PatchingResult:
+    """The map's run: resid_pre at the last position over the family's pair set (invalid pairs dropped);
+    ``max_pairs`` keeps the first N rows of the file (before the pair rule drops any)."""
+    params = {"site": "resid_pre", "positions": "last", "on_bad": "drop", **params}
+    max_pairs = params.pop("max_pairs", None)
+    ps = pair_set(family.pairs)
+    if max_pairs is not None:
+        ps = PairSet(ps.name, ps.version, ps.description, list(ps.pairs)[: int(max_pairs)], ps.columns,
+                     ps.provenance, ps.path)
+    return patch(model, ps, progress=progress, **params)
+
+
+def attention_view_data(model: Any, res: PatchingResult) -> dict[str, Any]:
+    """All heads of the block ``l`` maximising ``curve[l+1] - curve[l]`` (resid_pre patching: the block
+    whose output carries the clean answer to the last position), on the first clean prompt."""
+    curve = np.asarray(res.layer_curve(), float)
+    if len(curve) < 2 or not np.all(np.isfinite(curve)):
+        raise MedinterpError("attention view: no usable patching curve (fewer than 2 layers or non-finite values)")
+    layer = int(np.argmax(np.diff(curve)))
+    pair = res.pairs[0]
+    if not isinstance(pair, dict) or not isinstance(pair.get("clean"), str):
+        raise MedinterpError("attention view: expected the result's first pair as a dict with a 'clean' prompt text")
+    prompt = pair["clean"]
+    name = f"blocks.{layer}.attn.hook_pattern"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompt, names_filter=lambda n: n == name)
+    att = cache[name][0].float().cpu().numpy()
+    return {"attention": {"tokens": model.to_str_tokens(prompt), "attention": att.round(4).tolist(),
+                          "head_names": [f"L{layer}H{h}" for h in range(att.shape[0])], "prompt": prompt,
+                          "layer": layer}}
+
+
+TECHNIQUE = Technique(
+    name="patching",
+    run_fn=_run_family,
+    presets={
+        # resid_pre at the last position, every valid pair of the family's pair set
+        "full": {"n_boot": 300},
+        "quick": {"max_pairs": 6, "n_boot": 100},
+    },
+    needs=("pairs",),
+    extras=attention_view_data,
+    description="activation patching of clean into corrupted runs (normalised logit difference)",
+)

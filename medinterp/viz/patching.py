@@ -1,0 +1,49 @@
+"""Figures of a :class:`~medinterp.techniques.patching.PatchingResult` (registered as the ``patching`` renderer).
+
+1. the layer curve with its bootstrap CI band (:func:`medinterp.viz.curves.layer_curve_figure`);
+2. a layer × position heatmap (max over heads for head sites) when there is more than one position
+   column or no head axis;
+3. for head sites, a layer × head heatmap at the last position column.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medinterp.techniques.base import register_renderer
+from medinterp.viz.curves import layer_curve_figure
+
+
+def patching_figures(result: Any, **_: Any) -> list:
+    """The figures of a patching result (see the module docstring)."""
+    import plotly.graph_objects as go
+
+    mean = np.asarray(result.mean, dtype=float)
+    ylab = [str(l) for l in result.layers]
+    xlab = result.position_tokens or result.positions
+    n_inc = int(np.sum(result.included)) if result.included is not None else 0
+    title = f"{result.method} patching: {result.site}, metric {result.metric}, {n_inc} pairs"
+    lo, hi = result.layer_curve_ci()
+    curve = layer_curve_figure({result.metric: (result.layer_curve(), lo, hi)}, title=f"{title}: {result.curve_label}",
+                               y_title=result.metric, x=list(result.layers))
+    figs = [curve]
+    if mean.shape[1] > 1 or mean.shape[2] == 1:
+        z = mean[:, :, 0] if mean.shape[2] == 1 else np.nanmax(mean, axis=2)
+        figs.append(go.Figure(
+            go.Heatmap(z=z, x=[f"{i}|{t}" for i, t in enumerate(xlab)], y=ylab, colorscale="RdBu", zmid=0.0,
+                       colorbar={"title": result.metric}, hovertemplate="layer %{y}<br>%{x}<br>%{z:.4f}<extra></extra>"),
+            layout={"title": title + ("" if mean.shape[2] == 1 else " (max over heads)"),
+                    "xaxis": {"title": "position"}, "yaxis": {"title": "layer"}, "height": 300 + 18 * len(ylab)}))
+    if mean.shape[2] > 1:
+        j = result.pos_index("last")
+        figs.append(go.Figure(
+            go.Heatmap(z=mean[:, j, :], x=[f"head {h}" for h in result.heads], y=ylab, colorscale="RdBu", zmid=0.0,
+                       colorbar={"title": result.metric}, hovertemplate="layer %{y}<br>%{x}<br>%{z:.4f}<extra></extra>"),
+            layout={"title": f"{title}, position {xlab[j]}", "xaxis": {"title": "head"}, "yaxis": {"title": "layer"},
+                    "height": 300 + 18 * len(ylab)}))
+    return figs
+
+
+register_renderer("patching", patching_figures)
