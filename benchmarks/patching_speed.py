@@ -185,7 +185,7 @@ def main() -> None:
         "attribution_correlation_per_pair": round(correlation(attr.values, res.values), 4),
         "attribution_correlation_mean": round(correlation(attr.mean, res.mean), 4),
         "layer_curve_last_pos": np.round(res.layer_curve(), 3).tolist(),
-        "engine": res.extra.get("engine"),
+        "engine": res.diagnostics.get("engine"),
     }
     print(json.dumps(summary, indent=2))
     if args.out:
