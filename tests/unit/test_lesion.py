@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import medinterp.viz  # noqa: F401  (registers the figure renderers)
 from medinterp.errors import MedinterpError
 from medinterp.hooks import (
     compute_means,
@@ -186,7 +187,7 @@ def test_span_target_reads_before_the_item(rot):
     items, labels, _ = items_from_inputs(rot, [p])
     it = items[0]
     ctx = rot.to_tokens("The patient takes")[0]
-    assert it.read_pos == ctx.shape[0] - 1 and it.target_start == ctx.shape[0]
+    assert it.read_pos == ctx.shape[0] - 1 and it.n_context == ctx.shape[0]
     assert it.tokens.tolist() == rot.to_tokens("The patient takes aspirin")[0].tolist()
     assert labels == {"item": ["aspirin"], "specialty": ["cardiology"]}
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import medinterp.viz  # noqa: F401  (registers the figure renderers)
 from medinterp.errors import MedinterpError
 from medinterp.results import Result
 from medinterp.techniques.saliency import (
@@ -48,6 +49,7 @@ def model():
 
 def _full_loss(model, tokens: torch.Tensor, n_context: int) -> torch.Tensor:
     """Independent reference: full forward, all logits, -Σ log p of the target tokens."""
+    tokens = tokens.reshape(1, -1)
     logp = torch.log_softmax(model(tokens), dim=-1)[0]
     tgt = tokens[0, n_context:]
     return -logp[torch.arange(n_context - 1, tokens.shape[1] - 1), tgt].sum()
@@ -161,7 +163,7 @@ def test_span_target_scores_the_item_given_the_text_before_it(model):
 
 def test_multi_token_target_is_the_sum_of_token_log_probs(model):
     t = build_target(model, "the dose of metformin is", "500 mg daily")
-    assert t.tokens.shape[1] - t.n_context == 3
+    assert len(t.target_ids) == 3 and t.tokens.shape[0] - t.n_context == 3
     res = saliency(model, [("the dose of metformin is", "500 mg daily")], progress=False, n_boot=10)
     with torch.no_grad():
         assert res.loss[0] == pytest.approx(float(_full_loss(model, t.tokens, t.n_context)), rel=1e-5)
@@ -199,7 +201,7 @@ def test_table_and_ci_bracket_the_mean(model):
     a, m = res.layer_curve("grad", "attn"), res.layer_curve("grad", "mlp")
     assert np.all(cur >= np.minimum(a, m) - 1e-12) and np.all(cur <= np.maximum(a, m) + 1e-12)
     assert res.top_layers(1)[0] == int(np.argmax(cur))
-    assert res.memory["peak_rss_delta_mb"] >= 0 and res.timing["seconds_per_prompt"] > 0
+    assert res.memory["peak_rss_delta_mb"] >= 0 and res.timings["seconds_per_prompt"] > 0
 
 
 def test_params_all_adds_biases_and_norms(model):
@@ -252,7 +254,7 @@ def test_fast_outer_never_materialises_the_vocab_gradients(model):
         sal._Accumulator.add = orig
     assert all(ok for _, _, ok in seen)
     shapes = {n: s for n, s, _ in seen}
-    n_rows = len(set(build_target(model, *PROMPTS[0]).tokens[0].tolist()))
+    n_rows = len(set(build_target(model, *PROMPTS[0]).tokens.tolist()))
     assert shapes["embed.W_E"] == (n_rows, model.cfg.d_model)  # only the prompt's token rows
     assert sum(s[0] for n, s, _ in seen if n == "unembed.W_U") == model.cfg.d_model  # in row blocks
 
