@@ -10,7 +10,7 @@ Example:
     >>> targets[0].target, targets[0].predict_positions
     (' aspirin', [3])
     >>> subsample(["a", "b", "c"], {"x": [1, 2, 3]}, max_prompts=2, seed=0, technique="demo")
-    (['a', 'c'], {'x': [1, 3]})
+    (['b', 'c'], {'x': [2, 3]})
 """
 
 from __future__ import annotations

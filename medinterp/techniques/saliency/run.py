@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
+from medinterp.errors import MedinterpError
 from medinterp.prompt_inputs import parse_prompt_inputs, subsample
 from medinterp.readout import Target, make_target
 from medinterp.results import make_provenance
@@ -100,8 +101,6 @@ def saliency(
         >>> res = saliency(model, "drugs", max_prompts=20)          # doctest: +SKIP
         >>> res.layer_curve("grad")                                 # doctest: +SKIP
     """
-    from medinterp.errors import MedinterpError
-
     if checkpoint_every < 1:
         raise MedinterpError(f"saliency: checkpoint_every={checkpoint_every}; expected a positive number")
     targets, labels, set_name = targets_from_inputs(model, concepts_or_prompts)
