@@ -1,4 +1,5 @@
-"""The one readout: residual stream → logits at chosen positions (final norm, unembedding, soft-cap).
+"""The one readout: residual stream → logits at chosen positions (final norm, unembedding, soft-cap),
+and the one :class:`Target` (what is scored and where it is read) of saliency and lesioning.
 
 Every technique that scores tokens (saliency, lesion, patching) reads logits through
 :func:`unembed_at`, so the final norm, the unembedding and Gemma's logit soft-cap are applied in one
@@ -18,11 +19,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from medinterp.errors import MedinterpError
 
 
 def final_logits(
@@ -94,3 +98,127 @@ def unembed_at(
     r = torch.arange(B, device=resid.device).repeat_interleave(k)
     out = final_logits(model, resid[r, positions.reshape(-1)], token_ids, on_unembed)
     return out.reshape(B, k, -1)
+
+
+# ============================================================================ what is scored, where it is read
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One prompt resolved to tokens: what is scored and which positions read it.
+
+    Saliency and lesioning both score ``log p(target tokens | preceding tokens)`` (teacher-forced) and
+    build their targets with :func:`make_target`, so a prompt means the same thing to both.
+
+    Attributes:
+        text: the prompt as given (for a span prompt, the whole text).
+        tokens: ``[T]`` context tokens (with the model's BOS rule) followed by the target tokens.
+        n_context: number of context tokens; tokens ``n_context..T-1`` are scored.
+        read_pos: the position whose next-token distribution lesioning compares (KL, top-1) and where
+            greedy continuations start: the last context token for an answer or a span, the last
+            token for a plain string.
+        target: the scored target as text (e.g. ``" aspirin"``).
+    """
+
+    text: str
+    tokens: Int[Tensor, "T"]
+    n_context: int
+    read_pos: int
+    target: str
+
+    @property
+    def predict_positions(self) -> list[int]:
+        """Positions whose logits predict the target tokens (``n_context - 1 .. T - 2``)."""
+        return list(range(self.n_context - 1, int(self.tokens.shape[0]) - 1))
+
+    @property
+    def target_ids(self) -> Int[Tensor, "n_target"]:
+        """The scored token ids (``tokens[n_context:]``)."""
+        return self.tokens[self.n_context :]
+
+    @property
+    def context(self) -> Int[Tensor, "n"]:
+        """The tokens up to and including the read position (a continuation's prompt)."""
+        return self.tokens[: self.read_pos + 1]
+
+    def content_hash(self) -> dict[str, Any]:
+        """What identifies this target's numbers (used by :func:`medinterp.store.fingerprint`)."""
+        return {"tokens": self.tokens.tolist(), "n_context": self.n_context, "read_pos": self.read_pos,
+                "text": self.text, "target": self.target}
+
+
+def tokens_of(model: Any, text: str, bos: bool) -> Int[Tensor, "T"]:
+    """``text`` as 1-D token ids (BOS by the model's rule when ``bos``); empty text gives BOS or nothing."""
+    if text == "":
+        tok = getattr(model, "tokenizer", None)
+        if bos and model.cfg.default_prepend_bos and tok is not None and tok.bos_token_id is not None:
+            return torch.tensor([tok.bos_token_id], dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long)
+    return model.to_tokens(text, prepend_bos=bos, move_to_device=False)[0].cpu()
+
+
+def _check_len(model: Any, tokens: Tensor, where: str) -> None:
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and tokens.shape[0] > n_ctx:
+        raise MedinterpError(f"{where}: {tokens.shape[0]} tokens exceed the model's context of {n_ctx}")
+
+
+def make_target(
+    model: Any,
+    text: str,
+    answer: str | None = None,
+    span: Sequence[int] | None = None,
+    *,
+    where: str = "prompt",
+) -> Target:
+    """THE constructor of a :class:`Target`: an answer, the item's own tokens, or a plain string's own LM loss.
+
+    * ``answer`` given: the context is ``text``, the target ``answer`` (a space is put in front when
+      neither ``text`` ends nor ``answer`` starts with whitespace, as sentencepiece tokenizers give a
+      word with and without its leading space different tokens); read at the last context token.
+    * ``span=(start, end)`` (character offsets of the item in ``text``): the context is the text before
+      the item (trailing whitespace moved onto the item), the target the item; read before the item.
+    * neither: ``text``'s own tokens after the first are scored; read at its last token.
+
+    Raises:
+        MedinterpError: empty answer, a span outside the text, a target that tokenizes to nothing, no
+            context token to predict the first target token from, or too many tokens.
+    """
+    if answer is not None:
+        return _with_answer(model, text, answer, where=where, original=text)
+    if span is not None:
+        try:
+            start, end = int(span[0]), int(span[1])
+        except (TypeError, ValueError, IndexError):
+            raise MedinterpError(f"{where}: span {span!r} is not a (start, end) pair of character offsets") from None
+        if not (0 <= start < end <= len(text)):
+            raise MedinterpError(f"{where}: span ({start}, {end}) is outside the text of length {len(text)}")
+        prefix = text[:start]
+        stripped = prefix.rstrip()
+        item = prefix[len(stripped):] + text[start:end]  # keep the whitespace before the item with it
+        return _with_answer(model, stripped, item, where=where, original=text)
+    toks = tokens_of(model, text, bos=True)
+    if toks.shape[0] < 2:
+        raise MedinterpError(f"{where} ({text!r}): needs at least 2 tokens to score its own text")
+    _check_len(model, toks, where)
+    return Target(text=text, tokens=toks, n_context=1, read_pos=int(toks.shape[0]) - 1, target=text)
+
+
+def _with_answer(model: Any, text: str, target: str, *, where: str, original: str) -> Target:
+    if not isinstance(target, str) or target.strip() == "":
+        raise MedinterpError(f"{where}: the target answer is empty; expected a non-empty string")
+    if text and not text[-1].isspace() and not target[0].isspace():
+        target = " " + target
+    ctx = tokens_of(model, text, bos=True)
+    tgt = tokens_of(model, target, bos=False)
+    if tgt.shape[0] == 0:
+        raise MedinterpError(f"{where}: target {target!r} tokenizes to no tokens")
+    if ctx.shape[0] == 0:
+        # No BOS and no context: the first target token has nothing to be predicted from.
+        ctx, tgt = tgt[:1], tgt[1:]
+        if tgt.shape[0] == 0:
+            raise MedinterpError(
+                f"{where}: target {target!r} is a single token at the start of the text and the model "
+                "prepends no BOS, so nothing predicts it; give the prompt some context")
+    tokens = torch.cat([ctx, tgt])
+    _check_len(model, tokens, where)
+    n = int(ctx.shape[0])
+    return Target(text=original, tokens=tokens, n_context=n, read_pos=n - 1, target=target)

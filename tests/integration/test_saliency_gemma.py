@@ -29,8 +29,8 @@ def test_gemma_drug_saliency_end_to_end_and_equal_to_plain_grad(gemma, tmp_path)
     # The targeted loss equals the full forward's, and the numbers equal a plain .grad read.
     t = build_target(gemma, chosen[0].text, chosen[0].answer)
     with torch.no_grad():
-        logp = torch.log_softmax(gemma(t.tokens), dim=-1)[0]
-        full = -logp[t.predict_positions, t.tokens[0, t.n_context :]].sum()
+        logp = torch.log_softmax(gemma(t.tokens[None]), dim=-1)[0]
+        full = -logp[t.predict_positions, t.target_ids].sum()
     assert res.loss[0] == pytest.approx(float(full), rel=1e-4)
     groups = parameter_groups(gemma)
     named = dict(gemma.named_parameters())

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import medinterp.viz  # noqa: F401  (registers the figure renderers)
 from medinterp.errors import MedinterpError
 from medinterp.hooks import (
     compute_means,
@@ -186,7 +187,7 @@ def test_span_target_reads_before_the_item(rot):
     items, labels, _ = items_from_inputs(rot, [p])
     it = items[0]
     ctx = rot.to_tokens("The patient takes")[0]
-    assert it.read_pos == ctx.shape[0] - 1 and it.target_start == ctx.shape[0]
+    assert it.read_pos == ctx.shape[0] - 1 and it.n_context == ctx.shape[0]
     assert it.tokens.tolist() == rot.to_tokens("The patient takes aspirin")[0].tolist()
     assert labels == {"item": ["aspirin"], "specialty": ["cardiology"]}
 
@@ -323,3 +324,84 @@ def test_cli_lesion(monkeypatch, tmp_path):
     assert "top blocks by kl" in r.output
     bad = CliRunner().invoke(app, ["lesion", "-c", "drugs", "-o", str(out), "--modes", "skip,cut"])
     assert bad.exit_code != 0 and isinstance(bad.exception, MedinterpError)
+
+
+# ---------------------------------------------------------------------------------------- metric direction, checkpoints
+def test_metrics_equal_a_hand_computed_kl_and_logp_drop(rot):
+    """KL(intact ‖ lesioned) and log p_intact − log p_lesioned, by hand from the plain model: a
+    reversed KL or a flipped sign of the drop fails here."""
+    ctx, ans = "A 45 - year - old man with chest pain on exertion most likely has", " angina daily"
+    res = lesion(rot, [(ctx, ans)], modes=["skip"], n_continuations=0, n_boot=10, progress=False)
+    c, a = rot.to_tokens(ctx), rot.to_tokens(ans, prepend_bos=False)
+    toks = torch.cat([c, a], 1)
+    read = c.shape[1] - 1
+    with torch.no_grad():
+        intact = rot(toks)[0].double()
+        _, cache = rot.run_with_cache(toks)
+        n_reversed = 0
+        for l in range(rot.cfg.n_layers):
+            x = cache[f"blocks.{l}.hook_resid_pre"]
+            for block in rot.blocks[l + 1:]:  # block l removed: resid_post[l] = resid_pre[l]
+                x = block(x)
+            lesioned = rot.unembed(rot.ln_final(x))[0].double()
+            lp, lq = torch.log_softmax(intact, -1), torch.log_softmax(lesioned, -1)
+            kl = float((lp[read].exp() * (lp[read] - lq[read])).sum())
+            kl_rev = float((lq[read].exp() * (lq[read] - lp[read])).sum())
+            pos = torch.arange(read, toks.shape[1] - 1)
+            drop = float(lp[pos, toks[0, read + 1:]].sum() - lq[pos, toks[0, read + 1:]].sum())
+            agree = float(lp[read].argmax() == lq[read].argmax())
+            np.testing.assert_allclose(res.metrics[0, 0, l], [kl, drop, agree], rtol=1e-4, atol=1e-5)
+            assert abs(drop) > 1e-3  # a flipped sign would be caught
+            n_reversed += abs(kl - kl_rev) > 1e-3
+    assert n_reversed >= rot.cfg.n_layers - 1  # a reversed KL would be caught
+
+
+def test_checkpoint_resumes_an_interrupted_run_with_the_same_numbers(rot, tmp_path, monkeypatch):
+    from medinterp import store
+    from medinterp.techniques.lesion import run as les_run
+
+    kw = dict(modes=["skip", "mlp_mean"], n_continuations=0, batch_size=2, n_boot=30, progress=False)
+    ref = lesion(rot, PROMPTS, **kw)
+    calls = {"intact": 0, "save": 0}
+    orig_intact, orig_save = les_run.intact_run, store.Checkpoint.save
+
+    def counting_intact(*a, **k):
+        calls["intact"] += 1
+        return orig_intact(*a, **k)
+
+    def failing_save(self, key, **arrays):
+        orig_save(self, key, **arrays)
+        calls["save"] += 1
+        if calls["save"] == 2:
+            raise KeyboardInterrupt("stop after two batches")
+
+    monkeypatch.setattr(les_run, "intact_run", counting_intact)
+    monkeypatch.setattr(store.Checkpoint, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        lesion(rot, PROMPTS, checkpoint_dir=tmp_path / "ck", **kw)
+    assert calls["intact"] == 2
+    monkeypatch.setattr(store.Checkpoint, "save", orig_save)
+    calls["intact"] = 0
+    res = lesion(rot, PROMPTS, checkpoint_dir=tmp_path / "ck", **kw)
+    assert calls["intact"] == 1 and res.timings["prompts_resumed"] == 4  # 5 prompts, batches of 2
+    np.testing.assert_array_equal(res.metrics, ref.metrics)
+    np.testing.assert_array_equal(res.intact_logp, ref.intact_logp)
+    np.testing.assert_array_equal(res.table["kl_ci_low"].to_numpy(), ref.table["kl_ci_low"].to_numpy())
+    # changed inputs (one answer) or parameters (modes): the stale units are not used
+    calls["intact"] = 0
+    other = [PROMPTS[0], ("The patient takes", " insulin"), *PROMPTS[2:]]
+    res2 = lesion(rot, other, checkpoint_dir=tmp_path / "ck", **kw)
+    assert calls["intact"] == 3
+    np.testing.assert_array_equal(res2.metrics, lesion(rot, other, **kw).metrics)
+    calls["intact"] = 0
+    lesion(rot, other, checkpoint_dir=tmp_path / "ck", **{**kw, "modes": ["skip"]})
+    assert calls["intact"] == 3
+
+
+def test_result_fields_follow_the_contract(rot):
+    from medinterp.techniques.base import TechniqueResult
+
+    res = lesion(rot, PROMPTS[:2], modes=["skip"], n_continuations=0, n_boot=10, progress=False)
+    assert isinstance(res, TechniqueResult) and LesionResult._legacy_fields == {"timing": "timings"}
+    assert res.params["modes"] == ["skip"] and res.timings["total_s"] >= 0
+    assert "KL" in res.curve_label and isinstance(res.summary(), str)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import medinterp.viz  # noqa: F401  (registers the figure renderers)
 from medinterp.errors import MedinterpError
 from medinterp.results import Result
 from medinterp.techniques.saliency import (
@@ -48,6 +49,7 @@ def model():
 
 def _full_loss(model, tokens: torch.Tensor, n_context: int) -> torch.Tensor:
     """Independent reference: full forward, all logits, -Σ log p of the target tokens."""
+    tokens = tokens.reshape(1, -1)
     logp = torch.log_softmax(model(tokens), dim=-1)[0]
     tgt = tokens[0, n_context:]
     return -logp[torch.arange(n_context - 1, tokens.shape[1] - 1), tgt].sum()
@@ -161,7 +163,7 @@ def test_span_target_scores_the_item_given_the_text_before_it(model):
 
 def test_multi_token_target_is_the_sum_of_token_log_probs(model):
     t = build_target(model, "the dose of metformin is", "500 mg daily")
-    assert t.tokens.shape[1] - t.n_context == 3
+    assert len(t.target_ids) == 3 and t.tokens.shape[0] - t.n_context == 3
     res = saliency(model, [("the dose of metformin is", "500 mg daily")], progress=False, n_boot=10)
     with torch.no_grad():
         assert res.loss[0] == pytest.approx(float(_full_loss(model, t.tokens, t.n_context)), rel=1e-5)
@@ -199,7 +201,7 @@ def test_table_and_ci_bracket_the_mean(model):
     a, m = res.layer_curve("grad", "attn"), res.layer_curve("grad", "mlp")
     assert np.all(cur >= np.minimum(a, m) - 1e-12) and np.all(cur <= np.maximum(a, m) + 1e-12)
     assert res.top_layers(1)[0] == int(np.argmax(cur))
-    assert res.memory["peak_rss_delta_mb"] >= 0 and res.timing["seconds_per_prompt"] > 0
+    assert res.memory["peak_rss_delta_mb"] >= 0 and res.timings["seconds_per_prompt"] > 0
 
 
 def test_params_all_adds_biases_and_norms(model):
@@ -252,7 +254,7 @@ def test_fast_outer_never_materialises_the_vocab_gradients(model):
         sal._Accumulator.add = orig
     assert all(ok for _, _, ok in seen)
     shapes = {n: s for n, s, _ in seen}
-    n_rows = len(set(build_target(model, *PROMPTS[0]).tokens[0].tolist()))
+    n_rows = len(set(build_target(model, *PROMPTS[0]).tokens.tolist()))
     assert shapes["embed.W_E"] == (n_rows, model.cfg.d_model)  # only the prompt's token rows
     assert sum(s[0] for n, s, _ in seen if n == "unembed.W_U") == model.cfg.d_model  # in row blocks
 
@@ -290,3 +292,122 @@ def test_layer_curve_by_label(model):
     np.testing.assert_allclose(by["b"], res.values[1, :, 0, 1])
     with pytest.raises(MedinterpError, match="not in this result"):
         res.layer_curve_by("nope")
+
+
+# ---------------------------------------------------------------------------------------- Gemma-like, checkpoints
+def gemma_like(seed: int = 3, n_layers: int = 2, cap: float = 5.0):
+    """Tiny model with Gemma's structure: RMS norms, logit soft-cap, grouped-query attention
+    (``_W_K``/``_W_V`` shared by two heads each), rotary positions, gated MLP. Built here because
+    ``tiny_model`` fixes ``normalization_type="LN"``."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from medinterp.testing import word_tokenizer
+
+    tok = word_tokenizer()
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=64, n_heads=4, d_head=16, d_mlp=128, n_ctx=128, d_vocab=len(tok), act_fn="gelu",
+        normalization_type="RMS", seed=seed, default_prepend_bos=True, tokenizer_prepends_bos=True,
+        output_logits_soft_cap=cap, n_key_value_heads=2, positional_embedding_type="rotary", rotary_dim=16,
+        gated_mlp=True, model_name="tiny-gemma-like")
+    torch.manual_seed(seed)
+    m = HookedTransformer(cfg, tokenizer=tok, default_padding_side="right")
+    m.eval()
+    with torch.no_grad():
+        m.unembed.W_U.mul_(30.0)  # logits of several units: the soft-cap (5) bends them
+    return m
+
+
+def test_saliency_equals_plain_full_forward_grad_on_gemma_like_model():
+    """Against an independent reference: the model's own full forward (all logits, soft-cap applied
+    by TransformerLens), -Σ log p, .backward(), and every block weight found by name (not by
+    parameter_groups). Dropping a GQA weight (_W_K/_W_V) from the groups changes the numbers."""
+    m = gemma_like()
+    groups = parameter_groups(m)
+    for layer in range(m.cfg.n_layers):
+        for w in ("_W_K", "_W_V", "W_Q", "W_O"):
+            assert groups[f"blocks.{layer}.attn.{w}"] == ("attn", layer)
+        for w in ("W_in", "W_gate", "W_out"):
+            assert groups[f"blocks.{layer}.mlp.{w}"] == ("mlp", layer)
+    prompts = PROMPTS[:3]
+    res = saliency(m, prompts, progress=False, n_boot=20)
+    named = dict(m.named_parameters())
+    for i, (prompt, answer) in enumerate(prompts):
+        t = build_target(m, prompt, answer)
+        m.zero_grad(set_to_none=True)
+        logits = m(t.tokens[None])  # full forward, soft-capped by TransformerLens
+        with torch.no_grad():
+            raw = m.unembed(m.ln_final(m(t.tokens[None], stop_at_layer=m.cfg.n_layers)))
+            uncapped = -torch.log_softmax(raw[0], -1)[t.predict_positions, t.target_ids].sum()
+        loss = -torch.log_softmax(logits[0], -1)[t.predict_positions, t.target_ids].sum()
+        assert res.loss[i] == pytest.approx(float(loss), rel=1e-5)
+        assert abs(float(uncapped) - float(loss)) > 0.1 * float(loss)  # the cap matters here
+        loss.backward()
+        for layer in range(m.cfg.n_layers):
+            by_comp = {
+                comp: [n for n in named if n.startswith(f"blocks.{layer}.{comp}.")
+                       and n.split(".")[-1].lstrip("_").startswith("W_")]
+                for comp in ("attn", "mlp")
+            }
+            by_comp["combined"] = by_comp["attn"] + by_comp["mlp"]
+            assert f"blocks.{layer}.attn._W_K" in by_comp["attn"]
+            for c, comp in enumerate(COMPONENTS):
+                gs = torch.cat([named[n].grad.reshape(-1) for n in by_comp[comp]]).double()
+                ws = torch.cat([named[n].detach().reshape(-1) for n in by_comp[comp]]).double()
+                expect = [float(gs.abs().mean()), float((gs * ws).abs().mean()), float(gs.norm() / ws.norm())]
+                np.testing.assert_allclose(res.values[i, layer, c], expect, rtol=1e-4)
+    m.zero_grad(set_to_none=True)
+
+
+def test_checkpoint_resumes_an_interrupted_run_with_the_same_numbers(model, tmp_path, monkeypatch):
+    from medinterp import store
+    from medinterp.techniques.saliency import run as sal_run
+
+    prompts = PROMPTS + [("Asthma causes", "wheezing")]
+    kw = dict(progress=False, n_boot=30, checkpoint_every=2, track_memory=False)
+    ref = saliency(model, prompts, **kw)
+    calls = {"loss": 0, "save": 0}
+    orig_loss, orig_save = sal_run.target_loss, store.Checkpoint.save
+
+    def counting_loss(*a, **k):
+        calls["loss"] += 1
+        return orig_loss(*a, **k)
+
+    def failing_save(self, key, **arrays):
+        orig_save(self, key, **arrays)
+        calls["save"] += 1
+        if calls["save"] == 2:
+            raise KeyboardInterrupt("stop after two chunks")
+
+    monkeypatch.setattr(sal_run, "target_loss", counting_loss)
+    monkeypatch.setattr(store.Checkpoint, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        saliency(model, prompts, checkpoint_dir=tmp_path / "ck", **kw)
+    assert calls["loss"] == 4 and len(list((tmp_path / "ck").glob("unit_*"))) == 2
+    monkeypatch.setattr(store.Checkpoint, "save", orig_save)
+    calls["loss"] = 0
+    res = saliency(model, prompts, checkpoint_dir=tmp_path / "ck", **kw)
+    assert calls["loss"] == 1  # only the last chunk (one prompt) was computed
+    assert res.timings["prompts_resumed"] == 4
+    for f in ("values", "outer_values", "param_values", "loss"):
+        np.testing.assert_array_equal(getattr(res, f), getattr(ref, f))
+    pd_ref, pd_res = ref.table, res.table
+    np.testing.assert_array_equal(pd_res["ci_low"].to_numpy(), pd_ref["ci_low"].to_numpy())
+    # changed inputs: the stale units are not used
+    calls["loss"] = 0
+    other = [(p, "insulin") for p, _ in prompts]
+    res2 = saliency(model, other, checkpoint_dir=tmp_path / "ck", **kw)
+    assert calls["loss"] == len(other)
+    fresh = saliency(model, other, **kw)
+    np.testing.assert_array_equal(res2.values, fresh.values)
+    assert not np.array_equal(res2.values, ref.values)
+
+
+def test_result_fields_follow_the_contract(model):
+    from medinterp.techniques.base import TechniqueResult
+
+    res = saliency(model, PROMPTS[:2], progress=False, n_boot=10)
+    assert isinstance(res, TechniqueResult) and SaliencyResult._legacy_fields == {"timing": "timings"}
+    assert res.params["include_embed"] is True and res.timings["seconds"] >= 0
+    assert "∂" in res.curve_label and isinstance(res.summary(), str)
+    figs = res.figure()
+    assert len(figs) == len(VARIANTS) + 1 and "Weight saliency per block" in figs[0].layout.title.text

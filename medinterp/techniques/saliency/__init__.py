@@ -1,0 +1,61 @@
+"""Weight-gradient saliency per layer (METHOD.md §2).
+
+For every prompt with a target (the answer, or the item's own tokens), the loss is
+``L = -log p(target | prompt)`` (summed over the target's tokens, teacher-forced, one forward). One
+backward pass gives ``∂L/∂w`` for every weight; per block we report, over the block's attention weights,
+over its MLP weights and over both ("combined"):
+
+* ``grad``            mean |∂L/∂w|                 (the paper's statistic)
+* ``grad_x_weight``   mean |∂L/∂w · w|             (first-order effect of removing each weight)
+* ``grad_norm_ratio`` ‖∂L/∂w‖₂ / ‖w‖₂              (scale-free; norms over all weights of the group)
+
+Means are element-weighted: the sum over every weight of the group divided by their number. The
+embedding (``embed.W_E``, ``pos_embed.W_pos``) and unembedding (``unembed.W_U``) are reported separately.
+
+Memory: statistics are accumulated *while* the gradients arrive and each gradient is freed inside
+its hook, so the peak is one forward + backward (see :mod:`.engine`). Logits are read through
+:func:`medinterp.readout.final_logits` only at the positions that predict target tokens.
+
+Targets are :class:`medinterp.readout.Target` (shared with lesioning). Runs checkpoint per chunk of
+prompts and resume (``checkpoint_dir=``, see :mod:`.run`).
+
+Layout: ``engine`` (parameter groups, accumulator, gradient hooks, loss), ``result``
+(:class:`SaliencyResult`, :func:`aggregate_table`), ``run`` (:func:`saliency`, ``TECHNIQUE``).
+Figures: :mod:`medinterp.viz.saliency`.
+
+Exactness vs batching: ``|∂(ΣᵢLᵢ)/∂w|`` is not the mean of ``|∂Lᵢ/∂w|`` (signs cancel across prompts),
+so per-prompt statistics need one backward per prompt; that is what :func:`saliency` does. There is no
+batched variant.
+
+Example:
+    >>> from medinterp.testing import tiny_model                      # doctest: +SKIP
+    >>> res = saliency(tiny_model(), [("The patient takes", " aspirin")], progress=False)  # doctest: +SKIP
+    >>> res.layer_curve().shape                                          # doctest: +SKIP
+    (3,)
+"""
+
+
+from medinterp.readout import Target
+from medinterp.techniques.saliency.engine import (
+    COMPONENTS,
+    OUTER,
+    VARIANTS,
+    PeakRSS,
+    _Accumulator,
+    _grad_hooks,
+    parameter_groups,
+    target_loss,
+)
+from medinterp.techniques.saliency.result import SaliencyResult, aggregate_table
+from medinterp.techniques.saliency.run import (
+    TECHNIQUE,
+    SaliencyTarget,
+    build_target,
+    saliency,
+    targets_from_inputs,
+)
+
+__all__ = [
+    "COMPONENTS", "OUTER", "VARIANTS", "PeakRSS", "SaliencyResult", "SaliencyTarget", "TECHNIQUE", "Target",
+    "aggregate_table", "build_target", "parameter_groups", "saliency", "target_loss", "targets_from_inputs",
+]
