@@ -69,9 +69,9 @@ def run_bare(model, targets, targeted: bool) -> None:
         if targeted:
             loss = target_loss(model, t, "cpu")
         else:
-            logp = torch.log_softmax(model(t.tokens), dim=-1)[0]
+            logp = torch.log_softmax(model(t.tokens[None]), dim=-1)[0]
             pos = torch.tensor(t.predict_positions)
-            loss = -logp[pos, t.tokens[0, t.n_context :]].sum()
+            loss = -logp[pos, torch.as_tensor(t.target_ids)].sum()
         loss.backward()
 
 
