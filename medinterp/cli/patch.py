@@ -7,17 +7,9 @@ from pathlib import Path
 
 import typer
 
+from medinterp.cli._common import check_out_dir, int_list, load_model
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
-
-
-def _int_list(text: str | None, what: str) -> list[int] | None:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise MedinterpError(f"--{what} {text!r}: expected comma-separated integers, e.g. 0,3,5") from None
 
 
 @app.command("patch")
@@ -46,16 +38,13 @@ def patch_cmd(
     """
     import numpy as np
 
-    from medinterp.models import load_model
     from medinterp.techniques.patching import attribution_patch, patch
 
     if method not in ("exact", "attribution"):
         raise MedinterpError(f"--method {method!r}: expected 'exact' or 'attribution'")
-    if out.exists() and not out.is_dir():
-        raise MedinterpError(f"--out {out}: exists and is not a directory")
-    pos = positions if positions in ("all", "last", "span", "all_at_once") else _int_list(positions, "positions")
-    layer_list, head_list = _int_list(layers, "layers"), _int_list(heads, "heads")
-    typer.echo(f"loading model {model} ...")
+    check_out_dir(out)
+    pos = positions if positions in ("all", "last", "span", "all_at_once") else int_list(positions, "positions")
+    layer_list, head_list = int_list(layers, "layers"), int_list(heads, "heads")
     m = load_model(model, device=device)
     on_bad = "drop" if drop_bad else "raise"
     out.mkdir(parents=True, exist_ok=True)
