@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from medinterp.cli._common import check_out_dir, load_concept_set, load_model, write_result
+from medinterp.cli._common import check_out_dir, load_concept_set, load_model, positive, write_result
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
@@ -33,8 +33,7 @@ def saliency_cmd(
 
     if params not in ("weights", "all"):
         raise MedinterpError(f"--params {params!r}: expected 'weights' or 'all'")
-    if n_boot < 1:
-        raise MedinterpError(f"--n-boot {n_boot}: expected a positive number")
+    positive(n_boot=n_boot)
     check_out_dir(out)
     concept_set = load_concept_set(concepts)
     m = load_model(model, device=device)

@@ -99,14 +99,16 @@ def _technique_result_figures(km: "KnowledgeMap", technique: str, max_figs: int 
         if res is None and key in km.result_dirs and Path(km.result_dirs[key], "manifest.json").is_file():
             try:
                 res = Result.load(km.result_dirs[key])
-            except Exception as e:  # a stale or foreign dir: say so, keep the report
+            except Exception as e:  # noqa: BLE001 - a stale or foreign dir: logged and shown, the report stands
+                log.warning("report: %s: could not load saved result (%s: %s)", key, type(e).__name__, e)
                 divs.append(f"<p class='missing'>{escape(key)}: could not load saved result ({escape(e)})</p>")
                 continue
         if res is None:
             continue
         try:
             figs = res.figure()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - logged and shown in the report, the report stands
+            log.warning("report: %s: figure failed (%s: %s)", key, type(e).__name__, e)
             divs.append(f"<p class='missing'>{escape(key)}: figure failed ({escape(type(e).__name__)}: {escape(e)})</p>")
             continue
         if not isinstance(figs, (list, tuple)):
