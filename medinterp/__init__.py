@@ -1,7 +1,9 @@
 """medinterp: where a language model keeps and processes medical knowledge.
 
 The public API is imported lazily so that ``import medinterp`` stays fast (torch and
-TransformerLens load on first use).
+TransformerLens load on first use). The first access to any API name also imports
+:mod:`medinterp.maps` (which imports :mod:`medinterp.techniques`) and :mod:`medinterp.viz`, so every
+shipped result kind and renderer is registered: the top floor importing downwards.
 
 Example:
     >>> import medinterp as mi
@@ -32,18 +34,30 @@ _API = {
     "patch": "medinterp.techniques.patching",
     "path_patch": "medinterp.techniques.patching",
     "attribution_patch": "medinterp.techniques.patching",
+    "REGISTRY": "medinterp.techniques",
     "knowledge_map": "medinterp.maps",
     "KnowledgeMap": "medinterp.maps",
     "compare": "medinterp.maps",
+    "map_from_work_dir": "medinterp.maps",
     "Result": "medinterp.results",
     "MedinterpError": "medinterp.errors",
 }
 
+#: Imported on first API access so result kinds and renderers are registered.
+_FLOORS = ("medinterp.activations", "medinterp.maps", "medinterp.viz")
+
 __all__ = sorted(_API) + ["__version__"]
+
+_ready = False
 
 
 def __getattr__(name: str) -> Any:
+    global _ready
     if name in _API:
+        if not _ready:
+            for mod in _FLOORS:
+                importlib.import_module(mod)
+            _ready = True
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'medinterp' has no attribute {name!r}")
 

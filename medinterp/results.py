@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import html
 import importlib.metadata
 import json
 import os
@@ -40,7 +39,11 @@ import numpy as np
 
 from medinterp.errors import MedinterpError
 
-FORMAT_VERSION = 1
+#: Version of the on-disk layout. 1 = medinterp 0.1.0 (loads through each class's ``_legacy_fields``);
+#: 2 = every file the loader reads is named in the manifest, field renames of the technique contract.
+FORMAT_VERSION = 2
+_ARRAYS_FILE = "arrays.safetensors"
+_FILE_MODE = 0o644
 _PACKAGES = (
     "medinterp",
     "torch",
@@ -55,6 +58,30 @@ _PACKAGES = (
 )
 
 _REGISTRY: dict[str, type["Result"]] = {}
+_RENDERERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_renderer(kind: str, renderer: Callable[..., Any]) -> None:
+    """Register the function that draws results of ``kind`` (``renderer(result, **kw) -> figure(s)``).
+
+    ``medinterp.viz`` registers the shipped renderers when it is imported (``import medinterp`` does
+    that on first use of the public API). Also ``"page"``: ``renderer(figures, title=, provenance=) -> html``.
+    """
+    _RENDERERS[kind] = renderer
+
+
+def renderer_for(kind: str) -> Callable[..., Any]:
+    """The registered renderer of a result kind, or a clear error."""
+    if kind not in _RENDERERS:
+        raise MedinterpError(
+            f"no renderer registered for {kind!r}; `import medinterp.viz` registers the shipped ones, "
+            f"or call register_renderer({kind!r}, fn)")
+    return _RENDERERS[kind]
+
+
+def registered_kinds() -> list[str]:
+    """Result kinds that :meth:`Result.load` can rebuild (their classes have been imported)."""
+    return sorted(_REGISTRY)
 
 
 def package_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str | None]:
@@ -111,10 +138,12 @@ class Result:
     """Mixin for result dataclasses: ``save``/``load`` without pickle, ``to_html``.
 
     Subclasses are ``@dataclasses.dataclass`` classes that set the class attribute ``kind`` (a
-    unique string) and usually a ``provenance: dict`` field. They may override :meth:`figure`.
+    unique string) and usually a ``provenance: dict`` field. ``_legacy_fields`` maps field names of
+    results saved by medinterp 0.1.0 (format 1) to today's names (``{"concept": "concept_set"}``).
     """
 
     kind: ClassVar[str] = "result"
+    _legacy_fields: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -124,7 +153,11 @@ class Result:
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> "Result":
-        """Write the result to the directory ``path`` (created if needed). Returns self."""
+        """Write the result to the directory ``path`` (created if needed). Returns self.
+
+        Every file is written under a temporary name, given mode 0644 and moved into place; the
+        manifest comes last, so a directory with a manifest is complete.
+        """
         from safetensors.numpy import save_file
 
         path = Path(path)
@@ -140,13 +173,16 @@ class Result:
                     raise MedinterpError(f"field {f.name!r} is an object array; cannot save without pickle")
                 arrays[f.name] = arr
             elif _is_dataframe(value):
-                value.to_csv(path / f"{f.name}.csv", index=False)
+                tmp = path / f".{f.name}.csv.tmp"
+                value.to_csv(tmp, index=False)
+                _place(tmp, path / f"{f.name}.csv")
                 tables.append(f.name)
             else:
                 fields[f.name] = _jsonable(value)
-        # Write arrays first and the manifest last: a directory with a manifest is complete.
         if arrays:
-            save_file(arrays, str(path / "arrays.safetensors"))
+            tmp = path / f".{_ARRAYS_FILE}.tmp"
+            save_file(arrays, str(tmp))
+            _place(tmp, path / _ARRAYS_FILE)
         manifest = {
             "kind": self.kind,
             "format_version": FORMAT_VERSION,
@@ -156,12 +192,17 @@ class Result:
         }
         tmp = path / "manifest.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False, default=str))
-        os.replace(tmp, path / "manifest.json")
+        _place(tmp, path / "manifest.json")
         return self
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Result":
-        """Load a result saved by :meth:`save`. Called on the base class, dispatches on ``kind``."""
+        """Load a result saved by :meth:`save`. Called on the base class, dispatches on ``kind``.
+
+        Reads only ``manifest.json``, ``arrays.safetensors`` and the ``<table>.csv`` files the
+        manifest lists (plain names inside the directory). Results of format 1 (medinterp 0.1.0) load
+        through the class's ``_legacy_fields``; a newer format gives a clear error.
+        """
         path = Path(path)
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
@@ -170,26 +211,50 @@ class Result:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as e:
             raise MedinterpError(f"{manifest_path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        if not isinstance(manifest, dict):
+            raise MedinterpError(f"{manifest_path}: expected a JSON object")
+        version = manifest.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise MedinterpError(
+                f"{manifest_path}: result format {version!r} is newer than this medinterp reads "
+                f"(format {FORMAT_VERSION}); upgrade medinterp to load it")
         kind = manifest.get("kind")
         target = cls
         if cls is Result or cls.kind != kind:
             if kind not in _REGISTRY:
-                _import_all_result_modules()
-            if kind not in _REGISTRY:
-                raise MedinterpError(f"{manifest_path}: unknown result kind {kind!r}; known: {sorted(_REGISTRY)}")
+                raise MedinterpError(
+                    f"{manifest_path}: unknown result kind {kind!r}; known: {registered_kinds()} "
+                    "(`import medinterp` registers the shipped kinds on first use of its API)")
             target = _REGISTRY[kind]
             if cls is not Result and not issubclass(target, cls):
                 raise MedinterpError(f"{manifest_path}: holds a {kind!r} result, not a {cls.kind!r}")
         kwargs: dict[str, Any] = dict(manifest.get("fields", {}))
-        if manifest.get("arrays"):
+        arrays = _names(manifest, "arrays", manifest_path)
+        tables = _names(manifest, "tables", manifest_path)
+        if arrays:
+            from safetensors import SafetensorError
             from safetensors.numpy import load_file
 
-            kwargs.update(load_file(str(path / "arrays.safetensors")))
-        if manifest.get("tables"):
+            try:
+                loaded = load_file(str(path / _ARRAYS_FILE))
+            except (OSError, SafetensorError) as e:
+                raise MedinterpError(f"{path / _ARRAYS_FILE}: unreadable ({type(e).__name__}: {e})") from None
+            missing = [a for a in arrays if a not in loaded]
+            if missing:
+                raise MedinterpError(f"{path / _ARRAYS_FILE}: lacks the arrays {missing} its manifest lists")
+            kwargs.update({a: loaded[a] for a in arrays})
+        if tables:
             import pandas as pd
 
-            for name in manifest["tables"]:
-                kwargs[name] = pd.read_csv(path / f"{name}.csv")
+            for name in tables:
+                f = path / f"{name}.csv"
+                if not f.is_file():
+                    raise MedinterpError(f"{f}: missing (listed in {manifest_path})")
+                kwargs[name] = pd.read_csv(f)
+        if version < FORMAT_VERSION or target._legacy_fields:
+            for old, new in target._legacy_fields.items():
+                if old in kwargs and new not in kwargs:
+                    kwargs[new] = kwargs.pop(old)
         names = {f.name for f in dataclasses.fields(target)}  # type: ignore[arg-type]
         obj = target(**{k: v for k, v in kwargs.items() if k in names})
         post = getattr(obj, "_after_load", None)
@@ -202,40 +267,38 @@ class Result:
         raise NotImplementedError(f"{type(self).__name__} has no figure")
 
     def to_html(self, path: str | os.PathLike | None = None, *, title: str | None = None) -> str:
-        """Self-contained HTML (plotly inlined, no CDN) of :meth:`figure`; written to ``path`` if given."""
-        from medinterp.viz.html import figures_to_html
+        """Self-contained HTML (plotly inlined, no CDN) of :meth:`figure`; written to ``path`` if given.
 
+        The page is drawn by the ``"page"`` renderer that ``medinterp.viz`` registers.
+        """
         figs = self.figure()
         if not isinstance(figs, (list, tuple)):
             figs = [figs]
-        text = figures_to_html(
-            figs, title=title or f"medinterp {self.kind}", provenance=getattr(self, "provenance", None)
-        )
+        text = renderer_for("page")(
+            figs, title=title or f"medinterp {self.kind}", provenance=getattr(self, "provenance", None))
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
 
 
+def _names(manifest: dict, key: str, where: Path) -> list[str]:
+    """The array / table names a manifest lists: plain field names, never paths."""
+    names = manifest.get(key) or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise MedinterpError(f"{where}: {key!r} must be a list of field names")
+    bad = [n for n in names if not n or "/" in n or "\\" in n or n in (".", "..") or n.startswith(".")]
+    if bad:
+        raise MedinterpError(f"{where}: {key} names {bad} are not plain field names; refusing to read them")
+    return names
+
+
+def _place(tmp: Path, final: Path) -> None:
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, final)
+
+
 def _is_dataframe(x: Any) -> bool:
     return type(x).__name__ == "DataFrame" and hasattr(x, "to_csv")
-
-
-def _import_all_result_modules() -> None:
-    """Import technique modules so their result classes register their ``kind``."""
-    import importlib
-
-    for mod in (
-        "medinterp.activations",
-        "medinterp.techniques.geometry",
-        "medinterp.techniques.saliency",
-        "medinterp.techniques.lesion",
-        "medinterp.techniques.patching",
-        "medinterp.maps",
-    ):
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass
 
 
 # -------------------------------------------------------------------- statistics
@@ -277,6 +340,9 @@ def bootstrap_ci(
     return est, lo, hi
 
 
-def escape(text: Any) -> str:
-    """HTML-escape any user-supplied text before it lands in a report."""
+# TEMPORARY (maps branch only): techniques/lesion.py still imports escape from here until the
+# saliency+lesion branch (figures -> viz/lesion.py) merges. The lead reverts this commit then.
+def escape(text: Any) -> str:  # pragma: no cover - temporary copy of medinterp.viz.html.escape
+    import html
+
     return html.escape(str(text), quote=True)

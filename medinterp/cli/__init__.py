@@ -1,7 +1,7 @@
 """``medinterp`` command line: a thin layer over the public API.
 
-Each module in this package (other than ``app``) defines its commands on :data:`app`; they are
-imported here so that adding a command means adding one file.
+Each module in this package (other than ``app`` and the private ``_common`` helpers) defines its
+commands on :data:`app`; they are imported here so that adding a command means adding one file.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 from medinterp.cli.app import app
 
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in {"app"}):
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "app" and not m.name.startswith("_")):
     importlib.import_module(f"{__name__}.{_mod}")
 
 
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
         # Plain print: no line wrapping, so the message stays greppable.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 __all__ = ["app", "main"]

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from medinterp.cli._common import load_pair_set
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
@@ -97,13 +98,7 @@ def check_command(
     from medinterp.concepts import PairSet, load_concepts, SHIPPED
 
     names = list(pairs) if pairs else [n for n in SHIPPED if isinstance(load_concepts(n), PairSet)]
-    sets = []
-    for n in names:
-        s = load_concepts(n)
-        if not isinstance(s, PairSet):
-            raise MedinterpError(f"{n!r} is a concept set, not a pair set; pair sets have the columns "
-                                 "clean, corrupted, clean_answer, corrupted_answer")
-        sets.append(s)
+    sets = [load_pair_set(n) for n in names]
     if tokenizer is not None:
         from transformers import AutoTokenizer
 
@@ -112,9 +107,9 @@ def check_command(
         tok = AutoTokenizer.from_pretrained(str(tokenizer))
         target, what = tok, f"tokenizer {tokenizer.name}"
     else:
-        import medinterp as mi
+        from medinterp.cli._common import load_model
 
-        target, what = mi.load_model(model), f"model {model}"
+        target, what = load_model(model), f"model {model}"
     con = _console()
     con.print(f"Tokenization check with {what}:")
     total_v = total = 0

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from medinterp.cli._common import check_out_dir, load_concept_set, load_model
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
@@ -43,19 +44,16 @@ def geometry_cmd(
     OUT/<set>/table.csv (tidy per-layer metrics with CIs), age_steps.csv / progression.csv where they
     apply, arrays.safetensors (UMAP embeddings) and OUT/<set>/geometry.html; plus OUT/summary.json.
     """
-    from medinterp.models import load_model
     from medinterp.techniques.geometry import default_concept_sets, geometry_many
 
     for name, v in (("--n-neighbors", n_neighbors), ("--n-perm", n_perm + 1), ("--n-boot", n_boot + 1),
                     ("--n-jobs", n_jobs), ("--batch-size", batch_size)):
         if v < 1 or (name == "--n-neighbors" and v < 2):
             raise MedinterpError(f"{name}: expected a positive number")
-    if out.exists() and not out.is_dir():
-        raise MedinterpError(f"--out {out}: exists and is not a directory")
+    check_out_dir(out)
     names = list(concepts) if concepts else default_concept_sets()
-    sets = [_load(c) for c in names]
+    sets = [load_concept_set(c) for c in names]
     t0 = time.perf_counter()
-    typer.echo(f"loading model {model} ...")
     m = load_model(model, device=device)
     t_model = time.perf_counter() - t0
     results = geometry_many(
@@ -77,17 +75,6 @@ def geometry_cmd(
         typer.echo(f"  wrote {d}/manifest.json, table.csv, geometry.html")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     typer.echo(f"done in {total:.0f} s (model load {t_model:.0f} s); summary in {out}/summary.json")
-
-
-def _load(spec: str):
-    try:
-        from medinterp.concepts import load_concepts
-    except ImportError as e:  # the concept library is not installed in this checkout
-        raise MedinterpError(f"--concepts {spec!r}: the concept library is unavailable ({e})") from None
-    cs = load_concepts(spec)
-    if not hasattr(cs, "prompts"):
-        raise MedinterpError(f"--concepts {spec!r}: is a pair set; geometry needs a concept set with labels")
-    return cs
 
 
 def _dirname(name: str) -> str:

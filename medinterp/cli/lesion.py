@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from medinterp.cli._common import check_out_dir, load_concept_set, load_model, write_result
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
@@ -34,7 +35,6 @@ def lesion_cmd(
     bootstrap CIs) and OUT/lesion.html.
     """
     from medinterp.hooks import LESION_MODES
-    from medinterp.models import load_model
     from medinterp.techniques.lesion import MEAN_OVER, lesion
 
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
@@ -45,10 +45,8 @@ def lesion_cmd(
         raise MedinterpError(f"--mean-over {mean_over!r}: expected one of {', '.join(MEAN_OVER)}")
     if max_prompts < 0 or continuations < 0 or max_new_tokens < 1 or batch_size < 1 or n_boot < 1:
         raise MedinterpError("--max-prompts/--continuations must be >= 0; --max-new-tokens, --batch-size, --n-boot >= 1")
-    if out.exists() and not out.is_dir():
-        raise MedinterpError(f"--out {out}: exists and is not a directory")
-    concept_set = _load_concepts(concepts)
-    typer.echo(f"loading model {model} ...")
+    check_out_dir(out)
+    concept_set = load_concept_set(concepts)
     m = load_model(model, device=device)
     res = lesion(
         m,
@@ -64,15 +62,4 @@ def lesion_cmd(
         seed=seed,
         progress=progress,
     )
-    res.save(out)
-    res.to_html(out / "lesion.html", title=f"Layer lesioning: {res.concept_set} on {model}")
-    typer.echo(res.summary())
-    typer.echo(f"wrote {out}/manifest.json, {out}/table.csv, {out}/lesion.html")
-
-
-def _load_concepts(spec: str):
-    try:
-        from medinterp.concepts import load_concepts
-    except ImportError as e:  # the concept library is not installed in this checkout
-        raise MedinterpError(f"--concepts {spec!r}: the concept library is unavailable ({e})") from None
-    return load_concepts(spec)
+    write_result(res, out, "lesion.html", f"Layer lesioning: {res.concept_set} on {model}")

@@ -1,55 +1,60 @@
-"""``medinterp map`` (the main job: all techniques on all concept families → HTML report) and
-``medinterp compare`` (two or more saved maps side by side on a relative-depth axis)."""
+"""``medinterp map`` (the main job: every registered technique on every concept family → HTML report)
+and ``medinterp compare`` (two or more saved maps side by side on a relative-depth axis)."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from medinterp.cli._common import DEFAULT_MODEL, ModelOpt, ProgressOpt, QuickOpt, check_out_file, load_model, split_list
 from medinterp.cli.app import app
-from medinterp.errors import MedinterpError
-
-
-def _split(s: Optional[str]) -> Optional[list[str]]:
-    return None if not s else [x.strip() for x in s.split(",") if x.strip()]
 
 
 @app.command("map")
 def map_cmd(
-    model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model spec (see `medinterp models`) or path."),
+    model: ModelOpt = DEFAULT_MODEL,
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="Report file (self-contained HTML)."),
-    quick: bool = typer.Option(False, "--quick", help="A small, fast run (a few minutes on 2 CPU cores)."),
+    quick: QuickOpt = False,
     work_dir: Optional[Path] = typer.Option(
         None, "--work-dir", help="Where each technique's result is saved as it finishes; a rerun resumes "
         "from it. Default: OUT without .html + '.work'."),
     concepts: Optional[str] = typer.Option(None, "--concepts", help="Comma-separated families (default: all)."),
-    techniques: str = typer.Option("geometry,saliency,lesion,patching", "--techniques", help="Comma-separated."),
+    techniques: Optional[str] = typer.Option(None, "--techniques",
+                                             help="Comma-separated (default: every registered technique)."),
     relative_depth: bool = typer.Option(False, "--relative-depth", help="x axis = layer / n_layers."),
     rerun: bool = typer.Option(False, "--rerun", help="Ignore finished results in the work dir."),
-    percentile: float = typer.Option(75.0, help="Threshold percentile for saliency/lesion/patching."),
+    percentile: float = typer.Option(75.0, help="Threshold percentile of the percentile-rule techniques."),
     sigma: float = typer.Option(1.0, help="Gaussian smoothing of the layer curves (layers)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: ProgressOpt = True,
 ) -> None:
-    """Run the four techniques on every concept family and write the knowledge-map report.
+    """Run the techniques on every concept family and write the knowledge-map report.
 
     The map is also saved beside the report as OUT.map/ (for `medinterp compare` and re-thresholding).
+    Interrupted (Ctrl-C)? Rerun the same command: finished jobs load from the work dir.
     """
-    import medinterp as mi
-    from medinterp.maps import _peak_rss_mb
+    from medinterp.maps import check_techniques, family_specs, knowledge_map, peak_rss_mb, saved_jobs, validate_params
 
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise MedinterpError(f"--out {out}: expected an .html file name")
+    # validate every argument before the model loads
+    check_out_file(out)
+    techs = check_techniques(split_list(techniques))
+    fams = family_specs(split_list(concepts))
+    validate_params(percentile=percentile, sigma=sigma)
     work = work_dir or out.with_suffix(".work")
     t0 = time.perf_counter()
-    m = mi.load_model(model)
+    m = load_model(model)
     t_load = time.perf_counter() - t0
-    km = mi.knowledge_map(
-        m, concepts=_split(concepts), techniques=_split(techniques) or [], quick=quick, out_dir=work,
-        progress=progress, rerun=rerun, model_name=model, percentile=percentile, sigma=sigma,
-    )
+    try:
+        km = knowledge_map(m, concepts=fams, techniques=techs, quick=quick, out_dir=work, progress=progress,
+                           rerun=rerun, model_name=model, percentile=percentile, sigma=sigma)
+    except KeyboardInterrupt:
+        n = len(saved_jobs(work))
+        print(f"\ninterrupted: {n} of {len(fams) * len(techs)} jobs are saved in {work}; run the same command "
+              "again to resume (saved jobs are loaded, not recomputed)", file=sys.stderr)
+        raise typer.Exit(130) from None
     km.provenance.setdefault("timing_s", {})["model_load"] = round(t_load, 2)
     km.save(out.with_suffix(".map"))
     km.to_html(out, relative_depth=relative_depth)
@@ -58,7 +63,7 @@ def map_cmd(
         typer.echo(f"  {km.label(c):<12} {s}")
     total = time.perf_counter() - t0
     typer.echo(f"\nreport: {out}\nmap:    {out.with_suffix('.map')}\nwork:   {work}")
-    typer.echo(f"time {total:.0f} s (model load {t_load:.0f} s); peak RSS {_peak_rss_mb():.0f} MB")
+    typer.echo(f"time {total:.0f} s (model load {t_load:.0f} s); peak RSS {peak_rss_mb():.0f} MB")
 
 
 @app.command("compare")
@@ -70,5 +75,6 @@ def compare_cmd(
     """Put two or more models' maps side by side on a relative-depth axis."""
     from medinterp.maps import compare
 
-    compare(maps, _split(names), out=out)
+    check_out_file(out)
+    compare(maps, split_list(names), out=out)
     typer.echo(f"comparison of {len(maps)} maps: {out}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from medinterp.cli._common import load_model
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
@@ -83,7 +84,7 @@ def activations_command(
     import medinterp as mi
 
     texts = read_prompts_file(prompts)
-    m = mi.load_model(model)
+    m = load_model(model)
     acts = mi.collect_activations(
         m,
         texts,

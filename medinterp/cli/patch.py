@@ -7,17 +7,9 @@ from pathlib import Path
 
 import typer
 
+from medinterp.cli._common import check_out_dir, int_list, load_model
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
-
-
-def _int_list(text: str | None, what: str) -> list[int] | None:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise MedinterpError(f"--{what} {text!r}: expected comma-separated integers, e.g. 0,3,5") from None
 
 
 @app.command("patch")
@@ -47,14 +39,12 @@ def patch_cmd(
     import numpy as np
 
     import medinterp.viz  # noqa: F401  (registers the figure renderers)
-    from medinterp.models import load_model
     from medinterp.techniques.patching import attribution_patch, pair_set, patch, validate_patch_params
 
     # everything that does not need the model is checked before it loads
-    if out.exists() and not out.is_dir():
-        raise MedinterpError(f"--out {out}: exists and is not a directory")
-    pos = positions if positions in ("all", "last", "span", "all_at_once") else _int_list(positions, "positions")
-    layer_list, head_list = _int_list(layers, "layers"), _int_list(heads, "heads")
+    check_out_dir(out)
+    pos = positions if positions in ("all", "last", "span", "all_at_once") else int_list(positions, "positions")
+    layer_list, head_list = int_list(layers, "layers"), int_list(heads, "heads")
     on_bad = "drop" if drop_bad else "raise"
     validate_patch_params(site, pos, metric, method=method, layers=layer_list, heads=head_list,
                           min_denominator=min_denominator, on_bad=on_bad, batch_budget_mb=budget_mb)

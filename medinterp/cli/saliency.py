@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from medinterp.cli._common import check_out_dir, load_concept_set, load_model, positive, write_result
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
@@ -28,17 +29,13 @@ def saliency_cmd(
 
     Writes OUT/manifest.json, OUT/arrays.safetensors, OUT/table.csv (per-layer table) and OUT/saliency.html.
     """
-    from medinterp.models import load_model
     from medinterp.techniques.saliency import saliency
 
     if params not in ("weights", "all"):
         raise MedinterpError(f"--params {params!r}: expected 'weights' or 'all'")
-    if n_boot < 1:
-        raise MedinterpError(f"--n-boot {n_boot}: expected a positive number")
-    if out.exists() and not out.is_dir():
-        raise MedinterpError(f"--out {out}: exists and is not a directory")
-    concept_set = _load_concepts(concepts)
-    typer.echo(f"loading model {model} ...")
+    positive(n_boot=n_boot)
+    check_out_dir(out)
+    concept_set = load_concept_set(concepts)
     m = load_model(model, device=device)
     res = saliency(
         m,
@@ -50,15 +47,4 @@ def saliency_cmd(
         n_boot=n_boot,
         progress=progress,
     )
-    res.save(out)
-    res.to_html(out / "saliency.html", title=f"Weight saliency: {res.concept_set} on {model}")
-    typer.echo(res.summary())
-    typer.echo(f"wrote {out}/manifest.json, {out}/table.csv, {out}/saliency.html")
-
-
-def _load_concepts(spec: str):
-    try:
-        from medinterp.concepts import load_concepts
-    except ImportError as e:  # the concept library is not installed in this checkout
-        raise MedinterpError(f"--concepts {spec!r}: the concept library is unavailable ({e})") from None
-    return load_concepts(spec)
+    write_result(res, out, "saliency.html", f"Weight saliency: {res.concept_set} on {model}")

@@ -42,32 +42,12 @@ import numpy as np
 from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
-from medinterp.results import Result
+# The renderer registry lives on the lowest floor (results.py) so Result.to_html can use it too.
+from medinterp.results import Result, register_renderer, renderer_for  # noqa: F401  (re-exported)
 
 INPUTS = ("concepts", "pairs")
 INTERVAL_RULES = ("rise", "percentile")
 SIZES = ("quick", "full")
-
-_RENDERERS: dict[str, Callable[..., Any]] = {}
-
-
-def register_renderer(kind: str, renderer: Callable[..., Any]) -> None:
-    """Register the function that draws results of ``kind`` (``renderer(result, **kw) -> figure(s)``).
-
-    ``medinterp.viz`` registers the shipped renderers when it is imported (``import medinterp`` does
-    that on first use of the public API).
-    """
-    _RENDERERS[kind] = renderer
-
-
-def renderer_for(kind: str) -> Callable[..., Any]:
-    """The registered renderer of a result kind, or a clear error."""
-    if kind not in _RENDERERS:
-        raise MedinterpError(
-            f"no figure renderer registered for result kind {kind!r}; `import medinterp.viz` registers the "
-            f"shipped ones, or call register_renderer({kind!r}, fn)")
-    return _RENDERERS[kind]
-
 
 class MissingInput(MedinterpError):
     """A technique cannot run for a family because an input it needs is absent (shown in the map)."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from medinterp.results import escape
+from medinterp.viz.html import escape
 
 if TYPE_CHECKING:  # pragma: no cover
     from medinterp.maps import KnowledgeMap
@@ -216,22 +216,36 @@ def curves_figure(km: "KnowledgeMap", technique: str):
 
 
 def compare_figure(maps: Sequence["KnowledgeMap"], names: Sequence[str] | None = None):
-    """Two or more maps side by side on a relative-depth axis (one column per model)."""
+    """Two or more maps on a relative-depth axis: one panel per model, stacked, nothing overlapping.
+
+    Each panel is its own subplot with its own y axis (row labels in the left margin, never over
+    another panel's bars) and its own title; the legend sits below the last panel, clear of the
+    figure title. Panel heights follow their number of lanes; gaps are fixed in pixels.
+    """
     from plotly.subplots import make_subplots
 
     names = list(names or [m.model_name or f"map {k}" for k, m in enumerate(maps)])
-    fig = make_subplots(rows=1, cols=len(maps), shared_yaxes=False, horizontal_spacing=0.04,
+    lanes = [len(m.concepts) * (len(m.techniques) + 1 + _GAP) for m in maps]
+    lane_px, gap_px, top_px, bottom_px = 22, 110, 90, 150
+    plot_px = sum(max(4.0, n) * lane_px for n in lanes) + gap_px * (len(maps) - 1)
+    height = int(plot_px + top_px + bottom_px)
+    fig = make_subplots(rows=len(maps), cols=1, shared_xaxes=False, shared_yaxes=False,
+                        vertical_spacing=gap_px / plot_px if len(maps) > 1 else 0,
+                        row_heights=[max(4.0, n) for n in lanes],
                         subplot_titles=[f"{escape(nm)} ({m.n_layers} layers)" for nm, m in zip(names, maps)])
-    maxrows = 0
     for k, m in enumerate(maps):
-        tv, tt = add_map_traces(fig, m, relative=True, row=1, col=k + 1, showlegend=(k == 0))
-        fig.update_yaxes(tickvals=tv, ticktext=tt,
-                         autorange="reversed", showgrid=False, zeroline=False, row=1, col=k + 1)
-        fig.update_xaxes(range=[0, 1], title="relative depth", row=1, col=k + 1)
-        maxrows = max(maxrows, len(m.concepts) * (len(m.techniques) + 1))
-    fig.update_layout(barmode="overlay", template="plotly_white", height=max(350, 80 + maxrows * 24),
-                      width=max(900, 520 * len(maps)), title="Knowledge maps on a relative-depth axis",
-                      legend=dict(orientation="h", y=1.06, yanchor="bottom"))
+        tv, tt = add_map_traces(fig, m, relative=True, row=k + 1, col=1, showlegend=(k == 0))
+        fig.update_yaxes(tickvals=tv, ticktext=tt, autorange="reversed", showgrid=False, zeroline=False,
+                         automargin=True, row=k + 1, col=1)
+        fig.update_xaxes(range=[0, 1], title="relative depth (layer / n_layers)", row=k + 1, col=1)
+    for trace in fig.data:  # the consensus colour bar beside the first panel only, inside the right margin
+        if getattr(trace, "marker", None) is not None and getattr(trace.marker, "colorbar", None) is not None \
+                and trace.marker.showscale:
+            trace.marker.colorbar.update(len=min(1.0, 240 / plot_px), y=1.0, yanchor="top", x=1.02)
+    fig.update_layout(barmode="overlay", template="plotly_white", height=height, width=1100,
+                      title=dict(text="Knowledge maps on a relative-depth axis", y=1 - 30 / height, yanchor="top"),
+                      margin=dict(t=top_px, b=bottom_px, l=230, r=90),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-70 / plot_px, yanchor="top"))
     return fig
 
 

@@ -1,11 +1,23 @@
-"""Self-contained HTML: plotly.js inlined once, no CDN, every user-supplied string escaped."""
+"""Self-contained HTML: plotly.js inlined once, no CDN, every user-supplied string escaped.
+
+:func:`escape` is THE escaping of user text (concept labels, prompts, model names) in medinterp's
+HTML; :func:`figures_to_html` is registered as the ``"page"`` renderer that ``Result.to_html`` uses.
+
+Example:
+    >>> escape("<b>&")
+    '&lt;b&gt;&amp;'
+"""
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Any, Sequence
 
-from medinterp.results import escape
+
+def escape(text: Any) -> str:
+    """HTML-escape any user-supplied text before it lands in a report (quotes included)."""
+    return html.escape(str(text), quote=True)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}

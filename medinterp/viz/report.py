@@ -3,7 +3,7 @@
 plotly.js is inlined once (``medinterp.viz.html.page``); the circuitsvis bundle is inlined once when
 an attention view is shown, and each view is a small ``CircuitsVis.render`` call whose data is JSON
 with ``<``, ``>`` and ``&`` escaped, so no user text can close the script. Every user string placed in
-raw HTML goes through :func:`medinterp.results.escape`.
+raw HTML goes through :func:`medinterp.viz.html.escape`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
-from medinterp.results import escape
+from medinterp.viz.html import escape
 from medinterp.viz.html import figure_div, page, provenance_block
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,14 +99,16 @@ def _technique_result_figures(km: "KnowledgeMap", technique: str, max_figs: int 
         if res is None and key in km.result_dirs and Path(km.result_dirs[key], "manifest.json").is_file():
             try:
                 res = Result.load(km.result_dirs[key])
-            except Exception as e:  # a stale or foreign dir: say so, keep the report
+            except Exception as e:  # noqa: BLE001 - a stale or foreign dir: logged and shown, the report stands
+                log.warning("report: %s: could not load saved result (%s: %s)", key, type(e).__name__, e)
                 divs.append(f"<p class='missing'>{escape(key)}: could not load saved result ({escape(e)})</p>")
                 continue
         if res is None:
             continue
         try:
             figs = res.figure()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - logged and shown in the report, the report stands
+            log.warning("report: %s: figure failed (%s: %s)", key, type(e).__name__, e)
             divs.append(f"<p class='missing'>{escape(key)}: figure failed ({escape(type(e).__name__)}: {escape(e)})</p>")
             continue
         if not isinstance(figs, (list, tuple)):
@@ -134,11 +136,13 @@ def render_report(
             [(f"t-{t}", t) for t in km.techniques] + [("params", "Parameters")]) + "</nav>"
     )
     model = (km.provenance or {}).get("model") or {}
+    rise = [t for t in km.techniques if km.rules.get(t) == "rise"]
     parts.append(
         f"<p class='note'>Model: <b>{escape(km.model_name or model.get('spec', '?'))}</b>, "
         f"{km.n_layers} layers. Concepts: {escape(', '.join(km.label(c) for c in km.concepts))}. "
         "Each technique's per-layer curve is smoothed (Gaussian σ = "
-        f"{escape(km.params['sigma'])}); geometry marks the {escape(km.params['window'])}-layer window of "
+        f"{escape(km.params['sigma'])}); {escape(', '.join(rise) or 'no technique')} "
+        f"{'marks' if len(rise) == 1 else 'mark'} the {escape(km.params['window'])}-layer window of "
         f"steepest rise, the other techniques mark runs above the {escape(format(float(km.params['percentile']), 'g'))}th "
         f"percentile (≥ {escape(km.params['min_len'])} layers, ≤ {escape(km.params['max_intervals'])} per "
         "technique, largest area kept). The consensus strip counts the techniques marking each layer.</p>"
@@ -173,15 +177,15 @@ def render_report(
             parts.append("<details><summary>Full results per concept</summary>")
             parts.extend(_technique_result_figures(km, t))
             parts.append("</details>")
-        if t == "patching":
-            views = (km.extras or {}).get("attention") or {}
-            if views:
-                needs_cv = True
-                parts.append("<h3>Attention patterns of the heads patching ranks highest</h3>")
-                for k, (c, v) in enumerate(views.items()):
-                    parts.append(f"<p class='note'>{escape(km.label(c))}: heads {escape(', '.join(v.get('head_names', [])))} "
-                                 f"on the clean prompt “{escape(v.get('prompt', ''))}”.</p>")
-                    parts.append(attention_view(f"cv-{k}", v["tokens"], v["attention"], v.get("head_names")))
+        views = {c: v for c, v in ((km.extras or {}).get("attention") or {}).items()
+                 if isinstance(v, dict) and v.get("technique", "patching") == t}  # 0.1.0 maps: patching's
+        if views:
+            needs_cv = True
+            parts.append(f"<h3>Attention patterns of the heads {escape(t)} ranks highest</h3>")
+            for k, (c, v) in enumerate(views.items()):
+                parts.append(f"<p class='note'>{escape(km.label(c))}: heads {escape(', '.join(v.get('head_names', [])))} "
+                             f"on the clean prompt “{escape(v.get('prompt', ''))}”.</p>")
+                parts.append(attention_view(f"cv-{t}-{k}", v["tokens"], v["attention"], v.get("head_names")))
     parts.append("<h2 id='params'>Parameters and provenance</h2>")
     parts.append(_table(sorted((k, json.dumps(v)) for k, v in km.params.items()), ["parameter", "value"]))
     prov = km.provenance or {}

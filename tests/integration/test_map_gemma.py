@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from medinterp.maps import TECHNIQUES, KnowledgeMap
+from medinterp.maps import TECHNIQUES, KnowledgeMap, saved_jobs
 from medinterp.results import Result
 
 pytestmark = pytest.mark.integration
@@ -44,6 +44,8 @@ def test_quick_map_runs_every_technique(quick_map, gemma):
     assert cons.shape == (len(FAMILIES), n) and cons.max() <= len(TECHNIQUES)
     assert set(km.summary()) == set(FAMILIES)
     assert km.provenance["model"]["n_layers"] == n and km.provenance["params"]["size"] == "quick"
+    assert sorted(saved_jobs(work)) == sorted(f"{c}/{t}" for c in FAMILIES for t in TECHNIQUES)
+    assert all(km.curve_names[t] for t in TECHNIQUES)  # every technique says what its curve measures
 
 
 def test_rerun_resumes_from_work_dir(quick_map, gemma):

@@ -2,7 +2,7 @@
 
 Needs Debian's ``chromium`` at /usr/bin/chromium (``apt-get install -y chromium``) and the Python
 ``playwright`` package (no ``playwright install``: that downloads a browser). Skips, saying why,
-when either is absent.
+when either is absent, except under CI (``CI`` set), where a missing browser fails the test.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import medinterp.viz  # noqa: F401  (registers the renderers)
 from medinterp.maps import KnowledgeMap, compare
 
 pytestmark = pytest.mark.browser
@@ -30,13 +31,19 @@ ARGS = [
 EVIL = "<script>alert(1)</script>"
 
 
+def _skip_or_fail(why: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}: the browser tests must run in CI")
+    pytest.skip(why)
+
+
 def _browser_or_skip():
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set MEDINTERP_CHROMIUM)")
+        _skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set MEDINTERP_CHROMIUM)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("the Python package playwright is not installed (pip install playwright)")
+        _skip_or_fail("the Python package playwright is not installed (pip install playwright)")
     return sync_playwright
 
 
@@ -69,9 +76,23 @@ def _load(path: Path) -> dict:
             n_bars = page.locator("#knowledge-map .point").count()
             n_cv = page.locator("[id^=cv-] *").count()
             page.wait_for_timeout(300)
+            boxes = {k: [page.locator(f"#knowledge-map {sel}").nth(i).bounding_box()
+                         for i in range(page.locator(f"#knowledge-map {sel}").count())]
+                     for k, sel in BOX_SELECTORS.items()}
         finally:
             browser.close()
-    return dict(console=console, requests=requests, page_errors=page_errors, dialogs=dialogs, n_bars=n_bars, n_cv=n_cv)
+    return dict(console=console, requests=requests, page_errors=page_errors, dialogs=dialogs, n_bars=n_bars, n_cv=n_cv,
+                boxes=boxes)
+
+
+BOX_SELECTORS = {"legend": ".legend", "title": ".g-gtitle", "plot1": ".draglayer .xy .nsewdrag",
+                 "plot2": ".draglayer .x2y2 .nsewdrag", "y1ticks": ".yaxislayer-above .ytick",
+                 "y2ticks": ".yaxislayer-above .y2tick"}
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
 
 
 def test_report_renders_offline_without_errors(tmp_path):
@@ -99,3 +120,14 @@ def test_compare_renders_offline(tmp_path):
     assert not [u for u in out["requests"] if not u.startswith(("file:", "data:", "blob:", "about:"))]
     assert not out["dialogs"]
     assert out["n_bars"] > 0
+    # laid out as a person sees it: the legend clear of the title and of both panels; each model's row
+    # labels beside its own panel, never over the other model's bars
+    bx = out["boxes"]
+    (legend,), (title,), (p1,), (p2,) = bx["legend"], bx["title"], bx["plot1"], bx["plot2"]
+    assert not _overlap(legend, title) and not _overlap(legend, p1) and not _overlap(legend, p2)
+    assert not _overlap(p1, p2)
+    assert bx["y1ticks"] and bx["y2ticks"]
+    for tick in bx["y2ticks"]:
+        assert not _overlap(tick, p1) and not _overlap(tick, p2), tick
+    for tick in bx["y1ticks"]:
+        assert not _overlap(tick, p1) and not _overlap(tick, p2), tick

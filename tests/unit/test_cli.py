@@ -72,3 +72,86 @@ def test_csv_prompts_error_names_line(tmp_path):
     g.write_text("question\nfirst\n")
     with pytest.raises(MedinterpError, match="column named 'prompt'"):
         read_prompts_file(g)
+
+
+# ---------------------------------------------------------------- map: validate first, Ctrl-C says how to resume
+def _no_model(monkeypatch):
+    import medinterp.models
+
+    def boom(spec, **k):
+        raise AssertionError("the model must not load before the arguments are checked")
+
+    monkeypatch.setattr(medinterp.models, "load_model", boom)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--percentile", "150"], "percentile must be in [0, 100], got 150"),
+    (["--sigma", "-1"], "sigma must be >= 0"),
+    (["--techniques", "geometry,umap"], "unknown technique(s) ['umap']"),
+    (["--concepts", "drugz"], "unknown concept family 'drugz'"),
+    (["--out", "report.txt"], "expected a file name ending in .html"),
+])
+def test_map_rejects_bad_arguments_before_the_model_loads(args, message, monkeypatch, tmp_path, capsys):
+    _no_model(monkeypatch)
+    argv = ["map", "--out", str(tmp_path / "r.html"), "--no-progress"] + args
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_map_interrupt_says_how_many_jobs_are_saved_and_how_to_resume(monkeypatch, tmp_path, capsys, tiny):
+    import dataclasses
+
+    import numpy as np
+
+    import medinterp.models
+    from medinterp.techniques import REGISTRY
+    from medinterp.techniques.base import Technique, TechniqueResult
+
+    @dataclasses.dataclass
+    class Toy(TechniqueResult):
+        kind = "test_cli_toy"
+        curve: np.ndarray = None
+
+        def layer_curve(self):
+            return self.curve
+
+        def layer_curve_ci(self):
+            return self.curve, self.curve
+
+        @property
+        def curve_label(self):
+            return "toy"
+
+    def run(model, fam, *, progress=True, **kw):
+        if fam.name == "drugs":
+            raise KeyboardInterrupt
+        return Toy(concept_set=fam.name, curve=np.arange(float(model.cfg.n_layers)))
+
+    monkeypatch.setitem(REGISTRY, "toy_cli", Technique("toy_cli", run))
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, **k: tiny)
+    with pytest.raises(SystemExit) as e:
+        main(["map", "--out", str(tmp_path / "r.html"), "--concepts", "age,drugs", "--techniques", "toy_cli",
+              "--no-progress"])
+    assert e.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 1 of 2 jobs are saved in" in err and "run the same command again to resume" in err
+    assert (tmp_path / "r.work" / "age" / "toy_cli" / "manifest.json").is_file()
+
+
+def test_cli_imports_no_private_name():
+    import ast
+    from pathlib import Path
+
+    import medinterp.cli
+
+    bad = []
+    for f in Path(medinterp.cli.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("medinterp"):
+                if node.module.startswith("medinterp.cli"):
+                    continue
+                bad += [f"{f.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert bad == []

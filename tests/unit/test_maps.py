@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+import medinterp.viz  # noqa: F401  (registers the renderers figure()/to_html() use)
 from medinterp.errors import MedinterpError
 from medinterp.maps import (
     KnowledgeMap,
@@ -79,11 +80,14 @@ def test_steepest_rise_window_finds_planted_step():
     assert steepest_rise_window(c[::-1], window=3, min_rise=-10) is not None
 
 
-def test_geometry_uses_rise_others_use_percentile():
+def test_rise_rule_and_percentile_rule_come_from_the_registry():
+    from medinterp.techniques import REGISTRY
+
     c = np.r_[np.zeros(9), np.ones(9) * 5.0]
     p = KnowledgeMap().params
-    geo = technique_intervals(c, "geometry", p)
-    sal = technique_intervals(c, "saliency", p)
+    assert REGISTRY["geometry"].interval_rule == "rise" and REGISTRY["saliency"].interval_rule == "percentile"
+    geo = technique_intervals(c, REGISTRY["geometry"].interval_rule, p)
+    sal = technique_intervals(c, REGISTRY["saliency"].interval_rule, p)
     assert len(geo) == 1 and geo[0]["rule"] == "steepest_rise" and geo[0]["end"] - geo[0]["start"] == 2
     assert geo[0]["start"] <= 8 <= geo[0]["end"]
     assert sal and all(d["rule"] == "percentile" and d["start"] >= 8 for d in sal)
@@ -216,16 +220,37 @@ def test_compare_html(tmp_path):
         compare([a, tmp_path / "nope"])
 
 
-# ---------------------------------------------------------------- the runner (fake techniques, tiny model)
+def test_compare_figure_panels_do_not_overlap():
+    """One panel per model with its own y axis; row labels in the margin; legend below, clear of the title."""
+    from medinterp.viz.figures import compare_figure
 
-import dataclasses as _dc
+    a = _planted_map()
+    b = KnowledgeMap.from_curves({"drugs": {"lesion": bumps(30, [(10, 14)])}, "age": {"saliency": bumps(30, [(2, 5)])}},
+                                 model_name="other")
+    fig = compare_figure([a, b])
+    lay = fig.layout
+    d1, d2 = lay.yaxis.domain, lay.yaxis2.domain
+    assert d1[0] > d2[1] or d2[0] > d1[1], (d1, d2)  # stacked, disjoint vertical bands
+    assert tuple(lay.xaxis.domain) == tuple(lay.xaxis2.domain)  # each panel the full width, same x
+    assert lay.legend.y < 0 and lay.legend.yanchor == "top"  # legend below the plots, not near the title
+    assert lay.margin.l >= 200  # room for the row labels outside every panel
+    bars = {tr.yaxis for tr in fig.data if tr.type == "bar"}
+    assert bars == {"y", "y2"}
+
+
+# ---------------------------------------------------------------- the runner (toy techniques, tiny model)
+import dataclasses as _dc  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+
+from medinterp.techniques import REGISTRY  # noqa: E402
+from medinterp.techniques.base import Family, Technique, TechniqueResult  # noqa: E402
 
 
 @_dc.dataclass
-class FakeCurve(Result):
+class FakeCurve(TechniqueResult):
     kind = "test_fake_curve"
     curve: np.ndarray = None
-    n_layers: int = 0
 
     def layer_curve(self):
         return self.curve
@@ -233,76 +258,225 @@ class FakeCurve(Result):
     def layer_curve_ci(self):
         return self.curve - 1, self.curve + 1
 
-    def figure(self):
-        import plotly.graph_objects as go
+    @property
+    def curve_label(self):
+        return "fake bump"
 
-        return go.Figure(go.Scatter(y=self.curve))
+
+def _fake(name, shape, calls, *, rule="percentile", many=False, needs=("concepts",)):
+    def run(model, fam, *, progress=True, **kw):
+        calls.append((fam.name, name, dict(kw)))
+        return FakeCurve(concept_set=fam.name, params=kw, curve=bumps(model.cfg.n_layers, [shape]))
+
+    def run_many(model, fams, *, progress=True, **kw):
+        calls.append((tuple(f.name for f in fams), name + "_many", dict(kw)))
+        return [FakeCurve(concept_set=f.name, curve=bumps(model.cfg.n_layers, [shape])) for f in fams]
+
+    return Technique(name, run, presets={"quick": {"n": 1}, "full": {"n": 2}}, needs=needs, interval_rule=rule,
+                     run_many_fn=run_many if many else None)
 
 
-def test_knowledge_map_runner_resumes_and_records_failures(tmp_path, monkeypatch):
+@pytest.fixture
+def toys(monkeypatch):
+    calls = []
+
+    def broken(model, fam, **kw):
+        calls.append((fam.name, "broken", kw))
+        raise RuntimeError("boom")
+
+    for t in (_fake("toy_rise", (1, 3), calls, rule="rise"), _fake("toy_pct", (2, 3), calls),
+              Technique("toy_broken", broken), _fake("toy_pairs", (1, 2), calls, needs=("pairs",)),
+              _fake("toy_many", (2, 4), calls, many=True)):
+        monkeypatch.setitem(REGISTRY, t.name, t)
+    return calls
+
+
+def test_knowledge_map_runner_resumes_and_records_failures(tmp_path, toys, caplog):
     import medinterp.maps as maps
     from medinterp.testing import tiny_model
 
     model = tiny_model(n_layers=6)
-    calls = []
-
-    def fake(shape):
-        def run(model, fam, kw, progress):
-            calls.append((fam.name, shape, dict(kw)))
-            return FakeCurve(curve=bumps(6, [shape]), n_layers=6)
-        return run
-
-    def broken(model, fam, kw, progress):
-        calls.append((fam.name, "broken", kw))
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(maps, "RUNNERS", {"geometry": fake((1, 3)), "saliency": fake((2, 3)),
-                                          "lesion": broken, "patching": maps.RUNNERS["patching"]})
+    calls = toys
+    techs = ["toy_rise", "toy_pct", "toy_broken", "toy_pairs"]
     fams = {"drugs": {"concepts": ["a prompt"], "pairs": None}, EVIL: {"concepts": ["x"]}}
-    km = maps.knowledge_map(model, fams, out_dir=tmp_path / "w", progress=False,
-                            technique_kwargs={"saliency": {"max_prompts": 2}})
-    assert km.status["drugs"]["saliency"] == "ok" and km.status["drugs"]["lesion"].startswith("failed: RuntimeError: boom")
-    assert km.status["drugs"]["patching"].startswith("not run: no pair set")
-    assert np.isnan(km.curves[:, km.techniques.index("lesion")]).all()
-    assert ("drugs", (2, 3), {**maps.SIZES["full"]["saliency"], "max_prompts": 2}) in calls
-    assert (tmp_path / "w" / "drugs" / "saliency" / "manifest.json").is_file()
+    with caplog.at_level(logging.ERROR, logger="medinterp"):
+        km = maps.knowledge_map(model, fams, techs, out_dir=tmp_path / "w", progress=False,
+                                technique_kwargs={"toy_pct": {"max_prompts": 2}})
+    assert km.techniques == techs and km.rules["toy_rise"] == "rise" and km.rules["toy_pct"] == "percentile"
+    assert km.status["drugs"]["toy_pct"] == "ok" and km.status["drugs"]["toy_broken"].startswith("failed: RuntimeError: boom")
+    assert "drugs/toy_broken failed: RuntimeError: boom" in caplog.text  # logged, not swallowed
+    assert km.status["drugs"]["toy_pairs"].startswith("not run:") and "pairs" in km.status["drugs"]["toy_pairs"]
+    assert np.isnan(km.curves[:, km.techniques.index("toy_broken")]).all()
+    assert ("drugs", "toy_pct", {"n": 2, "max_prompts": 2}) in calls  # full preset + override
+    assert km.curve_names["toy_pct"] == "fake bump"
+    assert (tmp_path / "w" / "drugs" / "toy_pct" / "manifest.json").is_file()
     assert (tmp_path / "w" / "map" / "manifest.json").is_file()
+    assert sorted(maps.saved_jobs(tmp_path / "w")) == sorted(f"{f}/{t}" for f in fams for t in ("toy_rise", "toy_pct"))
     np.testing.assert_array_equal(km.curves_low[0, 1], bumps(6, [(2, 3)]) - 1)
     n_first = len(calls)
     # rerun: finished results load from the work dir; only the failed technique runs again
-    km2 = maps.knowledge_map(model, fams, out_dir=tmp_path / "w", progress=False,
-                             technique_kwargs={"saliency": {"max_prompts": 2}})
+    km2 = maps.knowledge_map(model, fams, techs, out_dir=tmp_path / "w", progress=False,
+                             technique_kwargs={"toy_pct": {"max_prompts": 2}})
     assert [c for c in calls[n_first:] if c[1] != "broken"] == []
-    assert len(calls) - n_first == 2  # lesion for each family
+    assert len(calls) - n_first == 2  # the broken job of each family
     np.testing.assert_array_equal(km2.curves, km.curves)
     # a map from the work dir alone (no model), e.g. of an interrupted run
-    km3 = maps.map_from_work_dir(tmp_path / "w", families=list(fams))
+    km3 = maps.map_from_work_dir(tmp_path / "w", families=list(fams), techniques=techs)
     np.testing.assert_array_equal(km3.curves, km.curves)
-    assert km3.status["drugs"]["lesion"] == "no saved result"
-    # the report includes the saved technique figures and says what failed
+    assert km3.status["drugs"]["toy_broken"] == "no saved result"
+    # the report includes the saved technique results and says what failed
     text = km2.to_html(tmp_path / "r.html")
     assert "failed: RuntimeError: boom" in text and EVIL not in text
     with pytest.raises(MedinterpError, match="unknown technique"):
         maps.knowledge_map(model, fams, techniques=["umap"], progress=False)
 
 
-def test_runner_recomputes_when_the_job_changes(tmp_path, monkeypatch):
+def test_runner_recomputes_when_the_job_changes(tmp_path, toys):
+    import medinterp.maps as maps
+    from medinterp.concepts import load_concepts
+    from medinterp.testing import tiny_model
+
+    calls = toys
+    run = lambda m, fams, **k: maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False, **k)
+    m = tiny_model(n_layers=4)
+    fams = {"drugs": {"concepts": ["p"]}}
+    run(m, fams)
+    run(m, fams)
+    assert len(calls) == 1  # resumed
+    run(m, fams, quick=True)
+    assert len(calls) == 2  # other preset: not the same job
+    km = run(tiny_model(n_layers=5), fams, quick=True)
+    assert len(calls) == 3 and km.n_layers == 5  # another model: recomputed, never mixed in
+    run(m, {"drugs": {"concepts": ["p", "q"]}})
+    assert len(calls) == 4  # other prompts
+    # an in-memory concept set edited in place: same name, version and counts, other content
+    cs = load_concepts("drugs")
+    run(m, {"drugs": {"concepts": cs}})
+    n = len(calls)
+    run(m, {"drugs": {"concepts": cs}})
+    assert len(calls) == n
+    item = dict(cs.items[0])
+    key = next(k for k, v in item.items() if isinstance(v, str))
+    cs.items[0] = {**item, key: item[key] + "x"}
+    run(m, {"drugs": {"concepts": cs}})
+    assert len(calls) == n + 1
+    # a user file edited in place under the same path
+    f = tmp_path / "prompts.yaml"
+    from medinterp.concepts import data_path
+
+    text = (data_path() / "drugs.yaml").read_text(encoding="utf-8")
+    f.write_text(text, encoding="utf-8")
+    run(m, {"drugs": {"concepts": f}})
+    run(m, {"drugs": {"concepts": f}})
+    assert len(calls) == n + 2
+    f.write_text(text + "\n# edited\n", encoding="utf-8")
+    run(m, {"drugs": {"concepts": f}})
+    assert len(calls) == n + 3
+
+
+def test_corrupt_saved_result_is_recomputed_not_failed(tmp_path, toys, caplog):
     import medinterp.maps as maps
     from medinterp.testing import tiny_model
 
-    calls = []
-
-    def run(model, fam, kw, progress):
-        calls.append(dict(kw))
-        return FakeCurve(curve=bumps(model.cfg.n_layers, [(1, 2)]), n_layers=model.cfg.n_layers)
-
-    monkeypatch.setattr(maps, "RUNNERS", {"saliency": run})
-    fams = {"drugs": {"concepts": ["p"]}}
+    calls = toys
     m = tiny_model(n_layers=4)
-    maps.knowledge_map(m, fams, techniques=["saliency"], out_dir=tmp_path, progress=False)
-    maps.knowledge_map(m, fams, techniques=["saliency"], out_dir=tmp_path, progress=False)
-    assert len(calls) == 1  # resumed
-    maps.knowledge_map(m, fams, techniques=["saliency"], quick=True, out_dir=tmp_path, progress=False)
-    assert len(calls) == 2  # other sizes: not the same job
-    km = maps.knowledge_map(tiny_model(n_layers=5), fams, techniques=["saliency"], quick=True, out_dir=tmp_path, progress=False)
-    assert len(calls) == 3 and km.n_layers == 5  # another model: recomputed, never mixed in
+    fams = {"drugs": {"concepts": ["p"]}}
+    km = maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False)
+    arrays = tmp_path / "drugs" / "toy_pct" / "arrays.safetensors"
+    data = arrays.read_bytes()
+    arrays.write_bytes(data[: len(data) // 2])  # torn write
+    with caplog.at_level(logging.WARNING, logger="medinterp"):
+        km2 = maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False)
+    assert len(calls) == 2 and km2.status["drugs"]["toy_pct"] == "ok"
+    assert "does not load" in caplog.text and "recomputing" in caplog.text
+    np.testing.assert_array_equal(km2.curves, km.curves)
+    maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False)
+    assert len(calls) == 2  # the rewritten result is trusted again
+
+
+def test_shared_run_many_when_two_families_pending(tmp_path, toys):
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    calls = toys
+    m = tiny_model(n_layers=5)
+    fams = {"a": {"concepts": ["p"]}, "b": {"concepts": ["q"]}, "c": {"pairs": ["x"]}}
+    km = maps.knowledge_map(m, fams, ["toy_many"], out_dir=tmp_path, progress=False)
+    assert calls == [(("a", "b"), "toy_many_many", {"n": 2})]  # one shared call; "c" lacks concepts
+    assert km.status["a"]["toy_many"] == km.status["b"]["toy_many"] == "ok"
+    assert km.status["c"]["toy_many"].startswith("not run")
+    assert (tmp_path / "a" / "toy_many" / "job.json").is_file() and (tmp_path / "b" / "toy_many" / "job.json").is_file()
+    (tmp_path / "b" / "toy_many" / "job.json").unlink()  # only one family left: the single-family run
+    maps.knowledge_map(m, fams, ["toy_many"], out_dir=tmp_path, progress=False)
+    assert calls[1:] == [("b", "toy_many", {"n": 2})]
+
+
+def test_family_inputs_one_shape_each():
+    from medinterp.maps import family_specs
+
+    f = family_specs(["drugs"])["drugs"]
+    assert isinstance(f, Family) and f.concepts == "drugs" and f.pairs == "drug_pairs"
+    mine = family_specs({"mine": {"concepts": ["p"], "label": "Mine"}, "fam": Family("x", concepts=["q"])})
+    assert mine["mine"].label == "Mine" and mine["mine"].pairs is None and mine["fam"].name == "fam"
+    with pytest.raises(MedinterpError, match=r"unknown key\(s\) \['concept_set'\]"):
+        family_specs({"mine": {"concept_set": "drugs"}})
+    with pytest.raises(MedinterpError, match="expected a Family or a mapping"):
+        family_specs({"mine": ("drugs", "drug_pairs")})
+    with pytest.raises(MedinterpError, match="unknown concept family 'drugz'"):
+        family_specs(["drugz"])
+
+
+def test_bad_map_params_rejected_before_any_work(toys):
+    import medinterp.maps as maps
+
+    with pytest.raises(MedinterpError, match="percentile must be in"):
+        maps.knowledge_map(None, {"d": {"concepts": ["p"]}}, ["toy_pct"], percentile=150, progress=False)
+    with pytest.raises(MedinterpError, match="unknown parameter"):
+        maps.knowledge_map(None, {"d": {"concepts": ["p"]}}, ["toy_pct"], percentil=50, progress=False)
+    assert toys == []  # nothing ran (and the None model was never touched)
+
+
+# ---------------------------------------------------------------- Result format
+@_dc.dataclass
+class _Legacy(TechniqueResult):
+    kind = "test_legacy_result"
+    _legacy_fields = {"concept": "concept_set", "timing": "timings"}
+    values: np.ndarray = None
+
+
+def test_result_format_legacy_newer_and_file_rules(tmp_path):
+    import os
+
+    r = _Legacy(concept_set="drugs", timings={"all": 1.0}, values=np.arange(3.0)).save(tmp_path / "r")
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["format_version"] == 2
+    for p in (tmp_path / "r").iterdir():
+        assert oct(os.stat(p).st_mode & 0o777) == "0o644", p.name
+    # a 0.1.0 (format 1) directory with the old field names
+    old = dict(manifest, format_version=1)
+    old["fields"] = {"concept": "drugs", "timing": {"all": 2.0}}
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(old))
+    back = Result.load(tmp_path / "r")
+    assert isinstance(back, _Legacy) and back.concept_set == "drugs" and back.timings == {"all": 2.0}
+    np.testing.assert_array_equal(back.values, r.values)
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(dict(manifest, format_version=9)))
+    with pytest.raises(MedinterpError, match="format 9 is newer"):
+        Result.load(tmp_path / "r")
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(dict(manifest, tables=["../../etc/passwd"])))
+    with pytest.raises(MedinterpError, match="not plain field names"):
+        Result.load(tmp_path / "r")
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(dict(manifest, kind="no_such_kind")))
+    with pytest.raises(MedinterpError, match="unknown result kind 'no_such_kind'"):
+        Result.load(tmp_path / "r")
+
+
+def test_legacy_map_params_load_with_their_rules(tmp_path):
+    km = _planted_map()
+    km.save(tmp_path / "m")
+    man = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    man["format_version"] = 1
+    man["fields"].pop("rules")
+    man["fields"]["params"]["rise_techniques"] = ["geometry"]
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(man))
+    back = Result.load(tmp_path / "m")
+    assert back.rules == km.rules and back.intervals == km.intervals

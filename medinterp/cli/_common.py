@@ -1,0 +1,109 @@
+"""What every CLI command shares: the common options, model and concept loading, out-dir checks, writing.
+
+A command file is its own options plus one library call; everything else comes from here.
+
+Example:
+    >>> split_list(" a, b,,c ")
+    ['a', 'b', 'c']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from medinterp.errors import MedinterpError
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+# ---------------------------------------------------------------- shared options (typing.Annotated)
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec (see `medinterp models`) or path.")]
+OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (subsets, bootstrap, UMAP).")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="A small, fast run (a few minutes on 2 CPU cores).")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device (cpu, cuda, mps).")]
+NBootOpt = Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the CIs.")]
+ConceptsOpt = Annotated[str, typer.Option("--concepts", "-c",
+                                          help="Concept set name (e.g. drugs) or path to a concept file.")]
+
+
+def split_list(text: Optional[str]) -> Optional[list[str]]:
+    """``"a,b"`` → ``["a", "b"]``; None or empty → None."""
+    return None if not text else [x.strip() for x in text.split(",") if x.strip()] or None
+
+
+def int_list(text: Optional[str], option: str) -> Optional[list[int]]:
+    """``"0,3,5"`` → ``[0, 3, 5]``; a clear error naming ``--option`` otherwise."""
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MedinterpError(f"--{option} {text!r}: expected comma-separated integers, e.g. 0,3,5") from None
+
+
+def positive(**values: int) -> None:
+    """Each ``name=value`` must be >= 1 (names as ``n_boot`` → ``--n-boot`` in the error)."""
+    for name, v in values.items():
+        if v is None or v < 1:
+            raise MedinterpError(f"--{name.replace('_', '-')} {v}: expected a positive number")
+
+
+# ---------------------------------------------------------------- loading
+def load_model(spec: str, device: str = "cpu") -> Any:
+    """Load a model, saying so first (loading takes seconds to minutes)."""
+    import medinterp as mi
+
+    typer.echo(f"loading model {spec} ...")
+    return mi.load_model(spec, device=device)
+
+
+def load_concept_set(spec: str, option: str = "--concepts"):
+    """A concept set (not a pair set) by shipped name or file; a clear error otherwise."""
+    from medinterp.concepts import PairSet, load_concepts
+
+    s = load_concepts(spec)
+    if isinstance(s, PairSet):
+        raise MedinterpError(f"{option} {spec!r}: is a pair set; expected a concept set with items and labels")
+    return s
+
+
+def load_pair_set(spec: str, option: str = "--pairs"):
+    """A pair set by shipped name or file; a clear error otherwise."""
+    from medinterp.concepts import PairSet, load_concepts
+
+    s = load_concepts(spec)
+    if not isinstance(s, PairSet):
+        raise MedinterpError(f"{option} {spec!r}: is a concept set, not a pair set; pair sets have the columns "
+                             "clean, corrupted, clean_answer, corrupted_answer")
+    return s
+
+
+# ---------------------------------------------------------------- output
+def check_out_dir(out: Path, option: str = "--out") -> Path:
+    """``out`` may be absent or a directory (checked before any work)."""
+    if out.exists() and not out.is_dir():
+        raise MedinterpError(f"{option} {out}: exists and is not a directory")
+    return out
+
+
+def check_out_file(out: Path, suffixes: tuple[str, ...] = (".html", ".htm"), option: str = "--out") -> Path:
+    """``out`` is a file name with one of ``suffixes`` whose folder exists or can be made."""
+    if out.suffix.lower() not in suffixes:
+        raise MedinterpError(f"{option} {out}: expected a file name ending in {' or '.join(suffixes)}")
+    if out.exists() and out.is_dir():
+        raise MedinterpError(f"{option} {out}: is a directory; expected a file name")
+    return out
+
+
+def write_result(res: Any, out: Path, html_name: str, title: str, *, echo_summary: bool = True) -> None:
+    """Save a result to ``out``, write its HTML page beside it and print its summary."""
+    res.save(out)
+    res.to_html(out / html_name, title=title)
+    if echo_summary:
+        typer.echo(res.summary())
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    typer.echo(f"wrote {out}/: {', '.join(files)}")

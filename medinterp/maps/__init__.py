@@ -1,0 +1,47 @@
+"""Knowledge maps: where each medical concept lives in a model, merged from the registered techniques.
+
+* :mod:`medinterp.maps.synthesis`: smoothing, interval maths, :class:`KnowledgeMap`, :func:`compare`
+  (no model needed);
+* :mod:`medinterp.maps.run`: :func:`knowledge_map` (jobs from :data:`medinterp.techniques.REGISTRY`,
+  saved as they finish, resumed by fingerprint) and :func:`map_from_work_dir`.
+
+The map reads only the registry: adding a technique there adds a column here.
+"""
+
+from __future__ import annotations
+
+from medinterp.maps.run import (
+    check_techniques,
+    family_specs,
+    input_content,
+    job_dir,
+    job_fingerprint,
+    knowledge_map,
+    map_from_work_dir,
+    peak_rss_mb,
+    result_curve,
+    saved_jobs,
+)
+from medinterp.maps.synthesis import (
+    DEFAULT_PARAMS,
+    KnowledgeMap,
+    compare,
+    interval_rules,
+    percentile_intervals,
+    registered_techniques,
+    smooth,
+    steepest_rise_window,
+    technique_intervals,
+    validate_params,
+)
+from medinterp.techniques import REGISTRY as _REGISTRY
+
+#: The map's default columns (the registered techniques, in registry order).
+TECHNIQUES: tuple[str, ...] = tuple(_REGISTRY)
+
+__all__ = [
+    "DEFAULT_PARAMS", "KnowledgeMap", "TECHNIQUES", "check_techniques", "compare", "family_specs",
+    "input_content", "interval_rules", "job_dir", "job_fingerprint", "knowledge_map", "map_from_work_dir",
+    "peak_rss_mb", "percentile_intervals", "registered_techniques", "result_curve", "saved_jobs", "smooth",
+    "steepest_rise_window", "technique_intervals", "validate_params",
+]
