@@ -339,10 +339,3 @@ def bootstrap_ci(
     lo, hi = np.nanquantile(reps, [alpha, 1 - alpha], axis=0)
     return est, lo, hi
 
-
-# TEMPORARY (maps branch only): techniques/lesion.py still imports escape from here until the
-# saliency+lesion branch (figures -> viz/lesion.py) merges. The lead reverts this commit then.
-def escape(text: Any) -> str:  # pragma: no cover - temporary copy of medinterp.viz.html.escape
-    import html
-
-    return html.escape(str(text), quote=True)
