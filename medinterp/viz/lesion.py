@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medinterp.results import escape
+from medinterp.viz.html import escape
 from medinterp.techniques.base import register_renderer
 from medinterp.techniques.lesion.result import METRIC_TITLES
 from medinterp.viz.curves import layer_curve_figure
