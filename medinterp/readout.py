@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Sequence
 
 import torch
@@ -113,8 +114,9 @@ class Target:
         tokens: ``[T]`` context tokens (with the model's BOS rule) followed by the target tokens.
         n_context: number of context tokens; tokens ``n_context..T-1`` are scored.
         read_pos: the position whose next-token distribution lesioning compares (KL, top-1) and where
-            greedy continuations start: the last context token for an answer or a span, the last
-            token for a plain string.
+            greedy continuations start: the last context token for an answer or a span (the last
+            token of the prompt, or of the item: always after the item), the last token for a plain
+            string.
         target: the scored target as text (e.g. ``" aspirin"``).
     """
 
@@ -143,6 +145,14 @@ class Target:
         """What identifies this target's numbers (used by :func:`medinterp.store.fingerprint`)."""
         return {"tokens": self.tokens.tolist(), "n_context": self.n_context, "read_pos": self.read_pos,
                 "text": self.text, "target": self.target}
+
+
+class NothingAfterItem(MedinterpError):
+    """A prompt ends on its item: there is no token after the item to score."""
+
+
+#: the first word after an item, with the whitespace before it (``" today."``, ``"."``, ``", and"`` → ``","``)
+_NEXT_WORD = re.compile(r"\s*\S+")
 
 
 def tokens_of(model: Any, text: str, bos: bool) -> Int[Tensor, "T"]:
@@ -174,11 +184,15 @@ def make_target(
     * ``answer`` given: the context is ``text``, the target ``answer`` (a space is put in front when
       neither ``text`` ends nor ``answer`` starts with whitespace, as sentencepiece tokenizers give a
       word with and without its leading space different tokens); read at the last context token.
-    * ``span=(start, end)`` (character offsets of the item in ``text``): the context is the text before
-      the item (trailing whitespace moved onto the item), the target the item; read before the item.
+    * ``span=(start, end)`` (character offsets of the item in ``text``): the context is the text up to
+      and including the item, the target the first word *after* the item (with its leading whitespace
+      and punctuation, e.g. ``" today."`` or ``"."``); read at the item's last token. A text that ends
+      on its item has nothing after it to score: :class:`NothingAfterItem` is raised (the item's own
+      tokens after a generic prefix would measure how predictable the name is, not what follows it).
     * neither: ``text``'s own tokens after the first are scored; read at its last token.
 
     Raises:
+        NothingAfterItem: a span that ends the text (only whitespace after the item).
         MedinterpError: empty answer, a span outside the text, a target that tokenizes to nothing, no
             context token to predict the first target token from, or too many tokens.
     """
@@ -191,10 +205,12 @@ def make_target(
             raise MedinterpError(f"{where}: span {span!r} is not a (start, end) pair of character offsets") from None
         if not (0 <= start < end <= len(text)):
             raise MedinterpError(f"{where}: span ({start}, {end}) is outside the text of length {len(text)}")
-        prefix = text[:start]
-        stripped = prefix.rstrip()
-        item = prefix[len(stripped):] + text[start:end]  # keep the whitespace before the item with it
-        return _with_answer(model, stripped, item, where=where, original=text)
+        nxt = _NEXT_WORD.match(text[end:])
+        if nxt is None:
+            raise NothingAfterItem(
+                f"{where}: the text ends on its item {text[start:end]!r}, so nothing after the item can be "
+                "scored; give the template an answer or a word after the item")
+        return _with_answer(model, text[:end], nxt.group(0), where=where, original=text)
     toks = tokens_of(model, text, bos=True)
     if toks.shape[0] < 2:
         raise MedinterpError(f"{where} ({text!r}): needs at least 2 tokens to score its own text")

@@ -76,8 +76,8 @@ def lesion_figures(result: Any, mode: str | None = None, group_by: str | None = 
                       template="plotly_white", height=160 + 40 * len(result.modes))
     figs.append(fig)
 
-    # 3. curves per mode with CI bands: KL and log-prob drop
-    for metric in ("kl", "logp_drop"):
+    # 3. curves per mode with CI bands: log-prob drop (the map's curve), accuracy drop and KL
+    for metric in [m for m in ("logp_drop", "acc_drop", "kl") if m in result.metric_names]:
         curves = {m: (result.layer_curve(metric, m), *result.layer_curve_ci(metric, m)) for m in result.modes}
         figs.append(layer_curve_figure(
             curves, title=f"{METRIC_TITLES[metric]} per lesioned block (mean, {int(result.ci * 100)}% CI)",
@@ -113,4 +113,14 @@ def lesion_figures(result: Any, mode: str | None = None, group_by: str | None = 
     return figs
 
 
+def block_criticality_figure(result: Any) -> list:
+    """The generic block-criticality strip: mean KL(intact ‖ block removed) per block with its CI."""
+    return [layer_curve_figure(
+        {"KL": (result.layer_curve(), *result.layer_curve_ci())},
+        title=f"Block criticality (generic, all families): {escape(result.concept_set)}, {len(result.kl)} prompts, "
+        f"{int(result.ci * 100)}% cluster-bootstrap CI", y_title="KL(intact ‖ block removed), nats", x_title="block",
+        ci_label=f"{int(result.ci * 100)}% CI")]
+
+
 register_renderer("lesion", lesion_figures)
+register_renderer("block_criticality", block_criticality_figure)

@@ -14,13 +14,21 @@ COLORS = {"attn": "#1f77b4", "mlp": "#ff7f0e", "combined": "#2ca02c"}
 
 
 def saliency_figures(result: Any, variant: str | None = None) -> list:
-    """One per-block figure per variant (attention, MLP, combined with CI bands) and one bar chart of
-    the embedding and unembedding."""
+    """The block-share figure (the map's curve), one per-block figure per variant (attention, MLP, combined
+    with CI bands) and one bar chart of the embedding and unembedding."""
     import plotly.graph_objects as go
 
     variants = [variant] if variant else list(result.variants)
     ci_label = f"{int(result.ci * 100)}% CI"
     figs = []
+    if result.share is not None and variant in (None, "share"):
+        curves = {c: (result.layer_curve("share", c), *result.layer_curve_ci("share", c)) for c in result.components}
+        figs.append(layer_curve_figure(
+            curves, title=f"Share of Σ|∂L/∂w · w| per block: {result.concept_set} ({result.n_prompts} prompts, "
+            f"{int(result.ci * 100)}% cluster-bootstrap CI over items)",
+            y_title="share of |g·w| over blocks", x_title="block", ci_label=ci_label, colors=COLORS))
+    if variant == "share":
+        return figs
     for v in variants:
         curves = {c: (result.layer_curve(v, c), *result.layer_curve_ci(v, c)) for c in result.components}
         figs.append(layer_curve_figure(

@@ -11,12 +11,18 @@ Lesion modes (see :mod:`medinterp.hooks`):
   longer than every reference prompt get the mean over all non-BOS positions); ``"overall"`` one
   vector, the mean over every non-BOS position; ``"last"`` one vector, the mean at the reference
   prompts' last tokens.
+* ``block_mean``: the block's whole output (``resid_post - resid_pre``, what it adds to the residual
+  stream) is replaced by its mean over the reference set (``mean_over`` as above): mean-ablation
+  beside skip.
 
 Metrics, per prompt × mode × layer, against the intact model (no judge needed):
 
-* ``kl``          KL(intact ‖ lesioned) of the next-token distribution at the *read position* (nats);
 * ``logp_drop``   log p_intact(target) − log p_lesioned(target), summed over the target's tokens
-  (teacher-forced, nats; positive = the lesion made the target less likely);
+  (teacher-forced, nats; positive = the lesion made the target less likely). **The map's curve**
+  (``layer_curve()``, ``unit_scores()``), with ``skip``, on the family's answer prompts;
+* ``acc_drop``    intact − lesioned correctness (top-1 at the read position == the answer's first token);
+* ``kl``          KL(intact ‖ lesioned) of the next-token distribution at the *read position* (nats):
+  generic "block criticality", shown once per model (:func:`block_criticality`), not per family;
 * ``top1_agree``  1 if the arg-max next token at the read position is unchanged, else 0.
 
 For a subset of prompts (``n_continuations``, default 8, evenly spread over the set) and the modes in
@@ -28,14 +34,15 @@ and compared with the intact one: ``first_diff`` (index of the first differing t
 ``judge(prompt, intact_text, lesioned_text) -> 1..10`` (1 = unchanged, 10 = gibberish, the paper's
 rubric) scores each continuation.
 
-Targets and the read position (DESIGN.md "Targets"):
+Targets and the read position (always *after* the item, METHOD.md §0):
 
+* a pair set (the map's input): each distinct clean prompt with its clean answer;
 * a prompt with an ``answer``: the context is the prompt, the target the answer (a space is put in
   front when neither side has one); next-token metrics read at the last prompt token, i.e. the
   distribution that predicts the answer's first token;
-* a ``ConceptPrompt`` without an answer: the context is the text *before* the item and the target is
-  the item's own tokens; next-token metrics read at the last token before the item (the prompt
-  "ending before its item"), and continuations start there too;
+* a ``ConceptPrompt`` without an answer: the context is the text up to and including the item and the
+  target the word after it; read at the item's last token. A prompt that ends on its item has nothing
+  after it and is left out (``NothingAfterItemWarning``);
 * a plain string: next-token metrics read at its last token and the target is the string's own tokens
   after the first (its LM log-likelihood).
 
@@ -44,7 +51,7 @@ position). Runs checkpoint per batch and resume (``checkpoint_dir=``, see :mod:`
 
 Layout: ``inputs`` (prompts → targets), ``engine`` (batches, intact and lesioned runs, metrics),
 ``continuations``, ``result`` (:class:`LesionResult`, :func:`lesion_table`), ``run`` (:func:`lesion`,
-``TECHNIQUE``). Figures: :mod:`medinterp.viz.lesion`.
+``TECHNIQUE``), ``criticality`` (:func:`block_criticality`). Figures: :mod:`medinterp.viz.lesion`.
 
 Speed (``method="prefix"``, the default): prompts are batched with right padding (every real token
 keeps its position and never sees padding, so batching changes nothing at real positions), the intact
@@ -72,8 +79,8 @@ Example:
     ...              modes=["skip", "mlp_zero"], n_continuations=1, max_new_tokens=4, n_boot=50, progress=False)
     >>> res.layer_curve().shape
     (3,)
-    >>> res.metrics.shape   # prompts × modes × layers × (kl, logp_drop, top1_agree)
-    (2, 2, 3, 3)
+    >>> res.metrics.shape   # prompts × modes × layers × (kl, logp_drop, top1_agree, acc_drop)
+    (2, 2, 3, 4)
 """
 
 
@@ -83,6 +90,10 @@ from medinterp.techniques.lesion.engine import (
     MEAN_OVER,
     METHODS,
     METRICS,
+    MODES,
+    block_mean_hooks,
+    compute_block_means,
+    mode_hooks,
     compare,
     intact_run,
     lesioned_resid,
@@ -94,8 +105,10 @@ from medinterp.techniques.lesion.engine import (
 from medinterp.techniques.lesion.inputs import LesionItem, items_from_inputs
 from medinterp.techniques.lesion.result import METRIC_TITLES, LesionResult, lesion_table
 from medinterp.techniques.lesion.run import TECHNIQUE, lesion
+from medinterp.techniques.lesion.criticality import BlockCriticality, block_criticality
 
 __all__ = [
+    "BlockCriticality", "MODES", "block_criticality", "block_mean_hooks", "compute_block_means", "mode_hooks",
     "CONT_METRICS", "LesionItem", "LesionResult", "MEAN_OVER", "METHODS", "METRICS", "METRIC_TITLES", "TECHNIQUE",
     "Target", "compare", "continuation_metrics", "greedy_continuations", "intact_run", "items_from_inputs", "lesion",
     "lesion_table", "lesioned_resid", "lesioned_run", "make_batch", "readout_logits", "readout_resid",

@@ -10,8 +10,9 @@ import torch
 from jaxtyping import Int
 
 from medinterp.errors import MedinterpError
-from medinterp.hooks import FwdHooks, MeanActivation, left_pad, lesion_hooks, pad_token_id
+from medinterp.hooks import FwdHooks, MeanActivation, left_pad, pad_token_id
 from medinterp.readout import Target, unembed_at
+from medinterp.techniques.lesion.engine import mode_hooks
 
 CONT_METRICS: tuple[str, ...] = ("first_diff", "overlap", "bag_overlap")
 
@@ -130,7 +131,7 @@ def _continuations(
     bar = tqdm(total=len(cmodes) * len(layers), desc="continuations", disable=not progress)
     for mi_, mode in enumerate(cmodes):
         for li, l in enumerate(layers):
-            fn = lambda pos, l=l, mode=mode: lesion_hooks(l, mode, means=means, how=mean_over, position_ids=pos)  # noqa: E731
+            fn = lambda pos, l=l, mode=mode: mode_hooks(l, mode, means=means, how=mean_over, position_ids=pos)  # noqa: E731
             out = greedy_continuations(model, contexts, L, fn).cpu().numpy()
             toks[:, mi_, li] = out
             row = []

@@ -14,12 +14,63 @@ import torch
 from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
-from medinterp.hooks import MeanActivation, lesion_hooks, right_pad
+from medinterp.hooks import LESION_MODES, FwdHooks, MeanActivation, compute_means, lesion_hooks, right_pad
 from medinterp.readout import Target, unembed_at
 
-METRICS: tuple[str, ...] = ("kl", "logp_drop", "top1_agree")
+METRICS: tuple[str, ...] = ("kl", "logp_drop", "top1_agree", "acc_drop")
 METHODS: tuple[str, ...] = ("prefix", "full")
 MEAN_OVER: tuple[str, ...] = ("position", "overall", "last")
+#: the sub-layer lesions of :mod:`medinterp.hooks` and ``block_mean``: the block's whole output (what it
+#: adds to the residual stream, ``resid_post - resid_pre``) replaced by its mean over a reference set
+MODES: tuple[str, ...] = (*LESION_MODES, "block_mean")
+
+
+def block_delta_name(layer: int) -> str:
+    """Key of block ``layer``'s mean output (``resid_post - resid_pre``) in the means dict."""
+    return f"blocks.{layer}.block_delta"
+
+
+@torch.no_grad()
+def compute_block_means(model: Any, tokens: Sequence[torch.Tensor], layers: Sequence[int], batch_size: int) -> dict[str, MeanActivation]:
+    """Mean of each block's output ``resid_post - resid_pre`` over reference prompts (per position, overall,
+    at the last token), from :func:`medinterp.hooks.compute_means` of the two residuals (the mean of a
+    difference is the difference of the means over the same positions)."""
+    names = [f"blocks.{l}.hook_resid_{w}" for l in layers for w in ("pre", "post")]
+    m = compute_means(model, list(tokens), hook_names=names, batch_size=batch_size)
+    out = {}
+    for l in layers:
+        a, b = m[f"blocks.{l}.hook_resid_post"], m[f"blocks.{l}.hook_resid_pre"]
+        out[block_delta_name(l)] = MeanActivation(per_position=a.per_position - b.per_position, counts=a.counts,
+                                                  overall=a.overall - b.overall, last=a.last - b.last)
+    return out
+
+
+def block_mean_hooks(layer: int, mean: MeanActivation, *, how: str = "position",
+                     position_ids: torch.Tensor | None = None) -> FwdHooks:
+    """Replace block ``layer``'s output by its mean: ``resid_post = resid_pre + mean(resid_post - resid_pre)``."""
+    slot: dict[str, torch.Tensor] = {}
+
+    def remember(resid_pre: torch.Tensor, hook: Any) -> None:
+        slot["x"] = resid_pre
+
+    def replace(resid_post: torch.Tensor, hook: Any) -> torch.Tensor:
+        x = slot.pop("x")
+        b, t = x.shape[0], x.shape[1]
+        pos = position_ids if position_ids is not None else torch.arange(t, device=x.device).expand(b, t)
+        return x + mean.at(pos.to(x.device), how).to(device=x.device, dtype=x.dtype)
+
+    return [(f"blocks.{layer}.hook_resid_pre", remember), (f"blocks.{layer}.hook_resid_post", replace)]
+
+
+def mode_hooks(layer: int, mode: str, *, means: dict[str, MeanActivation] | None = None, how: str = "position",
+               position_ids: torch.Tensor | None = None) -> FwdHooks:
+    """Hooks of one lesion ``mode`` (:data:`MODES`) at block ``layer``."""
+    if mode == "block_mean":
+        name = block_delta_name(layer)
+        if means is None or name not in means:
+            raise MedinterpError(f"lesion mode 'block_mean' at layer {layer} needs the block's mean output (compute_block_means)")
+        return block_mean_hooks(layer, means[name], how=how, position_ids=position_ids)
+    return lesion_hooks(layer, mode, means=means, how=how, position_ids=position_ids)
 
 
 @dataclasses.dataclass
@@ -35,13 +86,16 @@ class _Batch:
     tgt_idx: torch.Tensor  # [N] index into the R rows of every target-predicting position
     tgt_ids: torch.Tensor  # [N] the target token there
     tgt_owner: torch.Tensor  # [N] batch row it belongs to
+    read_answer: torch.Tensor  # [B] the target token right after the read position, -1 if there is none
 
 
 def make_batch(items: Sequence[Target], index: Sequence[int], pad_id: int, device: Any) -> _Batch:
     """Right-pad ``items`` and list the positions whose logits the metrics need."""
     tokens, mask, _ = right_pad([it.tokens for it in items], pad_id=pad_id)
-    rows, cols, read_idx, tgt_idx, tgt_ids, owner = [], [], [], [], [], []
+    rows, cols, read_idx, tgt_idx, tgt_ids, owner, read_answer = [], [], [], [], [], [], []
     for b, it in enumerate(items):
+        read_answer.append(int(it.tokens[it.read_pos + 1]) if it.read_pos + 1 >= it.n_context and
+                           it.read_pos + 1 < it.tokens.shape[0] else -1)
         where: dict[int, int] = {}
         for p in [it.read_pos, *it.predict_positions]:
             if p not in where:
@@ -54,15 +108,21 @@ def make_batch(items: Sequence[Target], index: Sequence[int], pad_id: int, devic
             tgt_ids.append(int(it.tokens[p + 1]))
             owner.append(b)
     lt = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return _Batch(list(index), tokens.to(device), mask.to(device), lt(rows), lt(cols), lt(read_idx), lt(tgt_idx), lt(tgt_ids), lt(owner))
+    return _Batch(list(index), tokens.to(device), mask.to(device), lt(rows), lt(cols), lt(read_idx), lt(tgt_idx), lt(tgt_ids), lt(owner),
+                  lt(read_answer))
 
 
-def _from_logprobs(logp: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probs at each item's read position ``[B, V]``, log p(target) ``[B]``) from the R read rows."""
+def _from_logprobs(logp: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-probs at each item's read position ``[B, V]``, log p(target) ``[B]``, top-1 at the read
+    position == the answer's first token ``[B]``: 1/0, NaN without an answer there) from the R read rows."""
     B = batch.tokens.shape[0]
     tl = logp[batch.tgt_idx, batch.tgt_ids].double()
     tgt = torch.zeros(B, dtype=torch.float64, device=logp.device).index_add_(0, batch.tgt_owner, tl)
-    return logp[batch.read_idx], tgt
+    read = logp[batch.read_idx]
+    ans = batch.read_answer.to(read.device)
+    correct = (read.argmax(-1) == ans).double()
+    correct = torch.where(ans >= 0, correct, torch.full_like(correct, float("nan")))
+    return read, tgt, correct
 
 
 @torch.no_grad()
@@ -79,16 +139,18 @@ def readout_logits(logits: Float[torch.Tensor, "B T V"], batch: _Batch) -> tuple
 
 
 @torch.no_grad()
-def compare(
-    intact: tuple[torch.Tensor, torch.Tensor], lesioned: tuple[torch.Tensor, torch.Tensor]
-) -> Float[np.ndarray, "B 3"]:
-    """Per item ``(kl, logp_drop, top1_agree)`` of a lesioned readout against the intact one."""
-    lp_i, t_i = intact
-    lp_l, t_l = lesioned
+def compare(intact: tuple[torch.Tensor, ...], lesioned: tuple[torch.Tensor, ...]) -> Float[np.ndarray, "B 4"]:
+    """Per item ``(kl, logp_drop, top1_agree, acc_drop)`` of a lesioned readout against the intact one.
+
+    ``acc_drop`` = intact correct − lesioned correct (top-1 at the read position == the answer's first
+    token): 1 when the lesion breaks a right answer, −1 when it fixes a wrong one, NaN without an answer.
+    """
+    lp_i, t_i, c_i = intact
+    lp_l, t_l, c_l = lesioned
     a, b = lp_i.double(), lp_l.double()
     kl = (a.exp() * (a - b)).sum(-1)
     agree = (lp_i.argmax(-1) == lp_l.argmax(-1)).double()
-    return torch.stack([kl, t_i - t_l, agree], dim=-1).cpu().numpy()
+    return torch.stack([kl, t_i - t_l, agree, c_i - c_l], dim=-1).cpu().numpy()
 
 
 # ============================================================================ forward passes
@@ -128,14 +190,20 @@ def lesioned_resid(
     """
     n = model.cfg.n_layers
     if method == "full":
-        hooks = lesion_hooks(layer, mode, means=means, how=mean_over)
+        hooks = mode_hooks(layer, mode, means=means, how=mean_over)
         return model.run_with_hooks(batch.tokens, attention_mask=batch.mask, stop_at_layer=n, fwd_hooks=hooks)
     if cache is None:
         raise MedinterpError("lesioned_resid(method='prefix') needs the cache from intact_run")
     x = cache[f"blocks.{layer}.hook_resid_pre"]
-    if mode == "skip":
+    if mode in ("skip", "block_mean"):
         # Skipping block `layer` is starting block `layer + 1` from resid_pre[layer]; past the last
-        # block the loop is empty and x goes straight to ln_final.
+        # block the loop is empty and x goes straight to ln_final. block_mean adds the block's mean output.
+        if mode == "block_mean":
+            if means is None or block_delta_name(layer) not in means:
+                raise MedinterpError(f"lesion mode 'block_mean' at layer {layer} needs the block's mean output")
+            B, T = x.shape[0], x.shape[1]
+            pos = torch.arange(T, device=x.device).expand(B, T)  # right padding: index = position
+            x = x + means[block_delta_name(layer)].at(pos, mean_over).to(device=x.device, dtype=x.dtype)
         return model(x, start_at_layer=layer + 1, stop_at_layer=n, attention_mask=batch.mask)
     hooks = lesion_hooks(layer, mode, means=means, how=mean_over)
     return model.run_with_hooks(x, start_at_layer=layer, stop_at_layer=n, attention_mask=batch.mask, fwd_hooks=hooks)
@@ -159,7 +227,7 @@ def lesioned_run(
     read positions only. ``method="full"``: the whole model with the lesion hooks and full logits.
     """
     if method == "full":
-        hooks = lesion_hooks(layer, mode, means=means, how=mean_over)
+        hooks = mode_hooks(layer, mode, means=means, how=mean_over)
         logits = model.run_with_hooks(batch.tokens, attention_mask=batch.mask, return_type="logits", fwd_hooks=hooks)
         return readout_logits(logits, batch)
     resid = lesioned_resid(model, batch, layer, mode, cache=cache, means=means, mean_over=mean_over, method=method)

@@ -11,7 +11,8 @@ from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
 from medinterp.results import bootstrap_ci
-from medinterp.techniques.base import TechniqueResult
+from medinterp.prompt_inputs import unit_ci, units_of
+from medinterp.techniques.base import TechniqueResult, UnitScores
 from medinterp.techniques.lesion.continuations import CONT_METRICS
 from medinterp.techniques.lesion.engine import METRICS
 
@@ -19,6 +20,7 @@ METRIC_TITLES = {
     "kl": "KL(intact ‖ lesioned), nats",
     "logp_drop": "drop in log p(target), nats",
     "top1_agree": "top-1 agreement",
+    "acc_drop": "drop in accuracy (top-1 == answer)",
     "first_diff": "first differing token of the greedy continuation",
     "overlap": "continuation positions unchanged (fraction)",
     "bag_overlap": "continuation token overlap (fraction)",
@@ -38,6 +40,7 @@ def lesion_table(
     modes: list[str],
     layers: list[int],
     *,
+    units: list | None = None,
     cont_metrics: np.ndarray | None,
     cont_modes: list[str],
     cont_index: list[int],
@@ -46,12 +49,23 @@ def lesion_table(
     ci: float,
     seed: int,
 ):
-    """The per-(mode, layer) table: means over prompts with percentile-bootstrap CIs (NaN-aware)."""
+    """The per-(mode, layer) table: means over prompts with bootstrap CIs.
+
+    A metric without NaN gets a cluster bootstrap over ``units`` (items; default one unit per prompt);
+    one with NaN (``acc_drop`` of prompts without an answer) a NaN-aware prompt bootstrap.
+    """
     import pandas as pd
 
     stat = _nanmean0
     kw = dict(n_boot=n_boot, ci=ci, seed=seed)
-    est, lo, hi = bootstrap_ci(metrics, stat, **kw)
+    units = list(range(metrics.shape[0])) if units is None else units
+    est, lo, hi = bootstrap_ci(metrics, stat, **kw) if np.isnan(metrics).any() else (None, None, None)
+    for k in range(metrics.shape[-1]):
+        if not np.isnan(metrics[..., k]).any():
+            e, l_, h = unit_ci(metrics[..., k], units, **kw)
+            if est is None:
+                est, lo, hi = (np.empty(metrics.shape[1:]) for _ in range(3))
+            est[..., k], lo[..., k], hi[..., k] = e, l_, h
     cols: dict[str, list] = {"mode": [], "layer": []}
     names = list(METRICS)
     cont = cont_metrics is not None and len(cont_modes) > 0
@@ -89,7 +103,8 @@ class LesionResult(TechniqueResult):
     """Damage per prompt × lesion mode × layer, aggregated with bootstrap CIs, plus continuations.
 
     Attributes:
-        metrics: ``[n_prompts, n_modes, n_layers, 3]``: ``kl, logp_drop, top1_agree`` (see module doc).
+        metrics: ``[n_prompts, n_modes, n_layers, 4]``: ``kl, logp_drop, top1_agree, acc_drop`` (see
+            module doc).
         intact_logp: ``[n_prompts]`` log p(target) of the intact model (nats, summed over target tokens).
         intact_top1: ``[n_prompts]`` intact arg-max token at the read position.
         n_target_tokens: ``[n_prompts]``.
@@ -152,7 +167,15 @@ class LesionResult(TechniqueResult):
     @property
     def curve_label(self) -> str:
         """What :meth:`layer_curve` measures (the map shows it)."""
-        return "KL(intact ‖ lesioned) of the next-token distribution when the block is removed"
+        return "drop in log p(answer) when the block is removed (skip), read after the item"
+
+    def unit_scores(self, mode: str = "skip", metric: str = "logp_drop") -> UnitScores:
+        """Per prompt and block: the drop in log p(answer) (nats) when the block is lesioned by ``mode``
+        (higher = the block matters more for the answer); units are the items (``item`` label, else the
+        prompt index). Blocks not lesioned are NaN."""
+        units, templates = units_of(self.labels, self.n_prompts)
+        return UnitScores(values=self.values(metric, mode), units=units, templates=templates,
+                          description=f"{METRIC_TITLES.get(metric, metric)} when the block is lesioned ({mode})")
 
     def _check(self, metric: str, mode: str) -> tuple[int, int]:
         if mode not in self.modes:
@@ -184,17 +207,19 @@ class LesionResult(TechniqueResult):
         out[..., self.layers] = v
         return out
 
-    def layer_curve(self, metric: str = "kl", mode: str = "skip", where: Mapping[str, Any] | None = None) -> Float[np.ndarray, "n_layers"]:
-        """Mean over prompts per block (default: KL when the block is skipped; higher = more damage).
+    def layer_curve(self, metric: str = "logp_drop", mode: str = "skip", where: Mapping[str, Any] | None = None) -> Float[np.ndarray, "n_layers"]:
+        """Mean over prompts per block (default: drop in log p(answer) when the block is skipped; higher =
+        more damage).
 
         For ``top1_agree`` higher means *less* damage; use ``1 - curve`` for the map.
         """
         return _nanmean0(self.values(metric, mode, where))
 
     def layer_curve_ci(
-        self, metric: str = "kl", mode: str = "skip", where: Mapping[str, Any] | None = None
+        self, metric: str = "logp_drop", mode: str = "skip", where: Mapping[str, Any] | None = None
     ) -> tuple[Float[np.ndarray, "n_layers"], Float[np.ndarray, "n_layers"]]:
-        """Bootstrap ``(low, high)`` of :meth:`layer_curve` (from the table unless ``where`` filters)."""
+        """Bootstrap ``(low, high)`` of :meth:`layer_curve`: from the table (cluster bootstrap over items)
+        unless ``where`` filters (then a prompt bootstrap of the selection)."""
         self._check(metric, mode)
         if where:
             _, lo, hi = bootstrap_ci(self.values(metric, mode, where), _nanmean0,
@@ -218,7 +243,7 @@ class LesionResult(TechniqueResult):
             raise MedinterpError(f"continuation metric {metric!r}; expected one of {self.cont_metric_names} or 'judge'")
         return self._full(_nanmean0(self.cont_metrics[:, mi_, :, self.cont_metric_names.index(metric)]))
 
-    def top_layers(self, k: int = 3, metric: str = "kl", mode: str = "skip") -> list[int]:
+    def top_layers(self, k: int = 3, metric: str = "logp_drop", mode: str = "skip") -> list[int]:
         """The ``k`` blocks whose lesion does the most damage by ``metric`` (least agreement for top-1)."""
         c = self.layer_curve(metric, mode)
         c = -c if metric == "top1_agree" else c
@@ -232,11 +257,14 @@ class LesionResult(TechniqueResult):
             f"lesion ({mode}) of {self.concept_set}: {self.n_prompts} prompts, {len(self.layers)} blocks, "
             f"intact mean log p(target) {np.mean(self.intact_logp):.3f} nats"
         ]
-        for metric in ("kl", "logp_drop"):
+        for metric in ("logp_drop", "kl"):
             cur = self.layer_curve(metric, mode)
             lo, hi = self.layer_curve_ci(metric, mode)
             tops = ", ".join(f"{l}: {cur[l]:.3g} [{lo[l]:.3g}, {hi[l]:.3g}]" for l in self.top_layers(k, metric, mode))
             lines.append(f"  top blocks by {metric}: {tops}")
+        acc = self.layer_curve("acc_drop", mode)
+        if np.isfinite(acc).any():
+            lines.append(f"  accuracy drop (top-1 == answer): max {np.nanmax(acc):.2f} (block {int(np.nanargmax(acc))})")
         agree = self.layer_curve("top1_agree", mode)
         lines.append(f"  top-1 agreement: min {np.nanmin(agree):.2f} (block {int(np.nanargmin(agree))}), median {np.nanmedian(agree):.2f}")
         if self.cont_metrics is not None and mode in self.cont_modes:

@@ -16,13 +16,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from medinterp.errors import MedinterpError
-from medinterp.hooks import LESION_MODES, MeanActivation, compute_means, pad_token_id
-from medinterp.prompt_inputs import subsample
+from medinterp.hooks import MeanActivation, compute_means, pad_token_id
+from medinterp.prompt_inputs import subsample, units_of
 from medinterp.results import make_provenance
 from medinterp.store import Checkpoint, fingerprint
 from medinterp.techniques.base import Technique
 from medinterp.techniques.lesion.continuations import _continuations
-from medinterp.techniques.lesion.engine import MEAN_OVER, METHODS, METRICS, compare, intact_run, lesioned_run, make_batch
+from medinterp.techniques.lesion.engine import (
+    MEAN_OVER,
+    METHODS,
+    METRICS,
+    MODES,
+    compare,
+    compute_block_means,
+    intact_run,
+    lesioned_run,
+    make_batch,
+)
 from medinterp.techniques.lesion.inputs import items_from_inputs, reference_tokens
 from medinterp.techniques.lesion.result import LesionResult, lesion_table
 
@@ -31,7 +41,7 @@ def lesion(
     model: Any,
     concepts_or_prompts: Any,
     *,
-    modes: Sequence[str] = LESION_MODES,
+    modes: Sequence[str] = MODES,
     layers: Sequence[int] | None = None,
     reference: Any = None,
     mean_over: str = "position",
@@ -52,13 +62,18 @@ def lesion(
 
     Args:
         model: a HookedTransformer (left unchanged: hooks are removed after every call).
-        concepts_or_prompts: a concept-set name, a ``ConceptSet``, ``{name: set}`` for several concepts
+        concepts_or_prompts: a pair-set or concept-set name, a ``PairSet`` (its clean prompts with their
+            clean answers: the map's input), a ``ConceptSet``, ``{name: set}`` for several concepts
             (per-concept curves), or a list of ``ConceptPrompt``, ``(prompt, answer)`` pairs or strings.
-        modes: lesions to run, from ``skip, attn_zero, attn_mean, mlp_zero, mlp_mean``.
+            A concept prompt without an answer scores the word after its item; one that ends on its item
+            is left out with a ``NothingAfterItemWarning``.
+        modes: lesions to run, from ``skip, attn_zero, attn_mean, mlp_zero, mlp_mean, block_mean``
+            (``block_mean``: the block's whole output ``resid_post - resid_pre`` replaced by its mean).
         layers: blocks to lesion (default all).
         reference: prompts (strings / anything ``concepts_or_prompts`` accepts) whose mean sub-layer
-            output the ``*_mean`` modes substitute; default the lesioned prompts themselves.
-        mean_over: ``"position"`` (default), ``"overall"`` or ``"last"`` (see the module docstring).
+            (or block) output the ``*_mean`` modes substitute; default the lesioned prompts themselves.
+        mean_over: ``"position"`` (default: the mean at the same absolute position over the reference
+            prompts; BOS is position 0 in all, so its row is its own), ``"overall"`` or ``"last"``.
         max_prompts: use at most this many prompts (a seeded random subset, kept in order).
         batch_size: prompts per forward pass.
         n_continuations: prompts (evenly spread) that get greedy continuations; 0 turns them off.
@@ -82,13 +97,13 @@ def lesion(
 
     t_start = time.perf_counter()
     modes = list(modes)
-    bad = [m for m in modes if m not in LESION_MODES]
+    bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise MedinterpError(f"lesion: modes {bad or modes}; expected a non-empty subset of {list(LESION_MODES)}")
+        raise MedinterpError(f"lesion: modes {bad or modes}; expected a non-empty subset of {list(MODES)}")
     cmodes = [m for m in continuation_modes if m in modes] if n_continuations > 0 else []
-    bad = [m for m in continuation_modes if m not in LESION_MODES]
+    bad = [m for m in continuation_modes if m not in MODES]
     if bad:
-        raise MedinterpError(f"lesion: continuation_modes {bad}; expected a subset of {list(LESION_MODES)}")
+        raise MedinterpError(f"lesion: continuation_modes {bad}; expected a subset of {list(MODES)}")
     if method not in METHODS:
         raise MedinterpError(f"lesion: method={method!r}; expected one of {list(METHODS)}")
     if mean_over not in MEAN_OVER:
@@ -113,17 +128,21 @@ def lesion(
 
     # ---- reference means for the *_mean modes
     means: dict[str, MeanActivation] | None = None
-    mean_subs = sorted({m.split("_")[0] for m in modes if m.endswith("_mean")})
+    mean_subs = sorted({m.split("_")[0] for m in modes if m.endswith("_mean") and m != "block_mean"})
     ref_desc = None
     ref_tokens = None
-    if mean_subs:
+    if mean_subs or "block_mean" in modes:
         if reference is None:
             ref_tokens = [it.tokens for it in items]
             ref_desc = f"the {n_prompts} lesioned prompts (context + target tokens)"
         else:
             ref_tokens = reference_tokens(model, reference)
             ref_desc = f"{len(ref_tokens)} reference prompts"
-        means = compute_means(model, ref_tokens, layers=layers, sublayers=mean_subs, batch_size=batch_size)
+        means = {}
+        if mean_subs:
+            means.update(compute_means(model, ref_tokens, layers=layers, sublayers=mean_subs, batch_size=batch_size))
+        if "block_mean" in modes:
+            means.update(compute_block_means(model, ref_tokens, layers, batch_size))
 
     # ---- per-prompt metrics, batched (sorted by length to limit padding)
     order = sorted(range(n_prompts), key=lambda i: -int(items[i].tokens.shape[0]))
@@ -188,7 +207,7 @@ def lesion(
     }
     if n_resumed:
         timings["prompts_resumed"] = n_resumed
-    table = lesion_table(metrics, modes, layers, cont_metrics=cont["cont_metrics"], cont_modes=cont["cont_modes"],
+    table = lesion_table(metrics, modes, layers, units=units_of(labels, n_prompts)[0], cont_metrics=cont["cont_metrics"], cont_modes=cont["cont_modes"],
                          cont_index=cont["cont_index"], judge_scores=cont["judge_scores"], n_boot=n_boot, ci=ci, seed=seed)
     return LesionResult(
         metrics=metrics,
@@ -218,18 +237,22 @@ def lesion(
 
 # ============================================================================ technique contract
 def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any) -> LesionResult:
-    return lesion(model, family.concepts, progress=progress, **params)
+    # The map's input: the family's answer prompts (clean prompts of its pair set with their clean
+    # answers), so log p(answer) is read after the item.
+    return lesion(model, family.pairs, progress=progress, **params)
 
 
 TECHNIQUE = Technique(
     name="lesion",
     run_fn=_run_family,
     presets={
-        # block removal only (the paper's lesion). Greedy continuations are left to `medinterp lesion`:
-        # 4 prompts x 20 tokens x 18 lesions cost ~5 min per family on 2 cores, over the 15-min budget.
-        "full": {"modes": ["skip"], "max_prompts": 48, "n_continuations": 0, "n_boot": 300},
-        "quick": {"modes": ["skip"], "max_prompts": 12, "n_continuations": 0, "n_boot": 100},
+        # Block removal (skip, the map's curve) and, in the full map, mean-ablation of the block's output
+        # beside it. Greedy continuations are left to `medinterp lesion` (4 prompts x 20 tokens x 18
+        # lesions cost ~5 min per family on 2 cores). Sizes measured on Gemma 3 270M (see the report).
+        "full": {"modes": ["skip", "block_mean"], "max_prompts": 24, "n_continuations": 0, "n_boot": 1000,
+                 "batch_size": 24},
+        "quick": {"modes": ["skip"], "max_prompts": 12, "n_continuations": 0, "n_boot": 300, "batch_size": 12},
     },
-    needs=("concepts",),
-    description="remove one block at a time and measure how the model's predictions degrade",
+    needs=("pairs",),
+    description="drop in log p(answer) when one block is removed, on the family's answer prompts",
 )

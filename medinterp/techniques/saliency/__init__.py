@@ -1,6 +1,7 @@
 """Weight-gradient saliency per layer (METHOD.md §2).
 
-For every prompt with a target (the answer, or the item's own tokens), the loss is
+For every prompt with a target (its answer, or the word after the item: always a token *after* the
+item, never the item's own name after a generic prefix), the loss is
 ``L = -log p(target | prompt)`` (summed over the target's tokens, teacher-forced, one forward). One
 backward pass gives ``∂L/∂w`` for every weight; per block we report, over the block's attention weights,
 over its MLP weights and over both ("combined"):
@@ -8,6 +9,12 @@ over its MLP weights and over both ("combined"):
 * ``grad``            mean |∂L/∂w|                 (the paper's statistic)
 * ``grad_x_weight``   mean |∂L/∂w · w|             (first-order effect of removing each weight)
 * ``grad_norm_ratio`` ‖∂L/∂w‖₂ / ‖w‖₂              (scale-free; norms over all weights of the group)
+
+The map's curve (``layer_curve()``, ``unit_scores()``) is each block's **share** of the prompt's total
+``Σ|∂L/∂w · w|`` over all blocks: ``|g·w|`` is invariant to rescaling a weight, which matters on Gemma 3
+(post-norms and QK-norm make most block weights scale-invariant, so mean ``|g|`` ranks layers by
+``1/‖W‖``), and a share compares across a family, its control family and the random-init twin. The
+map runs it on the family's answer prompts (the clean prompts of its pair set with their clean answers).
 
 Means are element-weighted: the sum over every weight of the group divided by their number. The
 embedding (``embed.W_E``, ``pos_embed.W_pos``) and unembedding (``unembed.W_U``) are reported separately.
@@ -50,6 +57,7 @@ from medinterp.techniques.saliency.result import SaliencyResult, aggregate_table
 from medinterp.techniques.saliency.run import (
     TECHNIQUE,
     SaliencyTarget,
+    block_shares,
     build_target,
     saliency,
     targets_from_inputs,
@@ -57,5 +65,5 @@ from medinterp.techniques.saliency.run import (
 
 __all__ = [
     "COMPONENTS", "OUTER", "VARIANTS", "PeakRSS", "SaliencyResult", "SaliencyTarget", "TECHNIQUE", "Target",
-    "aggregate_table", "build_target", "parameter_groups", "saliency", "target_loss", "targets_from_inputs",
+    "aggregate_table", "block_shares", "build_target", "parameter_groups", "saliency", "target_loss", "targets_from_inputs",
 ]

@@ -11,7 +11,8 @@ from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
 from medinterp.results import bootstrap_ci
-from medinterp.techniques.base import TechniqueResult
+from medinterp.prompt_inputs import units_of
+from medinterp.techniques.base import TechniqueResult, UnitScores
 from medinterp.techniques.saliency.engine import COMPONENTS, OUTER, VARIANTS
 
 
@@ -35,6 +36,16 @@ class SaliencyResult(TechniqueResult):
         memory: ``peak_rss_delta_mb`` (extra resident memory during the run) and ``all_grads_mb``
             (what holding every gradient at once would have cost).
         timings: wall-clock seconds, total and per prompt.
+        share: ``[n_prompts, n_layers, 3]``: the block's (attention's, MLP's, both's) share of the
+            prompt's total ``Σ|∂L/∂w · w|`` over all blocks (combined sums to 1 over layers). The map's
+            curve: scale-free, so a family, its control and the random-init twin compare.
+        share_ci: ``[2, n_layers, 3]`` low / high of the mean share, by a cluster bootstrap over units
+            (items: all prompts of one item move together).
+        block_numel: ``[n_layers, 3]`` number of weights of each block's group.
+
+    Why ``|g·w|`` by default: Gemma 3's post-norms and QK-norm make most block weights scale-invariant
+    (``⟨g, w⟩ = 0`` and ``‖g‖ ∝ 1/‖W‖``), so mean ``|g|`` ranks layers by inverse weight norm; ``|g·w|``
+    (the first-order effect of removing each weight) does not change when a weight is rescaled.
     """
 
     kind = "saliency"
@@ -54,10 +65,21 @@ class SaliencyResult(TechniqueResult):
     variants: list = dataclasses.field(default_factory=lambda: list(VARIANTS))
     ci: float = 0.95
     memory: dict = dataclasses.field(default_factory=dict)
+    share: np.ndarray = None  # type: ignore[assignment]
+    share_ci: np.ndarray = None  # type: ignore[assignment]
+    block_numel: np.ndarray = None  # type: ignore[assignment]
 
     @property
     def curve_label(self) -> str:
-        return "mean |∂(−log p)/∂w| over the block's attention + MLP weights"
+        return "block's share of Σ|∂(−log p(answer))/∂w · w| over all blocks (attention + MLP weights)"
+
+    def unit_scores(self, component: str = "combined") -> UnitScores:
+        """Per prompt and block: the block's share of the prompt's total ``|g·w|`` (higher = more of
+        the answer's gradient there); units are the items (``item`` label, else the prompt index)."""
+        c = self._idx(component, "grad_x_weight")[0]
+        units, templates = units_of(self.labels, self.n_prompts)
+        return UnitScores(values=self.share[:, :, c], units=units, templates=templates,
+                          description=f"share of Σ|∂(−log p)/∂w · w| over blocks ({component})")
 
     @property
     def n_layers(self) -> int:
@@ -75,41 +97,55 @@ class SaliencyResult(TechniqueResult):
         return self.components.index(component), self.variants.index(variant)
 
     # ------------------------------------------------------------------ curves
-    def layer_curve(self, variant: str = "grad", component: str = "combined") -> Float[np.ndarray, "n_layers"]:
-        """Mean over prompts of the per-block saliency (default: combined mean |∂L/∂w|)."""
+    def layer_curve(self, variant: str = "share", component: str = "combined") -> Float[np.ndarray, "n_layers"]:
+        """Mean over prompts of the per-block saliency.
+
+        Default ``"share"``: the block's share of the total ``|g·w|`` (:attr:`share`); otherwise one
+        of :data:`VARIANTS` (a per-weight mean, e.g. ``"grad"``, the paper's mean ``|∂L/∂w|``).
+        """
+        if variant == "share":
+            return self.share[:, :, self._idx(component, "grad_x_weight")[0]].mean(axis=0)
         c, v = self._idx(component, variant)
         return self.values[:, :, c, v].mean(axis=0)
 
     def layer_curve_ci(
-        self, variant: str = "grad", component: str = "combined"
+        self, variant: str = "share", component: str = "combined"
     ) -> tuple[Float[np.ndarray, "n_layers"], Float[np.ndarray, "n_layers"]]:
-        """Bootstrap ``(low, high)`` of :meth:`layer_curve`, from the aggregated table."""
+        """``(low, high)`` of :meth:`layer_curve`: for the share, the cluster bootstrap over units computed
+        by the run; for the other variants, the prompt bootstrap of the aggregated table."""
+        if variant == "share":
+            c = self._idx(component, "grad_x_weight")[0]
+            return self.share_ci[0, :, c], self.share_ci[1, :, c]
         self._idx(component, variant)
         t = self.table
         rows = t[(t["component"] == component) & (t["variant"] == variant)].sort_values("layer")
         return rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float)
 
     def layer_curve_by(
-        self, label: str, variant: str = "grad", component: str = "combined"
+        self, label: str, variant: str = "share", component: str = "combined"
     ) -> dict[Any, Float[np.ndarray, "n_layers"]]:
         """:meth:`layer_curve` separately for each value of a per-prompt label (e.g. ``"specialty"``)."""
         if label not in self.labels:
             raise MedinterpError(f"label {label!r} not in this result; available: {sorted(self.labels)}")
-        c, v = self._idx(component, variant)
+        if variant == "share":
+            arr = self.share[:, :, self._idx(component, "grad_x_weight")[0]]
+        else:
+            c, v = self._idx(component, variant)
+            arr = self.values[:, :, c, v]
         vals = np.asarray(self.labels[label], dtype=object)
-        return {k: self.values[vals == k, :, c, v].mean(axis=0) for k in dict.fromkeys(self.labels[label])}
+        return {k: arr[vals == k].mean(axis=0) for k in dict.fromkeys(self.labels[label])}
 
-    def top_layers(self, k: int = 3, variant: str = "grad", component: str = "combined") -> list[int]:
+    def top_layers(self, k: int = 3, variant: str = "share", component: str = "combined") -> list[int]:
         """The ``k`` blocks with the highest :meth:`layer_curve`."""
         return [int(i) for i in np.argsort(-self.layer_curve(variant, component))[:k]]
 
     def summary(self, k: int = 3) -> str:
-        """A few readable lines: top blocks (combined mean |grad|) with CIs, embed / unembed."""
+        """A few readable lines: top blocks by share of |g·w| with cluster-bootstrap CIs, embed / unembed."""
         cur = self.layer_curve()
         lo, hi = self.layer_curve_ci()
         lines = [f"saliency of {self.concept_set}: {self.n_prompts} prompts, mean loss {np.mean(self.loss):.3f} nats"]
         for l in self.top_layers(k):
-            lines.append(f"  block {l:>3}: mean|grad| {cur[l]:.4g}  [{lo[l]:.4g}, {hi[l]:.4g}]")
+            lines.append(f"  block {l:>3}: share of |g·w| {cur[l]:.4g}  [{lo[l]:.4g}, {hi[l]:.4g}]")
         t = self.table
         for o in OUTER:
             r = t[(t["component"] == o) & (t["variant"] == "grad")]
