@@ -93,7 +93,7 @@ SEED_MODELS: dict[str, SeedModel] = {
             "max_position_embeddings": 40960,
             "torch_dtype": "bfloat16",
         },
-        "not in TransformerLens 3.9's HookedTransformer registry (its Qwen3 stops at 14B)",
+        "not in TL 3.9's HookedTransformer registry (its Qwen3 stops at 14B)",
     ),
     "qwen2.5-32b": SeedModel(
         "qwen2.5-32b",
@@ -138,8 +138,7 @@ SEED_MODELS: dict[str, SeedModel] = {
             "max_position_embeddings": 131072,
             "torch_dtype": "bfloat16",
         },
-        "hub weights are MXFP4 (~65 GB); hooks need them dequantized to bf16; "
-        "not in TransformerLens 3.9's HookedTransformer registry (it has gpt-oss-20b)",
+        "not in TL 3.9's HookedTransformer registry (it has 20b); hub weights MXFP4, hooked runs need bf16",
     ),
 }
 
