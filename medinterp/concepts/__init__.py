@@ -184,5 +184,6 @@ def _load(path: Path, shown: str) -> ConceptSet | PairSet:
     return ConceptSet(name=name, version=version, description=description, items=rows, item_key=item,
                       categorical_labels=cat, continuous_labels=cont, templates=[t.text for t in templates],
                       template_answers=[t.answer for t in templates], label_values=values,
+                      template_ends_on_item=[t.ends_on_item for t in templates],
                       extra_columns=[c for c in columns if c != item and c not in labels],
                       provenance=provenance, path=shown)
