@@ -5,7 +5,7 @@ Example:
     >>> drugs = load_concepts("drugs")
     >>> p = drugs.prompts(templates=[0])[0]
     >>> p.text, p.answer, p.text[p.span[0]:p.span[1]] == p.item
-    ('The drug metoprolol is used to treat', ' hypertension', True)
+    ('The drug metoprolol is used for', ' hypertension', True)
     >>> sorted(drugs.filter(specialty="ophthalmology").to_dataframe()["drug"])[:2]
     ['brimonidine', 'chloramphenicol']
 """
