@@ -11,7 +11,7 @@ several; both have ``ok`` and a ``render()`` text. ``medinterp concepts check`` 
   Spearman correlation of item-grouped ridge predictions. A model's layer should beat these figures
   before it is said to hold more than spelling.
 * **answer leaks** (pair sets, and concept sets whose templates have an answer): the answer word or its
-  stem (first ``max(4, len - 3)`` letters) appears as the start of a word of its own prompt.
+  stem (a plural 's' dropped, then the first ``max(4, len - 3)`` letters) appears as the start of a word of its own prompt.
 * **template misfits** (concept sets): an empty placeholder or answer, "a"/"an" that does not agree with
   the item, a word doubled across the item boundary ("the the"), doubled punctuation, or a lowercase item
   starting the prompt.
@@ -131,6 +131,8 @@ class CheckReport:
 
 def _stem(word: str) -> str:
     w = word.strip().lower()
+    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):  # plural: "eyes" leaks as "eye"
+        w = w[:-1]
     return w if len(w) <= 4 else w[: max(4, len(w) - 3)]
 
 
