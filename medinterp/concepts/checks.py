@@ -8,7 +8,8 @@ several; both have ``ok`` and a ``render()`` text. ``medinterp concepts check`` 
   ngram_range=(3, 5))``; categorical labels get the cosine silhouette of the item vectors and the balanced
   accuracy of a logistic-regression probe on the rendered prompts with item-grouped cross-validation
   (``GroupKFold``: no item is in both train and test fold); continuous labels (age, stage) get the
-  Spearman correlation of item-grouped ridge predictions. A model's layer should beat these figures
+  Spearman correlation of item-grouped ridge predictions (on pure noise this leans negative, the usual
+  bias of held-out predictions, so it never reports a spurious positive ordering). A model's layer should beat these figures
   before it is said to hold more than spelling.
 * **answer leaks** (pair sets, and concept sets whose templates have an answer): the answer word or its
   stem (a plural 's' dropped, then the first ``max(4, len - 3)`` letters) appears as the start of a word of its own prompt.
@@ -56,6 +57,7 @@ class SetReport:
             or ``{"spearman", "n_items"}`` (continuous).
         leaks, misfits, duplicates: one readable line per problem.
         pairs: tokenizer name -> ``{"valid", "n", "reasons"}``; item_tokens: tokenizer -> mean item tokens.
+        dropped: one line per pair a tokenizer cannot use, with the reason.
     """
 
     name: str
@@ -69,6 +71,7 @@ class SetReport:
     duplicates: list[str] = field(default_factory=list)
     pairs: dict[str, dict[str, Any]] = field(default_factory=dict)
     item_tokens: dict[str, float] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def n_invalid(self) -> int:
@@ -80,7 +83,7 @@ class SetReport:
         return not (self.leaks or self.misfits or self.duplicates or self.n_invalid)
 
     def render(self, verbose: bool = False) -> str:
-        head = f"{self.name} ({self.kind}): {self.n} {'pairs' if self.kind == 'pairs' else 'items'}"
+        head = f"{self.name}: {self.n} {'pairs' if self.kind == 'pairs' else 'items'}"
         if self.kind == "concepts":
             head += f", {self.n_templates} templates"
             if self.classes:
@@ -96,6 +99,8 @@ class SetReport:
         for tok, v in self.pairs.items():
             r = ", ".join(f"{k} x{c}" for k, c in v["reasons"].items())
             lines.append(f"  {tok}: {v['valid']}/{v['n']} valid" + (f" — {r}" if r else ""))
+        if verbose:
+            lines += [f"    dropped {d}" for d in self.dropped]
         for tok, m in self.item_tokens.items():
             lines.append(f"  {tok}: {m:.2f} tokens per item")
         for what, probs in (("answer leaks", self.leaks), ("template misfits", self.misfits),
@@ -271,10 +276,13 @@ def lexical_baseline(s: ConceptSet, label: str, *, n_splits: int = 5, seed: int 
             y.append(it[label])
             groups.append(g)
     k = min(n_splits, len(items))
+    # GroupKFold assigns equal-sized groups in order, which can hold out every item of one label
+    # value at once (file order is often label order): shuffle its folds, seeded
+    cv = GroupKFold(k, shuffle=True, random_state=seed)
     vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5))
     if continuous:
         Xp = vec.fit_transform(texts)
-        pred = cross_val_predict(Ridge(alpha=1.0), Xp, np.asarray(y, float), groups=groups, cv=GroupKFold(k))
+        pred = cross_val_predict(Ridge(alpha=1.0), Xp, np.asarray(y, float), groups=groups, cv=cv)
         rho = spearmanr(pred, y).statistic
         return {"spearman": float(rho), "n_items": float(len(items))}
     ys = np.asarray([str(v) for v in y_item])
@@ -287,10 +295,11 @@ def lexical_baseline(s: ConceptSet, label: str, *, n_splits: int = 5, seed: int 
     yy = np.asarray([str(y[j]) for j in sel])
     gg = np.asarray([groups[j] for j in sel])
     Xp = vec.fit_transform([texts[j] for j in sel])
-    k = min(k, len(set(gg)))
+    if len(set(gg)) < k:
+        cv = GroupKFold(len(set(gg)), shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # folds missing a class warn; balanced accuracy still defined
-        pred = cross_val_predict(LogisticRegression(max_iter=2000), Xp, yy, groups=gg, cv=GroupKFold(k))
+        pred = cross_val_predict(LogisticRegression(max_iter=2000), Xp, yy, groups=gg, cv=cv)
     from sklearn.metrics import balanced_accuracy_score
 
     return {"silhouette": sil, "probe_bacc": float(balanced_accuracy_score(yy, pred)),
@@ -317,6 +326,7 @@ def check_set(s: str | ConceptSet | PairSet, tokenizers: Sequence[Any] = (), *, 
         for tk in tokenizers:
             chk = s.check(tk)
             rep.pairs[chk.tokenizer] = {"valid": chk.n_valid, "n": len(s), "reasons": dict(chk.reasons())}
+            rep.dropped += [f"{chk.tokenizer}, line {p.line}: {p.clean!r} / {p.corrupted!r}: {r}" for p, r in chk.dropped]
         return rep
     rep = SetReport(s.name, "concepts", len(s), n_templates=len(s.templates),
                     classes={c: len({str(v) for v in s.label(c)} - {UNGROUPED}) for c in s.categorical_labels},
