@@ -473,7 +473,16 @@ def test_cli_list_show_check(tmp_path, tiny):
     r = CliRunner().invoke(app, ["concepts", "check", "--tokenizer", str(tmp_path / "tok"), "-p", "diagnosis_pairs",
                                  "-v"])
     assert r.exit_code == 0, r.output
-    assert "diagnosis_pairs:" in r.output and "valid" in r.output and "unequal length" in r.output
+    assert "diagnosis_pairs:" in r.output and "valid" in r.output
+    bad = tmp_path / "leaky.yaml"
+    bad.write_text('name: leaky\nversion: "1"\nkind: pairs\npairs:\n  - {clean: "A sore throat: the", corrupted: '
+                   '"A bad cough: the", clean_answer: " throat", corrupted_answer: " lungs"}\n', encoding="utf-8")
+    args = ["concepts", "check", "--tokenizer", str(tmp_path / "tok"), "-s", "symptoms", "-s", str(bad)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "lexical baseline system" in r.output and "answer leaks: 1" in r.output and "leaky: 1 pairs" in r.output
+    r = CliRunner().invoke(app, args + ["--strict"])
+    assert r.exit_code == 1 and "problems in: leaky" in r.output
 
 
 # ----------------------------------------------------------------------------- README and placeholders
