@@ -100,7 +100,9 @@ def load_concepts(name_or_path: str | Path) -> ConceptSet | PairSet:
     Args:
         name_or_path: a shipped name (``age``, ``symptoms``, ``diseases``, ``progression``, ``drugs``,
             ``dosage_drugs``, ``dosage``, ``diagnosis_pairs``, ``age_pairs``, ``symptom_pairs``,
-            ``drug_pairs``, ``progression_pairs``) or a path to a ``.yaml``/``.yml``/``.csv`` file.
+            ``drug_pairs``, ``progression_pairs``, each also as ``<name>_control``, and the variants
+            ``age_words``, ``progression_plain``; see :data:`SHIPPED`) or a path to a
+            ``.yaml``/``.yml``/``.csv`` file.
 
     Returns:
         A :class:`ConceptSet`, or a :class:`PairSet` for pair files (``kind: pairs`` or the columns
