@@ -1,11 +1,12 @@
 """Concept library on the real Gemma 3 270M: tokenization of the shipped pairs, and that the model can use them.
 
-Measured (Gemma 3 270M tokenizer, v1.0.0 data): every shipped pair set is 100% valid — diagnosis_pairs
-34/34, dosage 42/42, drug_pairs 60/60, symptom_pairs 38/38, age_pairs 24/24, progression_pairs 22/22.
-On diagnosis_pairs the model prefers the right one of the two answers in 31/34 clean and 31/34
-corrupted prompts. Same measure (LD_clean > 0 / LD_corrupted < 0) on the other sets, for the record
-(not asserted): symptom_pairs 95%/95%, drug_pairs 87%/93%, dosage 48%/60%, progression_pairs 41%/55%,
-age_pairs 33%/96% (the model nearly always prefers the adult-side answer).
+Measured (v2.0.0 data): every shipped pair set and its control is 100% valid for the Gemma 3 270M and the
+SmolLM2-135M tokenizers, with 0 answer leaks, template misfits and duplicates. Gemma prefers the right one
+of the two answers (clean / corrupted side): diagnosis_pairs 98%/100% (n=40), its capital control
+100%/100% (35); drug_pairs 93%/85% (60), tool control 98%/93% (44); symptom_pairs 95%/88% (40), car
+control 79%/71% (34); dosage 43%/52% (44), weight control 42%/58% (24); progression_pairs 64%/36% (22),
+control 50%/50% (24); age_pairs 33%/96% (24), tree control 33%/67% (24). Only the capital-control
+figure is asserted; the rest are for the record.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def test_every_shipped_set_passes_the_checks_on_gemma_and_smollm2(gemma, smol_to
 
 @torch.no_grad()
 def test_gemma_prefers_the_right_diagnosis(gemma):
-    """Patching needs LD(clean) > 0 > LD(corrupted) for most pairs; measured 31/34 each way."""
+    """Patching needs LD(clean) > 0 > LD(corrupted) for most pairs; measured 39/40 and 40/40 (v2 data)."""
     chk = load_concepts("diagnosis_pairs").check(gemma)
     ld_clean, ld_corr = [], []
     for n in sorted(set(chk.n_tokens)):  # one batch per prompt length: no padding
