@@ -181,15 +181,49 @@ def test_intact_logp_and_read_position(rot):
         assert res.intact_top1[i] == int(logp[c.shape[1] - 1].argmax())
 
 
-def test_span_target_reads_before_the_item(rot):
+def test_span_target_reads_after_the_item(rot):
+    """The read position is the item's last token and the scored token the word after it: reading the
+    token before the item (what 0.1 did) fails every assertion here."""
     p = types.SimpleNamespace(text="The patient takes aspirin daily", span=(18, 25), answer=None,
                               labels={"specialty": "cardiology"}, item="aspirin")
     items, labels, _ = items_from_inputs(rot, [p])
     it = items[0]
-    ctx = rot.to_tokens("The patient takes")[0]
-    assert it.read_pos == ctx.shape[0] - 1 and it.n_context == ctx.shape[0]
-    assert it.tokens.tolist() == rot.to_tokens("The patient takes aspirin")[0].tolist()
+    upto = rot.to_tokens("The patient takes aspirin")[0]
+    full = rot.to_tokens("The patient takes aspirin daily")[0]
+    item_last = upto.shape[0] - 1  # index of the item's (last) token
+    assert int(full[item_last]) == int(rot.to_tokens(" aspirin", prepend_bos=False)[0, -1])
+    assert it.read_pos == item_last and it.n_context == item_last + 1
+    assert it.tokens.tolist() == full.tolist() and it.target.strip() == "daily"
+    assert it.predict_positions == [item_last]
     assert labels == {"item": ["aspirin"], "specialty": ["cardiology"]}
+    # and lesion's intact log p is log p(daily | ... aspirin), read at the item's last token
+    res = lesion(rot, [p], modes=["skip"], n_continuations=0, n_boot=10, progress=False)
+    with torch.no_grad():
+        logp = torch.log_softmax(rot(full[None])[0].double(), -1)
+    assert res.intact_logp[0] == pytest.approx(float(logp[item_last, full[item_last + 1]]), abs=1e-5)
+    assert abs(res.intact_logp[0] - float(logp[item_last - 1, full[item_last]])) > 1e-3
+
+
+def test_pair_set_gives_its_clean_prompts_with_their_answers_once(rot):
+    from medinterp.concepts import PairSet, PromptPair
+
+    ps = PairSet(name="toy_pairs", version="1", description="", pairs=[
+        PromptPair("The patient takes", "The patient needs", " aspirin", " insulin"),
+        PromptPair("The patient takes", "The doctor gives", " aspirin", " oxygen"),  # same clean prompt
+        PromptPair("Chest pain suggests", "Fever suggests", " angina", " pneumonia"),
+    ])
+    items, labels, name = items_from_inputs(rot, ps)
+    assert name == "toy_pairs" and [it.text for it in items] == ["The patient takes", "Chest pain suggests"]
+    assert [it.target for it in items] == [" aspirin", " angina"]
+    assert labels == {"item": ["The patient takes", "Chest pain suggests"], "pair": [0, 2]}
+    for it in items:  # read at the prompt's last token, which predicts the answer
+        ctx = rot.to_tokens(it.text)[0]
+        assert it.read_pos == ctx.shape[0] - 1 and it.target_ids.tolist() == rot.to_tokens(it.target, prepend_bos=False)[0].tolist()
+    res = lesion(rot, ps, modes=["skip"], n_continuations=0, n_boot=10, progress=False)
+    us = res.unit_scores()
+    assert us.values.shape == (2, rot.cfg.n_layers) and us.units == ["The patient takes", "Chest pain suggests"]
+    assert us.templates is None
+    np.testing.assert_array_equal(us.values, res.metrics[:, 0, :, 1])
 
 
 def test_kl_and_agreement_are_consistent(rot):
@@ -251,7 +285,7 @@ def test_result_save_load_figure_and_escaping(rot, tmp_path):
     cur = res.layer_curve()
     assert np.all(lo <= cur + 1e-12) and np.all(cur <= hi + 1e-12)
     c1 = res.layer_curve(where={"concept": "cardio"})
-    np.testing.assert_allclose(c1, res.metrics[:2, 0, :, 0].mean(0))
+    np.testing.assert_allclose(c1, res.metrics[:2, 0, :, 1].mean(0))
     res.save(tmp_path / "r")
     back = Result.load(tmp_path / "r")
     assert isinstance(back, LesionResult)
@@ -319,7 +353,7 @@ def test_cli_lesion(monkeypatch, tmp_path):
     assert r.exit_code == 0, r.output
     assert {"manifest.json", "arrays.safetensors", "table.csv", "lesion.html"} <= {p.name for p in out.iterdir()}
     res = Result.load(out)
-    assert res.concept_set == "drugs" and res.n_prompts == 4 and res.metrics.shape == (4, 2, 2, 3)
+    assert res.concept_set == "drugs" and res.n_prompts == 4 and res.metrics.shape == (4, 2, 2, 4)
     assert {"specialty", "mechanism", "item"} <= set(res.labels)
     assert "top blocks by kl" in r.output
     bad = CliRunner().invoke(app, ["lesion", "-c", "drugs", "-o", str(out), "--modes", "skip,cut"])
@@ -350,7 +384,8 @@ def test_metrics_equal_a_hand_computed_kl_and_logp_drop(rot):
             pos = torch.arange(read, toks.shape[1] - 1)
             drop = float(lp[pos, toks[0, read + 1:]].sum() - lq[pos, toks[0, read + 1:]].sum())
             agree = float(lp[read].argmax() == lq[read].argmax())
-            np.testing.assert_allclose(res.metrics[0, 0, l], [kl, drop, agree], rtol=1e-4, atol=1e-5)
+            acc = float(lp[read].argmax() == toks[0, read + 1]) - float(lq[read].argmax() == toks[0, read + 1])
+            np.testing.assert_allclose(res.metrics[0, 0, l], [kl, drop, agree, acc], rtol=1e-4, atol=1e-5)
             assert abs(drop) > 1e-3  # a flipped sign would be caught
             n_reversed += abs(kl - kl_rev) > 1e-3
     assert n_reversed >= rot.cfg.n_layers - 1  # a reversed KL would be caught
@@ -404,4 +439,108 @@ def test_result_fields_follow_the_contract(rot):
     res = lesion(rot, PROMPTS[:2], modes=["skip"], n_continuations=0, n_boot=10, progress=False)
     assert isinstance(res, TechniqueResult) and LesionResult._legacy_fields == {"timing": "timings"}
     assert res.params["modes"] == ["skip"] and res.timings["total_s"] >= 0
-    assert "KL" in res.curve_label and isinstance(res.summary(), str)
+    assert "answer" in res.curve_label and isinstance(res.summary(), str)
+
+
+# ---------------------------------------------------------------------------------------- after the item, block_mean, criticality
+def test_removing_the_block_that_writes_the_answer_lowers_its_log_prob():
+    """Block 1's MLP bias writes the answer's unembedding direction: skipping block 1 lowers log p(answer)
+    (logp_drop > 0, the largest of all blocks) and breaks top-1 == answer (acc_drop = 1)."""
+    from medinterp.testing import tiny_model
+
+    m = tiny_model(n_layers=3, seed=2)
+    ans = int(m.to_tokens(" aspirin", prepend_bos=False)[0, -1])
+    with torch.no_grad():
+        u = m.unembed.W_U[:, ans] - m.unembed.W_U.mean(1)
+        m.blocks[1].mlp.b_out.add_(50.0 * u / u.norm())
+    prompts = [("The patient takes", " aspirin"), ("Chest pain and fever suggest", " aspirin")]
+    res = lesion(m, prompts, modes=["skip", "block_mean"], n_continuations=0, n_boot=20, progress=False)
+    drop = res.layer_curve("logp_drop", "skip")
+    assert drop[1] > 1.0 and int(np.argmax(drop)) == 1
+    assert np.all(res.values("acc_drop", "skip")[:, 1] == 1.0)
+    assert np.all(res.intact_top1 == ans)
+    # the bias is the same at every position, so its mean is itself: mean-ablating block 1 keeps it
+    assert abs(res.layer_curve("logp_drop", "block_mean")[1]) < 0.5 * drop[1]
+    assert res.top_layers(1) == [1]
+
+
+def test_block_mean_prefix_equals_full_and_own_mean_is_no_lesion(rot):
+    a = lesion(rot, PROMPTS, modes=["block_mean"], n_continuations=0, n_boot=10, progress=False)
+    b = lesion(rot, PROMPTS, modes=["block_mean"], n_continuations=0, n_boot=10, progress=False, method="full")
+    np.testing.assert_allclose(a.metrics, b.metrics, atol=1e-5, equal_nan=True)
+    assert np.nanmax(a.metrics[..., 0]) > 1e-3  # it does something on a set of different prompts
+    one = lesion(rot, PROMPTS[:1], modes=["block_mean"], n_continuations=0, n_boot=10, progress=False)
+    assert np.abs(one.metrics[..., 0]).max() < 1e-6 and np.abs(one.metrics[..., 1]).max() < 1e-5
+
+
+def test_block_mean_hooks_set_the_block_output_to_its_mean(rot):
+    from medinterp.techniques.lesion import block_mean_hooks, compute_block_means
+
+    toks = [rot.to_tokens(t)[0] for t in ["fever and cough", "chest pain on exertion today"]]
+    means = compute_block_means(rot, toks, [2], batch_size=4)
+    mean = means["blocks.2.block_delta"]
+    x = rot.to_tokens("the patient has a rash")
+    with rot.hooks(fwd_hooks=block_mean_hooks(2, mean, how="overall")):
+        _, cache = rot.run_with_cache(x, names_filter=lambda n: "resid" in n)
+    delta = cache["blocks.2.hook_resid_post"] - cache["blocks.2.hook_resid_pre"]
+    torch.testing.assert_close(delta[0], mean.overall.expand_as(delta[0]), atol=1e-5, rtol=0)
+    # the mean is that of resid_post - resid_pre over the reference prompts' real tokens >= 1
+    with torch.no_grad():
+        ds = []
+        for t in toks:
+            _, c = rot.run_with_cache(t[None], names_filter=lambda n: "blocks.2.hook_resid" in n)
+            ds.append((c["blocks.2.hook_resid_post"] - c["blocks.2.hook_resid_pre"])[0, 1:])
+    torch.testing.assert_close(mean.overall, torch.cat(ds).double().mean(0).to(mean.overall.dtype), atol=1e-5, rtol=0)
+
+
+def test_block_criticality_equals_a_hand_computed_kl(rot):
+    from medinterp.techniques.lesion import BlockCriticality, block_criticality
+
+    texts = ["fever and cough", "A 45 - year - old man with chest pain", "the patient takes aspirin daily"]
+    bc = block_criticality(rot, texts, n_boot=50)
+    assert bc.kl.shape == (3, rot.cfg.n_layers) and bc.units == [0, 1, 2]
+    for i, t in enumerate(texts):
+        toks = rot.to_tokens(t)
+        with torch.no_grad():
+            p = torch.log_softmax(rot(toks)[0, -1].double(), -1)
+            for l in range(rot.cfg.n_layers):
+                with rot.hooks(fwd_hooks=skip_block_hooks(l)):
+                    q = torch.log_softmax(rot(toks)[0, -1].double(), -1)
+                assert bc.kl[i, l] == pytest.approx(float((p.exp() * (p - q)).sum()), rel=1e-4, abs=1e-6)
+    lo, hi = bc.layer_curve_ci()
+    assert np.all(lo <= bc.layer_curve() + 1e-12) and np.all(bc.layer_curve() <= hi + 1e-12)
+    assert "criticality" in bc.summary() and bc.figure()[0].layout.title.text.startswith("Block criticality")
+    # pooled from lesion results: the same KL, units prefixed by the set
+    r1 = lesion(rot, {"a": texts[:2]}, modes=["skip"], n_continuations=0, n_boot=10, progress=False)
+    r2 = lesion(rot, {"b": texts[2:]}, modes=["skip"], n_continuations=0, n_boot=10, progress=False)
+    pooled = BlockCriticality.from_lesions([r1, r2], n_boot=50)
+    np.testing.assert_allclose(pooled.kl, bc.kl, rtol=1e-4)  # other batches: float32 padding noise
+    assert pooled.units == ["a/0", "a/1", "b/0"]
+    with pytest.raises(MedinterpError, match="skip mode"):
+        BlockCriticality.from_lesions([lesion(rot, texts[:2], modes=["mlp_zero"], n_continuations=0, n_boot=10,
+                                              progress=False)])
+
+
+def test_lesion_technique_reads_the_pairs_and_unit_ci_resamples_items(rot):
+    from medinterp.concepts import PairSet, PromptPair
+    from medinterp.techniques.base import Family
+    from medinterp.techniques.lesion import TECHNIQUE
+
+    assert TECHNIQUE.needs == ("pairs",) and "block_mean" in TECHNIQUE.params("full")["modes"]
+    pairs = [PromptPair(f"The patient {w} takes", "x", " aspirin", " insulin") for w in ["who", "now", "then", "still"]]
+    res = TECHNIQUE.run(rot, Family("toy", pairs=PairSet(name="p", version="1", description="", pairs=pairs)),
+                        progress=False, n_boot=200, modes=["skip"])
+    assert res.n_prompts == 4 and res.unit_scores().units == [p.clean for p in pairs]
+    # every item seen twice: resampling items gives the 4-item interval; treating the 8 prompts as units
+    # (what 0.1 did) gives a narrower one
+    from medinterp.prompt_inputs import unit_ci
+
+    v = res.values("logp_drop")
+    _, lo4, hi4 = unit_ci(v, [0, 1, 2, 3], n_boot=500, ci=0.95, seed=0)
+    twice = v[[0, 0, 1, 1, 2, 2, 3, 3]]
+    _, lo_u, hi_u = unit_ci(twice, [0, 0, 1, 1, 2, 2, 3, 3], n_boot=500, ci=0.95, seed=0)
+    _, lo_p, hi_p = unit_ci(twice, list(range(8)), n_boot=500, ci=0.95, seed=0)
+    np.testing.assert_allclose(lo_u, lo4, rtol=1e-9)
+    np.testing.assert_allclose(hi_u, hi4, rtol=1e-9)
+    assert np.mean(hi_p - lo_p) < 0.85 * np.mean(hi4 - lo4)
+    assert np.all(np.isnan(unit_ci(v, [7, 7, 7, 7], n_boot=50, ci=0.95, seed=0)[1]))  # one item: no interval

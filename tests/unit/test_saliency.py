@@ -147,20 +147,36 @@ def test_grads_are_none_after_a_run_and_after_an_error(model):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_span_target_scores_the_item_given_the_text_before_it(model):
+def test_span_target_scores_the_word_after_the_item(model):
     text = "A man with chest pain has angina today"
     start = text.index("angina")
     fp = FakePrompt(text=text, item="angina", span=(start, start + len("angina")), labels={"specialty": "cardio"})
     res = saliency(model, [fp, fp], progress=False, n_boot=10)
-    assert res.targets[0] == " angina"
+    assert res.targets[0] == " today"
     assert res.labels == {"item": ["angina", "angina"], "specialty": ["cardio", "cardio"]}
-    t = build_target(model, "A man with chest pain has", "angina")
+    t = build_target(model, "A man with chest pain has angina", "today")
     with torch.no_grad():
         ref = float(_full_loss(model, t.tokens, t.n_context))
     assert res.loss[0] == pytest.approx(ref, rel=1e-5)
+    # the item's own name given the text before it is a different number (what 0.1 scored)
+    before = build_target(model, "A man with chest pain has", "angina")
+    with torch.no_grad():
+        assert abs(float(_full_loss(model, before.tokens, before.n_context)) - ref) > 1e-3
     # An answer, when given, wins over the span.
     fa = dataclasses.replace(fp, text="A man with chest pain has", answer="pneumonia")
     assert saliency(model, [fa], progress=False, n_boot=10).targets == [" pneumonia"]
+
+
+def test_prompts_ending_on_their_item_are_left_out_with_a_named_warning(model):
+    from medinterp.prompt_inputs import NothingAfterItemWarning
+
+    ends = FakePrompt(text="The patient takes aspirin", item="aspirin", span=(18, 25))
+    after = FakePrompt(text="The patient takes aspirin daily", item="aspirin", span=(18, 25))
+    with pytest.warns(NothingAfterItemWarning, match="end on their item"):
+        res = saliency(model, [ends, after], progress=False, n_boot=10)
+    assert res.prompts == [after.text] and res.targets == [" daily"]
+    with pytest.raises(MedinterpError, match="all 1 prompts end on their item"):
+        saliency(model, [ends], progress=False)
 
 
 def test_multi_token_target_is_the_sum_of_token_log_probs(model):
@@ -195,14 +211,15 @@ def test_table_and_ci_bracket_the_mean(model):
     assert len(t) == model.cfg.n_layers * 9 + 2 * 3
     assert set(t["component"]) == {"attn", "mlp", "combined", "embed", "unembed"}
     assert (t["ci_low"] <= t["mean"] + 1e-12).all() and (t["mean"] <= t["ci_high"] + 1e-12).all()
-    cur = res.layer_curve()
-    lo, hi = res.layer_curve_ci()
+    cur = res.layer_curve("grad")
+    lo, hi = res.layer_curve_ci("grad")
     assert cur.shape == lo.shape == hi.shape == (model.cfg.n_layers,)
     np.testing.assert_allclose(cur, res.values[:, :, 2, 0].mean(0))
     # combined lies between attention and MLP (it is their element-weighted mean)
     a, m = res.layer_curve("grad", "attn"), res.layer_curve("grad", "mlp")
     assert np.all(cur >= np.minimum(a, m) - 1e-12) and np.all(cur <= np.maximum(a, m) + 1e-12)
-    assert res.top_layers(1)[0] == int(np.argmax(cur))
+    assert res.top_layers(1, "grad")[0] == int(np.argmax(cur))
+    assert res.top_layers(1)[0] == int(np.argmax(res.layer_curve()))
     assert res.memory["peak_rss_delta_mb"] >= 0 and res.timings["seconds_per_prompt"] > 0
 
 
@@ -283,10 +300,10 @@ def test_cli_writes_result_dir_table_and_html(tmp_path, monkeypatch):
 
 
 def test_layer_curve_by_label(model):
-    texts = ["The patient takes aspirin", "The patient takes metformin", "The patient takes insulin"]
+    items = ["aspirin", "metformin", "insulin"]
     fps = [
-        FakePrompt(text=t, item=t.split()[-1], span=(len(t) - len(t.split()[-1]), len(t)), labels={"k": k})
-        for t, k in zip(texts, ["a", "b", "a"])
+        FakePrompt(text=f"The patient takes {it} daily", item=it, span=(18, 18 + len(it)), labels={"k": k})
+        for it, k in zip(items, ["a", "b", "a"])
     ]
     res = saliency(model, fps, progress=False, n_boot=10)
     by = res.layer_curve_by("k", "grad_x_weight", "attn")
@@ -412,4 +429,63 @@ def test_result_fields_follow_the_contract(model):
     assert res.params["include_embed"] is True and res.timings["seconds"] >= 0
     assert "∂" in res.curve_label and isinstance(res.summary(), str)
     figs = res.figure()
-    assert len(figs) == len(VARIANTS) + 1 and "Weight saliency per block" in figs[0].layout.title.text
+    assert len(figs) == len(VARIANTS) + 2 and "Share of" in figs[0].layout.title.text
+    assert "Weight saliency per block" in figs[1].layout.title.text
+
+
+# ---------------------------------------------------------------------------------------- the map's curve: |g·w| share
+def test_share_equals_brute_force_sum_of_abs_grad_times_weight_and_sums_to_one(model):
+    """share[i, l] = Σ_{w in block l} |∂L/∂w · w| / Σ over all blocks, from a plain full-model .grad."""
+    res = saliency(model, PROMPTS, include_embed=False, include_unembed=False, progress=False, n_boot=50)
+    named = dict(model.named_parameters())
+    groups = parameter_groups(model)
+    for i, (prompt, answer) in enumerate(PROMPTS):
+        t = build_target(model, prompt, answer)
+        model.zero_grad(set_to_none=True)
+        logp = torch.log_softmax(model(t.tokens[None]), dim=-1)[0]  # plain full forward, all logits
+        (-logp[t.predict_positions, t.target_ids].sum()).backward()
+        per_block = np.array([sum(float((named[n].grad.double() * named[n].detach().double()).abs().sum())
+                                  for n, (g, l) in groups.items() if l == layer)
+                              for layer in range(model.cfg.n_layers)])
+        np.testing.assert_allclose(res.share[i, :, COMPONENTS.index("combined")], per_block / per_block.sum(), rtol=1e-4)
+    model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(res.share[:, :, 2].sum(1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(res.share[:, :, 0] + res.share[:, :, 1], res.share[:, :, 2], rtol=1e-12)
+    np.testing.assert_allclose(res.layer_curve(), res.share[:, :, 2].mean(0))
+    lo, hi = res.layer_curve_ci()
+    assert np.all(lo <= res.layer_curve() + 1e-12) and np.all(res.layer_curve() <= hi + 1e-12)
+    assert np.all(np.isnan(res.outer_values))  # neither the embedding nor the unembedding measured
+
+
+def test_share_is_invariant_to_rescaling_a_scale_invariant_weight():
+    """W_V·c with W_O/c is the same function with other weight norms: ∂L/∂W_V scales by 1/c, so |g·w|
+    (and the share) is unchanged while mean |g| moves (the 0.1 default ranked layers by 1/‖W‖)."""
+    m = tiny_model(n_layers=2, seed=1)
+    before = saliency(m, PROMPTS[:2], include_embed=False, include_unembed=False, progress=False, n_boot=10)
+    with torch.no_grad():  # W_V·c and W_O/c: the same function, different weight norms
+        m.blocks[0].attn.W_V.mul_(4.0)
+        m.blocks[0].attn.b_V.mul_(4.0)
+        m.blocks[0].attn.W_O.div_(4.0)
+    after = saliency(m, PROMPTS[:2], include_embed=False, include_unembed=False, progress=False, n_boot=10)
+    np.testing.assert_allclose(after.share, before.share, rtol=1e-4)  # |g·w| of W_V and W_O unchanged
+    g = lambda r: r.values[:, 0, 0, VARIANTS.index("grad")]  # noqa: E731  mean |g| of block 0's attention
+    assert np.all(np.abs(g(after) / g(before) - 1) > 0.1)  # mean |g| moved with the rescaling
+
+
+def test_unit_scores_of_a_pair_set_and_the_technique_reads_the_pairs(model):
+    from medinterp.concepts import PairSet, PromptPair
+    from medinterp.techniques.base import Family
+    from medinterp.techniques.saliency import TECHNIQUE
+
+    ps = PairSet(name="toy_pairs", version="1", description="", pairs=[
+        PromptPair("The patient takes", "The patient needs", " aspirin", " insulin", meta={"template": 0}),
+        PromptPair("A man with chest pain has", "A man with a cough has", " angina", " asthma", meta={"template": 1}),
+        PromptPair("The patient takes", "The doctor gives", " aspirin", " oxygen", meta={"template": 0}),
+    ])
+    assert TECHNIQUE.needs == ("pairs",)
+    res = TECHNIQUE.run(model, Family("toy", concepts=None, pairs=ps), progress=False, n_boot=20)
+    us = res.unit_scores()
+    assert us.values.shape == (2, model.cfg.n_layers) and us.units == ["The patient takes", "A man with chest pain has"]
+    assert us.templates == [0, 1] and res.targets == [" aspirin", " angina"]
+    np.testing.assert_allclose(us.values.sum(1), 1.0)
+    assert TECHNIQUE.params("full")["max_prompts"] >= TECHNIQUE.params("quick")["max_prompts"]
