@@ -249,9 +249,9 @@ TECHNIQUE = Technique(
         # Block removal (skip, the map's curve) and, in the full map, mean-ablation of the block's output
         # beside it. Greedy continuations are left to `medinterp lesion` (4 prompts x 20 tokens x 18
         # lesions cost ~5 min per family on 2 cores). Sizes measured on Gemma 3 270M (see the report).
-        "full": {"modes": ["skip", "block_mean"], "max_prompts": 24, "n_continuations": 0, "n_boot": 1000,
-                 "batch_size": 24},
-        "quick": {"modes": ["skip"], "max_prompts": 12, "n_continuations": 0, "n_boot": 300, "batch_size": 12},
+        "full": {"modes": ["skip", "block_mean"], "max_prompts": 12, "n_continuations": 0, "n_boot": 1000,
+                 "batch_size": 12},
+        "quick": {"modes": ["skip"], "max_prompts": 8, "n_continuations": 0, "n_boot": 300, "batch_size": 8},
     },
     needs=("pairs",),
     description="drop in log p(answer) when one block is removed, on the family's answer prompts",

@@ -244,8 +244,8 @@ TECHNIQUE = Technique(
     presets={
         # The map reads the block shares only: the embedding (262k × 640 for Gemma) and unembedding
         # gradients are skipped. One backward per prompt; sizes measured on Gemma 3 270M (see the report).
-        "full": {"max_prompts": 8, "n_boot": 1000, "include_embed": False, "include_unembed": False},
-        "quick": {"max_prompts": 4, "n_boot": 300, "include_embed": False, "include_unembed": False},
+        "full": {"max_prompts": 6, "n_boot": 1000, "include_embed": False, "include_unembed": False},
+        "quick": {"max_prompts": 3, "n_boot": 300, "include_embed": False, "include_unembed": False},
     },
     needs=("pairs",),
     description="each block's share of |∂(−log p(answer))/∂w · w| on the family's answer prompts",
