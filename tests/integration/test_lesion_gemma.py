@@ -21,7 +21,7 @@ def res(gemma):
 
 def test_lesion_drugs_end_to_end(res, gemma, tmp_path):
     n = gemma.cfg.n_layers
-    assert res.metrics.shape == (8, 2, n, 3) and np.isfinite(res.metrics).all()
+    assert res.metrics.shape == (8, 2, n, 4) and np.isfinite(res.metrics).all()
     kl = res.metrics[..., 0]
     assert (kl > -1e-4).all()
     assert (kl[:, 0] > 1e-6).all()  # removing any whole block changes the next-token distribution
@@ -29,6 +29,8 @@ def test_lesion_drugs_end_to_end(res, gemma, tmp_path):
     lo, hi = res.layer_curve_ci()
     assert cur.shape == (n,) and np.all(lo <= cur + 1e-9) and np.all(cur <= hi + 1e-9)
     assert np.all(res.intact_logp < 0)
+    # every target comes after the item: no prompt ending on its drug name is scored
+    assert all(not p.rstrip(".").endswith(t.strip()) for p, t in zip(res.prompts, res.targets))
     assert res.cont_tokens.shape == (2, 1, n, 8)
     res.save(tmp_path / "les")
     back = Result.load(tmp_path / "les")
@@ -44,7 +46,7 @@ def test_intact_readout_matches_plain_forward(gemma):
 
     ctx, ans = "Metformin is used to treat type 2", " diabetes"
     items, _, _ = items_from_inputs(gemma, [(ctx, ans), "Medication list: aspirin"])
-    (lp, tl), _ = intact_run(gemma, make_batch(items, [0, 1], 0, "cpu"), [0])
+    (lp, tl, _correct), _ = intact_run(gemma, make_batch(items, [0, 1], 0, "cpu"), [0])
     c, a = gemma.to_tokens(ctx), gemma.to_tokens(ans, prepend_bos=False)
     with torch.no_grad():
         logp = torch.log_softmax(gemma(torch.cat([c, a], 1))[0].double(), -1)
@@ -72,3 +74,14 @@ def test_prefix_path_equals_full_forward_on_gemma(gemma):
         b = lesioned_resid(gemma, batch, l, mode, means=means, method="full")
         err = float(torch.linalg.vector_norm(a[real] - b[real]) / torch.linalg.vector_norm(b[real]))
         assert err < 1e-5, (mode, l, err)
+
+
+def test_map_lesion_on_drug_pairs_reads_the_answer(gemma):
+    from medinterp.techniques.base import Family
+    from medinterp.techniques.lesion import TECHNIQUE
+
+    res = TECHNIQUE.run(gemma, Family("drugs", pairs="drug_pairs"), progress=False, max_prompts=4, modes=["skip"],
+                        n_boot=100)
+    us = res.unit_scores()
+    assert us.values.shape == (4, gemma.cfg.n_layers) and np.isfinite(us.values).all()
+    assert all(t.startswith(" ") for t in res.targets) and len(set(us.units)) == 4
