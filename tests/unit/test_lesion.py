@@ -526,7 +526,7 @@ def test_lesion_technique_reads_the_pairs_and_unit_ci_resamples_items(rot):
     from medinterp.techniques.base import Family
     from medinterp.techniques.lesion import TECHNIQUE
 
-    assert TECHNIQUE.needs == ("pairs",) and "block_mean" in TECHNIQUE.params("full")["modes"]
+    assert TECHNIQUE.needs == ("pairs",) and TECHNIQUE.params("full")["modes"][0] == "skip"
     pairs = [PromptPair(f"The patient {w} takes", "x", " aspirin", " insulin") for w in ["who", "now", "then", "still"]]
     res = TECHNIQUE.run(rot, Family("toy", pairs=PairSet(name="p", version="1", description="", pairs=pairs)),
                         progress=False, n_boot=200, modes=["skip"])
