@@ -433,6 +433,21 @@ def test_fast_default_equals_old_paths(gemma_like, site, positions, call_cost):
         assert e_new["tokens_computed"] == e_old["tokens_computed"]
 
 
+def test_read_order_weights_changes_layout_not_numbers(gemma_like):
+    m = gemma_like
+    toks = m.to_tokens(CLEAN)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    strides = {n: p.stride() for n, p in m.named_parameters()}
+    with torch.no_grad():
+        ref = m(toks)
+        with engine.read_order_weights(m):
+            assert m.blocks[0].mlp.W_gate.T.is_contiguous() and m.blocks[0].attn.W_O.permute(2, 0, 1).is_contiguous()
+            inside = m(toks)
+    assert torch.equal(ref, inside)  # bitwise
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]) and p.stride() == strides[n]
+
+
 def test_plan_batches_covers_rows_in_order_within_chunk():
     rng = np.random.default_rng(0)
     for _ in range(50):
