@@ -583,15 +583,16 @@ def test_result_contract_fields_label_summary(tiny):
     assert z.curve_label == "P after patching z at the differing tokens, max over heads"
     a = attribution_patch(tiny, [PAIR], site="mlp_out", positions="all_at_once", progress=False)
     assert a.curve_label == "P (attribution estimate) after patching mlp_out at all positions at once"
-    # the map's run: the first max_pairs rows of the family's pair set, concept_set = the set's name
-    res = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=3, n_boot=20,
+    # the map's run: max_pairs rows spread evenly over the family's pair set, concept_set = the set's name
+    res = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=4, n_boot=20,
                                    progress=False)
-    first3 = load_concepts("diagnosis_pairs").pairs[:3]
-    assert res.concept_set == "diagnosis_pairs" and len(res.all_pairs) + len(res.dropped) == 3  # causal tracing
-    assert sorted(p["clean"] for p in res.all_pairs + res.dropped) == sorted(p.clean for p in first3)
-    old = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=3, n_boot=20,
+    allp = load_concepts("diagnosis_pairs").pairs
+    spread = [allp[i] for i in (0, 11, 22, len(allp) - 1)]  # rows 0, 11, 22, 33 of 34: evenly spaced
+    assert res.concept_set == "diagnosis_pairs" and len(res.all_pairs) + len(res.dropped) == 4  # causal tracing
+    assert sorted(p["clean"] for p in res.all_pairs + res.dropped) == sorted(p.clean for p in spread)
+    old = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=4, n_boot=20,
                                    progress=False, mode="resid_last")
-    assert len(old.pairs) + len(old.dropped) == 3 and old.site == "resid_pre" and old.position_mode == "last"
+    assert len(old.pairs) + len(old.dropped) == 4 and old.site == "resid_pre" and old.position_mode == "last"
 
 
 def test_one_site_vocabulary_feeds_hooks_and_activations():
