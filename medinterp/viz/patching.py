@@ -47,3 +47,33 @@ def patching_figures(result: Any, **_: Any) -> list:
 
 
 register_renderer("patching", patching_figures)
+
+
+def tracing_figures(result: Any, **_: Any) -> list:
+    """Causal tracing: span and last-token curves (ratio of sums, item-level CI) and per-pair span P."""
+    import plotly.graph_objects as go
+
+    title = f"causal tracing on {result.concept_set}: {result.n_known}/{len(result.all_pairs)} pairs known"
+    if not result.known_by_model:
+        fig = go.Figure(layout={"title": f"{title}: not known by the model ({result.not_known_reason})"})
+        return [fig]
+    curves = {}
+    for j, restore in enumerate(result.restores):
+        curves[f"restore {restore}"] = (result.ratio[:, j], result.ratio_low[:, j], result.ratio_high[:, j])
+    for c, site in enumerate(result.components or []):
+        for j, restore in enumerate(result.restores):
+            curves[f"{site} at {restore}"] = (result.component_ratio[c, :, j], None, None)
+    band = ", ".join(f"{a}-{b}" for a, b in result.band) or "none"
+    figs = [layer_curve_figure(curves, title=f"{title}; band {band}, mover block {result.mover}",
+                               y_title="recovered fraction P (ratio of sums)", x=list(result.layers))]
+    span = np.asarray(result.P, float)[:, :, result.restores.index("span")]
+    figs.append(go.Figure(
+        go.Heatmap(z=np.clip(span, -1, 2), x=[str(l) for l in result.layers], y=[str(u) for u in result.units],
+                   colorscale="RdBu", zmid=0.0, colorbar={"title": "P"},
+                   hovertemplate="layer %{x}<br>%{y}<br>P %{z:.3f}<extra></extra>"),
+        layout={"title": f"{title}: span-restore P per pair (clipped to [-1, 2])", "xaxis": {"title": "layer"},
+                "height": 300 + 14 * len(result.units)}))
+    return figs
+
+
+register_renderer("causal_trace", tracing_figures)

@@ -78,3 +78,20 @@ def test_attribution_tracks_exact_sweep(gemma, short_pair):
     for v in attr.diagnostics["verified"]:
         li, j = attr.layers.index(v["layer"]), attr.positions.index(v["position"])
         assert abs(v["exact"] - exact.values[0, li, j, 0]) < 1e-4
+
+
+def test_causal_trace_on_diagnosis_pairs_quick(gemma):
+    """The map's patching run (quick size) on the diagnosis pairs: causal tracing on the pairs Gemma knows."""
+    from medinterp.techniques import REGISTRY, Family
+    from medinterp.techniques.patching import TracingResult
+
+    tech = REGISTRY["patching"]
+    r = tech.run(gemma, Family("diseases", pairs="diagnosis_pairs"), progress=False, **tech.params("quick"))
+    assert isinstance(r, TracingResult) and len(r.all_pairs) + len(r.dropped) == tech.presets["quick"]["max_pairs"]
+    print(r.summary())  # how many pairs the model knows, band, mover
+    assert 0 <= r.n_known <= len(r.all_pairs) and r.ld.shape == (r.n_known, gemma.cfg.n_layers, 2)
+    assert r.known_by_model == (r.n_known >= r.params["min_known"])
+    if r.n_known:
+        # restoring every differing token at the embeddings is the clean run
+        np.testing.assert_allclose(r.P[:, 0, 0], 1.0, atol=1e-3)
+        assert r.unit_scores().values.shape == (r.n_known, gemma.cfg.n_layers)

@@ -413,6 +413,56 @@ def test_prefix_cache_reuse_is_exact(gemma_like, site, positions):
     np.testing.assert_allclose(a.values, b.values, atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("site,positions", [("resid_pre", "all"), ("z", "all"), ("pattern", [0, 3, -2, -1]),
+                                            ("mlp_out", "span")])
+@pytest.mark.parametrize("call_cost", [engine.CALL_COST_TOKENS, 0.0, 3.0])
+def test_fast_default_equals_old_paths(gemma_like, site, positions, call_cost):
+    """The default batching (rows of different first positions merged, each call starting at its smallest)
+    gives the numbers of 0.1.0's prefix path and of the no-prefix path, with fewer forward calls."""
+    pairs = [PAIR, PAIR2, PAIR3]
+    kw = dict(site=site, positions=positions, metric="logit_diff", progress=False)
+    new = patch(gemma_like, pairs, **kw, call_cost=call_cost)
+    old = patch(gemma_like, pairs, **kw, prefix_cache=True)
+    flat = patch(gemma_like, pairs, **kw, prefix_cache=False)
+    np.testing.assert_allclose(new.values, old.values, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(new.values, flat.values, atol=1e-6, rtol=0)
+    e_new, e_old, e_flat = (r.diagnostics["engine"] for r in (new, old, flat))
+    assert e_new["rows"] == e_old["rows"] == e_flat["rows"]
+    assert e_new["forward_calls"] <= e_old["forward_calls"]
+    if call_cost == 0.0:  # free calls: the plan skips every prefix the old path skips
+        assert e_new["tokens_computed"] == e_old["tokens_computed"]
+
+
+def test_read_order_weights_changes_layout_not_numbers(gemma_like):
+    m = gemma_like
+    toks = m.to_tokens(CLEAN)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    strides = {n: p.stride() for n, p in m.named_parameters()}
+    with torch.no_grad():
+        ref = m(toks)
+        with engine.read_order_weights(m):
+            assert m.blocks[0].mlp.W_gate.T.is_contiguous() and m.blocks[0].attn.W_O.permute(2, 0, 1).is_contiguous()
+            inside = m(toks)
+    assert torch.equal(ref, inside)  # bitwise
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]) and p.stride() == strides[n]
+
+
+def test_plan_batches_covers_rows_in_order_within_chunk():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        starts = sorted(rng.integers(0, 12, size=int(rng.integers(1, 40))).tolist())
+        chunk = int(rng.integers(1, 9))
+        plan = engine.plan_batches(starts, seq=12, chunk=chunk, call_cost=float(rng.uniform(0, 50)))
+        assert plan[0][0] == 0 and plan[-1][1] == len(starts)
+        assert all(a[1] == b[0] for a, b in zip(plan, plan[1:])) and all(0 < hi - lo <= chunk for lo, hi in plan)
+    # cost model by hand: 2 rows start at 0, 8 rows at 9 (seq 10): merging costs c + 10*10, splitting 2c + 2*10 + 8
+    assert engine.plan_batches([0, 0] + [9] * 8, 10, 100, call_cost=100.0) == [(0, 10)]
+    assert engine.plan_batches([0, 0] + [9] * 8, 10, 100, call_cost=50.0) == [(0, 2), (2, 10)]
+    with pytest.raises(MedinterpError, match="prefix_cache"):
+        patch(None, [PAIR], prefix_cache="fast")
+
+
 # ----------------------------------------------------------------------------- one pair rule, one reader
 NINE = [  # the 9 user pairs of issue 14: only the first two are usable
     (CLEAN, CORR, " angina", " pneumonia"),
@@ -533,12 +583,16 @@ def test_result_contract_fields_label_summary(tiny):
     assert z.curve_label == "P after patching z at the differing tokens, max over heads"
     a = attribution_patch(tiny, [PAIR], site="mlp_out", positions="all_at_once", progress=False)
     assert a.curve_label == "P (attribution estimate) after patching mlp_out at all positions at once"
-    # the map's run: the first max_pairs rows of the family's pair set, concept_set = the set's name
-    res = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=3, n_boot=20,
+    # the map's run: max_pairs rows spread evenly over the family's pair set, concept_set = the set's name
+    res = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=4, n_boot=20,
                                    progress=False)
-    first3 = load_concepts("diagnosis_pairs").pairs[:3]
-    assert res.concept_set == "diagnosis_pairs" and len(res.pairs) + len(res.dropped) == 3
-    assert sorted(p["clean"] for p in res.pairs + res.dropped) == sorted(p.clean for p in first3)
+    allp = load_concepts("diagnosis_pairs").pairs
+    spread = [allp[i] for i in (0, 11, 22, len(allp) - 1)]  # rows 0, 11, 22, 33 of 34: evenly spaced
+    assert res.concept_set == "diagnosis_pairs" and len(res.all_pairs) + len(res.dropped) == 4  # causal tracing
+    assert sorted(p["clean"] for p in res.all_pairs + res.dropped) == sorted(p.clean for p in spread)
+    old = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=4, n_boot=20,
+                                   progress=False, mode="resid_last")
+    assert len(old.pairs) + len(old.dropped) == 4 and old.site == "resid_pre" and old.position_mode == "last"
 
 
 def test_one_site_vocabulary_feeds_hooks_and_activations():

@@ -1,6 +1,6 @@
 """Activation patching (METHOD.md §4): exact layer × position × head sweeps, path and attribution patching.
 
-Three entry points, all returning a :class:`PatchingResult`:
+Entry points (all but :func:`causal_trace` return a :class:`PatchingResult`):
 
 * :func:`patch` -- exact activation patching (:mod:`.engine`). Clean activations are written into the
   corrupted run at one site (residual stream, attention / MLP output, one head's z / q / k / v /
@@ -9,6 +9,8 @@ Three entry points, all returning a :class:`PatchingResult`:
   functions; the engine batches cells, starts at the patched layer, reuses the unpatched prefix and
   unembeds only the answer columns.
 * :func:`path_patch` -- path patching from a sender component to chosen receivers (IOI style, :mod:`.path`).
+* :func:`causal_trace` -- causal tracing (Meng et al. 2022) of the item span and the last token on the
+  pairs the model knows, returning a :class:`TracingResult` (:mod:`.tracing`); the map's patching row.
 * :func:`attribution_patch` -- the first-order (gradient) approximation of a whole sweep in one
   forward + backward pass, optionally verified exactly on its top-k cells (:mod:`.attribution`).
 
@@ -53,9 +55,13 @@ from medinterp.techniques.patching.common import (
 from medinterp.techniques.patching.engine import patch
 from medinterp.techniques.patching.path import make_freeze_hook, path_patch
 from medinterp.techniques.patching.result import PatchingResult
+from medinterp.techniques.patching.tracing import TracingResult, causal_trace, known_mask
 
 __all__ = [
     "PatchingResult",
+    "TracingResult",
+    "causal_trace",
+    "known_mask",
     "patch",
     "path_patch",
     "attribution_patch",
@@ -72,25 +78,49 @@ __all__ = [
 ]
 
 
-def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any) -> PatchingResult:
-    """The map's run: resid_pre at the last position over the family's pair set (invalid pairs dropped);
-    ``max_pairs`` keeps the first N rows of the file (before the pair rule drops any)."""
-    params = {"site": "resid_pre", "positions": "last", "on_bad": "drop", **params}
-    max_pairs = params.pop("max_pairs", None)
+def _family_pairs(family: Any, max_pairs: int | None) -> PairSet:
+    """The family's pair set, or ``max_pairs`` rows of it spread evenly over the file (first and last row
+    included): files are often ordered by difficulty (age: 17 vs 18 first), so the first N rows would
+    make a quick run answer a different question than the full one."""
     ps = pair_set(family.pairs)
-    if max_pairs is not None:
-        ps = PairSet(ps.name, ps.version, ps.description, list(ps.pairs)[: int(max_pairs)], ps.columns,
-                     ps.provenance, ps.path)
-    return patch(model, ps, progress=progress, **params)
+    rows = list(ps.pairs)
+    if max_pairs is not None and int(max_pairs) < len(rows):
+        keep = np.unique(np.linspace(0, len(rows) - 1, max(1, int(max_pairs))).round().astype(int))
+        ps = PairSet(ps.name, ps.version, ps.description, [rows[i] for i in keep], ps.columns, ps.provenance, ps.path)
+    return ps
 
 
-def attention_view_data(model: Any, res: PatchingResult) -> dict[str, Any]:
-    """All heads of the block ``l`` maximising ``curve[l+1] - curve[l]`` (resid_pre patching: the block
-    whose output carries the clean answer to the last position), on the first clean prompt."""
-    curve = np.asarray(res.layer_curve(), float)
-    if len(curve) < 2 or not np.all(np.isfinite(curve)):
-        raise MedinterpError("attention view: no usable patching curve (fewer than 2 layers or non-finite values)")
-    layer = int(np.argmax(np.diff(curve)))
+def _run_family(model: Any, family: Any, *, progress: bool = True, mode: str = "trace",
+                **params: Any) -> TracingResult | PatchingResult:
+    """The map's run over the family's pair set (invalid pairs dropped; ``max_pairs`` keeps N rows spread
+    evenly over the file, before the pair rule drops any).
+
+    ``mode="trace"`` (default): :func:`causal_trace`. ``mode="resid_last"``: 0.1.0's sweep, ``patch`` of
+    resid_pre at the last position (any :func:`patch` parameter may be given)."""
+    max_pairs = params.pop("max_pairs", None)
+    ps = _family_pairs(family, max_pairs)
+    if mode == "trace":
+        return causal_trace(model, ps, progress=progress, **params)
+    if mode == "resid_last":
+        params = {"site": "resid_pre", "positions": "last", "on_bad": "drop", **params}
+        return patch(model, ps, progress=progress, **params)
+    raise MedinterpError(f"patching mode must be 'trace' or 'resid_last', got {mode!r}")
+
+
+def attention_view_data(model: Any, res: TracingResult | PatchingResult) -> dict[str, Any]:
+    """All heads of the mover block on the first (known) clean prompt.
+
+    For a :class:`TracingResult` the mover is its ``mover`` (largest rise of the last-token curve); for a
+    resid_pre :class:`PatchingResult` the block ``l`` maximising ``curve[l+1] - curve[l]``."""
+    if isinstance(res, TracingResult):
+        if res.mover is None or not res.pairs:
+            raise MedinterpError(f"attention view: no mover block ({res.not_known_reason or 'fewer than 2 layers'})")
+        layer = int(res.mover)
+    else:
+        curve = np.asarray(res.layer_curve(), float)
+        if len(curve) < 2 or not np.all(np.isfinite(curve)):
+            raise MedinterpError("attention view: no usable patching curve (fewer than 2 layers or non-finite values)")
+        layer = int(np.argmax(np.diff(curve)))
     pair = res.pairs[0]
     if not isinstance(pair, dict) or not isinstance(pair.get("clean"), str):
         raise MedinterpError("attention view: expected the result's first pair as a dict with a 'clean' prompt text")
@@ -108,11 +138,12 @@ TECHNIQUE = Technique(
     name="patching",
     run_fn=_run_family,
     presets={
-        # resid_pre at the last position, every valid pair of the family's pair set
-        "full": {"n_boot": 300},
-        "quick": {"max_pairs": 6, "n_boot": 100},
+        # causal tracing (span and last-token restoration of resid_pre) on the pairs the model knows;
+        # mode="resid_last" gives 0.1.0's resid_pre-at-the-last-position sweep
+        "full": {"n_boot": 1000},
+        "quick": {"max_pairs": 12, "n_boot": 200},
     },
     needs=("pairs",),
     extras=attention_view_data,
-    description="activation patching of clean into corrupted runs (normalised logit difference)",
+    description="causal tracing: recovered fraction after restoring the clean item span (and last token) per layer",
 )
