@@ -69,12 +69,22 @@ from medinterp.techniques.geometry.metrics import (
     silhouette_samples,
     step_ratio,
 )
+from medinterp.techniques.geometry.concept import (
+    collapse_stats,
+    cosine_silhouette_samples,
+    lexical_features,
+    probe_unit_scores,
+    ridge_unit_scores,
+    template_centre,
+)
+from medinterp.techniques.geometry.questions import age_step, paired_item_difference, progression_order
 from medinterp.techniques.geometry.result import GeometryResult
 from medinterp.techniques.geometry.run import (
     TECHNIQUE,
     ConstantLayerWarning,
     default_concept_sets,
     family_labels,
+    family_matched,
     geometry,
     geometry_many,
 )
@@ -99,6 +109,16 @@ __all__ = [
     "layer_metrics",
     "default_concept_sets",
     "family_labels",
+    "family_matched",
+    "probe_unit_scores",
+    "ridge_unit_scores",
+    "template_centre",
+    "lexical_features",
+    "cosine_silhouette_samples",
+    "collapse_stats",
+    "age_step",
+    "progression_order",
+    "paired_item_difference",
     "is_constant",
     "ConstantLayerWarning",
     "LabelSpec",
