@@ -11,6 +11,11 @@ Example:
     ['<bos>', 'A', '45', '-', 'year', '-', 'old', 'man']
     >>> model.to_single_token(" angina") == model.to_single_token("angina")
     True
+
+``tiny_model(arch=...)`` builds a tiny random-init model of one of the paper's seed architectures
+(``"llama"``, ``"gemma3"``, ``"qwen2"``, ``"qwen3"``, ``"gpt_oss"``) from a Hugging Face config (no hub),
+through the backend ``load_model(backend="auto")`` picks for the real seed model; see
+:mod:`medinterp.models.tiny`.
 """
 
 from __future__ import annotations
@@ -96,9 +101,16 @@ def tiny_model(
     vocab: Iterable[str] | None = None,
     n_ctx: int = 128,
     seed: int = 0,
+    arch: str | None = None,
+    backend: str = "auto",
+    dtype: Any = None,
     **cfg_overrides: Any,
 ):
     """A random-init ``HookedTransformer`` with a word-level tokenizer and ``medinterp_info``.
+
+    With ``arch`` (``"llama"``, ``"gemma3"``, ``"qwen2"``, ``"qwen3"``, ``"gpt_oss"``): a random-init HF model
+    of that architecture, wrapped by ``backend`` (``"auto"``: the one the real seed model gets), with
+    ``cfg_overrides`` applied to the HF config (see :func:`medinterp.models.tiny.tiny_arch_model`).
 
     Args:
         n_layers, d_model, n_heads, d_mlp: architecture (``d_head = d_model // n_heads``).
@@ -107,8 +119,18 @@ def tiny_model(
         seed: weight initialisation seed.
         **cfg_overrides: any other ``HookedTransformerConfig`` field (e.g. ``positional_embedding_type="rotary"``,
             ``normalization_type="RMS"``, ``attn_only=True``).
+        arch: a seed architecture (see above); ``None``: TL's own GPT-2-style block.
+        backend: ``"auto"``, ``"hooked"`` or ``"bridge"`` (``arch`` models only).
+        dtype: parameter dtype (``None``: float32).
     """
     import torch
+
+    if arch is not None:
+        from medinterp.models.tiny import tiny_arch_model
+
+        return tiny_arch_model(arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp,
+                               tokenizer=word_tokenizer(vocab), n_ctx=n_ctx, seed=seed, backend=backend,
+                               dtype=dtype or torch.float32, **cfg_overrides)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     tok = word_tokenizer(vocab)
@@ -126,6 +148,7 @@ def tiny_model(
         default_prepend_bos=True,
         tokenizer_prepends_bos=True,
         model_name=f"tiny-{n_layers}L-{d_model}d",
+        **({"dtype": dtype} if dtype is not None else {}),
         **cfg_overrides,
     )
     torch.manual_seed(seed)
@@ -139,8 +162,13 @@ def tiny_model(
         "center_writing_weights": False,
         "center_unembed": False,
         "fold_value_biases": False,
-        "dtype": "float32",
+        "dtype": str(cfg.dtype).replace("torch.", ""),
         "device": str(cfg.device),
+        "backend": "hooked",
+        "capabilities": {"backend": "hooked", "start_at_layer": True, "stop_at_layer": True,
+                         "string_input": True, "device_map": False},
+        "random_init": True,
+        "seed": seed,
         "n_layers": n_layers,
         "d_model": d_model,
         "n_heads": n_heads,

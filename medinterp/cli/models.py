@@ -26,9 +26,20 @@ def models_command() -> None:
         table.add_row(m["name"], "yes" if m["installed"] else "no", m["description"], m["install"])
     console = Console()
     console.print(table)
+    from medinterp.models import SEED_MODELS, seed_backends
+
+    seeds = Table(title="The paper's seed models (hub; `medinterp plan --model NAME --gpus 4x80GB` sizes them)")
+    for col in ("name", "hub name", "backend (auto)", "note"):
+        seeds.add_column(col)
+    backends = seed_backends()
+    for m in SEED_MODELS.values():
+        seeds.add_row(m.name, m.hf_name, backends[m.name], m.note)
+    console.print(seeds)
     console.print(
         "Also accepted by --model: a path to a .gguf file, a local Hugging Face model folder, "
-        "or a TransformerLens model name (needs the hub).\n"
+        "or a TransformerLens model name (needs the hub); append ':random' for the random-init twin.\n"
+        "Backends: hooked = HookedTransformer (start_at_layer prefix reuse), bridge = TransformerBridge "
+        "(device_map sharding, token-tensor input, hook path instead of start_at_layer).\n"
         f"Converted models are cached in {cache_dir()} (override with MEDINTERP_CACHE).",
         highlight=False,
     )

