@@ -39,8 +39,14 @@ from medinterp.techniques.geometry.concept import (
     template_centre,
     unit_scores_for,
 )
+from medinterp.techniques.geometry.embedding import is_constant
 from medinterp.techniques.geometry.layer import TABLE_COLUMNS, _row
-from medinterp.techniques.geometry.questions import age_step, paired_item_difference, progression_order
+from medinterp.techniques.geometry.questions import (
+    age_step,
+    matched_steps,
+    paired_item_difference,
+    progression_order,
+)
 
 READS = ("span", "last")
 
@@ -130,14 +136,18 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
         age_rows, prog_rows = [], []
         for j, layer in enumerate(inp.layers):
             raw_X = np.asarray(V[j], np.float64)
+            constant = is_constant(raw_X)
             Xc = template_centre(raw_X, tpl)
             Z = reduce(Xc, pca_dims, seed)
             for lab in probe_labels + matched:
                 in_m = inp.matched is not None and lab in inp.matched
                 sel = keep_m if in_m else _present(inp.labels[lab])
                 y = [v for v, ok in zip(inp.labels[lab], sel) if ok]
-                s, raw = unit_scores_for(Z[sel], y, _groups(inp, lab)[sel], lab in inp.continuous,
-                                         n_splits=n_splits, seed=seed)
+                if constant:  # one vector for every prompt: no information, scored as chance (0)
+                    s, raw = np.zeros(int(sel.sum())), math.nan
+                else:
+                    s, raw = unit_scores_for(Z[sel], y, _groups(inp, lab)[sel], lab in inp.continuous,
+                                             n_splits=n_splits, seed=seed)
                 per_label[lab][sel, j] = s
                 rows.append(_row(layer, "r2" if lab in inp.continuous else "balanced_accuracy", read, lab, "",
                                  {"value": raw, "n": int(sel.sum())}))
@@ -153,7 +163,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                 rows.append(_row(layer, m, read, "", "", {"value": v, "n": n}))
             if read == "span" and inp.age:
                 ages = np.asarray(inp.labels[inp.age], float)
-                if jump[0] in ages and jump[1] in ages:
+                if jump[0] in ages and jump[1] in ages and len(matched_steps(ages, jump)) >= 2:
                     r = age_step(Xc, ages, tpl, jump=jump, n_boot=n_boot, ci=ci, seed=seed)
                     age_rows.append({"layer": layer, **{k: r[k] for k in ("step", "matched_mean", "ratio", "ci_low",
                                                                           "ci_high", "p_rank", "outlier")}})

@@ -45,6 +45,15 @@ def _cell_means(X: np.ndarray, ages: np.ndarray, templates: np.ndarray, want: np
     return out
 
 
+def matched_steps(ages: Sequence[float], jump: tuple[float, float] = (17, 18)) -> list[tuple[float, float]]:
+    """The steps with the jump's units digits in the other decades present in ``ages`` (17→18: 27→28, ...,
+    97→98; 7→8 is left out: a one-digit age tokenises differently)."""
+    present = set(float(a) for a in ages)
+    lo_d = jump[0] % 10
+    out = [(10 * x + lo_d, 10 * x + lo_d + 1) for x in range(1, 10)]
+    return [m for m in out if tuple(m) != tuple(jump) and m[0] in present and m[1] in present]
+
+
 def age_step(
     X: Float[np.ndarray, "n d"],
     ages: Float[np.ndarray, "n"],
@@ -74,10 +83,8 @@ def age_step(
     X = np.asarray(X, np.float64)
     ages = np.asarray(ages, float)
     templates = np.asarray([str(t) for t in templates])
-    if matched is None:
-        lo_d = jump[0] % 10
-        matched = [(10 * x + lo_d, 10 * x + lo_d + 1) for x in range(1, 10)]
-    matched = [m for m in matched if tuple(m) != tuple(jump) and m[0] in ages and m[1] in ages]
+    matched = matched_steps(ages, jump) if matched is None else \
+        [m for m in matched if tuple(m) != tuple(jump) and m[0] in ages and m[1] in ages]
     if jump[0] not in ages or jump[1] not in ages:
         raise MedinterpError(f"age_step: ages {jump} are not both present")
     if len(matched) < 2:
