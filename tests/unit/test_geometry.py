@@ -305,8 +305,9 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     import medinterp.viz  # registers the geometry renderer
 
     figs = back.figure()
-    assert len(figs) == 3  # specialty, mechanism, curves
-    umap_fig = figs[0]
+    assert len(figs) == 4  # headline, specialty, mechanism, curves
+    assert "lexical baseline" in str([tr.name for tr in figs[0].data])
+    umap_fig = figs[1]
     assert len(umap_fig.layout.sliders[0].steps) == n_layers + 1
     assert any("fever" in str(tx) for tr in umap_fig.data for tx in (tr.text or []))
     html = back.to_html(tmp_path / "g.html")
