@@ -254,7 +254,7 @@ def test_headline_end_to_end_with_matched_labels_age_and_progression(tiny):
     t = res.table
     md = t[t.metric == "matched_diff"]
     n_kept = sum(it["mc"] != "ungrouped" for it in items)
-    assert len(md) == 2 * len(res.layers) and set(md.label) == {"sm-mc"} and (md.n == n_kept).all()
+    assert len(md) == len(res.layers) and set(md.label) == {"sm-mc"} and (md.n == n_kept).all()
     assert res.lexical_scores.shape == (len(res.unit_ids),)
     assert set(res.findings["lexical"]) == {"specialty", "mechanism", "sm", "mc"}
     assert res.unit_values.shape == res.unit_values_last.shape == (len(res.unit_ids), len(res.layers))
@@ -278,3 +278,15 @@ def test_headline_end_to_end_with_matched_labels_age_and_progression(tiny):
     assert len(sp) == len(res.layers) and sp.p_value.between(0, 1).all()
     assert {"spearman", "p_value"} <= set(res.findings["progression_lexical"])
     assert set(res.progression.metric) == {"spearman", "csfs", "csls"}
+
+
+def test_collect_reads_equals_one_collect_activations_per_read(tiny):
+    from medinterp.activations import collect_activations, collect_reads
+
+    prompts = _planted_set().prompts()[:20]
+    both = collect_reads(tiny, prompts, ["span_mean", "last"], include_embed=True, batch_size=7, progress=False)
+    for mode in ("span_mean", "last"):
+        one = collect_activations(tiny, prompts, positions=mode, include_embed=True, batch_size=7, progress=False)
+        np.testing.assert_allclose(both[mode].values, one.values, atol=1e-5)
+        assert both[mode].positions == mode and both[mode].token_positions == one.token_positions
+    assert not np.allclose(both["span_mean"].values, both["last"].values)

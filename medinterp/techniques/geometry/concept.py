@@ -66,7 +66,8 @@ def reduce(X: Float[np.ndarray, "n d"], pca_dims: int | None, seed: int = 0) -> 
     X = np.asarray(X, dtype=np.float64)
     if not pca_dims or min(X.shape) <= pca_dims:
         return X
-    return PCA(n_components=pca_dims, random_state=seed, svd_solver="full").fit_transform(X)
+    # covariance_eigh: eigendecomposition of the d x d covariance, much faster than a full SVD for n >> k
+    return PCA(n_components=pca_dims, random_state=seed, svd_solver="covariance_eigh").fit_transform(X)
 
 
 def _n_splits(groups: np.ndarray, n_splits: int, name: str) -> int:
@@ -158,11 +159,18 @@ def lexical_features(items: Sequence[str], pca_dims: int | None = 64, seed: int 
     return reduce(F, pca_dims, seed)
 
 
-def cosine_silhouette_samples(X: Float[np.ndarray, "n d"], y: Sequence[Any]) -> Float[np.ndarray, "n"]:
-    """Per-point silhouette with cosine distance (``sklearn.metrics.silhouette_samples``)."""
+def cosine_distances(X: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n n"]:
+    """Cosine distance matrix (zero diagonal, clipped at 0)."""
     D = pairwise_distances(np.asarray(X, np.float64), metric="cosine")
     np.fill_diagonal(D, 0.0)
-    D = np.maximum(D, 0.0)
+    return np.maximum(D, 0.0)
+
+
+def cosine_silhouette_samples(X: Float[np.ndarray, "n d"] | None, y: Sequence[Any], *,
+                              D: Float[np.ndarray, "n n"] | None = None) -> Float[np.ndarray, "n"]:
+    """Per-point silhouette with cosine distance (``sklearn.metrics.silhouette_samples``); pass ``D``
+    (:func:`cosine_distances`) to reuse one matrix for several labellings."""
+    D = cosine_distances(X) if D is None else D
     return silhouette_samples(D, np.asarray([str(v) for v in y]), metric="precomputed")
 
 
@@ -184,7 +192,8 @@ def collapse_stats(X: Float[np.ndarray, "n d"]) -> dict[str, float]:
         return float((s @ s - m) / (m * (m - 1)))
 
     Xc = X - X.mean(0)
-    sv = np.linalg.svd(Xc, compute_uv=False) ** 2
+    small = Xc if Xc.shape[0] <= Xc.shape[1] else None  # eigenvalues of the smaller Gram / covariance
+    sv = np.clip(np.linalg.eigvalsh(small @ small.T if small is not None else Xc.T @ Xc), 0, None)
     pr = float(sv.sum() ** 2 / (sv ** 2).sum()) if (sv ** 2).sum() > 0 else float("nan")
     return {"resid_norm": float(np.linalg.norm(X, axis=1).mean()), "mean_cosine": mean_cos(X) if n > 1 else float("nan"),
             "mean_cosine_centred": mean_cos(Xc), "participation_ratio": pr}

@@ -9,10 +9,11 @@ read is recorded beside it.
 Table rows (same columns as the paper metrics, ``space`` = the read):
 
 * ``probe``: mean per-prompt score (chance-corrected balanced accuracy, or R² for a continuous
-  label) with a cluster-bootstrap CI over items, one row per scored labelling;
+  label) with a cluster-bootstrap CI over items: the primary labelling on both reads, the matched
+  pair (drugs) on the span read (other labellings: silhouette and the lexical baseline only, for cost);
 * ``balanced_accuracy`` (categorical) / ``r2`` (continuous): the raw probe score;
-* ``silhouette_cos``: cosine silhouette of the labelling, CI by bootstrapping items on the per-point
-  values;
+* ``silhouette_cos``: cosine silhouette of every categorical labelling (span read), CI by
+  bootstrapping items on the per-point values;
 * ``resid_norm``, ``mean_cosine``, ``mean_cosine_centred``, ``participation_ratio`` (collapse);
 * drugs (``matched``): ``probe`` rows of both matched labellings and ``matched_diff`` (a − b per item);
 * age: ``age_step_ratio`` (17→18 over matched x7→x8 steps, template-bootstrap CI, rank p);
@@ -33,6 +34,7 @@ from medinterp.errors import MedinterpError
 from medinterp.stats import cluster_bootstrap
 from medinterp.techniques.geometry.concept import (
     collapse_stats,
+    cosine_distances,
     cosine_silhouette_samples,
     lexical_features,
     reduce,
@@ -132,14 +134,19 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
             lexical_scores = np.full(n, np.nan)
             lexical_scores[sel] = s
     for read, V in inp.reads.items():
-        per_label = {lab: np.full((n, L), np.nan) for lab in probe_labels + matched}
+        # per-layer probes (the cost): the primary labelling on both reads, the matched pair on the item
+        # read; every categorical labelling gets a cosine silhouette (cheap)
+        labs = list(dict.fromkeys(probe_labels[:1] + (list(inp.matched) if inp.matched and read == "span" else [])))
+        sil_labs = [lab for lab in dict.fromkeys(probe_labels + labs) if lab not in inp.continuous] \
+            if read == "span" else []
+        per_label = {lab: np.full((n, L), np.nan) for lab in labs}
         age_rows, prog_rows = [], []
         for j, layer in enumerate(inp.layers):
             raw_X = np.asarray(V[j], np.float64)
             constant = is_constant(raw_X)
             Xc = template_centre(raw_X, tpl)
             Z = reduce(Xc, pca_dims, seed)
-            for lab in probe_labels + matched:
+            for lab in labs:
                 in_m = inp.matched is not None and lab in inp.matched
                 sel = keep_m if in_m else _present(inp.labels[lab])
                 y = [v for v, ok in zip(inp.labels[lab], sel) if ok]
@@ -151,11 +158,11 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                 per_label[lab][sel, j] = s
                 rows.append(_row(layer, "r2" if lab in inp.continuous else "balanced_accuracy", read, lab, "",
                                  {"value": raw, "n": int(sel.sum())}))
-            for lab in probe_labels + matched:
-                if lab in inp.continuous:
-                    continue
+            D = cosine_distances(Xc) if sil_labs else None
+            for lab in sil_labs:
                 sel = keep_m if inp.matched and lab in inp.matched else _present(inp.labels[lab])
-                sil = cosine_silhouette_samples(Xc[sel], [v for v, ok in zip(inp.labels[lab], sel) if ok])
+                sil = cosine_silhouette_samples(None, [v for v, ok in zip(inp.labels[lab], sel) if ok],
+                                                D=D[np.ix_(sel, sel)])
                 bs = cluster_bootstrap(sil, units=units[sel], n_boot=min(n_boot, 200), ci=ci, seed=seed)
                 rows.append(_row(layer, "silhouette_cos", read, lab, "", {"value": float(bs.estimate),
                                  "ci_low": float(bs.low), "ci_high": float(bs.high), "n": int(sel.sum())}))
@@ -185,7 +192,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
             sel = ~np.isnan(S[:, 0])
             _ci_rows(rows, inp.layers, read, "probe", lab, S[sel], units[sel], n_boot, ci, seed)
         unit[read] = per_label[probe_labels[0]]
-        if inp.matched:
+        if inp.matched and read == "span":
             a, b = inp.matched
             d = paired_item_difference(per_label[a][keep_m], per_label[b][keep_m], units[keep_m], n_boot=n_boot,
                                        ci=ci, seed=seed)

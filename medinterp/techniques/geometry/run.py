@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from medinterp.activations import ActivationSet, collect_activations
+from medinterp.activations import ActivationSet, collect_activations, collect_reads
 from medinterp.concepts import CONCEPT_FAMILIES, load_concepts
 from medinterp.errors import MedinterpError
 from medinterp.results import make_provenance
@@ -153,23 +153,28 @@ def _prepare(model: Any, concepts: Any, activations: Any, *, labels: Sequence[st
     if cset is not None and not hasattr(cset, "prompts"):
         raise MedinterpError(f"geometry needs a ConceptSet (items with labels); got {type(cset).__name__}")
     prompts = cset.prompts(templates) if cset is not None else None
+    last_read = None
     if activations is None:
         if model is None or prompts is None:
             raise MedinterpError("geometry needs a model and concepts, or precomputed activations=")
-        activations = collect_activations(
-            model, prompts, sites=("resid_post",), layers=layers, positions=positions,
-            include_embed=include_embed, batch_size=batch_size, progress=progress,
-        )
+        both = read_last and isinstance(positions, str) and positions != "last"
+        if both:  # the item read and the final-token read from one forward pass
+            got = collect_reads(model, prompts, [positions, "last"], sites=("resid_post",), layers=layers,
+                                include_embed=include_embed, batch_size=batch_size, progress=progress)
+            activations, last_read = got[positions], got["last"]
+        else:
+            activations = collect_activations(
+                model, prompts, sites=("resid_post",), layers=layers, positions=positions,
+                include_embed=include_embed, batch_size=batch_size, progress=progress,
+            )
     if not isinstance(activations, ActivationSet):
         raise MedinterpError(f"activations= must be an ActivationSet (from collect_activations); "
                              f"got {type(activations).__name__}")
     act_layers, values = _stack(activations, include_embed, layers)
     read_name = "last" if activations.positions == "last" else "span"
     reads = {read_name: values}
-    if read_last and read_name != "last" and model is not None and prompts is not None:
-        last = collect_activations(model, prompts, sites=("resid_post",), layers=layers, positions="last",
-                                   include_embed=include_embed, batch_size=batch_size, progress=progress)
-        reads["last"] = _stack(last, include_embed, layers)[1]
+    if last_read is not None:
+        reads["last"] = _stack(last_read, include_embed, layers)[1]
     if values.ndim != 3 or values.shape[0] == 0:
         raise MedinterpError(f"activations must be [layers, prompts, d_model]; got shape {values.shape}")
     n = values.shape[1]
