@@ -283,7 +283,7 @@ def test_headline_end_to_end_with_matched_labels_age_and_progression(tiny):
 def test_collect_reads_equals_one_collect_activations_per_read(tiny):
     from medinterp.activations import collect_activations, collect_reads
 
-    prompts = _planted_set().prompts()[:20]
+    prompts = _planted_set().prompts()[50:70]  # templates 0 and 1 (template 1 ends after the item)
     both = collect_reads(tiny, prompts, ["span_mean", "last"], include_embed=True, batch_size=7, progress=False)
     for mode in ("span_mean", "last"):
         one = collect_activations(tiny, prompts, positions=mode, include_embed=True, batch_size=7, progress=False)
