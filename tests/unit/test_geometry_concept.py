@@ -290,3 +290,17 @@ def test_collect_reads_equals_one_collect_activations_per_read(tiny):
         np.testing.assert_allclose(both[mode].values, one.values, atol=1e-5)
         assert both[mode].positions == mode and both[mode].token_positions == one.token_positions
     assert not np.allclose(both["span_mean"].values, both["last"].values)
+
+
+def test_geometry_reuses_shared_reads(tiny):
+    from medinterp.activations import collect_reads
+
+    cset = _planted_set()
+    kw = dict(include_embed=False, progress=False, n_boot_items=100, n_null=0)
+    direct = G.geometry(tiny, cset, **kw)
+    reads = collect_reads(tiny, cset.prompts(), ["span_mean", "last"], include_embed=False, progress=False)
+    shared = G.geometry(concepts=cset, activations=reads, **kw)
+    np.testing.assert_allclose(shared.unit_values, direct.unit_values)
+    np.testing.assert_allclose(shared.unit_values_last, direct.unit_values_last)
+    with pytest.raises(MedinterpError, match="collect_reads"):
+        G.geometry(concepts=cset, activations={"span_mean": np.zeros(3)}, **kw)

@@ -133,12 +133,13 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
         if lab == probe_labels[0]:
             lexical_scores = np.full(n, np.nan)
             lexical_scores[sel] = s
+    main = "span" if "span" in inp.reads else next(iter(inp.reads))  # the read the questions are asked on
     for read, V in inp.reads.items():
         # per-layer probes (the cost): the primary labelling on both reads, the matched pair on the item
         # read; every categorical labelling gets a cosine silhouette (cheap)
-        labs = list(dict.fromkeys(probe_labels[:1] + (list(inp.matched) if inp.matched and read == "span" else [])))
+        labs = list(dict.fromkeys(probe_labels[:1] + (list(inp.matched) if inp.matched and read == main else [])))
         sil_labs = [lab for lab in dict.fromkeys(probe_labels + labs) if lab not in inp.continuous] \
-            if read == "span" else []
+            if read == main else []
         per_label = {lab: np.full((n, L), np.nan) for lab in labs}
         age_rows, prog_rows = [], []
         for j, layer in enumerate(inp.layers):
@@ -168,7 +169,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                                  "ci_low": float(bs.low), "ci_high": float(bs.high), "n": int(sel.sum())}))
             for m, v in collapse_stats(raw_X).items():
                 rows.append(_row(layer, m, read, "", "", {"value": v, "n": n}))
-            if read == "span" and inp.age:
+            if read == main and inp.age:
                 ages = np.asarray(inp.labels[inp.age], float)
                 if jump[0] in ages and jump[1] in ages and len(matched_steps(ages, jump)) >= 2:
                     r = age_step(Xc, ages, tpl, jump=jump, n_boot=n_boot, ci=ci, seed=seed)
@@ -177,7 +178,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                     rows.append(_row(layer, "age_step_ratio", read, f"{inp.age}:{jump[0]:g}-{jump[1]:g}", "",
                                      {"value": r["ratio"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                                       "p_value": r["p_rank"], "n": r["n_matched"]}))
-            if read == "span" and inp.disease and inp.stage:
+            if read == main and inp.disease and inp.stage:
                 r = progression_order(Xc, inp.labels[inp.disease], np.asarray(inp.labels[inp.stage], float), units,
                                       n_perm=n_null, seed=seed)
                 rows.append(_row(layer, "stage_spearman", read, inp.stage, "mean",
@@ -192,7 +193,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
             sel = ~np.isnan(S[:, 0])
             _ci_rows(rows, inp.layers, read, "probe", lab, S[sel], units[sel], n_boot, ci, seed)
         unit[read] = per_label[probe_labels[0]]
-        if inp.matched and read == "span":
+        if inp.matched and read == main:
             a, b = inp.matched
             d = paired_item_difference(per_label[a][keep_m], per_label[b][keep_m], units[keep_m], n_boot=n_boot,
                                        ci=ci, seed=seed)

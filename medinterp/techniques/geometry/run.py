@@ -167,9 +167,15 @@ def _prepare(model: Any, concepts: Any, activations: Any, *, labels: Sequence[st
                 model, prompts, sites=("resid_post",), layers=layers, positions=positions,
                 include_embed=include_embed, batch_size=batch_size, progress=progress,
             )
+    if isinstance(activations, dict):  # collect_reads output: {"span_mean": ..., "last": ...}
+        if not all(isinstance(v, ActivationSet) for v in activations.values()) or not activations:
+            raise MedinterpError("activations= as a dict must map position modes to ActivationSets (collect_reads)")
+        reads_in = dict(activations)
+        last_read = reads_in.pop("last", None) if len(reads_in) > 1 else None
+        activations = next(iter(reads_in.values()))
     if not isinstance(activations, ActivationSet):
-        raise MedinterpError(f"activations= must be an ActivationSet (from collect_activations); "
-                             f"got {type(activations).__name__}")
+        raise MedinterpError(f"activations= must be an ActivationSet (from collect_activations) or the dict of "
+                             f"collect_reads; got {type(activations).__name__}")
     act_layers, values = _stack(activations, include_embed, layers)
     read_name = "last" if activations.positions == "last" else "span"
     reads = {read_name: values}
@@ -354,8 +360,10 @@ def geometry(
         model: a HookedTransformer (from :func:`medinterp.load_model`); optional with ``activations``.
         concepts: a ConceptSet or a shipped set name (``"drugs"``, ``"age"``, ...).
         activations: a precomputed ActivationSet (``resid_post`` per layer, optionally the embedding
-            as layer -1) to reuse instead of running the model; labels then come from ``concepts``
-            when given (same prompt order) or from the ActivationSet.
+            as layer -1) to reuse instead of running the model, or the dict of
+            :func:`medinterp.activations.collect_reads` (``{"span_mean": ..., "last": ...}``: both reads
+            from one shared forward); labels then come from ``concepts`` when given (same prompt order)
+            or from the ActivationSet.
         labels: labellings to score (default: CONCEPT_FAMILIES, else all categorical; see the module
             docstring). Each categorical one needs 2..n-1 classes (else a MedinterpError). The first is
             the primary one: the headline probe on it is :meth:`GeometryResult.layer_curve`.
@@ -506,8 +514,10 @@ TECHNIQUE = Technique(
     run_many_fn=_run_families,
     presets={
         # headline only (no UMAP): template-centred span + final-token reads, item-grouped probes
-        "full": {"paper": False, "n_boot_items": 1000, "n_null": 1000},
-        "quick": {"paper": False, "templates": [0, 1, 2, 3], "n_boot_items": 1000, "n_null": 1000},
+        # (the embedding output is not a block: the map's curve never reads it)
+        "full": {"paper": False, "include_embed": False, "n_boot_items": 1000, "n_null": 1000},
+        "quick": {"paper": False, "include_embed": False, "templates": [0, 1, 2, 3], "n_boot_items": 1000,
+                  "n_null": 1000},
     },
     needs=("concepts",),
     interval_rule="rise",
