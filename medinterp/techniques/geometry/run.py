@@ -147,11 +147,17 @@ def _stack(activations: Any, include_embed: bool, layers: Sequence[int] | None) 
 
 def _prepare(model: Any, concepts: Any, activations: Any, *, labels: Sequence[str] | None, positions: Any,
              templates: Any, include_embed: bool, layers: Sequence[int] | None, batch_size: int,
-             progress: bool, read_last: bool = False) -> _Prepared:
+             progress: bool, read_last: bool = False, max_prompts: int | None = None,
+             min_templates: int = 4) -> _Prepared:
     t0 = time.perf_counter()
     cset = load_concepts(concepts) if isinstance(concepts, str) else concepts
     if cset is not None and not hasattr(cset, "prompts"):
         raise MedinterpError(f"geometry needs a ConceptSet (items with labels); got {type(cset).__name__}")
+    if cset is not None and templates is None and max_prompts:
+        # budget: the first t templates with n_items * t <= max_prompts (at least min_templates of them)
+        n_t = len(cset.templates)
+        t = max(min(min_templates, n_t), min(n_t, max_prompts // max(len(cset), 1)))
+        templates = list(range(t)) if t < n_t else None
     prompts = cset.prompts(templates) if cset is not None else None
     last_read = None
     if activations is None:
@@ -336,6 +342,8 @@ def geometry(
     n_null: int = 1000,
     matched_labels: Sequence[str] | None = None,
     templates: Any = None,
+    max_prompts: int | None = None,
+    min_templates: int = 4,
     include_embed: bool = True,
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
@@ -378,7 +386,10 @@ def geometry(
         n_null: item-level permutations for the headline nulls (progression stage order).
         matched_labels: ``(a, b)``: report the per-item probe difference a − b at matched class count and
             size (default: CONCEPT_FAMILIES ``matched_labels``, drugs: specialty vs mechanism).
-        templates: which templates of the set to use (default all).
+        templates: which templates of the set to use (default all, or as ``max_prompts`` allows).
+        max_prompts: when ``templates`` is None, use the first t templates with n_items × t <= max_prompts
+            (a time budget; None = all templates).
+        min_templates: the fewest templates ``max_prompts`` may leave.
         include_embed: also analyse the embedding output (layer -1).
         layers: block indices (default all).
         n_components: UMAP dims for metrics (paper: 30).
@@ -443,7 +454,8 @@ def geometry_many(model: Any, concepts: Sequence[Any], *, activations: Sequence[
         raise MedinterpError(f"positions must be 'last', 'span_mean' or 'span_last'; got {positions!r}")
     run_params = dict(positions=positions if isinstance(positions, str) else "custom",
                       read_last=p["read_last"], paper=p["paper"], pca_dims=p["pca_dims"], n_splits=p["n_splits"],
-                      n_boot_items=p["n_boot_items"], n_null=p["n_null"],
+                      n_boot_items=p["n_boot_items"], n_null=p["n_null"], max_prompts=p["max_prompts"],
+                      min_templates=p["min_templates"],
                       matched_labels=list(p["matched_labels"]) if p["matched_labels"] else None,
                       **{k: p[k] for k in ("include_embed", "n_components", "n_neighbors", "min_dist", "metric",
                                            "pca", "n_epochs", "seed", "n_perm", "n_boot", "ci", "k_anisotropy")},
@@ -451,7 +463,8 @@ def geometry_many(model: Any, concepts: Sequence[Any], *, activations: Sequence[
     preps = [
         _prepare(model, c, activations[i] if activations is not None else None, labels=p["labels"],
                  positions=positions, templates=p["templates"], include_embed=p["include_embed"],
-                 layers=p["layers"], batch_size=p["batch_size"], progress=p["progress"], read_last=p["read_last"])
+                 layers=p["layers"], batch_size=p["batch_size"], progress=p["progress"], read_last=p["read_last"],
+                 max_prompts=p["max_prompts"], min_templates=p["min_templates"])
         for i, c in enumerate(concepts)
     ]
     t0 = time.perf_counter()
@@ -515,9 +528,11 @@ TECHNIQUE = Technique(
     presets={
         # headline only (no UMAP): template-centred span + final-token reads, item-grouped probes
         # (the embedding output is not a block: the map's curve never reads it)
-        "full": {"paper": False, "include_embed": False, "n_boot_items": 1000, "n_null": 1000},
-        "quick": {"paper": False, "include_embed": False, "templates": [0, 1, 2, 3], "n_boot_items": 1000,
-                  "n_null": 1000},
+        # max_prompts: the time budget (full: drugs 6 of 9 templates, age 5, the rest all; quick: 2-6)
+        "full": {"paper": False, "include_embed": False, "max_prompts": 1000, "min_templates": 4,
+                 "n_boot_items": 1000, "n_null": 1000},
+        "quick": {"paper": False, "include_embed": False, "max_prompts": 400, "min_templates": 2,
+                  "n_boot_items": 1000, "n_null": 1000},
     },
     needs=("concepts",),
     interval_rule="rise",
