@@ -182,7 +182,7 @@ def progression_order(
         def stage_dist(assign: np.ndarray) -> np.ndarray:  # assign [p, m] stage per item -> D [p, S, S]
             H = (assign[:, None, :] == stages[None, :, None]).astype(float)  # [p, S, m]
             H /= np.maximum(H.sum(2, keepdims=True), 1)
-            M = np.einsum("psm,mk,pqk->psq", H, G, H)
+            M = (H @ G) @ H.transpose(0, 2, 1)  # [p, S, S] Gram of the stage means
             diag = np.einsum("pss->ps", M)
             return np.sqrt(np.maximum(diag[:, :, None] + diag[:, None, :] - 2 * M, 0.0))
 
