@@ -240,51 +240,12 @@ def collect_activations(
         prompt_labels[k] = list(v)
     hooks = resolve_hooks(model, sites, layers, include_embed)
     pos_lists, lengths, pos_mode = token_positions(model, texts, spans, positions)
-    max_block = max(l for _, l, _ in hooks)
-    stop_at = None if max_block >= model.cfg.n_layers - 1 else max_block + 1
-
-    n, d = len(texts), model.cfg.d_model
-    values = torch.zeros(len(hooks), n, d, dtype=torch.float32)
     chunk_dir = Path(out_dir) / "chunks" if out_dir is not None else None
     if chunk_dir is not None:
         chunk_dir.mkdir(parents=True, exist_ok=True)
     key = _run_key(model, texts, hooks, pos_lists)
-
-    from tqdm.auto import tqdm
-
-    starts = range(0, n, batch_size)
-    for b0 in tqdm(starts, desc="activations", unit="batch", disable=not progress):
-        b1 = min(n, b0 + batch_size)
-        if chunk_dir is not None and _load_chunk(chunk_dir, key, b0, b1, values):
-            continue
-        batch_texts = texts[b0:b1]
-        width = max(lengths[b0:b1])
-        # Reduction weights [batch, width]: left padding shifts prompt i by (width - len_i).
-        weights = torch.zeros(b1 - b0, width)
-        for j, i in enumerate(range(b0, b1)):
-            shift = width - lengths[i]
-            idx = torch.tensor(pos_lists[i]) + shift
-            weights[j, idx] = 1.0 / len(idx)
-
-        def make_hook(row: int):
-            def hook(act: Tensor, hook: Any) -> None:
-                values[row, b0:b1] = torch.einsum("bp,bpd->bd", weights.to(act.dtype), act).float().cpu()
-
-            return hook
-
-        fwd_hooks = [(name, make_hook(r)) for r, (name, _, _) in enumerate(hooks)]
-        tokens = model.to_tokens(batch_texts, padding_side="left")
-        if tokens.shape[-1] != width:
-            raise MedinterpError("internal: batch tokenization differs from per-prompt tokenization")
-        model.run_with_hooks(
-            batch_texts,
-            fwd_hooks=fwd_hooks,
-            stop_at_layer=stop_at,
-            padding_side="left",
-            return_type=None if stop_at is None else "logits",
-        )
-        if chunk_dir is not None:
-            _save_chunk(chunk_dir, key, b0, b1, values)
+    values = _run_batches(model, texts, hooks, [pos_lists], lengths, batch_size, progress, chunk_dir, key)[0]
+    n = len(texts)
 
     result = ActivationSet(
         values=values.numpy(),
@@ -310,6 +271,105 @@ def collect_activations(
     if out_dir is not None:
         result.save(out_dir)
     return result
+
+
+def _run_batches(model: Any, texts: list[str], hooks: list, pos_sets: list[list[list[int]]], lengths: list[int],
+                 batch_size: int, progress: bool, chunk_dir: Path | None = None, key: str = "") -> list[Tensor]:
+    """Left-padded batched forwards; for each position set, one ``[hooks, n, d]`` tensor of reduced vectors.
+
+    The forward stops after the last block read (``stop_at_layer``, also when that is the last block:
+    the residual is returned before ``ln_final``), so the unembedding never runs. Chunks are cached in
+    ``chunk_dir`` only for a single position set.
+    """
+    from tqdm.auto import tqdm
+
+    # a hook outside the blocks (ln_final, unembed) needs the whole forward
+    outside = any(not name.startswith("blocks.") for name, _, _ in hooks)
+    stop_at = None if outside else max(max(l for _, l, _ in hooks), 0) + 1
+    n, d = len(texts), model.cfg.d_model
+    outs = [torch.zeros(len(hooks), n, d, dtype=torch.float32) for _ in pos_sets]
+    cache = chunk_dir is not None and len(pos_sets) == 1
+    for b0 in tqdm(range(0, n, batch_size), desc="activations", unit="batch", disable=not progress):
+        b1 = min(n, b0 + batch_size)
+        if cache and _load_chunk(chunk_dir, key, b0, b1, outs[0]):
+            continue
+        batch_texts = texts[b0:b1]
+        width = max(lengths[b0:b1])
+        # Reduction weights [sets, batch, width]: left padding shifts prompt i by (width - len_i).
+        weights = torch.zeros(len(pos_sets), b1 - b0, width)
+        for s_, pos_lists in enumerate(pos_sets):
+            for j, i in enumerate(range(b0, b1)):
+                idx = torch.tensor(pos_lists[i]) + (width - lengths[i])
+                weights[s_, j, idx] = 1.0 / len(idx)
+
+        def make_hook(row: int):
+            def hook(act: Tensor, hook: Any) -> None:
+                red = torch.einsum("sbp,bpd->sbd", weights.to(act.dtype), act).float().cpu()
+                for s_ in range(len(pos_sets)):
+                    outs[s_][row, b0:b1] = red[s_]
+
+            return hook
+
+        fwd_hooks = [(name, make_hook(r)) for r, (name, _, _) in enumerate(hooks)]
+        tokens = model.to_tokens(batch_texts, padding_side="left")
+        if tokens.shape[-1] != width:
+            raise MedinterpError("internal: batch tokenization differs from per-prompt tokenization")
+        model.run_with_hooks(batch_texts, fwd_hooks=fwd_hooks, stop_at_layer=stop_at, padding_side="left")
+        if cache:
+            _save_chunk(chunk_dir, key, b0, b1, outs[0])
+    return outs
+
+
+@torch.inference_mode()
+def collect_reads(
+    model: Any,
+    prompts: Sequence[Any],
+    reads: Sequence[str],
+    *,
+    sites: Sequence[str] = ("resid_post",),
+    layers: Sequence[int] | None = None,
+    include_embed: bool = False,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, ActivationSet]:
+    """:func:`collect_activations` for several position modes from one forward pass.
+
+    Args:
+        reads: position modes (``"last"``, ``"span_mean"``, ``"span_last"``), e.g. ``("span_mean", "last")``.
+        Others: as :func:`collect_activations`.
+
+    Returns:
+        ``{mode: ActivationSet}``, one per read, each as :func:`collect_activations` would give it.
+
+    Example:
+        >>> from medinterp.testing import tiny_model
+        >>> r = collect_reads(tiny_model(n_layers=2), ["A man with chest pain"], ["last"], progress=False)
+        >>> r["last"].values.shape
+        (2, 1, 64)
+    """
+    if prompts is None or len(prompts) == 0:
+        raise MedinterpError("collect_reads: the prompt list is empty")
+    if not reads or any(not isinstance(r, str) for r in reads):
+        raise MedinterpError(f"collect_reads: reads must be position mode names {POSITION_MODES}; got {reads!r}")
+    if batch_size < 1:
+        raise MedinterpError(f"batch_size must be ≥ 1, got {batch_size}")
+    texts, spans, prompt_labels = _prompt_texts(prompts)
+    hooks = resolve_hooks(model, sites, layers, include_embed)
+    pos = [token_positions(model, texts, spans, r) for r in reads]
+    lengths = pos[0][1]
+    values = _run_batches(model, texts, hooks, [p[0] for p in pos], lengths, batch_size, progress)
+    out = {}
+    for r, (pos_lists, _, mode), v in zip(reads, pos, values):
+        out[r] = ActivationSet(
+            values=v.numpy(), hook_names=[h for h, _, _ in hooks], layers=[l for _, l, _ in hooks],
+            sites=[s for _, _, s in hooks], prompts=texts, labels=dict(prompt_labels), positions=mode,
+            token_positions=pos_lists,
+            provenance=make_provenance(model, technique="activations", sites=list(sites) if not isinstance(sites, str)
+                                       else [sites], layers=None if layers is None else list(layers), positions=mode,
+                                       include_embed=include_embed, batch_size=batch_size, padding_side="left",
+                                       n_prompts=len(texts)),
+        )
+    return out
 
 
 def _run_key(model: Any, texts: list[str], hooks: list, pos_lists: list) -> str:

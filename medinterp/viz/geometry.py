@@ -27,13 +27,49 @@ if TYPE_CHECKING:
     from medinterp.techniques.geometry import GeometryResult
 
 #: Panel order of the curves figure.
-CURVE_METRICS = ("silhouette", "anisotropy", "linearity_r2", "step_ratio", "spearman", "circularity",
+CURVE_METRICS = ("probe", "silhouette_cos", "matched_diff", "age_step_ratio", "stage_spearman",
+                 "mean_cosine_centred", "participation_ratio",
+                 "silhouette", "anisotropy", "linearity_r2", "step_ratio", "spearman", "circularity",
                  "resid_norm", "mean_cosine", "eff_rank")
 
 
 def figure(res: "GeometryResult", color_by: str | None = None) -> list:
-    """[UMAP-2 scatter with a layer slider (one per categorical labelling, or ``color_by``),
-    metric-vs-layer curves with CI bands]."""
+    """[headline probe curves, UMAP-2 scatter with a layer slider (one per categorical labelling, or
+    ``color_by``; only when the run computed the paper metrics), metric-vs-layer curves with CI bands]."""
+    head = [headline_figure(res)] if res.primary.get("metric") == "probe" else []
+    if res.embedding_2d is None:
+        return head + [curves_figure(res)]
+    return head + _paper_figures(res, color_by)
+
+
+def headline_figure(res: "GeometryResult"):
+    """The headline per block: probe score on the span and final-token reads with cluster-bootstrap CI
+    bands over items, and the lexical baseline (same probe on character n-grams) as a flat line."""
+    from medinterp.viz.curves import layer_curve_figure
+
+    t = res.table
+    lab = res.primary.get("label")
+    curves, colors = {}, {}
+    for i, read in enumerate(("span", "last")):
+        m = t[(t.metric == "probe") & (t.space == read) & (t.label == lab) & (t.layer >= 0)].sort_values("layer")
+        if len(m):
+            name = f"{read} read" + (" (item tokens, template-centred)" if read == "span" else " (final token)")
+            curves[name] = (m.value.to_numpy(float), m.ci_low.to_numpy(float), m.ci_high.to_numpy(float))
+            colors[name] = PALETTE[i]
+    x = None
+    if curves:
+        n = len(next(iter(curves.values()))[0])
+        x = np.arange(n)
+        if res.lexical_scores is not None and np.isfinite(res.lexical_scores).any():
+            v, lo, hi = res.lexical_baseline()
+            curves["lexical baseline (char 3-5-gram TF-IDF)"] = (np.full(n, v), np.full(n, lo), np.full(n, hi))
+            colors["lexical baseline (char 3-5-gram TF-IDF)"] = "#7f7f7f"
+    kind = "grouped R²" if res.label_kinds.get(lab) == "continuous" else "chance-corrected balanced accuracy"
+    return layer_curve_figure(curves, x=x, colors=colors, title=f"{res.concept_set}: item-grouped linear probe "
+                              f"({lab}) per block", y_title=f"{kind} (0 = chance)", ci_label="95% CI (items)")
+
+
+def _paper_figures(res: "GeometryResult", color_by: str | None) -> list:
     if color_by is not None:
         return [umap_figure(res, color_by), curves_figure(res)]
     cats = [k for k, v in res.label_kinds.items() if v == "categorical"]
@@ -132,13 +168,14 @@ def curves_figure(res: "GeometryResult"):
             x = s.layer.to_numpy()
             first = key not in {tr.name for tr in fig.data if tr.showlegend}
             add_curve(fig, key, s.value.to_numpy(float), s.ci_low.to_numpy(float), s.ci_high.to_numpy(float), x=x,
-                      color=col, dash="solid" if sp == "umap" else "dot", row=r, col=c, showlegend=first)
+                      color=col, dash="solid" if sp in ("umap", "span") else "dot", row=r, col=c, showlegend=first)
             if m == "silhouette" and s.baseline.notna().any():
                 fig.add_trace(go.Scatter(x=x, y=s.baseline_high, mode="lines", name=f"{key} shuffled (95%)",
                                          legendgroup=key, showlegend=False,
                                          line=dict(color=col, width=1, dash="dashdot")), row=r, col=c)
         fig.update_xaxes(title_text="layer", row=r, col=c)
-    fig.update_layout(title=f"{res.concept_set}: geometry metrics per layer (solid = UMAP-30, dotted = raw; "
+    fig.update_layout(title=f"{res.concept_set}: geometry metrics per layer (solid = span read / UMAP-30, "
+                            f"dotted = final-token read / raw; "
                             f"bands = {int(100 * res.params.get('ci', 0.95))}% bootstrap CI)",
                       height=330 * nrows + 80, template="plotly_white")
     return fig

@@ -264,7 +264,7 @@ def drug_like_set():
 
 def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     res = G.geometry(tiny, drug_like_set(), n_epochs=30, n_perm=20, n_boot=30, progress=False,
-                     positions="span_mean")
+                     positions="span_mean", paper=True)
     n_layers = tiny.cfg.n_layers
     assert res.layers == [-1, *range(n_layers)]
     n = 2 * len(WORDS)
@@ -278,9 +278,10 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     for metric in ("resid_norm", "mean_cosine", "eff_rank"):
         m = res.metric(metric, space="raw")
         assert (m.ci_low <= m.value + 1e-9).all() and (m.value <= m.ci_high + 1e-9).all()
-    assert res.primary == {"metric": "silhouette", "space": "umap", "label": "specialty", "group": ""}
-    curve = res.layer_curve()
-    lo, hi = res.layer_curve_ci()
+    assert res.paper_primary == {"metric": "silhouette", "space": "umap", "label": "specialty", "group": ""}
+    assert res.primary == {"metric": "probe", "space": "span", "label": "specialty", "group": ""}
+    curve = res.layer_curve(**res.paper_primary)
+    lo, hi = res.layer_curve_ci(**res.paper_primary)
     assert curve.shape == lo.shape == hi.shape == (n_layers,)
     np.testing.assert_allclose(curve, res.metric("silhouette", label="specialty").value.to_numpy()[1:])
     assert res.provenance["params"]["concepts"] == "toy_drugs" and res.concept_set == "toy_drugs"
@@ -292,18 +293,21 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     pd.testing.assert_frame_equal(back.table, res.table, check_dtype=False)
     np.testing.assert_array_equal(back.embedding_2d, res.embedding_2d)
     assert back.labels == res.labels and back.layers == res.layers and back.primary == res.primary
-    np.testing.assert_allclose(back.layer_curve(), curve)
-    assert back.concept_set == "toy_drugs" and back.curve_label == "silhouette (umap, specialty)"
+    np.testing.assert_allclose(back.layer_curve(**back.paper_primary), curve)
+    np.testing.assert_allclose(back.layer_curve(), res.layer_curve())
+    np.testing.assert_allclose(back.unit_scores().values, res.unit_scores().values)
+    assert back.concept_set == "toy_drugs" and back.curve_label.startswith("item-grouped probe")
     text = back.summary()
-    assert isinstance(text, str) and text.startswith("[toy_drugs] layer curve: silhouette (umap, specialty)")
+    assert isinstance(text, str) and text.startswith("[toy_drugs] layer curve: item-grouped probe")
     assert "best_silhouette_umap[mechanism]: layer" in text
     assert back.summary_dict()["best_silhouette_umap[specialty]"] == back.best("silhouette", label="specialty")
 
     import medinterp.viz  # registers the geometry renderer
 
     figs = back.figure()
-    assert len(figs) == 3  # specialty, mechanism, curves
-    umap_fig = figs[0]
+    assert len(figs) == 4  # headline, specialty, mechanism, curves
+    assert "lexical baseline" in str([tr.name for tr in figs[0].data])
+    umap_fig = figs[1]
     assert len(umap_fig.layout.sliders[0].steps) == n_layers + 1
     assert any("fever" in str(tx) for tr in umap_fig.data for tx in (tr.text or []))
     html = back.to_html(tmp_path / "g.html")
@@ -319,22 +323,22 @@ def test_geometry_reuses_precomputed_activations_and_scores_age_geometry(tiny):
     aset = _FakeSet("toy_age", items, ["sex"], ["age"], templates=("A {item} year old",))
     prompts = aset.prompts()
     acts = collect_activations(tiny, prompts, include_embed=True, progress=False)
-    res = G.geometry(concepts=aset, activations=acts, n_epochs=30, n_perm=10, n_boot=20, progress=False)
-    assert res.primary["metric"] == "anisotropy"
+    res = G.geometry(concepts=aset, activations=acts, n_epochs=30, n_perm=10, n_boot=20, progress=False, paper=True)
+    assert res.paper_primary["metric"] == "anisotropy"
     assert set(res.table.metric) >= {"anisotropy", "linearity_r2", "step_ratio", "silhouette", "eff_rank"}
     groups = set(res.table[res.table.metric == "step_ratio"].group)
     assert groups == {"all", "man", "woman"}
     assert res.age_steps is not None and {"layer", "space", "group", "ratio"} <= set(res.age_steps.columns)
     # identical input activations give identical metrics: the activations were reused, not recomputed
-    res2 = G.geometry(concepts=aset, activations=acts, n_epochs=30, n_perm=10, n_boot=20, progress=False)
+    res2 = G.geometry(concepts=aset, activations=acts, n_epochs=30, n_perm=10, n_boot=20, progress=False, paper=True)
     pd.testing.assert_frame_equal(res.table, res2.table)
 
 
 def test_geometry_progression_set(tiny):
     items = [{"item": f"{d} stage {s}", "disease": d, "stage": s} for d in ("gout", "asthma") for s in range(6)]
     pset = _FakeSet("toy_progression", items, ["disease"], ["stage"], templates=("{item}", "Patient: {item}"))
-    res = G.geometry(tiny, pset, n_epochs=30, n_perm=10, n_boot=20, progress=False)
-    assert res.primary == {"metric": "spearman", "space": "umap", "label": "stage", "group": "mean"}
+    res = G.geometry(tiny, pset, n_epochs=30, n_perm=10, n_boot=20, progress=False, paper=True)
+    assert res.paper_primary == {"metric": "spearman", "space": "umap", "label": "stage", "group": "mean"}
     assert set(res.progression.metric) == {"csfs", "csls", "spearman", "circularity"}
     assert set(res.progression.group) == {"gout", "asthma"}
     assert res.layer_curve().shape == (tiny.cfg.n_layers,)
@@ -391,10 +395,12 @@ def test_constant_layer_gives_nan_metrics_and_a_saved_warning(tiny, tmp_path):
     items = [{"item": f"{a}", "age": a, "sex": s} for a in range(10, 26) for s in ("man", "woman")]
     aset = _FakeSet("toy_age", items, ["sex"], ["age"], templates=("A {item} year old",))
     with pytest.warns(G.ConstantLayerWarning, match="embedding output"):
-        res = G.geometry(tiny, aset, n_epochs=30, n_perm=10, n_boot=20, progress=False)
+        res = G.geometry(tiny, aset, n_epochs=30, n_perm=10, n_boot=20, progress=False, paper=True, positions="last")
     assert len(res.warnings) == 1 and "layer -1" in res.warnings[0]
     t = res.table
-    emb_rows = t[t.layer == -1]
+    emb_rows = t[(t.layer == -1) & t.space.isin(["umap", "raw"])]
+    probe = t[(t.layer == -1) & (t.metric == "probe")]
+    assert len(probe) and (probe.value == 0).all()  # the headline scores a constant layer as chance
     spread = emb_rows[~emb_rows.metric.isin(["resid_norm", "mean_cosine"])]
     assert len(spread) > 5 and spread.value.isna().all() and spread.ci_low.isna().all()
     assert (emb_rows[emb_rows.metric == "resid_norm"].value > 0).all()
@@ -413,7 +419,7 @@ def test_family_labels_come_from_concept_families(tiny):
     items = [{"item": w, "specialty": ["cardio", "pulm", "neuro"][i % 3], "mechanism": ["a", "b"][i % 2],
               "extra": ["x", "y"][i % 2]} for i, w in enumerate(WORDS)]
     res = G.geometry(tiny, _FakeSet("drugs", items, ["specialty", "mechanism", "extra"], []), n_epochs=20,
-                     n_perm=0, n_boot=0, layers=[0], include_embed=False, progress=False)
+                     n_perm=0, n_boot=0, layers=[0], include_embed=False, progress=False, paper=True)
     assert set(res.table[res.table.metric == "silhouette"].label) == {"specialty", "mechanism"}
 
 

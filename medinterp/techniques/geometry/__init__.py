@@ -1,8 +1,22 @@
-"""Technique 1: activation geometry per layer (METHOD.md §1).
+"""Technique 1: activation geometry per layer (METHOD.md §0-§1).
 
-For a concept set, the residual stream (``blocks.{l}.hook_resid_post`` of every block, plus the
-embedding output as layer ``-1``) is read at one position per prompt (last token by default). Each
-layer is embedded with UMAP to 30 dimensions (for metrics) and to 2 dimensions (for plots), and
+**Headline (the map's curve; ``headline``, ``concept``, ``questions``).** The residual stream after
+each block (``blocks.{l}.hook_resid_post``) is read at the concept, the mean over the item's tokens
+(``positions="span_mean"``), and separately at the fixed final token (``"last"``), both from one
+forward pass (:func:`medinterp.activations.collect_reads`). Each read is **template-centred** (every
+template's mean removed). Per layer: an item-grouped linear probe (StratifiedGroupKFold; GroupKFold by
+age for age; on a label-free PCA to ``pca_dims``) gives every prompt an out-of-fold score, chance-
+corrected and class-balanced for categorical labels, ``1 - (yhat - y)² / Var(y)`` from a grouped
+ridge for continuous ones (age, stage, dose): :meth:`GeometryResult.unit_scores`, whose mean over
+prompts is :meth:`~GeometryResult.layer_curve` (CI: cluster bootstrap over items). Beside it: the
+**lexical baseline** (the same probe on character 3-5-gram TF-IDF of the item strings,
+``lexical_scores``), cosine silhouette, centred mean cosine and participation ratio (collapse), and the
+family questions: drugs' specialty vs mechanism at matched class count and size (paired per-item
+difference), age's 17→18 step against the matched x7→x8 steps, progression's stage order against a
+stage-permutation null (labels move with items) with its lexical floor and nearest-stage circularity.
+
+**Paper metrics (``paper=True``; the 0.1.0 pipeline, for ``rule="paper"`` and the UMAP pictures).**
+Each layer is embedded with UMAP to 30 dimensions (for metrics) and to 2 dimensions (for plots), and
 scored:
 
 * **silhouette** of the ground-truth labels (every categorical labelling, e.g. drugs: specialty *and*
@@ -69,12 +83,22 @@ from medinterp.techniques.geometry.metrics import (
     silhouette_samples,
     step_ratio,
 )
+from medinterp.techniques.geometry.concept import (
+    collapse_stats,
+    cosine_silhouette_samples,
+    lexical_features,
+    probe_unit_scores,
+    ridge_unit_scores,
+    template_centre,
+)
+from medinterp.techniques.geometry.questions import age_step, paired_item_difference, progression_order
 from medinterp.techniques.geometry.result import GeometryResult
 from medinterp.techniques.geometry.run import (
     TECHNIQUE,
     ConstantLayerWarning,
     default_concept_sets,
     family_labels,
+    family_matched,
     geometry,
     geometry_many,
 )
@@ -99,6 +123,16 @@ __all__ = [
     "layer_metrics",
     "default_concept_sets",
     "family_labels",
+    "family_matched",
+    "probe_unit_scores",
+    "ridge_unit_scores",
+    "template_centre",
+    "lexical_features",
+    "cosine_silhouette_samples",
+    "collapse_stats",
+    "age_step",
+    "progression_order",
+    "paired_item_difference",
     "is_constant",
     "ConstantLayerWarning",
     "LabelSpec",

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from medinterp.errors import MedinterpError
-from medinterp.techniques.base import TechniqueResult
+from medinterp.stats import cluster_bootstrap
+from medinterp.techniques.base import TechniqueResult, UnitScores
 
 
 @dataclasses.dataclass
@@ -44,7 +45,18 @@ class GeometryResult(TechniqueResult):
         embedding: ``[layers, n, n_components]`` UMAP embedding the metrics were computed in.
         texts: prompt per point; items: concept item per point (hover text).
         labels: label name -> one value per point; label_kinds: name -> categorical|continuous.
-        primary: which table rows :meth:`layer_curve` returns (metric, space, label, group).
+        primary: which table rows :meth:`layer_curve` returns (metric, space, label, group): the
+            headline ``probe`` rows of the ``span`` read on the primary labelling.
+        paper_primary: the 0.1.0 / paper curve's rows (UMAP silhouette, anisotropy, ...) when the run had
+            ``paper=True``, else empty; ``layer_curve(**res.paper_primary)`` draws it.
+        unit_values: ``[n_prompts, len(layers)]`` per-prompt out-of-fold probe scores of the primary
+            labelling on the span read (see :meth:`unit_scores`); ``unit_values_last`` the same on the
+            final-token read.
+        lexical_scores: ``[n_prompts]`` the same per-prompt scores of the lexical baseline (character
+            3-5-gram TF-IDF of the item strings, same probe and folds).
+        unit_ids / template_ids: item id and template index of each prompt.
+        findings: the family questions that are not per-layer rows (lexical baseline summaries, age steps
+            per layer, progression's lexical floor).
         warnings: named warnings of the run (e.g. a constant layer whose metrics are NaN).
         params, timings, provenance: how it was run.
 
@@ -70,10 +82,18 @@ class GeometryResult(TechniqueResult):
     labels: dict[str, list] = dataclasses.field(default_factory=dict)
     label_kinds: dict[str, str] = dataclasses.field(default_factory=dict)
     primary: dict[str, str] = dataclasses.field(default_factory=dict)
+    paper_primary: dict[str, str] = dataclasses.field(default_factory=dict)
+    unit_values: np.ndarray | None = None
+    unit_values_last: np.ndarray | None = None
+    lexical_scores: np.ndarray | None = None
+    unit_ids: list = dataclasses.field(default_factory=list)
+    template_ids: list = dataclasses.field(default_factory=list)
+    findings: dict = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     def _after_load(self) -> None:
         self.layers = [int(x) for x in self.layers]
+        self.unit_ids = [str(u) for u in self.unit_ids]
         for name in ("age_steps", "progression", "table"):
             df = getattr(self, name)
             for col in ("group", "label"):
@@ -116,32 +136,90 @@ class GeometryResult(TechniqueResult):
         m = self.metric(p["metric"], space=p.get("space", "umap"), label=p.get("label"), group=p.get("group"))
         return m[m.layer >= 0]
 
+    def _blocks(self) -> np.ndarray:
+        return np.asarray([l >= 0 for l in self.layers])
+
     def layer_curve(self, **override: str) -> np.ndarray:
         """Primary per-layer score over blocks ``0..n_layers-1`` (higher = more structure).
 
-        Categorical sets: silhouette in UMAP-30 space on the primary labelling (first scored
-        labelling, e.g. drugs → specialty). Age: mean local anisotropy in UMAP-30 space (the paper's
-        age geometry measure, METHOD §5). Progression: mean over diseases of the Spearman ρ of stage
-        index vs distance from stage 0 in UMAP-30 space (ordered stages = the concept is laid out).
-        ``override`` (metric=, space=, label=, group=) picks another table row set.
+        Default (the headline): the mean over prompts of :meth:`unit_scores`: chance-corrected balanced
+        accuracy of an item-grouped linear probe on template-centred item-span reads (R² of a grouped
+        ridge for age / stage). ``override`` (metric=, space=, label=, group=) picks other table rows,
+        e.g. ``layer_curve(**res.paper_primary)`` for the paper's UMAP curve of a ``paper=True`` run.
         """
         return self._primary_rows(**override).value.to_numpy(float)
 
     def layer_curve_ci(self, **override: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(low, high)`` bootstrap CI of :meth:`layer_curve`."""
+        """``(low, high)`` CI of :meth:`layer_curve` (headline: cluster bootstrap over items)."""
         m = self._primary_rows(**override)
         return m.ci_low.to_numpy(float), m.ci_high.to_numpy(float)
+
+    def unit_scores(self, read: str = "span") -> UnitScores:
+        """Per-prompt, per-block evidence for the map: out-of-fold probe scores of the primary labelling.
+
+        Categorical: chance-corrected, class-balanced correctness ``(correct * n/(k n_c) - 1/k)/(1 - 1/k)``
+        (its mean is the chance-corrected balanced accuracy; 0 = chance). Continuous (age, stage, dose):
+        ``1 - (yhat - y)² / Var(y)`` (its mean is the grouped R²). Units are item ids, templates the
+        template index. ``read="last"`` gives the final-token read.
+        """
+        vals = self.unit_values if read == "span" else self.unit_values_last
+        if vals is None:
+            raise MedinterpError(f"geometry result for {self.concept_set!r} has no {read!r} unit scores "
+                                 "(run geometry with positions='span_mean' and read_last=True)")
+        return UnitScores(values=np.asarray(vals)[:, self._blocks()], units=list(self.unit_ids),
+                          templates=list(self.template_ids) or None, description=self.curve_label)
+
+    def lexical_baseline(self, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+        """(mean, low, high) of the lexical baseline's per-prompt scores (cluster bootstrap over items)."""
+        s = np.asarray(self.lexical_scores, float)
+        ok = np.isfinite(s)
+        bs = cluster_bootstrap(s[ok], units=np.asarray(self.unit_ids)[ok], n_boot=n_boot, ci=ci, seed=seed)
+        return float(bs.estimate), float(bs.low), float(bs.high)
 
     @property
     def curve_label(self) -> str:
         """What :meth:`layer_curve` measures: the primary metric, its space, label and group."""
         p = self.primary
+        if p.get("metric") == "probe":
+            kind = "grouped R²" if self.label_kinds.get(p.get("label")) == "continuous" else \
+                "chance-corrected balanced accuracy"
+            return f"item-grouped probe on template-centred {p.get('space')} reads ({p.get('label')}): {kind}"
         extra = ", ".join(str(p[k]) for k in ("space", "label", "group") if p.get(k))
         return f"{p.get('metric', '?')} ({extra})" if extra else str(p.get("metric", "?"))
 
+    def headline_dict(self) -> dict[str, Any]:
+        """The headline numbers: best block of the probe curve with its CI, the lexical baseline, and the
+        family questions (matched difference, age step, progression order) at that block."""
+        out: dict[str, Any] = {}
+        if self.primary.get("metric") != "probe":
+            return out
+        rows = self._primary_rows()
+        if rows.value.isna().all():
+            return out
+        r = rows.loc[rows.value.idxmax()]
+        best = int(r.layer)
+        out["best_layer"] = best
+        out["probe"] = [float(r.value), float(r.ci_low), float(r.ci_high)]
+        if self.lexical_scores is not None and np.isfinite(self.lexical_scores).any():
+            out["lexical"] = list(self.lexical_baseline())
+        t = self.table
+        at = t[(t.layer == best) & (t.space == self.primary["space"])]
+        for metric in ("matched_diff", "age_step_ratio", "stage_spearman"):
+            m = at[at.metric == metric]
+            if len(m):
+                q = m.iloc[0]
+                out[metric] = {"value": float(q.value), "ci_low": float(q.ci_low), "ci_high": float(q.ci_high),
+                               "p_value": float(q.p_value), "baseline": float(q.baseline), "label": q.label}
+        pr = t[(t.metric == "participation_ratio") & (t.space == self.primary["space"]) & (t.layer >= 0)]
+        if len(pr) and pr.value.notna().any():
+            q = pr.loc[pr.value.idxmin()]
+            out["min_participation_ratio"] = [int(q.layer), float(q.value)]
+        return out
+
     def summary_dict(self) -> dict[str, Any]:
-        """Headline numbers: best layer per silhouette labelling, age and progression scores."""
+        """Headline numbers (see :meth:`headline_dict`), then the paper metrics when they were computed."""
         out: dict[str, Any] = {"concept_set": self.concept_set}
+        out.update({f"headline_{k}": v for k, v in self.headline_dict().items()})
         t = self.table
         for lab in sorted(set(t[t.metric == "silhouette"].label)):
             for sp in ("umap", "raw"):
@@ -152,10 +230,11 @@ class GeometryResult(TechniqueResult):
             r = self.metric("step_ratio", label=t[t.metric == "step_ratio"].label.iloc[0], group="all")
             out["max_step_ratio_layer"] = _arg(r, "max")
         for m in ("spearman", "circularity"):
-            if (t.metric == m).any():
+            if ((t.metric == m) & (t.space == "umap")).any():
                 out[f"mean_{m}"] = float(self.metric(m).value.mean())
-        out["max_mean_cosine_layer"] = _arg(self.metric("mean_cosine", space="raw"), "max")
-        out["min_eff_rank_layer"] = _arg(self.metric("eff_rank", space="raw"), "min")
+        if ((t.metric == "eff_rank") & (t.space == "raw")).any():
+            out["max_mean_cosine_layer"] = _arg(self.metric("mean_cosine", space="raw"), "max")
+            out["min_eff_rank_layer"] = _arg(self.metric("eff_rank", space="raw"), "min")
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out

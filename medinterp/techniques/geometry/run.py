@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from medinterp.activations import ActivationSet, collect_activations
+from medinterp.activations import ActivationSet, collect_activations, collect_reads
 from medinterp.concepts import CONCEPT_FAMILIES, load_concepts
 from medinterp.errors import MedinterpError
 from medinterp.results import make_provenance
@@ -39,6 +39,7 @@ from medinterp.techniques.geometry.embedding import (
     _run_jobs,
     is_constant,
 )
+from medinterp.techniques.geometry.headline import HeadlineInput, HeadlineOutput, headline
 from medinterp.techniques.geometry.layer import TABLE_COLUMNS, LabelSpec, _present, layer_metrics
 from medinterp.techniques.geometry.result import GeometryResult
 
@@ -61,14 +62,35 @@ class _Prepared:
     spec: LabelSpec
     primary_label: str | None
     t_acts: float
+    reads: dict = dataclasses.field(default_factory=dict)  # read name -> [L, n, d] (headline)
+    item_ids: list = dataclasses.field(default_factory=list)
+    template_ids: list | None = None
+    item_text: list = dataclasses.field(default_factory=list)
+    scored: list = dataclasses.field(default_factory=list)
+    lab_dict: dict = dataclasses.field(default_factory=dict)
+    cont_names: list = dataclasses.field(default_factory=list)
 
 
 def family_labels(set_name: str) -> list[str] | None:
-    """The ``"labels"`` CONCEPT_FAMILIES lists for the family whose concept set is ``set_name``
-    (None when no family uses that set)."""
+    """The labellings CONCEPT_FAMILIES lists for the set ``set_name``: a family's concept set or one of its
+    ``variants`` -> ``"labels"``; its ``control`` set -> ``"control_labels"`` (None when no family uses it)."""
     for fam in CONCEPT_FAMILIES.values():
-        if fam["concepts"] == set_name:
+        if fam["concepts"] == set_name or set_name in fam.get("variants", ()):
             return list(fam["labels"])
+    for fam in CONCEPT_FAMILIES.values():
+        if fam.get("control") == set_name:
+            return list(fam.get("control_labels", fam["labels"]))
+    return None
+
+
+def family_matched(set_name: str) -> tuple[str, str] | None:
+    """``(a, b)`` whose per-item probe difference a − b geometry reports, from CONCEPT_FAMILIES
+    ``matched_labels`` (drugs lists ``[mechanism_class, specialty_matched]``: the paper's claim is
+    specialty over mechanism, so a = specialty_matched, b = mechanism_class)."""
+    for fam in CONCEPT_FAMILIES.values():
+        if fam["concepts"] == set_name and fam.get("matched_labels"):
+            b, a = fam["matched_labels"][:2]
+            return a, b
     return None
 
 
@@ -108,24 +130,7 @@ def _check_classes(name: str, lab_dict: Mapping[str, Sequence[Any]], score: Sequ
                 f"naming the labellings to score)")
 
 
-def _prepare(model: Any, concepts: Any, activations: Any, *, labels: Sequence[str] | None, positions: Any,
-             templates: Any, include_embed: bool, layers: Sequence[int] | None, batch_size: int,
-             progress: bool) -> _Prepared:
-    t0 = time.perf_counter()
-    cset = load_concepts(concepts) if isinstance(concepts, str) else concepts
-    if cset is not None and not hasattr(cset, "prompts"):
-        raise MedinterpError(f"geometry needs a ConceptSet (items with labels); got {type(cset).__name__}")
-    prompts = cset.prompts(templates) if cset is not None else None
-    if activations is None:
-        if model is None or prompts is None:
-            raise MedinterpError("geometry needs a model and concepts, or precomputed activations=")
-        activations = collect_activations(
-            model, prompts, sites=("resid_post",), layers=layers, positions=positions,
-            include_embed=include_embed, batch_size=batch_size, progress=progress,
-        )
-    if not isinstance(activations, ActivationSet):
-        raise MedinterpError(f"activations= must be an ActivationSet (from collect_activations); "
-                             f"got {type(activations).__name__}")
+def _stack(activations: Any, include_embed: bool, layers: Sequence[int] | None) -> tuple[list[int], np.ndarray]:
     act_layers, values = activations.stack("resid_post", include_embed=include_embed)
     values = np.asarray(values, dtype=np.float32)
     act_layers = [int(x) for x in act_layers]
@@ -137,7 +142,51 @@ def _prepare(model: Any, concepts: Any, activations: Any, *, labels: Sequence[st
         keep = [i for i, l in enumerate(act_layers) if l in want]
         values, act_layers = values[keep], [act_layers[i] for i in keep]
     order = np.argsort(act_layers, kind="stable")
-    values, act_layers = values[order], [act_layers[i] for i in order]
+    return [act_layers[i] for i in order], values[order]
+
+
+def _prepare(model: Any, concepts: Any, activations: Any, *, labels: Sequence[str] | None, positions: Any,
+             templates: Any, include_embed: bool, layers: Sequence[int] | None, batch_size: int,
+             progress: bool, read_last: bool = False, max_prompts: int | None = None,
+             min_templates: int = 4) -> _Prepared:
+    t0 = time.perf_counter()
+    cset = load_concepts(concepts) if isinstance(concepts, str) else concepts
+    if cset is not None and not hasattr(cset, "prompts"):
+        raise MedinterpError(f"geometry needs a ConceptSet (items with labels); got {type(cset).__name__}")
+    if cset is not None and templates is None and max_prompts:
+        # budget: the first t templates with n_items * t <= max_prompts (at least min_templates of them)
+        n_t = len(cset.templates)
+        t = max(min(min_templates, n_t), min(n_t, max_prompts // max(len(cset), 1)))
+        templates = list(range(t)) if t < n_t else None
+    prompts = cset.prompts(templates) if cset is not None else None
+    last_read = None
+    if activations is None:
+        if model is None or prompts is None:
+            raise MedinterpError("geometry needs a model and concepts, or precomputed activations=")
+        both = read_last and isinstance(positions, str) and positions != "last"
+        if both:  # the item read and the final-token read from one forward pass
+            got = collect_reads(model, prompts, [positions, "last"], sites=("resid_post",), layers=layers,
+                                include_embed=include_embed, batch_size=batch_size, progress=progress)
+            activations, last_read = got[positions], got["last"]
+        else:
+            activations = collect_activations(
+                model, prompts, sites=("resid_post",), layers=layers, positions=positions,
+                include_embed=include_embed, batch_size=batch_size, progress=progress,
+            )
+    if isinstance(activations, dict):  # collect_reads output: {"span_mean": ..., "last": ...}
+        if not all(isinstance(v, ActivationSet) for v in activations.values()) or not activations:
+            raise MedinterpError("activations= as a dict must map position modes to ActivationSets (collect_reads)")
+        reads_in = dict(activations)
+        last_read = reads_in.pop("last", None) if len(reads_in) > 1 else None
+        activations = next(iter(reads_in.values()))
+    if not isinstance(activations, ActivationSet):
+        raise MedinterpError(f"activations= must be an ActivationSet (from collect_activations) or the dict of "
+                             f"collect_reads; got {type(activations).__name__}")
+    act_layers, values = _stack(activations, include_embed, layers)
+    read_name = "last" if activations.positions == "last" else "span"
+    reads = {read_name: values}
+    if last_read is not None:
+        reads["last"] = _stack(last_read, include_embed, layers)[1]
     if values.ndim != 3 or values.shape[0] == 0:
         raise MedinterpError(f"activations must be [layers, prompts, d_model]; got shape {values.shape}")
     n = values.shape[1]
@@ -152,11 +201,14 @@ def _prepare(model: Any, concepts: Any, activations: Any, *, labels: Sequence[st
         items = [str(p.item) for p in prompts]
         units = [getattr(p, "template_index", None) for p in prompts]
         units = units if None not in units and len(set(units)) > 1 else None
+        item_ids = [getattr(p, "item_index", str(p.item)) for p in prompts]
+        item_text = [str(p.item) for p in prompts]
     else:
         lab_dict = {k: list(v) for k, v in activations.labels.items()}
         texts = list(activations.prompts) or [""] * n
         items = texts
         units = None
+        item_ids, item_text = list(texts), list(texts)
     if n < 5:
         raise MedinterpError(f"geometry needs at least 5 prompts; got {n}")
     for k, v in lab_dict.items():
@@ -182,11 +234,17 @@ def _prepare(model: Any, concepts: Any, activations: Any, *, labels: Sequence[st
         # CONCEPT_FAMILIES lists continuous labellings too (age, stage): those get the age /
         # progression / linearity metrics, only the categorical ones get a silhouette
         score = [s for s in (family_labels(name) or []) if s in lab_dict and s in cat_names] or cat_names
+    if labels is not None:
+        scored = list(labels)
+    else:  # the headline probes continuous labellings too (age, stage: grouped ridge)
+        scored = [s for s in (family_labels(name) or []) if s in lab_dict] or list(score) or list(cont_names)
     _check_classes(name, lab_dict, [s for s in score if s not in cont_names])
     spec = _build_spec(lab_dict, cat_names, cont_names, score)
     spec.units = units
     primary = score[0] if score else None
-    return _Prepared(name, version, values, act_layers, texts, items, spec, primary, time.perf_counter() - t0)
+    return _Prepared(name, version, values, act_layers, texts, items, spec, primary, time.perf_counter() - t0,
+                     reads=reads, item_ids=item_ids, template_ids=units, item_text=item_text, scored=scored,
+                     lab_dict=lab_dict, cont_names=list(cont_names))
 
 
 def _primary_for(spec: LabelSpec, primary_label: str | None) -> dict[str, str]:
@@ -215,12 +273,12 @@ def _layer_job(X: np.ndarray, layer: int, spec: LabelSpec, umap_params: dict[str
     return e_hi, e_2, rows, steps, progs, c1 - c0, time.process_time() - c1, constant
 
 
-def _finish(prep: _Prepared, outs: list[tuple], model: Any, params: dict[str, Any]) -> GeometryResult:
-    e_hi = np.stack([o[0] for o in outs])
-    e_2 = _align_2d(np.stack([o[1] for o in outs]))
-    rows = [r for o in outs for r in o[2]]
+def _finish(prep: _Prepared, outs: list[tuple] | None, head: HeadlineOutput, model: Any,
+            params: dict[str, Any]) -> GeometryResult:
+    outs = outs or []
+    rows = [r for o in outs for r in o[2]] + head.rows
     steps = [s for o in outs for s in o[3]]
-    progs = [p for o in outs for p in o[4]]
+    progs = [p for o in outs for p in o[4]] + ([head.progression] if head.progression is not None else [])
     t_umap = float(sum(o[5] for o in outs))
     t_metrics = float(sum(o[6] for o in outs))
     notes = []
@@ -233,24 +291,38 @@ def _finish(prep: _Prepared, outs: list[tuple], model: Any, params: dict[str, An
             warnings.warn(msg, ConstantLayerWarning, stacklevel=3)
     labels = {k: list(v) for k, v in prep.spec.categorical.items()}
     labels.update({k: list(v) for k, v in prep.spec.continuous.items()})
-    kinds = {k: "categorical" for k in prep.spec.categorical} | {k: "continuous" for k in prep.spec.continuous}
+    for k in prep.scored:
+        labels.setdefault(k, list(prep.lab_dict[k]))
+    kinds = {k: ("continuous" if k in prep.cont_names else "categorical") for k in labels}
     prov = make_provenance(model, concepts=prep.name, concepts_version=prep.version, **params)
+    primary_label = prep.scored[0]
+    read = "span" if "span" in head.unit else "last"
+    timings = {"activations_s": prep.t_acts, "headline_s": head.seconds}
+    if outs:
+        timings.update(umap_cpu_s=t_umap, metrics_cpu_s=t_metrics)
     return GeometryResult(
         concept_set=prep.name,
         layers=list(prep.layers),
         table=pd.DataFrame(rows, columns=TABLE_COLUMNS),
         age_steps=pd.concat(steps, ignore_index=True) if steps else None,
         progression=pd.concat(progs, ignore_index=True) if progs else None,
-        embedding_2d=e_2.astype(np.float32),
-        embedding=e_hi.astype(np.float32),
+        embedding_2d=_align_2d(np.stack([o[1] for o in outs])).astype(np.float32) if outs else None,
+        embedding=np.stack([o[0] for o in outs]).astype(np.float32) if outs else None,
         texts=prep.texts,
         items=prep.items,
         labels=labels,
         label_kinds=kinds,
-        primary=_primary_for(prep.spec, prep.primary_label),
+        primary={"metric": "probe", "space": read, "label": primary_label, "group": ""},
+        paper_primary=_primary_for(prep.spec, prep.primary_label) if outs else {},
+        unit_values=head.unit[read].astype(np.float64),
+        unit_values_last=head.unit["last"].astype(np.float64) if "last" in head.unit and read != "last" else None,
+        lexical_scores=np.asarray(head.lexical, np.float64),
+        unit_ids=[str(u) for u in prep.item_ids],
+        template_ids=[int(t) if isinstance(t, (int, np.integer)) else str(t) for t in (prep.template_ids or [])],
+        findings=head.findings,
         warnings=notes,
         params=params,
-        timings={"activations_s": prep.t_acts, "umap_cpu_s": t_umap, "metrics_cpu_s": t_metrics},
+        timings=timings,
         provenance=prov,
     )
 
@@ -261,8 +333,17 @@ def geometry(
     *,
     activations: Any = None,
     labels: Sequence[str] | None = None,
-    positions: Any = "last",
+    positions: Any = "span_mean",
+    read_last: bool = True,
+    paper: bool = False,
+    pca_dims: int | None = 64,
+    n_splits: int = 5,
+    n_boot_items: int = 1000,
+    n_null: int = 1000,
+    matched_labels: Sequence[str] | None = None,
     templates: Any = None,
+    max_prompts: int | None = None,
+    min_templates: int = 4,
     include_embed: bool = True,
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
@@ -287,12 +368,28 @@ def geometry(
         model: a HookedTransformer (from :func:`medinterp.load_model`); optional with ``activations``.
         concepts: a ConceptSet or a shipped set name (``"drugs"``, ``"age"``, ...).
         activations: a precomputed ActivationSet (``resid_post`` per layer, optionally the embedding
-            as layer -1) to reuse instead of running the model; labels then come from ``concepts``
-            when given (same prompt order) or from the ActivationSet.
-        labels: categorical labellings to score (default: CONCEPT_FAMILIES, else all categorical;
-            see the module docstring). Each needs 2..n-1 classes (else a MedinterpError).
-        positions: ``"last"`` (default), ``"span_mean"``, ``"span_last"`` (see collect_activations).
-        templates: which templates of the set to use (default all).
+            as layer -1) to reuse instead of running the model, or the dict of
+            :func:`medinterp.activations.collect_reads` (``{"span_mean": ..., "last": ...}``: both reads
+            from one shared forward); labels then come from ``concepts`` when given (same prompt order)
+            or from the ActivationSet.
+        labels: labellings to score (default: CONCEPT_FAMILIES, else all categorical; see the module
+            docstring). Each categorical one needs 2..n-1 classes (else a MedinterpError). The first is
+            the primary one: the headline probe on it is :meth:`GeometryResult.layer_curve`.
+        positions: the concept read: ``"span_mean"`` (default: mean over the item's tokens),
+            ``"span_last"`` or ``"last"`` (see collect_activations). Template-centred for the headline.
+        read_last: also read the fixed final token (``"last"``), recorded as a second headline read.
+        paper: also compute the 0.1.0 / paper metrics (UMAP-30 silhouette, anisotropy, step profile, ...)
+            on the ``positions`` read (slow; for ``rule="paper"`` and the UMAP pictures).
+        pca_dims: PCA components (label-free) the probes are fitted on (None = raw space).
+        n_splits: folds of the item-grouped (age: age-grouped) cross-validation.
+        n_boot_items: cluster-bootstrap replicates (items) for the headline CIs.
+        n_null: item-level permutations for the headline nulls (progression stage order).
+        matched_labels: ``(a, b)``: report the per-item probe difference a − b at matched class count and
+            size (default: CONCEPT_FAMILIES ``matched_labels``, drugs: specialty vs mechanism).
+        templates: which templates of the set to use (default all, or as ``max_prompts`` allows).
+        max_prompts: when ``templates`` is None, use the first t templates with n_items × t <= max_prompts
+            (a time budget; None = all templates).
+        min_templates: the fewest templates ``max_prompts`` may leave.
         include_embed: also analyse the embedding output (layer -1).
         layers: block indices (default all).
         n_components: UMAP dims for metrics (paper: 30).
@@ -356,28 +453,63 @@ def geometry_many(model: Any, concepts: Sequence[Any], *, activations: Sequence[
     if isinstance(positions, str) and positions not in ("last", "span_mean", "span_last"):
         raise MedinterpError(f"positions must be 'last', 'span_mean' or 'span_last'; got {positions!r}")
     run_params = dict(positions=positions if isinstance(positions, str) else "custom",
+                      read_last=p["read_last"], paper=p["paper"], pca_dims=p["pca_dims"], n_splits=p["n_splits"],
+                      n_boot_items=p["n_boot_items"], n_null=p["n_null"], max_prompts=p["max_prompts"],
+                      min_templates=p["min_templates"],
+                      matched_labels=list(p["matched_labels"]) if p["matched_labels"] else None,
                       **{k: p[k] for k in ("include_embed", "n_components", "n_neighbors", "min_dist", "metric",
                                            "pca", "n_epochs", "seed", "n_perm", "n_boot", "ci", "k_anisotropy")},
                       jump=list(p["jump"]), n_jobs=p["n_jobs"], labels=list(p["labels"]) if p["labels"] else None)
     preps = [
         _prepare(model, c, activations[i] if activations is not None else None, labels=p["labels"],
                  positions=positions, templates=p["templates"], include_embed=p["include_embed"],
-                 layers=p["layers"], batch_size=p["batch_size"], progress=p["progress"])
+                 layers=p["layers"], batch_size=p["batch_size"], progress=p["progress"], read_last=p["read_last"],
+                 max_prompts=p["max_prompts"], min_templates=p["min_templates"])
         for i, c in enumerate(concepts)
     ]
     t0 = time.perf_counter()
-    umap_params = {k: p[k] for k in ("n_components", "n_neighbors", "min_dist", "metric", "pca", "n_epochs", "seed")}
-    jobs = [(pr.values[i], layer, pr.spec, umap_params, run_params) for pr in preps for i, layer in enumerate(pr.layers)]
-    out = _run_jobs(_layer_job, jobs, p["n_jobs"], p["progress"], "UMAP + metrics")
+    if p["paper"]:
+        umap_params = {k: p[k] for k in ("n_components", "n_neighbors", "min_dist", "metric", "pca", "n_epochs",
+                                         "seed")}
+        jobs = [(pr.values[i], layer, pr.spec, umap_params, run_params) for pr in preps
+                for i, layer in enumerate(pr.layers)]
+        out = _run_jobs(_layer_job, jobs, p["n_jobs"], p["progress"], "UMAP + metrics")
+    else:
+        out = []
     t_wall = time.perf_counter() - t0
     results, k = [], 0
     for pr in preps:
-        chunk = out[k : k + len(pr.layers)]
+        chunk = out[k : k + len(pr.layers)] if p["paper"] else None
         k += len(pr.layers)
-        res = _finish(pr, chunk, model, run_params)
-        res.timings["layers_wall_all_sets_s"] = t_wall
+        head = headline(_headline_input(pr, p["matched_labels"]), pca_dims=p["pca_dims"], n_splits=p["n_splits"],
+                        n_boot=p["n_boot_items"], n_null=p["n_null"], ci=p["ci"], seed=p["seed"],
+                        jump=tuple(p["jump"]))
+        res = _finish(pr, chunk, head, model, run_params)
+        if p["paper"]:
+            res.timings["layers_wall_all_sets_s"] = t_wall
         results.append(res)
     return results
+
+
+def _headline_input(pr: _Prepared, matched_labels: Sequence[str] | None) -> HeadlineInput:
+    matched = tuple(matched_labels) if matched_labels else family_matched(pr.name)
+    if matched is not None:
+        missing = [m for m in matched if m not in pr.lab_dict]
+        if len(matched) != 2 or missing:
+            if matched_labels:
+                raise MedinterpError(f"matched_labels must be two labels of {pr.name!r}; missing {missing}")
+            matched = None  # an older data file without the matched labellings
+    cont = set(pr.cont_names)
+    age = AGE_LABEL if AGE_LABEL in cont else None
+    stage = STAGE_LABEL if STAGE_LABEL in cont and DISEASE_LABEL in pr.lab_dict else None
+    disease = DISEASE_LABEL if stage else None
+    if disease is None:  # control families name their grouping otherwise (e.g. process): the first categorical
+        cats = [k for k in pr.lab_dict if k not in cont]
+        if STAGE_LABEL in cont and cats:
+            stage, disease = STAGE_LABEL, cats[0]
+    return HeadlineInput(layers=list(pr.layers), reads=pr.reads, item_text=pr.item_text, item_ids=pr.item_ids,
+                         templates=pr.template_ids or [0] * len(pr.item_ids), labels=pr.lab_dict, continuous=cont,
+                         scored=pr.scored, matched=matched, age=age, disease=disease, stage=stage)
 
 
 # ============================================================================ technique contract
@@ -394,11 +526,16 @@ TECHNIQUE = Technique(
     run_fn=_run_family,
     run_many_fn=_run_families,
     presets={
-        # all prompts of every template; UMAP jobs on 2 worker processes
-        "full": {"n_boot": 100, "n_perm": 50, "n_jobs": 2},
-        "quick": {"templates": [0], "n_boot": 30, "n_perm": 20, "n_jobs": 1, "n_epochs": 100},
+        # headline only (no UMAP): template-centred span + final-token reads, item-grouped probes
+        # (the embedding output is not a block: the map's curve never reads it)
+        # max_prompts: the time budget (full: drugs 6 of 9 templates, age 5, the rest all; quick: 2-6)
+        "full": {"paper": False, "include_embed": False, "max_prompts": 1000, "min_templates": 4,
+                 "n_boot_items": 1000, "n_null": 1000},
+        "quick": {"paper": False, "include_embed": False, "max_prompts": 400, "min_templates": 2,
+                  "n_boot_items": 1000, "n_null": 1000},
     },
     needs=("concepts",),
     interval_rule="rise",
-    description="activation geometry of the residual stream per layer (silhouette, age, progression, collapse)",
+    description="activation geometry per layer: item-grouped linear probe on template-centred item reads "
+                "(+ lexical baseline, silhouette, collapse, age step, progression order)",
 )

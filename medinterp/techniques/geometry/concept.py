@@ -1,0 +1,199 @@
+"""Concept-level geometry primitives (METHOD.md §0-§1): the headline probe, its per-prompt scores, the
+lexical baseline, cosine silhouette and the centred collapse statistics.
+
+Everything here reads activations that are already *template-centred* (:func:`template_centre`: the
+mean of every template is removed, so what is left is what differs between items under one frame).
+
+Per-prompt scores (what :meth:`GeometryResult.unit_scores` returns) are out-of-fold, with folds grouped
+by item (by age for age), so no test item is seen in training:
+
+* categorical: ``(correct * n / (k * n_c) - 1/k) / (1 - 1/k)``: out-of-fold correctness weighted by
+  the inverse class frequency, chance-corrected. Its mean over prompts is the chance-corrected
+  *balanced* accuracy (0 = chance, 1 = perfect), so families with unequal classes share one scale;
+  with equal classes it is ``(correct - 1/k) / (1 - 1/k)``.
+* continuous: ``1 - (yhat - y)² / Var(y)`` from a grouped ridge regression; its mean is the pooled
+  out-of-fold R² (what :func:`medinterp.stats.grouped_r2` returns for the same folds).
+
+The folds are those of :func:`medinterp.stats.probe_balanced_accuracy` (StratifiedGroupKFold) and
+:func:`medinterp.stats.grouped_r2` (GroupKFold); those return only the pooled score, the map needs the
+per-prompt predictions, so the same splitters feed ``cross_val_predict`` here. The probe is fitted on a
+PCA reduction (``pca_dims``, fitted on all rows without labels) to keep a layer under a second.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> items = np.repeat(np.arange(40), 3); y = items % 2
+    >>> X = rng.normal(size=(120, 8)); X[:, 0] += 3 * y
+    >>> s, ba = probe_unit_scores(X, y, items)
+    >>> bool(s.mean() > 0.8 and ba > 0.9)
+    True
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+from jaxtyping import Float, Shaped
+from sklearn.decomposition import PCA
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import balanced_accuracy_score, pairwise_distances, silhouette_samples
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from medinterp.errors import MedinterpError
+
+
+def template_centre(X: Float[np.ndarray, "n d"], templates: Sequence[Any] | None) -> Float[np.ndarray, "n d"]:
+    """``X`` with the mean of each template's rows removed (the frame's own direction); globally
+    centred when ``templates`` is None or has one value."""
+    X = np.asarray(X, dtype=np.float64)
+    if templates is None:
+        return X - X.mean(0)
+    t = np.asarray([str(x) for x in templates])
+    out = np.empty_like(X)
+    for v in np.unique(t):
+        sel = t == v
+        out[sel] = X[sel] - X[sel].mean(0)
+    return out
+
+
+def reduce(X: Float[np.ndarray, "n d"], pca_dims: int | None, seed: int = 0) -> Float[np.ndarray, "n k"]:
+    """PCA to ``pca_dims`` components (label-free, fitted on all rows); ``X`` itself when off or small."""
+    X = np.asarray(X, dtype=np.float64)
+    if not pca_dims or min(X.shape) <= pca_dims:
+        return X
+    # covariance_eigh: eigendecomposition of the d x d covariance, much faster than a full SVD for n >> k
+    return PCA(n_components=pca_dims, random_state=seed, svd_solver="covariance_eigh").fit_transform(X)
+
+
+def _n_splits(groups: np.ndarray, n_splits: int, name: str) -> int:
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise MedinterpError(f"{name}: need at least 2 groups (items) for grouped CV; got {n_groups}")
+    return min(n_splits, n_groups)
+
+
+def probe_unit_scores(
+    X: Float[np.ndarray, "n d"],
+    y: Shaped[np.ndarray, "n"],
+    groups: Shaped[np.ndarray, "n"],
+    *,
+    n_splits: int = 5,
+    seed: int = 0,
+    C: float = 1.0,
+) -> tuple[Float[np.ndarray, "n"], float]:
+    """Per-prompt chance-corrected out-of-fold correctness of a linear probe (item-grouped folds).
+
+    Args:
+        X: ``[n, d]`` features (already reduced / centred as wanted).
+        y: class label per row (>= 2 classes).
+        groups: item id per row.
+        n_splits: folds (capped at the number of groups).
+        seed: fold shuffling seed.
+        C: inverse L2 strength of the logistic regression.
+
+    Returns:
+        ``(scores [n], balanced accuracy)``; ``scores.mean()`` = (BA - 1/k) / (1 - 1/k).
+    """
+    y = np.asarray([str(v) for v in y])
+    groups = np.asarray(groups)
+    classes, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
+    k = len(classes)
+    if k < 2:
+        raise MedinterpError("probe_unit_scores: need at least 2 classes")
+    cv = StratifiedGroupKFold(n_splits=_n_splits(groups, n_splits, "probe_unit_scores"), shuffle=True,
+                              random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+    with warnings.catch_warnings():  # small classes: sklearn warns that a class has < n_splits members
+        warnings.simplefilter("ignore", UserWarning)
+        pred = cross_val_predict(probe, X, y, groups=groups, cv=cv)
+    correct = (pred == y).astype(float)
+    w = len(y) / (k * counts[codes])  # inverse class frequency: mean(correct * w) = balanced accuracy
+    scores = (correct * w - 1.0 / k) / (1.0 - 1.0 / k)
+    return scores, float(balanced_accuracy_score(y, pred))
+
+
+def ridge_unit_scores(
+    X: Float[np.ndarray, "n d"],
+    y: Float[np.ndarray, "n"],
+    groups: Shaped[np.ndarray, "n"],
+    *,
+    n_splits: int = 5,
+    seed: int = 0,
+    alpha: float = 1.0,
+) -> tuple[Float[np.ndarray, "n"], float]:
+    """Per-prompt ``1 - (yhat - y)² / Var(y)`` of a ridge regression under GroupKFold (by ``groups``).
+
+    Returns:
+        ``(scores [n], R²)``; ``scores.mean()`` is the pooled out-of-fold R² (can be negative).
+    """
+    y = np.asarray(y, dtype=float)
+    groups = np.asarray(groups)
+    var = float(np.var(y))
+    if not var > 0:
+        raise MedinterpError("ridge_unit_scores: the target has no variance")
+    cv = GroupKFold(n_splits=_n_splits(groups, n_splits, "ridge_unit_scores"), shuffle=True, random_state=seed)
+    model = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
+    pred = cross_val_predict(model, X, y, groups=groups, cv=cv)
+    scores = 1.0 - (pred - y) ** 2 / var
+    return scores, float(scores.mean())
+
+
+def unit_scores_for(X: np.ndarray, y: Sequence[Any], groups: np.ndarray, continuous: bool, *, n_splits: int,
+                    seed: int) -> tuple[np.ndarray, float]:
+    """:func:`ridge_unit_scores` for a continuous label, :func:`probe_unit_scores` otherwise."""
+    if continuous:
+        return ridge_unit_scores(X, np.asarray(y, float), groups, n_splits=n_splits, seed=seed)
+    return probe_unit_scores(X, np.asarray(y), groups, n_splits=n_splits, seed=seed)
+
+
+def lexical_features(items: Sequence[str], pca_dims: int | None = 64, seed: int = 0) -> Float[np.ndarray, "n k"]:
+    """Character 3-5-gram TF-IDF (``analyzer="char_wb"``) of the item strings, PCA-reduced like the
+    activations: the lexical baseline a layer has to beat (METHOD §0)."""
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5))
+    F = vec.fit_transform([str(s) for s in items]).toarray()
+    return reduce(F, pca_dims, seed)
+
+
+def cosine_distances(X: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n n"]:
+    """Cosine distance matrix (zero diagonal, clipped at 0)."""
+    D = pairwise_distances(np.asarray(X, np.float64), metric="cosine")
+    np.fill_diagonal(D, 0.0)
+    return np.maximum(D, 0.0)
+
+
+def cosine_silhouette_samples(X: Float[np.ndarray, "n d"] | None, y: Sequence[Any], *,
+                              D: Float[np.ndarray, "n n"] | None = None) -> Float[np.ndarray, "n"]:
+    """Per-point silhouette with cosine distance (``sklearn.metrics.silhouette_samples``); pass ``D``
+    (:func:`cosine_distances`) to reuse one matrix for several labellings."""
+    D = cosine_distances(X) if D is None else D
+    return silhouette_samples(D, np.asarray([str(v) for v in y]), metric="precomputed")
+
+
+def collapse_stats(X: Float[np.ndarray, "n d"]) -> dict[str, float]:
+    """Collapse diagnostics of raw activations: mean norm, raw and *centred* mean pairwise cosine
+    (mean removed first, so a shared offset direction does not count as collapse) and the
+    participation ratio ``(Σλ)² / Σλ²`` of the covariance spectrum (1 = one direction)."""
+    X = np.asarray(X, np.float64)
+    n = len(X)
+
+    def mean_cos(Z: np.ndarray) -> float:
+        nrm = np.linalg.norm(Z, axis=1)
+        ok = nrm > 0
+        if ok.sum() < 2:
+            return float("nan")
+        U = Z[ok] / nrm[ok, None]
+        s = U.sum(0)
+        m = ok.sum()
+        return float((s @ s - m) / (m * (m - 1)))
+
+    Xc = X - X.mean(0)
+    small = Xc if Xc.shape[0] <= Xc.shape[1] else None  # eigenvalues of the smaller Gram / covariance
+    sv = np.clip(np.linalg.eigvalsh(small @ small.T if small is not None else Xc.T @ Xc), 0, None)
+    pr = float(sv.sum() ** 2 / (sv ** 2).sum()) if (sv ** 2).sum() > 0 else float("nan")
+    return {"resid_norm": float(np.linalg.norm(X, axis=1).mean()), "mean_cosine": mean_cos(X) if n > 1 else float("nan"),
+            "mean_cosine_centred": mean_cos(Xc), "participation_ratio": pr}

@@ -1,0 +1,306 @@
+"""The concept-level geometry headline (METHOD §0-§1): per-prompt probe scores with known answers, the
+family questions, and the validation cases of issue 15: (b) item-shuffled labels score chance, (d) a
+label direction planted at one layer of a tiny model is found there and nowhere else, (e) random
+per-age vectors get grouped R² <= 0."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medinterp import stats
+from medinterp.errors import MedinterpError
+from medinterp.techniques import geometry as G
+from medinterp.techniques.base import UnitScores
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_geometry import _FakeSet  # noqa: E402  (the stand-in ConceptSet of the geometry tests)
+
+
+def items_design(n_items=60, n_tpl=4, d=16, seed=0, item_sd=1.0, tpl_sd=5.0):
+    """Prompts = item vector + template offset + noise; item ids and template ids per prompt."""
+    rng = np.random.default_rng(seed)
+    item_vec = rng.normal(0, item_sd, (n_items, d))
+    tpl_vec = rng.normal(0, tpl_sd, (n_tpl, d))
+    items = np.repeat(np.arange(n_items), n_tpl)
+    tpls = np.tile(np.arange(n_tpl), n_items)
+    X = item_vec[items] + tpl_vec[tpls] + rng.normal(0, 0.3, (len(items), d))
+    return X, items, tpls
+
+
+# ------------------------------------------------------------------ primitives with known answers
+def test_probe_scores_average_to_chance_corrected_balanced_accuracy_and_match_stats():
+    X, items, tpls = items_design()
+    y = np.asarray(["a", "b", "c"])[items % 3]
+    X[:, 0] += 4.0 * (items % 3 == 0)  # class a is separable, b and c are not
+    X = G.template_centre(X, tpls)
+    s, ba = G.probe_unit_scores(X, y, items, n_splits=5, seed=0)
+    k = 3
+    assert s.mean() == pytest.approx((ba - 1 / k) / (1 - 1 / k), abs=1e-12)
+    # same folds and probe as the shared statistic (which returns only the pooled score)
+    assert ba == pytest.approx(stats.probe_balanced_accuracy(X, y, items, n_splits=5, seed=0), abs=1e-12)
+    assert 0.2 < s.mean() < 0.8
+
+
+def test_ridge_scores_average_to_grouped_r2():
+    X, items, tpls = items_design()
+    y = items.astype(float)
+    X[:, 0] += 0.2 * y
+    s, r2 = G.ridge_unit_scores(X, y, items, n_splits=5, seed=0)
+    assert r2 == pytest.approx(stats.grouped_r2(X, y, items, n_splits=5, seed=0), abs=1e-10)
+    assert s.mean() == pytest.approx(r2) and r2 > 0.9
+
+
+def test_template_centring_removes_the_frame():
+    X, items, tpls = items_design(tpl_sd=50.0)
+    Xc = G.template_centre(X, tpls)
+    for t in np.unique(tpls):
+        np.testing.assert_allclose(Xc[tpls == t].mean(0), 0, atol=1e-9)
+    # the items' own structure is kept: same-item rows are closer than other-item rows after centring
+    d_same = np.linalg.norm(Xc[0] - Xc[1])
+    d_other = np.linalg.norm(Xc[0] - Xc[5])
+    assert d_same < d_other
+
+
+def test_collapse_centred_cosine_ignores_a_shared_offset():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 20))
+    shifted = X + 100.0  # a big shared direction: raw cosine ~1, centred cosine unchanged
+    a, b = G.collapse_stats(X), G.collapse_stats(shifted)
+    assert b["mean_cosine"] > 0.95 and a["mean_cosine"] < 0.1
+    assert b["mean_cosine_centred"] == pytest.approx(a["mean_cosine_centred"], abs=1e-9)
+    assert b["participation_ratio"] == pytest.approx(a["participation_ratio"], rel=1e-9)
+    line = np.outer(rng.normal(size=100), rng.normal(size=20))  # rank one: participation ratio 1
+    assert G.collapse_stats(line)["participation_ratio"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_age_step_finds_a_planted_jump_and_not_a_smooth_trend():
+    ages = np.repeat(np.arange(1, 101), 6).astype(float)
+    tpl = np.tile(np.arange(6), 100)
+    rng = np.random.default_rng(0)
+    smooth = np.c_[ages / 10, rng.normal(0, 0.05, (600, 5))]
+    r = G.age_step(smooth, ages, tpl, n_boot=300)
+    assert not r["outlier"] and 0.5 < r["ratio"] < 2 and r["ci_low"] <= r["ratio"] <= r["ci_high"]
+    jumped = smooth.copy()
+    jumped[ages >= 18, 0] += 3.0
+    r = G.age_step(jumped, ages, tpl, n_boot=300)
+    assert r["outlier"] and r["ratio"] > 5 and r["ci_low"] > 2
+    assert r["n_matched"] == 8 and r["p_rank"] == pytest.approx(1 / 9)
+
+
+def test_progression_order_line_vs_circle_and_ties_are_undefined():
+    stages = np.arange(10)
+    per = 3
+    st = np.repeat(stages, per).astype(float)
+    items = np.repeat(np.arange(10), per)
+    dis = ["d"] * len(st)
+    rng = np.random.default_rng(0)
+    line = np.c_[st, np.zeros_like(st)] + rng.normal(0, 0.01, (len(st), 2))
+    r = G.progression_order(line, dis, st, items, n_perm=1000)
+    assert r["spearman"] > 0.99 and r["p_value"] < 0.01 and r["null_mean"] < 0.3
+    assert r["per_disease"]["d"]["csfs"] == 1 and r["per_disease"]["d"]["csls"] == 8
+    ang = 2 * np.pi * st / 10
+    circle = np.c_[np.cos(ang), np.sin(ang)] + rng.normal(0, 0.001, (len(st), 2))
+    r = G.progression_order(circle, dis, st, items, n_perm=200)
+    assert r["per_disease"]["d"]["csls"] == 0 and r["closes"] == 1.0  # the last stage comes back to the first
+    assert r["spearman"] < 0.5
+    tied = np.zeros((len(st), 2))  # every stage at the same place: nearest stage undefined, not stage 0
+    r = G.progression_order(tied, dis, st, items, n_perm=0)
+    assert np.isnan(r["per_disease"]["d"]["csfs"]) and np.isnan(r["per_disease"]["d"]["csls"])
+
+
+def test_paired_item_difference_ci_covers_a_known_difference():
+    rng = np.random.default_rng(0)
+    units = np.repeat(np.arange(50), 4)
+    a = rng.normal(0.3, 1, 200)
+    b = rng.normal(0.0, 1, 200)
+    d = G.paired_item_difference(a, b, units, n_boot=2000)
+    assert d["ci_low"] < 0.3 < d["ci_high"] and d["n_items"] == 50
+    same = G.paired_item_difference(b, b, units, n_boot=200)
+    assert same["diff"] == 0
+
+
+# ------------------------------------------------------------------ validation (issue 15)
+def test_b_item_shuffled_labels_give_chance_probe_scores():
+    """(b) labels shuffled at item level carry no information: the mean score is ~0 with a CI covering 0;
+    the same data with real labels scores high (so the test can fail)."""
+    covered, means = 0, []
+    for seed in range(10):
+        X, items, tpls = items_design(seed=seed)
+        y_item = np.asarray(["a", "b", "c"])[np.arange(60) % 3]
+        for c, lab in enumerate("abc"):  # real structure exists for the true labels
+            X[:, c] += 4.0 * (y_item[items] == lab)
+        true_s, _ = G.probe_unit_scores(G.template_centre(X, tpls), y_item[items], items, seed=seed)
+        assert true_s.mean() > 0.3
+        shuf = np.random.default_rng(100 + seed).permutation(y_item)[items]  # item-level shuffle
+        s, _ = G.probe_unit_scores(G.template_centre(X, tpls), shuf, items, seed=seed)
+        bs = stats.cluster_bootstrap(s, units=items, n_boot=1000, seed=seed)
+        covered += bool(bs.low <= 0 <= bs.high)
+        means.append(s.mean())
+    assert covered >= 9 and abs(np.mean(means)) < 0.1
+
+
+def test_e_random_per_age_vectors_get_grouped_r2_at_most_zero():
+    """(e) a lookup table (one random vector per age, shared by its prompts) has no ordinal structure:
+    GroupKFold by age gives R² <= 0, while the leaky KFold over prompts would score it high."""
+    rng = np.random.default_rng(0)
+    ages = np.repeat(np.arange(1, 101), 6).astype(float)
+    table = rng.normal(size=(100, 256))  # more dims than ages: a linear map can memorise them
+    X = table[(ages - 1).astype(int)] + rng.normal(0, 0.1, (600, 256))
+    s, r2 = G.ridge_unit_scores(X, ages, ages, seed=0)
+    assert r2 <= 0
+    assert stats.grouped_r2(X, ages, ages, grouped=False) > 0.8
+
+
+WORDS60 = ("pain chest fever cough headache nausea vomiting fatigue shortness breath rash angina pneumonia asthma "
+           "diabetes hypertension stroke migraine infection cancer heart lung liver kidney brain skin blood bone "
+           "aspirin ibuprofen metformin insulin lisinopril amoxicillin warfarin heparin atorvastatin omeprazole "
+           "parkinson copd tremor dyspnea exertion productive sputum wheezing clinical examination shows reports "
+           "acute chronic progressive normal healthy tablet oral intravenous").split()[:60]
+
+
+def _planted_set():
+    items = [{"item": w, "cls": ["x", "y"][i % 2]} for i, w in enumerate(WORDS60)]
+    return _FakeSet("toy_planted", items, ["cls"], [],
+                    templates=("A patient with {item}", "Signs of {item} today", "Notes : {item}"))
+
+
+@dataclasses.dataclass
+class _Plant:
+    """Hooks that add a label direction at blocks.k.hook_resid_post on the item tokens and take it away at
+    blocks.{k+1}.hook_resid_pre, so it exists in the layer-k read only."""
+
+    model: object
+    k: int
+    token_sign: dict
+    strength: float
+
+    def __enter__(self):
+        d = self.model.cfg.d_model
+        self.v = torch.zeros(d)
+        self.v[0] = self.strength
+        self.tokens = None
+
+        def grab(mod, inputs):
+            self.tokens = inputs[0]
+
+        def delta(act):
+            sign = torch.zeros(self.tokens.shape, dtype=act.dtype)
+            for tid, sg in self.token_sign.items():
+                sign[self.tokens == tid] = sg
+            return sign[..., None] * self.v
+
+        def add(act, hook):
+            return act + delta(act)
+
+        def sub(act, hook):
+            return act - delta(act)
+
+        self.handle = self.model.embed.register_forward_pre_hook(grab)
+        self.model.add_hook(f"blocks.{self.k}.hook_resid_post", add)
+        if self.k + 1 < self.model.cfg.n_layers:
+            self.model.add_hook(f"blocks.{self.k + 1}.hook_resid_pre", sub)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+        self.model.reset_hooks()
+
+
+def test_d_planted_direction_is_found_at_its_layer_only():
+    """(d) a label direction planted at layer k of a tiny model: the unit scores beat the unplanted model
+    (paired, items as units, Holm across layers) at k and nowhere else."""
+    from medinterp.testing import tiny_model
+
+    model = tiny_model(n_layers=4, d_model=64, n_heads=4, d_mlp=128, seed=0)
+    cset = _planted_set()
+    k = 2
+    ids = {w: model.to_single_token(w) for w in WORDS60}
+    sign = {ids[it["item"]]: (1.0 if it["cls"] == "x" else -1.0) for it in cset.items}
+    kw = dict(include_embed=False, progress=False, read_last=True, n_boot_items=500, n_null=0)
+    base = G.geometry(model, cset, **kw)
+    with _Plant(model, k, sign, strength=3.0):
+        planted = G.geometry(model, cset, **kw)
+    assert not model.hook_dict[f"blocks.{k}.hook_resid_post"].fwd_hooks  # hooks removed
+    us_p, us_b = planted.unit_scores(), base.unit_scores()
+    n_items = len(WORDS60)
+    assert isinstance(us_p, UnitScores) and us_p.values.shape == (3 * n_items, 4) and n_items >= 50
+    assert us_p.units == us_b.units and len(set(us_p.units)) == n_items
+    eff = stats.layer_effects(us_p.values, us_b.values, paired=True, medicine_units=np.asarray(us_p.units),
+                              control_units=np.asarray(us_b.units), n_boot=500, n_perm=1000)
+    p_adj = stats.adjust(eff.p, "holm")
+    assert p_adj[k] < 0.01 and eff.effect[k] > 0.5
+    others = [l for l in range(4) if l != k]
+    assert (p_adj[others] > 0.05).all(), (eff.effect, p_adj)
+    # the curve itself: high at k, near chance elsewhere (random-init model, random words)
+    curve = planted.layer_curve()
+    assert curve[k] > 0.8 and (np.abs(curve[others]) < 0.4).all()
+
+
+def test_headline_end_to_end_with_matched_labels_age_and_progression(tiny):
+    items = [{"item": w, "specialty": ["s1", "s2", "s3"][i % 3], "mechanism": ["m1", "m2"][i % 2],
+              "mc": ["ma", "mb", "ungrouped"][i % 3], "sm": ["sa", "sb", "ungrouped"][(i + 1) % 3 and i % 3]}
+             for i, w in enumerate(WORDS60)]
+    for it in items:  # both matched labellings must leave out the same items
+        it["sm"] = "ungrouped" if it["mc"] == "ungrouped" else ("sa" if WORDS60.index(it["item"]) % 2 else "sb")
+    dset = _FakeSet("toy_drugs2", items, ["specialty", "mechanism", "mc", "sm"], [])
+    res = G.geometry(tiny, dset, labels=["specialty", "mechanism"], matched_labels=["sm", "mc"], progress=False,
+                     n_boot_items=200, n_null=100)
+    t = res.table
+    md = t[t.metric == "matched_diff"]
+    n_kept = sum(it["mc"] != "ungrouped" for it in items)
+    assert len(md) == len(res.layers) and set(md.label) == {"sm-mc"} and (md.n == n_kept).all()
+    assert res.lexical_scores.shape == (len(res.unit_ids),)
+    assert set(res.findings["lexical"]) == {"specialty", "mechanism", "sm", "mc"}
+    assert res.unit_values.shape == res.unit_values_last.shape == (len(res.unit_ids), len(res.layers))
+    assert res.unit_scores("last").values.shape[1] == tiny.cfg.n_layers
+    h = res.headline_dict()
+    assert {"best_layer", "probe", "lexical", "matched_diff"} <= set(h)
+    with pytest.raises(MedinterpError, match="matched_labels"):
+        G.geometry(tiny, dset, matched_labels=["sm", "nope"], progress=False)
+
+    ages = [{"item": str(a), "age": a, "sex": s} for a in range(14, 41) for s in ("male", "female")]
+    aset = _FakeSet("toy_age", ages, ["sex"], ["age"], templates=("Age {item} patient", "Patient aged {item}"))
+    res = G.geometry(tiny, aset, labels=["age"], progress=False, n_boot_items=200)
+    steps = res.table[res.table.metric == "age_step_ratio"]
+    assert len(steps) == len(res.layers) and (steps.n == 2).all()  # 27->28 and 37->38 matched
+    assert res.curve_label.endswith("grouped R²")
+
+    prog = [{"item": f"{d} stage {s}", "disease": d, "stage": s} for d in ("gout", "asthma") for s in range(6)]
+    pset = _FakeSet("toy_progression", prog, ["disease"], ["stage"], templates=("{item}", "Patient: {item}"))
+    res = G.geometry(tiny, pset, labels=["stage"], progress=False, n_boot_items=200, n_null=200)
+    sp = res.table[res.table.metric == "stage_spearman"]
+    assert len(sp) == len(res.layers) and sp.p_value.between(0, 1).all()
+    assert {"spearman", "p_value"} <= set(res.findings["progression_lexical"])
+    assert set(res.progression.metric) == {"spearman", "csfs", "csls"}
+
+
+def test_collect_reads_equals_one_collect_activations_per_read(tiny):
+    from medinterp.activations import collect_activations, collect_reads
+
+    prompts = _planted_set().prompts()[50:70]  # templates 0 and 1 (template 1 ends after the item)
+    both = collect_reads(tiny, prompts, ["span_mean", "last"], include_embed=True, batch_size=7, progress=False)
+    for mode in ("span_mean", "last"):
+        one = collect_activations(tiny, prompts, positions=mode, include_embed=True, batch_size=7, progress=False)
+        np.testing.assert_allclose(both[mode].values, one.values, atol=1e-5)
+        assert both[mode].positions == mode and both[mode].token_positions == one.token_positions
+    assert not np.allclose(both["span_mean"].values, both["last"].values)
+
+
+def test_geometry_reuses_shared_reads(tiny):
+    from medinterp.activations import collect_reads
+
+    cset = _planted_set()
+    kw = dict(include_embed=False, progress=False, n_boot_items=100, n_null=0)
+    direct = G.geometry(tiny, cset, **kw)
+    reads = collect_reads(tiny, cset.prompts(), ["span_mean", "last"], include_embed=False, progress=False)
+    shared = G.geometry(concepts=cset, activations=reads, **kw)
+    np.testing.assert_allclose(shared.unit_values, direct.unit_values)
+    np.testing.assert_allclose(shared.unit_values_last, direct.unit_values_last)
+    with pytest.raises(MedinterpError, match="collect_reads"):
+        G.geometry(concepts=cset, activations={"span_mean": np.zeros(3)}, **kw)
