@@ -14,6 +14,7 @@ when the fingerprint matches and the result loads; otherwise it recomputes and t
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from medinterp.errors import MedinterpError
-from medinterp.maps.synthesis import KnowledgeMap, interval_rules, registered_techniques, validate_params
+from medinterp.maps.controls import mark_all
+from medinterp.maps.synthesis import MAP_RULES, KnowledgeMap, interval_rules, registered_techniques, validate_params
+from medinterp.models.twin import random_twin
 from medinterp.results import Result, _jsonable, make_provenance
 from medinterp.store import fingerprint
 from medinterp.techniques import REGISTRY
@@ -33,7 +36,9 @@ from medinterp.techniques.base import Family, MissingInput, Technique
 
 log = logging.getLogger("medinterp")
 
-_FAMILY_KEYS = frozenset({"concepts", "pairs", "label"})
+_FAMILY_KEYS = frozenset({"concepts", "pairs", "label", "control"})
+#: job-dir suffixes of the control runs: ``<family>__control`` (control family), ``<family>__twin`` (random twin)
+CONTROL_SUFFIX, TWIN_SUFFIX = "__control", "__twin"
 _JOB_FILE = "job.json"
 
 
@@ -85,6 +90,34 @@ def _family(name: str, spec: Any) -> Family:
                          f"with the keys {sorted(_FAMILY_KEYS)}")
 
 
+def control_specs(families: Sequence[str | Family] | Mapping[str, Any] | None = None) -> dict[str, Family | None]:
+    """The control family of each map row (None where there is none).
+
+    Shipped families: ``CONCEPT_FAMILIES[f]["control"]`` / ``["control_pairs"]``. A user mapping may give
+    ``{"control": Family | {"concepts": ..., "pairs": ...}}`` per row; a bare ``Family`` has none.
+
+    Example:
+        >>> control_specs({"mine": {"concepts": ["p"], "control": {"concepts": ["q"]}}})["mine"].concepts
+        ['q']
+    """
+    from medinterp.concepts import CONCEPT_FAMILIES
+
+    rows = family_specs(families)
+    out: dict[str, Family | None] = {}
+    for row in rows:
+        spec = families.get(row) if isinstance(families, Mapping) else None
+        ctrl = None
+        if isinstance(spec, Mapping) and spec.get("control") is not None:
+            ctrl = _family(row + CONTROL_SUFFIX, spec["control"])
+        elif not isinstance(families, Mapping) and row in CONCEPT_FAMILIES and not isinstance(spec, Family):
+            fam = CONCEPT_FAMILIES[row]
+            if fam.get("control") or fam.get("control_pairs"):
+                ctrl = Family(row + CONTROL_SUFFIX, concepts=fam.get("control"), pairs=fam.get("control_pairs"),
+                              label=f"{row} control")
+        out[row] = ctrl
+    return out
+
+
 def check_techniques(techniques: Sequence[str] | None) -> list[str]:
     """The technique names, checked against :data:`medinterp.techniques.REGISTRY` (default: all)."""
     techniques = registered_techniques() if techniques is None else list(techniques)
@@ -123,11 +156,14 @@ def input_content(x: Any) -> Any:
     return x
 
 
-def job_fingerprint(model: Any, family: Family, technique: str, params: Mapping[str, Any]) -> str:
-    """Fingerprint of one job (see module docstring)."""
-    return fingerprint({"technique": technique, "params": _jsonable(dict(params)),
-                        "concepts": input_content(family.concepts), "pairs": input_content(family.pairs)},
-                       model=model)
+def job_fingerprint(model: Any, family: Family, technique: str, params: Mapping[str, Any],
+                    run: Mapping[str, Any] | None = None) -> str:
+    """Fingerprint of one job (see module docstring); ``run`` names a control run (which control, twin seed)."""
+    job = {"technique": technique, "params": _jsonable(dict(params)),
+           "concepts": input_content(family.concepts), "pairs": input_content(family.pairs)}
+    if run is not None:
+        job["run"] = dict(run)
+    return fingerprint(job, model=model)
 
 
 def _safe_dirname(name: str) -> str:
@@ -220,6 +256,7 @@ class _Run:
     results: dict = dataclasses.field(default_factory=dict)
     result_dirs: dict = dataclasses.field(default_factory=dict)
     timing: dict = dataclasses.field(default_factory=dict)
+    peak_mb: dict = dataclasses.field(default_factory=dict)
 
     def record(self, fam: str, tech: str, res: Result, rdir: Path | None) -> None:
         curve, ci, name = result_curve(res, self.n_layers)
@@ -235,7 +272,8 @@ class _Run:
 
 
 def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending: list[str], params: dict,
-                work: Path | None, fps: dict[str, str], progress: bool, run: _Run) -> dict[str, Result]:
+                work: Path | None, fps: dict[str, str], progress: bool, run: _Run,
+                dirnames: Mapping[str, str] | None = None) -> dict[str, Result]:
     """One ``run_many`` call for the pending families of a technique that shares work; each result is
     saved as soon as the batch returns. On error the families run one by one (each records its own)."""
     t0 = time.perf_counter()
@@ -253,9 +291,67 @@ def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending
     out = {}
     for f, res in zip(pending, results):
         if work is not None:
-            _save_job(res, job_dir(work, f, tech.name), fps[f], f"{f}/{tech.name}")
+            d = (dirnames or {}).get(f, f)
+            _save_job(res, job_dir(work, d, tech.name), fps[f], f"{d}/{tech.name}")
         out[f] = res
     return out
+
+
+def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str], kw: Mapping[str, dict],
+              work: Path | None, fps: Mapping[tuple[str, str], str], *, rerun: bool, progress: bool, run: _Run,
+              desc: str, loaded: dict | None = None) -> tuple[dict, dict]:
+    """Run (or load) every (row, technique) job of one run kind; ``(results, status)`` keyed by (row, t)."""
+    from tqdm.auto import tqdm
+
+    results: dict[tuple[str, str], Result] = {}
+    status: dict[tuple[str, str], str] = {}
+    loaded = dict(loaded or {})
+    for t in techniques:  # finished jobs from the work dir; shared runs of what is left
+        tech = REGISTRY[t]
+        pending = []
+        for f, fam in fams.items():
+            if (f, t) in loaded:
+                continue
+            rdir = job_dir(work, fam.name, t) if work is not None else None
+            res = None if rerun else _load_finished(rdir, fps[f, t], f"{fam.name}/{t}")
+            if res is not None:
+                loaded[f, t] = res
+            elif all(getattr(fam, need) is not None for need in tech.needs):
+                pending.append(f)
+        if tech.run_many_fn is not None and len(pending) >= 2:
+            sub = {f: fams[f] for f in pending}
+            shared = _run_shared(model, tech, sub, pending, kw[t], work, {f: fps[f, t] for f in pending}, progress,
+                                 run, dirnames={f: fams[f].name for f in pending})
+            loaded.update({(f, t): r for f, r in shared.items()})
+    jobs = [(f, t) for f in fams for t in techniques]
+    bar = tqdm(jobs, desc=desc, disable=not progress, unit="job")
+    for f, t in bar:
+        fam = fams[f]
+        key = f"{fam.name}/{t}"
+        bar.set_postfix_str(key)
+        rdir = job_dir(work, fam.name, t) if work is not None else None
+        t0 = time.perf_counter()
+        try:
+            res = loaded.get((f, t))
+            if res is None:
+                res = REGISTRY[t].run(model, fam, progress=progress, **kw[t])
+                if rdir is not None:
+                    _save_job(res, rdir, fps[f, t], key)
+            results[f, t] = res
+            status[f, t] = "ok"
+        except MissingInput as e:
+            status[f, t] = f"not run: {e}"
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded in the map's status and logged; the other jobs go on
+            status[f, t] = f"failed: {type(e).__name__}: {e}"[:300]
+            log.error("knowledge map: %s failed: %s: %s", key, type(e).__name__, e, exc_info=True)
+            if progress:
+                tqdm.write(f"[knowledge map] {key} failed: {type(e).__name__}: {e}")
+        finally:
+            run.timing[key] = round(time.perf_counter() - t0, 2)
+            run.peak_mb[key] = round(peak_rss_mb(), 1)
+    return results, status
 
 
 def knowledge_map(
@@ -269,100 +365,138 @@ def knowledge_map(
     progress: bool = True,
     rerun: bool = False,
     model_name: str | None = None,
+    controls: bool = True,
+    rule: str = "controls",
+    alpha: float = 0.05,
+    correction: str = "holm",
+    min_run: int = 2,
+    robustness: float = 0.8,
+    n_perm: int = 1000,
+    n_boot: int = 2000,
+    n_resamples: int = 20,
+    twin_seed: int = 0,
+    twin: Any = None,
     **params: Any,
 ) -> KnowledgeMap:
-    """Run the registered techniques on each concept family and merge their layer curves into a map.
+    """Run the registered techniques on each concept family and its controls, and mark where medicine wins.
+
+    With ``controls=True`` (default) each technique runs three times per family: on (model, family),
+    on (model, control family) and on (random-init twin, family); the twin
+    (:func:`medinterp.models.twin.random_twin`, seed ``twin_seed``) is loaded once and freed after its
+    jobs. ``rule="controls"`` marks a layer only where the technique's unit scores beat both controls
+    (:func:`medinterp.maps.controls.effect_over_control`: item-level CIs and p-values, ``correction``
+    across layers at ``alpha``, runs >= ``min_run``, kept in >= ``robustness`` of the resamples).
+    "No interval" is a valid outcome. ``rule="paper"`` draws the paper's rules (METHOD.md §5) instead.
 
     Args:
         model: a HookedTransformer (e.g. from :func:`medinterp.load_model`).
-        concepts: the map rows (see :func:`family_specs`); default every shipped family.
-        techniques: names from :data:`medinterp.techniques.REGISTRY` (default: all of them). Those not
-            run show as "not run" in the map (no numbers).
-        quick: each technique's ``"quick"`` preset (a few minutes on 2 CPU cores) instead of ``"full"``.
-        out_dir: work directory; each technique result is saved there as it finishes
-            (``<dir>/<family>/<technique>/``) and a rerun loads the finished ones instead of
-            recomputing (resume after an interruption). The map itself is saved to ``<dir>/map``.
+        concepts: the map rows (see :func:`family_specs`; a mapping row may add ``"control"``).
+        techniques: names from :data:`medinterp.techniques.REGISTRY` (default: all of them).
+        quick: each technique's ``"quick"`` preset instead of ``"full"``.
+        out_dir: work directory: every job is saved as it finishes (``<dir>/<family>/<technique>/``,
+            ``<dir>/<family>__control/<technique>/``, ``<dir>/<family>__twin/<technique>/``) and a rerun
+            loads the finished ones (fingerprints name the run kind and control). The map goes to ``<dir>/map``.
         technique_kwargs: per-technique overrides of the preset, ``{technique: {param: value}}``.
         progress: progress bars.
         rerun: ignore finished results in ``out_dir`` and recompute.
         model_name: display name (default: the model's spec or config name).
-        **params: synthesis thresholds (see :data:`~medinterp.maps.synthesis.DEFAULT_PARAMS`).
+        controls: run the control family and the random twin.
+        rule: ``"controls"`` or ``"paper"``.
+        alpha, correction, min_run, robustness, n_perm, n_boot, n_resamples: the marking (see
+            :func:`~medinterp.maps.controls.effect_over_control`).
+        twin_seed: init seed of the random twin.
+        twin: a ready twin model (default: built from ``model``).
+        **params: paper-rule thresholds (see :data:`~medinterp.maps.synthesis.DEFAULT_PARAMS`).
 
     Returns:
-        A :class:`KnowledgeMap`. A technique that fails for a family is recorded in
-        ``kmap.status[family][technique]`` with the error (and logged) and left out of the map.
+        A :class:`KnowledgeMap`. A failing job is recorded in ``kmap.status`` (model runs) or
+        ``kmap.control_status`` (why a technique has no effect over control) and logged.
 
     Example:
         >>> import medinterp as mi                                          # doctest: +SKIP
         >>> kmap = mi.knowledge_map(mi.load_model(), quick=True, out_dir="work")  # doctest: +SKIP
         >>> kmap.to_html("report.html")                                     # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     # validate everything before any work
     techniques = check_techniques(techniques)
     validate_params(**params)
+    if rule not in MAP_RULES:
+        raise MedinterpError(f"knowledge_map: rule must be one of {MAP_RULES}, not {rule!r}")
+    if rule == "controls" and not controls:
+        raise MedinterpError("knowledge_map: rule='controls' needs controls=True (or pass rule='paper')")
+    if correction not in ("holm", "fdr_bh") or not 0 < alpha < 1 or not 0 <= robustness <= 1 or min_run < 1:
+        raise MedinterpError(f"knowledge_map: need correction holm/fdr_bh, 0 < alpha < 1, 0 <= robustness <= 1, "
+                             f"min_run >= 1 (got {correction!r}, {alpha}, {robustness}, {min_run})")
     unknown = sorted(set(technique_kwargs or {}) - set(techniques))
     if unknown:
         raise MedinterpError(f"knowledge_map: technique_kwargs for {unknown}, which are not run ({techniques})")
     size = "quick" if quick else "full"
     fams = family_specs(concepts)
+    ctrl_fams = control_specs(concepts) if controls else {}
     kw = {t: REGISTRY[t].params(size, (technique_kwargs or {}).get(t)) for t in techniques}
     n_layers = int(model.cfg.n_layers)
     info = getattr(model, "medinterp_info", {}) or {}
     model_name = model_name or str(info.get("spec") or getattr(model.cfg, "model_name", "model"))
     work = Path(out_dir) if out_dir is not None else None
     run = _Run(n_layers, {f: {} for f in fams}, {f: {} for f in fams}, {f: {} for f in fams})
-    fps = {(f, t): job_fingerprint(model, fams[f], t, kw[t]) for f in fams for t in techniques}
     t_start = time.perf_counter()
-    loaded: dict[tuple[str, str], Result] = {}
-    for t in techniques:  # finished jobs from the work dir; shared runs of what is left
-        tech = REGISTRY[t]
-        pending = []
-        for f in fams:
-            rdir = job_dir(work, f, t) if work is not None else None
-            res = None if rerun else _load_finished(rdir, fps[f, t], f"{f}/{t}")
-            if res is not None:
-                loaded[f, t] = res
-            elif all(getattr(fams[f], need) is not None for need in tech.needs):
-                pending.append(f)
-        if tech.run_many_fn is not None and len(pending) >= 2:
-            shared = _run_shared(model, tech, fams, pending, kw[t], work, {f: fps[f, t] for f in pending}, progress, run)
-            loaded.update({(f, t): r for f, r in shared.items()})
-    jobs = [(f, t) for f in fams for t in techniques]
-    bar = tqdm(jobs, desc="knowledge map", disable=not progress, unit="job")
-    for f, t in bar:
-        bar.set_postfix_str(f"{f}/{t}")
-        key = f"{f}/{t}"
-        rdir = job_dir(work, f, t) if work is not None else None
+    fps = {(f, t): job_fingerprint(model, fams[f], t, kw[t]) for f in fams for t in techniques}
+    main, main_status = _run_jobs(model, fams, techniques, kw, work, fps, rerun=rerun, progress=progress, run=run,
+                                  desc="knowledge map")
+    for (f, t), st in main_status.items():
+        if st == "ok":
+            run.record(f, t, main[f, t], job_dir(work, f, t) if work is not None else None)
+        else:
+            run.status[f][t] = st
+    ctrl_res: dict = {}
+    ctrl_status: dict = {}
+    twin_res: dict = {}
+    twin_status: dict = {}
+    if controls:
+        cf = {f: c for f, c in ctrl_fams.items() if c is not None}
+        cfps = {(f, t): job_fingerprint(model, cf[f], t, kw[t], run={"kind": "control family", "of": f})
+                for f in cf for t in techniques}
+        ctrl_res, ctrl_status = _run_jobs(model, cf, techniques, kw, work, cfps, rerun=rerun, progress=progress,
+                                          run=run, desc="control families")
+        tfams = {f: dataclasses.replace(fam, name=fam.name + TWIN_SUFFIX) for f, fam in fams.items()}
+        tfps = {(f, t): job_fingerprint(model, fams[f], t, kw[t], run={"kind": "random twin", "seed": twin_seed})
+                for f in fams for t in techniques}
+        saved = {} if rerun or work is None else {
+            k: r for k in tfps if (r := _load_finished(job_dir(work, tfams[k[0]].name, k[1]), tfps[k], k[0])) is not None}
+        todo = [k for k in tfps if k not in saved and all(getattr(fams[k[0]], n) is not None for n in REGISTRY[k[1]].needs)]
+        own_twin = twin is None and bool(todo)
         t0 = time.perf_counter()
         try:
-            res = loaded.get((f, t))
-            if res is None:
-                res = REGISTRY[t].run(model, fams[f], progress=progress, **kw[t])
-                if rdir is not None:
-                    _save_job(res, rdir, fps[f, t], key)
-            run.record(f, t, res, rdir)
-        except MissingInput as e:
-            run.status[f][t] = f"not run: {e}"
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # noqa: BLE001 - recorded in the map's status and logged; the other jobs go on
-            run.status[f][t] = f"failed: {type(e).__name__}: {e}"[:300]
-            log.error("knowledge map: %s failed: %s: %s", key, type(e).__name__, e, exc_info=True)
-            if progress:
-                tqdm.write(f"[knowledge map] {key} failed: {type(e).__name__}: {e}")
-        finally:
-            run.timing[key] = round(time.perf_counter() - t0, 2)
+            tw_model = random_twin(model, seed=twin_seed) if own_twin else twin
+        except Exception as e:  # noqa: BLE001 - recorded: every twin job shows why, the map stands
+            log.error("knowledge map: random twin could not be built: %s: %s", type(e).__name__, e)
+            twin_status = {k: f"failed: random twin could not be built: {type(e).__name__}: {e}"[:300] for k in tfps}
+        else:
+            run.timing["twin_load"] = round(time.perf_counter() - t0, 2)
+            twin_res, twin_status = _run_jobs(tw_model, tfams, techniques, kw, work, tfps, rerun=rerun,
+                                              progress=progress, run=run, desc="random twin", loaded=saved)
+            if own_twin:
+                del tw_model
+                gc.collect()
+    t0 = time.perf_counter()
+    cstats, cstatus = mark_all(fams, techniques, main, main_status, ctrl_res, ctrl_status, ctrl_fams, twin_res,
+                               twin_status, controls=controls, alpha=alpha, correction=correction, min_run=min_run,
+                               robustness=robustness, n_perm=n_perm, n_boot=n_boot, n_resamples=n_resamples)
+    run.timing["marking"] = round(time.perf_counter() - t0, 2)
     run.timing["total"] = round(time.perf_counter() - t_start, 2)
+    cparams = {"alpha": alpha, "correction": correction, "min_run": min_run, "robustness": robustness,
+               "n_perm": n_perm, "n_boot": n_boot, "n_resamples": n_resamples, "twin_seed": twin_seed,
+               "controls": controls}
     prov = make_provenance(model, concepts=list(fams), techniques=techniques, size=size,
-                           technique_kwargs=_jsonable(kw), synthesis=params)
+                           technique_kwargs=_jsonable(kw), synthesis=params, rule=rule, controls=cparams)
     prov["timing_s"] = run.timing
+    prov["peak_rss_mb_after"] = run.peak_mb
     prov["peak_rss_mb"] = round(peak_rss_mb(), 1)
     km = KnowledgeMap.from_curves(
         run.curves, n_layers=n_layers, cis=run.cis, techniques=techniques, status=run.status,
         labels={f: fams[f].label or f for f in fams}, model_name=model_name, provenance=prov,
-        rules=interval_rules(techniques), **params,
+        rules=interval_rules(techniques), rule=rule, control_stats=cstats, control_status=cstatus,
+        control_params=cparams, **params,
     )
     km.curve_names.update(run.curve_names)
     km.result_dirs.update(run.result_dirs)
@@ -415,7 +549,8 @@ def map_from_work_dir(
     techniques = check_techniques(techniques)
     validate_params(**params)
     if families is None:
-        families = sorted(p.name for p in work.iterdir() if p.is_dir() and p.name != "map")
+        families = sorted(p.name for p in work.iterdir() if p.is_dir() and p.name != "map"
+                          and not p.name.endswith((CONTROL_SUFFIX, TWIN_SUFFIX)))
     curves: dict[str, dict[str, Any]] = {f: {} for f in families}
     run = _Run(0, curves, {f: {} for f in families}, {f: {} for f in families})
     for f in families:
