@@ -509,7 +509,11 @@ def knowledge_map(
 
 def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> None:
     """Report decorations of techniques with ``extras``: ``km.extras[name][family] = value`` (each
-    value a dict noting its ``technique``). A failing decoration is logged and noted in the provenance."""
+    value a dict noting its ``technique``). A failing decoration is logged and noted in the provenance.
+
+    Keys the map itself reads (see :mod:`medinterp.maps.findings`): ``"findings"`` (statistics of the
+    findings table, merged across techniques), ``"block_criticality"`` (the strip shown once for all
+    families), ``"attention"`` (patching's attention views)."""
     for key, res in results.items():
         fam, t = key.rsplit("/", 1)
         tech = REGISTRY[t]
@@ -524,7 +528,11 @@ def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> 
             km.provenance.setdefault("extras_failed", {})[key] = f"{type(e).__name__}: {e}"[:300]
             continue
         for name, value in extra.items():
-            km.extras.setdefault(name, {})[fam] = {**value, "technique": t} if isinstance(value, Mapping) else value
+            slot = km.extras.setdefault(name, {})
+            if name == "findings" and isinstance(value, Mapping):  # several techniques may add statistics
+                slot[fam] = {**(slot.get(fam) or {}), **value}
+                continue
+            slot[fam] = {**value, "technique": t} if isinstance(value, Mapping) else value
 
 
 def map_from_work_dir(

@@ -170,7 +170,8 @@ def toys(monkeypatch):
 def _fams(**extra):
     return {"drugs": {"concepts": {"n": 20, "prefix": "d", "medicine": True, **extra},
                       "control": {"concepts": {"n": 20, "prefix": "c"}}},
-            "nocontrol": {"concepts": {"n": 20, "prefix": "x", "medicine": True}}}
+            "nocontrol": {"concepts": {"n": 20, "prefix": "x", "medicine": True}},
+            "flat": {"concepts": {"n": 20, "prefix": "f"}, "control": {"concepts": {"n": 20, "prefix": "g"}}}}
 
 
 def test_map_marks_planted_layers_saves_all_runs_and_resumes(tmp_path, toys):
@@ -188,6 +189,7 @@ def test_map_marks_planted_layers_saves_all_runs_and_resumes(tmp_path, toys):
     assert km.control_status["drugs"]["toy_nounits"].startswith("no unit scores")
     assert km.control_status["nocontrol"]["toy_planted"] == "no control family for this row"
     assert "toy_nounits: no unit scores" in km.summary()["drugs"]
+    assert km.control_status["flat"]["toy_planted"] == "ok" and "toy_planted: no interval" in km.summary()["flat"]
     for d in ("drugs", "drugs__control", "drugs__twin", "nocontrol", "nocontrol__twin"):
         assert (tmp_path / "w" / d / "toy_planted" / "job.json").is_file(), d
     assert not (tmp_path / "w" / "nocontrol__control").exists()
@@ -241,7 +243,7 @@ def test_paper_rule_without_controls_is_labelled_and_rule_controls_needs_control
 
 # ---------------------------------------------------------------- (c) a random-init model vs its own twin
 def test_random_model_vs_its_twin_gives_no_interval(toys):
-    """A random-init tiny model (seeds 0..5) mapped against its twin (seed 100+): nothing is medicine.
+    """A random-init tiny model (seeds 0..7) mapped against its twin (seed 100+): nothing is medicine.
 
     The twin comparison alone is not enough (two random models differ systematically at some layers);
     the control family (other words, same frames) is what keeps the rate: the test fails if the map
@@ -252,10 +254,14 @@ def test_random_model_vs_its_twin_gives_no_interval(toys):
 
     fams = {"drugs": {"concepts": {"items": ["aspirin", "metformin", "insulin", "warfarin", "heparin", "ibuprofen",
                                              "lisinopril", "amoxicillin", "atorvastatin", "omeprazole"]},
-                      "control": {"concepts": {"items": ["table", "window", "river", "garden", "pencil", "bottle",
-                                                         "carpet", "ladder", "basket", "mirror"]}}}}
+                      # control words must be real tokens of the tiny vocabulary (ten [UNK]s would be one item)
+                      "control": {"concepts": {"items": ["year", "hour", "day", "week", "month", "child", "adult",
+                                                         "woman", "girl", "boy"]}}}}
+    tok = tiny_model(n_layers=1).tokenizer
+    for item in fams["drugs"]["concepts"]["items"] + fams["drugs"]["control"]["concepts"]["items"]:
+        assert tok.convert_ids_to_tokens(tok(" " + item, add_special_tokens=False)["input_ids"]) == [item], item
     n_marked, twin_only = 0, 0
-    for seed in range(6):
+    for seed in range(8):
         m = tiny_model(n_layers=N_LAYERS, seed=seed)
         km = maps.knowledge_map(m, fams, ["toy_norms"], progress=False, twin_seed=100 + seed, n_perm=999,
                                 n_boot=50, n_resamples=5)
@@ -266,3 +272,40 @@ def test_random_model_vs_its_twin_gives_no_interval(toys):
                            & (st[CONTROL_STATS.index("effect_twin")] > 0)).any())
     assert n_marked == 0, n_marked
     assert twin_only >= 1  # the twin comparison alone would have marked something
+
+
+# ---------------------------------------------------------------- findings: decision rules on known answers
+def test_findings_rules_known_answers():
+    from medinterp.maps import findings as F
+
+    assert F.age_jump({"age": {"age_step_ratio": {"value": 2, "ci_low": 1.3, "ci_high": 2.8}}}).verdict == F.HOLDS
+    assert F.age_jump({"age": {"age_step_ratio": {"value": .8, "ci_low": .6, "ci_high": .95}}}).verdict == F.FAILS
+    assert F.age_jump({"age": {"age_step_ratio": {"value": 1.1, "ci_low": .7, "ci_high": 1.6}}}).verdict == F.UNSURE
+    assert F.age_jump({"drugs": {"age_step_ratio": {"value": 2, "ci_low": 1.3, "ci_high": 2.8}}}).detail == "not measured"
+    d = {"drugs": {"specialty_minus_mechanism": {"value": .1, "ci_low": .05, "ci_high": .15}}}
+    assert F.drugs_by_specialty(d).verdict == F.HOLDS and F.drugs_by_specialty({}).verdict == F.UNSURE
+    d["drugs"]["specialty_minus_mechanism"] = {"value": -.1, "ci_low": -.2, "ci_high": -.01}
+    assert F.drugs_by_specialty(d).verdict == F.FAILS
+    prog = lambda p: {"progression": {"progression_circularity": {"value": .6, "p": p}}}
+    assert F.circular_progression(prog(0.01)).verdict == F.HOLDS
+    assert F.circular_progression(prog(0.4)).verdict == F.UNSURE  # a p-value never says "does not hold"
+    by = {"progression": {"progression_circularity": {"value": .5, "by_disease": {"parkinson": {"p": .03},
+                                                                                  "copd": {"p": .04}}}}}
+    assert F.circular_progression(by).verdict == F.UNSURE  # Holm across the two: .06, .06
+    by["progression"]["progression_circularity"]["by_disease"] = {"parkinson": {"p": .01}, "copd": {"p": .02}}
+    assert F.circular_progression(by).verdict == F.HOLDS
+    bump = np.r_[0.1, 0.1, 0.2, 0.6, 0.7, 0.6, 0.2, 0.1]
+    col = lambda y, **k: {"geo": {"collapse_centred_cosine": {"per_layer": list(y), "per_layer_low": list(y - .05),
+                                                              "per_layer_high": list(y + .05), **k}}}
+    assert F.collapse_mid_depth(col(bump)).verdict == F.HOLDS
+    assert F.collapse_mid_depth(col(np.linspace(0, 1, 8))).verdict == F.FAILS  # peak at the end: no collapse
+    assert F.collapse_mid_depth(col(bump, per_layer_control=list(bump))).verdict == F.UNSURE  # twin collapses too
+    assert F.fragility({"curve": [3, 2, 4], "ci_low": [2, 1.5, 3], "ci_high": [4, 3, 5]}).verdict == F.HOLDS
+    assert F.fragility({"curve": [3, .1, .1], "ci_low": [2, 0, 0], "ci_high": [4, .2, .3]}).verdict == F.FAILS
+    assert F.fragility(None).detail == "not measured"
+    marks = np.zeros((6, 2, 10), bool)
+    marks[:, 0, 1:3] = True
+    assert F.first_half(marks, list("abcdef"), 10).verdict == F.HOLDS  # 6 of 6: binomial p = 1/64
+    assert F.first_half(marks[:3], list("abc"), 10).verdict == F.UNSURE  # 3 of 3: p = 1/8
+    assert F.first_half(marks[:, :, ::-1], list("abcdef"), 10).verdict == F.FAILS
+    assert F.first_half(np.zeros((2, 2, 10), bool), list("ab"), 10).detail == "no marked layer"
