@@ -57,7 +57,7 @@ def family_specs(families: Sequence[str | Family] | Mapping[str, Any] | None = N
         >>> family_specs({"mine": {"concept": "x"}})
         Traceback (most recent call last):
         ...
-        medinterp.errors.MedinterpError: knowledge_map: family 'mine': unknown key(s) ['concept']; a family mapping has the keys ['concepts', 'label', 'pairs'] (or pass a Family)
+        medinterp.errors.MedinterpError: knowledge_map: family 'mine': unknown key(s) ['concept']; a family mapping has the keys ['concepts', 'control', 'label', 'pairs'] (or pass a Family)
     """
     from medinterp.concepts import CONCEPT_FAMILIES
 
