@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from medinterp.cli._common import load_pair_set
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
@@ -91,37 +90,35 @@ def check_command(
                                              help="check with a local Hugging Face tokenizer folder instead "
                                                   "of loading a model (fast)"),
     pairs: Optional[list[str]] = typer.Option(None, "--pairs", "-p",
-                                              help="pair set name or file (repeatable); default all shipped"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="print every dropped pair with its reason"),
+                                              help="pair set name or file (repeatable)"),
+    sets: Optional[list[str]] = typer.Option(None, "--set", "-s",
+                                             help="any concept or pair set name or file (repeatable); "
+                                                  "default: every shipped set"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print every problem and dropped pair"),
+    strict: bool = typer.Option(False, "--strict", help="exit with status 1 when any check fails"),
 ) -> None:
-    """Tokenization report: which patching pairs have equal-length prompts and single-token answers."""
-    from medinterp.concepts import PairSet, load_concepts, SHIPPED
+    """Data checks: lexical baseline, answer leaks, template fit, duplicates, and pair tokenization."""
+    from medinterp.concepts import SHIPPED, PairSet, load_concepts
+    from medinterp.concepts.checks import check_sets
 
-    names = list(pairs) if pairs else [n for n in SHIPPED if isinstance(load_concepts(n), PairSet)]
-    sets = [load_pair_set(n) for n in names]
+    loaded = [load_concepts(n) for n in (list(pairs or []) + list(sets or []) or SHIPPED)]
+    for n, s in zip(pairs or [], loaded):
+        if not isinstance(s, PairSet):
+            raise MedinterpError(f"{n!r} is a concept set, not a pair set; pair sets have the columns "
+                                 "clean, corrupted, clean_answer, corrupted_answer (use --set for concept sets)")
     if tokenizer is not None:
         from transformers import AutoTokenizer
 
         if not tokenizer.exists():
             raise MedinterpError(f"--tokenizer {tokenizer}: no such folder")
-        tok = AutoTokenizer.from_pretrained(str(tokenizer))
-        target, what = tok, f"tokenizer {tokenizer.name}"
+        target, what = AutoTokenizer.from_pretrained(str(tokenizer)), f"tokenizer {tokenizer.name}"
     else:
         from medinterp.cli._common import load_model
 
         target, what = load_model(model), f"model {model}"
+    report = check_sets(loaded, [target])
     con = _console()
-    con.print(f"Tokenization check with {what}:")
-    total_v = total = 0
-    for s in sets:
-        chk = s.check(target)
-        total_v += chk.n_valid
-        total += len(s)
-        line = f"  {s.name}: {chk.n_valid}/{len(s)} valid ({100 * chk.fraction_valid:.0f}%), {chk.n_dropped} dropped"
-        if chk.n_dropped:
-            line += " — " + ", ".join(f"{k} x{v}" for k, v in chk.reasons().most_common())
-        con.print(line)
-        if verbose:
-            for p, r in chk.dropped:
-                con.print(f"      line {p.line}: {p.clean!r} / {p.corrupted!r}: {r}")
-    con.print(f"  total: {total_v}/{total} valid")
+    con.print(f"Data checks with {what}:")
+    con.print(report.render(verbose), markup=False)
+    if strict and not report.ok:
+        raise typer.Exit(1)

@@ -5,7 +5,9 @@ Shipped sets (``medinterp/concepts/data/*.yaml``, each with a version and a prov
 * concept sets (:class:`ConceptSet`): ``age``, ``symptoms``, ``diseases``, ``progression``, ``drugs``,
   ``dosage_drugs``;
 * pair sets (:class:`PairSet`, for activation patching): ``diagnosis_pairs``, ``dosage``,
-  ``age_pairs``, ``symptom_pairs``, ``drug_pairs``, ``progression_pairs``.
+  ``age_pairs``, ``symptom_pairs``, ``drug_pairs``, ``progression_pairs``;
+* a matched non-medical control of each (``<name>_control``, e.g. ``drugs_control``,
+  ``drug_pairs_control``) and the variants ``age_words`` and ``progression_plain``.
 
 :data:`CONCEPT_FAMILIES` says which concept set and pair set feed each knowledge-map row.
 A user file (``.yaml``/``.yml`` or ``.csv`` with a ``#`` YAML header) with the same schema loads with
@@ -47,15 +49,30 @@ __all__ = [
 #: set that feeds activation patching, and the labellings geometry scores (categorical labels get a
 #: silhouette; continuous ones — age, stage, dose_mg — get the age / progression / linearity metrics).
 #: Each entry also has ``geometry`` (= ``concepts``), so a family can be found from its concept-set name.
+#: ``control`` / ``control_pairs`` name the matched non-medical concept / pair set of the row (same frames,
+#: same label structure, ``control_labels`` the labellings to score); ``variants`` are lexical-cue-free
+#: variants of the concept set (ages in words, progression without numbers); ``matched_labels`` (drugs) are
+#: the mechanism classes with >= 3 drugs and a specialty labelling of the same class count and sizes
+#: (rows labelled ``ungrouped`` are outside both: filter them out before scoring).
 #: dosage: the concept set is ``dosage_drugs`` (the drugs of the dosage pairs) labelled by
 #: ``dose_range`` (usual adult single dose < 10 mg, 10-99 mg, >= 100 mg) and ``dose_mg``.
 CONCEPT_FAMILIES: dict[str, dict[str, Any]] = {
-    "age": {"concepts": "age", "pairs": "age_pairs", "labels": ["age"]},
-    "symptoms": {"concepts": "symptoms", "pairs": "symptom_pairs", "labels": ["system"]},
-    "diseases": {"concepts": "diseases", "pairs": "diagnosis_pairs", "labels": ["specialty"]},
-    "progression": {"concepts": "progression", "pairs": "progression_pairs", "labels": ["stage"]},
-    "drugs": {"concepts": "drugs", "pairs": "drug_pairs", "labels": ["specialty", "mechanism"]},
-    "dosage": {"concepts": "dosage_drugs", "pairs": "dosage", "labels": ["dose_range"]},
+    "age": {"concepts": "age", "pairs": "age_pairs", "labels": ["age"],
+            "control": "age_control", "control_pairs": "age_pairs_control", "control_labels": ["age"],
+            "variants": ["age_words"]},
+    "symptoms": {"concepts": "symptoms", "pairs": "symptom_pairs", "labels": ["system"],
+                 "control": "symptoms_control", "control_pairs": "symptom_pairs_control", "control_labels": ["part"]},
+    "diseases": {"concepts": "diseases", "pairs": "diagnosis_pairs", "labels": ["specialty"],
+                 "control": "diseases_control", "control_pairs": "diagnosis_pairs_control", "control_labels": ["trade"]},
+    "progression": {"concepts": "progression", "pairs": "progression_pairs", "labels": ["stage"],
+                    "control": "progression_control", "control_pairs": "progression_pairs_control",
+                    "control_labels": ["stage"], "variants": ["progression_plain"]},
+    "drugs": {"concepts": "drugs", "pairs": "drug_pairs", "labels": ["specialty", "mechanism"],
+              "matched_labels": ["mechanism_class", "specialty_matched"],
+              "control": "drugs_control", "control_pairs": "drug_pairs_control",
+              "control_labels": ["industry", "material_class"]},
+    "dosage": {"concepts": "dosage_drugs", "pairs": "dosage", "labels": ["dose_range"],
+               "control": "dosage_drugs_control", "control_pairs": "dosage_control", "control_labels": ["amount_range"]},
 }
 for _fam in CONCEPT_FAMILIES.values():  # alias: lets code look a family up by its concept-set name
     _fam["geometry"] = _fam["concepts"]
@@ -83,7 +100,9 @@ def load_concepts(name_or_path: str | Path) -> ConceptSet | PairSet:
     Args:
         name_or_path: a shipped name (``age``, ``symptoms``, ``diseases``, ``progression``, ``drugs``,
             ``dosage_drugs``, ``dosage``, ``diagnosis_pairs``, ``age_pairs``, ``symptom_pairs``,
-            ``drug_pairs``, ``progression_pairs``) or a path to a ``.yaml``/``.yml``/``.csv`` file.
+            ``drug_pairs``, ``progression_pairs``, each also as ``<name>_control``, and the variants
+            ``age_words``, ``progression_plain``; see :data:`SHIPPED`) or a path to a
+            ``.yaml``/``.yml``/``.csv`` file.
 
     Returns:
         A :class:`ConceptSet`, or a :class:`PairSet` for pair files (``kind: pairs`` or the columns
@@ -184,5 +203,6 @@ def _load(path: Path, shown: str) -> ConceptSet | PairSet:
     return ConceptSet(name=name, version=version, description=description, items=rows, item_key=item,
                       categorical_labels=cat, continuous_labels=cont, templates=[t.text for t in templates],
                       template_answers=[t.answer for t in templates], label_values=values,
+                      template_ends_on_item=[t.ends_on_item for t in templates],
                       extra_columns=[c for c in columns if c != item and c not in labels],
                       provenance=provenance, path=shown)

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,20 @@ class LabelSpec:
 class TemplateSpec:
     text: str
     answer: str | None = None  # column holding the answer, or None
+    ends_on_item: bool = False  # the text ends with the item placeholder (read position = item's last token)
+
+
+_ITEM_ALIAS = re.compile(r"(?<!\{)\{item\}(?!\})")
+
+
+def item_alias(text: str, item: str) -> str:
+    """Rewrite the generic placeholder ``{item}`` to the item column's own name (``{drug}`` for ``item: drug``)."""
+    return text if item == "item" else _ITEM_ALIAS.sub("{" + item + "}", text)
+
+
+def ends_on_item(text: str, item: str) -> bool:
+    """True when the template's last character is the end of the item placeholder (nothing follows it)."""
+    return text.rstrip("\n").endswith("{" + item + "}")
 
 
 def _to_number(v: Any) -> float | None:
@@ -226,7 +241,12 @@ def parse_labels(raw: RawFile) -> dict[str, LabelSpec]:
 
 
 def parse_templates(raw: RawFile, item: str, columns: list[str]) -> list[TemplateSpec]:
-    """Validate templates: non-empty, contain ``{item}``, only known placeholders, answer is a column."""
+    """Validate templates: non-empty, contain the item placeholder, only known placeholders, answer is a column.
+
+    The item placeholder may be written ``{item}`` or with the item column's own name (``{drug}`` for
+    ``item: drug``); ``{item}`` is rewritten to the column name. A template mapping may state
+    ``ends_on_item: true/false``; it must agree with the text (nothing after the item placeholder).
+    """
     path = raw.path
     tmpls = raw.header.get("templates")
     line0 = raw.key_lines.get("templates")
@@ -236,12 +256,14 @@ def parse_templates(raw: RawFile, item: str, columns: list[str]) -> list[Templat
     for i, t in enumerate(tmpls):
         line = raw.template_lines[i] if i < len(raw.template_lines) else line0
         where = f"template {i + 1}"
+        stated = None
         if isinstance(t, dict):
-            text, answer = t.get("text"), t.get("answer")
+            text, answer, stated = t.get("text"), t.get("answer"), t.get("ends_on_item")
         else:
             text, answer = t, None
         if not isinstance(text, str) or not text.strip():
             raise _err(path, line, "templates", f"{where} is empty; expected text containing '{{{item}}}'")
+        text = item_alias(text, item)
         try:
             fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
         except ValueError as e:
@@ -259,7 +281,11 @@ def parse_templates(raw: RawFile, item: str, columns: list[str]) -> list[Templat
             if answer not in columns:
                 raise _err(path, line, "templates", f"{where}: answer column '{answer}' is not a column; "
                            f"expected one of {columns}")
-        out.append(TemplateSpec(text, answer))
+        ends = ends_on_item(text, item)
+        if stated is not None and bool(stated) != ends:
+            raise _err(path, line, "templates", f"{where} {text!r} says ends_on_item: {stated} but "
+                       + ("it ends on the item" if ends else "text follows the item placeholder"))
+        out.append(TemplateSpec(text, answer, ends))
     return out
 
 

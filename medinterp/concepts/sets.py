@@ -5,7 +5,7 @@ Example:
     >>> drugs = load_concepts("drugs")
     >>> p = drugs.prompts(templates=[0])[0]
     >>> p.text, p.answer, p.text[p.span[0]:p.span[1]] == p.item
-    ('The drug metoprolol is used to treat', ' hypertension', True)
+    ('The drug metoprolol is used for', ' hypertension', True)
     >>> sorted(drugs.filter(specialty="ophthalmology").to_dataframe()["drug"])[:2]
     ['brimonidine', 'chloramphenicol']
 """
@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from medinterp.concepts._files import ends_on_item, item_alias
 from medinterp.errors import MedinterpError
 
 
@@ -35,6 +36,8 @@ class ConceptPrompt:
         answer: expected next-token text (leading space, e.g. ``" diabetes"``) or None when the set has
             no natural answer for this template; techniques then score the item's own tokens.
         concept: name of the concept set.
+        ends_on_item: the template ends on the item (the last prompt token is the item's last
+            sub-word); False when a fixed word or punctuation follows the item.
     """
 
     text: str
@@ -45,6 +48,7 @@ class ConceptPrompt:
     span: tuple[int, int] = (0, 0)
     answer: str | None = None
     concept: str = ""
+    ends_on_item: bool = False
 
     def __hash__(self) -> int:  # dict field: hash the identifying parts only
         return hash((self.text, self.item_index, self.template_index, self.concept))
@@ -61,7 +65,7 @@ class ConceptSet:
         categorical_labels / continuous_labels: label column names by kind.
         label_values: allowed values of each categorical label (from the header, else observed).
         templates: template texts; ``template_answers[i]`` is the column holding template ``i``'s
-            answer, or None.
+            answer, or None; ``template_ends_on_item[i]`` says whether template ``i`` ends on the item.
         extra_columns: non-label columns (e.g. drugs: ``indication``, ``keywords``).
         path: the file it came from ("" when built in code).
     """
@@ -79,10 +83,13 @@ class ConceptSet:
     extra_columns: list[str] = field(default_factory=list)
     provenance: str = ""
     path: str = ""
+    template_ends_on_item: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.template_answers:
             self.template_answers = [None] * len(self.templates)
+        if not self.template_ends_on_item:
+            self.template_ends_on_item = [ends_on_item(t, self.item_key) for t in self.templates]
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -201,6 +208,7 @@ class ConceptSet:
                                              f"{len(self.templates)} templates (0..{len(self.templates) - 1})")
                     chosen.append((t, self.templates[t], self.template_answers[t]))
                 else:
+                    t = item_alias(t, self.item_key)
                     if "{" + self.item_key + "}" not in t:
                         raise MedinterpError(f"custom template {t!r} needs the placeholder '{{{self.item_key}}}'")
                     chosen.append((-1, t, None))
@@ -208,11 +216,12 @@ class ConceptSet:
         for i, it in enumerate(self.items):
             labels = {k: it[k] for k in self.labels}
             for ti, t, ans_col in chosen:
+                eoi = self.template_ends_on_item[ti] if ti >= 0 else ends_on_item(t, self.item_key)
                 text, span = self.render(t, it)
                 ans = it.get(ans_col) if ans_col else None
                 out.append(ConceptPrompt(text=text, item=text[span[0]:span[1]], item_index=i, template_index=ti,
                                          labels=labels, span=span, answer=(str(ans) if ans else None),
-                                         concept=self.name))
+                                         concept=self.name, ends_on_item=eoi))
         return out
 
 

@@ -13,7 +13,7 @@ import torch
 
 from medinterp.errors import ModelLoadError
 
-from . import construct
+import medinterp.models.construct as construct
 from ._cache import BUILTIN_MODELS, DEFAULT_MODEL, _builtin_folder, _check_gguf, _sha256, cache_dir, converted_folder
 from .backends import capabilities, choose_backend, hooked_converts, in_hooked_registry
 from .seeds import find_seed, match_seed_config

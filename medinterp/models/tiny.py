@@ -29,7 +29,7 @@ import torch
 
 from medinterp.errors import MedinterpError
 
-from . import construct
+import medinterp.models.construct as construct
 from .backends import capabilities, choose_backend, seed_backends
 
 ARCH_SEED = {"llama": "llama-3.3-70b", "gemma3": "gemma-3-27b", "qwen2": "qwen2.5-32b", "qwen3": "qwen3-32b",

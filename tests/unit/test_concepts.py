@@ -21,19 +21,24 @@ from medinterp.errors import ConceptFileError, MedinterpError
 
 PAIR_SETS = ["diagnosis_pairs", "dosage", "age_pairs", "symptom_pairs", "drug_pairs", "progression_pairs"]
 CONCEPT_SETS = ["age", "symptoms", "diseases", "progression", "drugs", "dosage_drugs"]
+CONTROL_PAIRS = [f"{n}_control" for n in PAIR_SETS]
+CONTROL_SETS = [f"{n}_control" for n in CONCEPT_SETS]
+VARIANTS = ["age_words", "progression_plain"]
+ALL_PAIRS = PAIR_SETS + CONTROL_PAIRS
+ALL_CONCEPTS = CONCEPT_SETS + CONTROL_SETS + VARIANTS
 
 
 # ----------------------------------------------------------------------------- shipped data: shape
 
 
 def test_every_shipped_set_loads_with_version_and_provenance():
-    assert set(PAIR_SETS + CONCEPT_SETS) <= set(SHIPPED)
+    assert set(ALL_PAIRS + ALL_CONCEPTS) == set(SHIPPED)
     for name in SHIPPED:
         s = load_concepts(name)
         assert s.name == name
         assert re.fullmatch(r"\d+\.\d+\.\d+", s.version), name
         assert len(s.provenance) > 40 and len(s.description) > 20, name
-        assert isinstance(s, PairSet) == (name in PAIR_SETS)
+        assert isinstance(s, PairSet) == (name in ALL_PAIRS)
 
 
 def test_list_concepts_counts_match():
@@ -114,7 +119,7 @@ def test_known_drug_facts():
 
 
 def test_pair_files_columns_and_answers():
-    for name in PAIR_SETS:
+    for name in ALL_PAIRS:
         ps = load_concepts(name)
         df = ps.to_dataframe()
         assert list(df.columns[:4]) == ["clean", "corrupted", "clean_answer", "corrupted_answer"]
@@ -139,7 +144,8 @@ def test_item_pairs_differ_only_in_the_item_and_agree_with_concept_sets():
         assert p.clean.replace(a, "X") == p.corrupted.replace(b, "X")
         assert p.clean_answer == str(doses[a]["dose_mg"])[0] == doses[a]["answer"]
         assert p.corrupted_answer == str(doses[b]["dose_mg"])[0]
-        assert p.meta["clean_dose"] == f"{doses[a]['dose_mg']} mg"
+        assert p.meta["clean_dose"] == f"{doses[a]['dose_mg']} mg" == doses[a]["dose"]
+        assert p.meta["corrupted_dose_x10"] == doses[b]["dose_x10"] and p.meta["clean_dose_div10"] == doses[a]["dose_div10"]
     for p in load_concepts("age_pairs"):
         assert p.clean.replace(str(p.meta["clean_age"]), "X") == p.corrupted.replace(str(p.meta["corrupted_age"]), "X")
         if "Legal status" in p.clean:
@@ -153,6 +159,95 @@ def test_concept_families_point_at_real_sets_and_labels():
         assert isinstance(cs, ConceptSet) and isinstance(ps, PairSet), row
         assert fam["labels"] and set(fam["labels"]) <= set(cs.labels), row
     assert CONCEPT_FAMILIES["drugs"]["labels"] == ["specialty", "mechanism"]
+
+
+def test_every_family_has_a_matched_control_with_the_same_label_structure():
+    for row, fam in CONCEPT_FAMILIES.items():
+        cs, ctl = load_concepts(fam["concepts"]), load_concepts(fam["control"])
+        ps, cps = load_concepts(fam["pairs"]), load_concepts(fam["control_pairs"])
+        assert isinstance(ctl, ConceptSet) and isinstance(cps, PairSet), row
+        assert set(fam["control_labels"]) <= set(ctl.labels), row
+        assert len(ctl.templates) == len(cs.templates), row  # the same frames, medical words swapped
+        assert bool(ctl.continuous_labels) == bool(cs.continuous_labels), row
+        assert len(cps) >= 20 and all(not any(w in (p.clean + p.corrupted).lower() for w in
+                                             ("patient", "drug", "disease", "diagnosis", "dose")) for p in cps), row
+    assert len(load_concepts("drugs_control").categorical_labels) == 2  # two cross-cutting labellings
+
+
+def test_at_least_eight_templates_of_both_kinds():
+    for name in ALL_CONCEPTS:
+        s = load_concepts(name)
+        assert len(s.templates) >= 8, name
+        assert len(s.template_ends_on_item) == len(s.templates)
+        assert any(s.template_ends_on_item) and not all(s.template_ends_on_item), name
+        for t, e in zip(s.templates, s.template_ends_on_item):
+            assert e == t.endswith("{" + s.item_key + "}"), (name, t)
+    p = load_concepts("diseases").prompts(templates=[8])[0]
+    assert p.ends_on_item and p.text.endswith(p.item)
+
+
+def test_review_columns_on_every_row():
+    for name in SHIPPED:
+        s = load_concepts(name)
+        if isinstance(s, PairSet):
+            assert {"source", "reviewed"} <= set(s.columns), name
+            assert all(p.meta["source"] for p in s), name
+        else:
+            assert {"source", "reviewed"} <= set(s.extra_columns), name
+            assert all(it["source"] for it in s), name
+
+
+def test_mechanism_classes_have_three_drugs_and_a_matched_specialty_labelling():
+    drugs = load_concepts("drugs")
+    mech = Counter(v for v in drugs.label("mechanism_class") if v != "ungrouped")
+    spec = Counter(v for v in drugs.label("specialty_matched") if v != "ungrouped")
+    assert min(mech.values()) >= 3 and len(mech) >= 10
+    assert sorted(mech.values()) == sorted(spec.values())  # same class count and sizes
+    for it in drugs:
+        assert it["mechanism_class"] in (it["mechanism"], "ungrouped")
+        assert it["specialty_matched"] in (it["specialty"], "ungrouped")
+    assert CONCEPT_FAMILIES["drugs"]["matched_labels"] == ["mechanism_class", "specialty_matched"]
+
+
+def test_dosage_answers_are_whole_doses_with_tenfold_foils():
+    for it in load_concepts("dosage_drugs"):
+        num = float(it["dose"].split()[0])
+        assert it["dose"].endswith(" mg") and num == it["dose_mg"]
+        assert float(it["dose_x10"].split()[0]) == pytest.approx(10 * num)
+        assert float(it["dose_div10"].split()[0]) == pytest.approx(num / 10)
+
+
+def test_variants_have_no_number_cues_and_ages_in_words():
+    for it in load_concepts("progression_plain"):
+        assert not re.search(r"\d", it["description"]), it
+        assert not re.search(r"\b(mild|moderate|severe|palliative|bedbound)\b", it["description"], re.I), it
+    words = {it["age"]: it["age_words"] for it in load_concepts("age_words") if it["sex"] == "female"}
+    assert words[17] == "seventeen" and words[9] == "nine" and words[10] == "ten" and words[100] == "one hundred"
+    assert words[42] == "forty-two" and len(words) == 100
+
+
+def test_rows_fixed_in_review_stay_fixed():
+    diag = load_concepts("diagnosis_pairs")
+    assert all(" vertigo" not in (p.clean_answer, p.corrupted_answer) for p in diag)
+    assert all("lymph " not in p.clean + p.corrupted for p in diag)
+    assert not any("living with" in t or "several years" in t for t in load_concepts("diseases").templates)
+    drugs = load_concepts("drugs")
+    assert drugs.templates[0] == "The drug {drug} is used for" and drugs.template_answers[0] == "indication"
+    assert not any("used to treat" in t for t in drugs.templates)
+    by = {it["drug"]: it for it in drugs}
+    assert by["rivaroxaban"]["specialty"] == by["apixaban"]["specialty"] == "cardiology"
+    assert by["neostigmine"]["indication"] == " reversal"
+    assert by["sildenafil"]["mechanism"] == by["tadalafil"]["mechanism"] == "PDE5 inhibitor"
+    assert by["roflumilast"]["mechanism"] == "PDE4 inhibitor" != by["theophylline"]["mechanism"]
+    sym = {it["symptom"]: it["system"] for it in load_concepts("symptoms")}
+    assert all(v == "ear nose and throat" for k, v in sym.items() if "spinning" in k)
+    for p in load_concepts("symptom_pairs"):
+        for prompt, ans in ((p.clean, p.clean_answer), (p.corrupted, p.corrupted_answer)):
+            assert not ("double vision" in prompt and ans == " eyes")
+    prog = load_concepts("progression_pairs")
+    assert not any("ejection fraction" in p.clean or "Severity" in p.clean for p in prog)
+    assert any("NYHA" in p.clean for p in prog)
+    assert not any("{disease}" in t for t in load_concepts("progression").templates)
 
 
 # ----------------------------------------------------------------------------- API
@@ -174,8 +269,8 @@ def test_prompts_spans_labels_answers():
     assert all(isinstance(p, ConceptPrompt) for p in ps)
     for p in ps[:30]:
         assert p.text[p.span[0]:p.span[1]] == p.item == drugs.items[p.item_index]["drug"]
-        assert p.labels == {"specialty": drugs.items[p.item_index]["specialty"],
-                            "mechanism": drugs.items[p.item_index]["mechanism"]}
+        it = drugs.items[p.item_index]
+        assert p.labels == {k: it[k] for k in ("specialty", "mechanism", "mechanism_class", "specialty_matched")}
         assert (p.answer is not None) == (drugs.template_answers[p.template_index] is not None)
     first = drugs.prompts(templates=[0])
     assert all(p.answer == drugs.items[p.item_index]["indication"] for p in first)
@@ -411,4 +506,44 @@ def test_cli_list_show_check(tmp_path, tiny):
     r = CliRunner().invoke(app, ["concepts", "check", "--tokenizer", str(tmp_path / "tok"), "-p", "diagnosis_pairs",
                                  "-v"])
     assert r.exit_code == 0, r.output
-    assert "diagnosis_pairs:" in r.output and "valid" in r.output and "unequal length" in r.output
+    assert "diagnosis_pairs:" in r.output and "valid" in r.output
+    bad = tmp_path / "leaky.yaml"
+    bad.write_text('name: leaky\nversion: "1"\nkind: pairs\npairs:\n  - {clean: "A sore throat: the", corrupted: '
+                   '"A bad cough: the", clean_answer: " throat", corrupted_answer: " lungs"}\n', encoding="utf-8")
+    args = ["concepts", "check", "--tokenizer", str(tmp_path / "tok"), "-s", "symptoms", "-s", str(bad)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "lexical baseline system" in r.output and "answer leaks: 1" in r.output and "leaky: 1 pairs" in r.output
+    r = CliRunner().invoke(app, args + ["--strict"])
+    assert r.exit_code == 1 and "problems in: leaky" in r.output
+
+
+# ----------------------------------------------------------------------------- README and placeholders
+
+
+def test_readme_example_loads_as_written(tmp_path):
+    from medinterp.concepts import data_path
+
+    text = (data_path() / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    f = tmp_path / "my_drugs.yaml"
+    f.write_text(block, encoding="utf-8")
+    s = load_concepts(f)
+    assert isinstance(s, ConceptSet) and len(s) == 2
+    assert s.templates == ["The drug {drug} is used for", "Medication list: {drug}"]
+    assert s.template_ends_on_item == [False, True]
+    assert s.prompts(templates=[0])[0].text == "The drug metoprolol is used for"
+    assert "{item}" in text and "{drug}" in text  # the README documents both spellings
+
+
+def test_item_placeholder_alias_and_ends_on_item_must_agree(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text('name: a\nversion: "1"\nitem: symptom\ntemplates:\n  - "Complains of {item}."\n'
+                 '  - "Complaint: {symptom}"\nitems:\n  - {symptom: rash}\n', encoding="utf-8")
+    s = load_concepts(f)
+    assert s.templates[0] == "Complains of {symptom}." and s.prompts()[0].text == "Complains of rash."
+    assert s.prompts(templates=["Seen for {item}"])[0].text == "Seen for rash"
+    f.write_text('name: a\nversion: "1"\nitem: symptom\ntemplates:\n  - text: "Complains of {item}."\n'
+                 '    ends_on_item: true\nitems:\n  - {symptom: rash}\n', encoding="utf-8")
+    with pytest.raises(ConceptFileError, match=r"a.yaml, line 5, column 'templates'.*ends_on_item"):
+        load_concepts(f)

@@ -111,7 +111,9 @@ def test_hook_path_equals_plain_grad_read(model, fast_outer, params):
             gs = torch.cat([named[n].grad.reshape(-1) for n in members]).double()
             ws = torch.cat([named[n].detach().reshape(-1) for n in members]).double()
             expect = [gs.abs().mean(), (gs * ws).abs().mean(), gs.norm() / ws.norm()]
-            np.testing.assert_allclose(res.outer_values[i, o], [float(e) for e in expect], rtol=1e-5)
+            # embed/unembed hold vocab x d_model values: float32 sums over ~2e5 terms differ by ~sqrt(n)*eps
+            # (~3e-5 relative) between the two read paths, so 1e-5 passed or failed with the vocabulary size
+            np.testing.assert_allclose(res.outer_values[i, o], [float(e) for e in expect], rtol=1e-4)
     model.zero_grad(set_to_none=True)
 
 
