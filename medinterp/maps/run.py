@@ -541,12 +541,16 @@ def map_from_work_dir(
     techniques: Sequence[str] | None = None,
     *,
     model_name: str = "",
+    marking: Mapping[str, Any] | None = None,
     **params: Any,
 ) -> KnowledgeMap:
     """A map from the technique results saved in a work dir so far, without a model.
 
     Useful to look at an interrupted or still-running :func:`knowledge_map`: a family/technique with
-    no finished result shows as "no saved result" (no numbers).
+    no finished result shows as "no saved result" (no numbers). Where the control-family and twin
+    results are saved too (``<family>__control/``, ``<family>__twin/``), the map is marked by effect over
+    control (``marking``: keyword arguments of :func:`~medinterp.maps.controls.effect_over_control`);
+    with none saved, by the paper's rules.
 
     Example:
         >>> km = map_from_work_dir("report.work")           # doctest: +SKIP
@@ -576,9 +580,28 @@ def map_from_work_dir(
                 log.warning("map_from_work_dir: %s/%s: %s: %s", f, t, type(e).__name__, e)
     if not run.n_layers:
         raise MedinterpError(f"{work}: no finished technique result found")
+    side: dict[str, tuple[dict, dict]] = {}
+    for suffix in (CONTROL_SUFFIX, TWIN_SUFFIX):
+        res, st = {}, {}
+        for f in families:
+            for t in techniques:
+                d = job_dir(work, f + suffix, t)
+                try:
+                    res[f, t] = Result.load(d)
+                    st[f, t] = "ok"
+                except MedinterpError as e:
+                    st[f, t] = "no saved result" if not (d / "manifest.json").is_file() else f"failed to load: {e}"[:300]
+        side[suffix] = (res, st)
+    controls = bool(side[CONTROL_SUFFIX][0] or side[TWIN_SUFFIX][0])
+    main = {(k.rsplit("/", 1)[0], k.rsplit("/", 1)[1]): r for k, r in run.results.items()}
+    cstats, cstatus = mark_all(families, techniques, main, {k: "ok" for k in main}, *side[CONTROL_SUFFIX],
+                               {f: True for f in families}, *side[TWIN_SUFFIX], controls=controls,
+                               **dict(marking or {}))
     km = KnowledgeMap.from_curves(curves, n_layers=run.n_layers, cis=run.cis, techniques=techniques,
                                   status=run.status, model_name=model_name, provenance={"work_dir": str(work)},
-                                  rules=interval_rules(techniques), **params)
+                                  rules=interval_rules(techniques), rule="controls" if controls else "paper",
+                                  control_stats=cstats, control_status=cstatus, control_params=dict(marking or {}),
+                                  **params)
     km.curve_names.update(run.curve_names)
     km.result_dirs.update(run.result_dirs)
     km._results = run.results

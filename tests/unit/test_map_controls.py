@@ -309,3 +309,16 @@ def test_findings_rules_known_answers():
     assert F.first_half(marks[:3], list("abc"), 10).verdict == F.UNSURE  # 3 of 3: p = 1/8
     assert F.first_half(marks[:, :, ::-1], list("abcdef"), 10).verdict == F.FAILS
     assert F.first_half(np.zeros((2, 2, 10), bool), list("ab"), 10).detail == "no marked layer"
+
+
+def test_map_from_work_dir_marks_from_saved_control_runs(tmp_path, toys):
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    kw = dict(n_perm=999, n_boot=100, n_resamples=10)
+    km = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), {"drugs": _fams()["drugs"]}, ["toy_planted"],
+                            out_dir=tmp_path, progress=False, **kw)
+    back = maps.map_from_work_dir(tmp_path, techniques=["toy_planted"], marking=kw)
+    assert back.concepts == ["drugs"] and back.rule == "controls"
+    assert back.intervals == km.intervals == [{**km.intervals[0]}] and km.intervals[0]["start"] == 2
+    np.testing.assert_allclose(back.control_stats, km.control_stats)
