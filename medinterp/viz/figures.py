@@ -294,11 +294,12 @@ def control_curves_figure(km: "KnowledgeMap", technique: str):
     from plotly.subplots import make_subplots
 
     j = km.techniques.index(technique)
-    fams = [c for c in km.concepts if km.available(c, technique)]
+    fams = [c for c in km.concepts
+            if km.status[c].get(technique) == "ok" and km.control_status[c].get(technique) == "ok"]
     if not fams:
         return None
     k = {name: i for i, name in enumerate(CONTROL_STATS)}
-    fig = make_subplots(rows=len(fams), cols=1, shared_xaxes=True, vertical_spacing=0.08 / max(1, len(fams) - 1) if len(fams) > 1 else 0,
+    fig = make_subplots(rows=len(fams), cols=1, shared_xaxes=True, vertical_spacing=min(0.08, 0.5 / len(fams)),
                         subplot_titles=[escape(km.label(c)) for c in fams])
     x = np.arange(km.n_layers)
     for r, c in enumerate(fams):

@@ -215,11 +215,9 @@ def render_report(
         if not any(km.status[c].get(t) == "ok" for c in km.concepts):
             parts.append("<p class='missing'>Not run for any concept.</p>")
             continue
-        if km.rule == "controls" or any(km.available(c, t) for c in km.concepts if km.rule == "paper"
-                                        and km.control_status[c].get(t) == "ok"):
-            cf = control_curves_figure(km, t)
-            if cf is not None:
-                parts.append(figure_div(cf))
+        cf = control_curves_figure(km, t)
+        if cf is not None:
+            parts.append(figure_div(cf))
         parts.append(figure_div(curves_figure(km, t)))
         if include_technique_figures:
             parts.append("<details><summary>Full results per concept</summary>")
