@@ -39,9 +39,13 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args()
 
+    import logging
+
     import torch
 
     torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("medinterp").setLevel(logging.INFO)  # one line per finished job, as it happens
     import medinterp as mi
     from medinterp.maps import peak_rss_mb
 

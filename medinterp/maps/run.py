@@ -259,6 +259,8 @@ def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str],
         finally:
             run.timing[key] = round(time.perf_counter() - t0, 2)
             run.peak_mb[key] = round(peak_rss_mb(), 1)
+            log.info("knowledge map: %s %s in %.1f s (peak RSS %.0f MB)", key, status.get((f, t), "stopped"),
+                     run.timing[key], run.peak_mb[key])
     return results, status
 
 
