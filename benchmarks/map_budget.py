@@ -23,6 +23,9 @@ import time
 
 
 def _kind(key: str) -> tuple[str, str]:
+    if key.startswith("batch:"):  # a shared run_many over the families: "batch:<run kind>/<technique>"
+        kind, tech = key[len("batch:"):].rsplit("/", 1)
+        return tech, kind
     fam, tech = key.rsplit("/", 1)
     kind = "control family" if fam.endswith("__control") else "random twin" if fam.endswith("__twin") else "model"
     return tech, kind

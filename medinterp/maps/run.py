@@ -181,7 +181,7 @@ class _Run:
 
 def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending: list[str], params: dict,
                 work: Path | None, fps: dict[str, str], progress: bool, run: _Run,
-                dirnames: Mapping[str, str] | None = None) -> dict[str, Result]:
+                dirnames: Mapping[str, str] | None = None, label: str = "model") -> dict[str, Result]:
     """One ``run_many`` call for the pending families of a technique that shares work; each result is
     saved as soon as the batch returns. On error the families run one by one (each records its own)."""
     t0 = time.perf_counter()
@@ -193,7 +193,10 @@ def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending
         log.warning("%s: shared run of %d families failed (%s: %s); running them one by one",
                     tech.name, len(pending), type(e).__name__, e)
         return {}
-    run.timing[f"{tech.name}_batch"] = round(time.perf_counter() - t0, 2)
+    run.timing[f"batch:{label}/{tech.name}"] = round(time.perf_counter() - t0, 2)
+    run.peak_mb[f"batch:{label}/{tech.name}"] = round(peak_rss_mb(), 1)
+    log.info("knowledge map: shared run of %s on %d families (%s) in %.1f s", tech.name, len(pending), label,
+             run.timing[f"batch:{label}/{tech.name}"])
     if len(results) != len(pending):
         raise MedinterpError(f"{tech.name}.run_many returned {len(results)} results for {len(pending)} families")
     out = {}
@@ -207,7 +210,7 @@ def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending
 
 def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str], kw: Mapping[str, dict],
               work: Path | None, fps: Mapping[tuple[str, str], str], *, rerun: bool, progress: bool, run: _Run,
-              desc: str, loaded: dict | None = None) -> tuple[dict, dict]:
+              desc: str, label: str = "model", loaded: dict | None = None) -> tuple[dict, dict]:
     """Run (or load) every (row, technique) job of one run kind; ``(results, status)`` keyed by (row, t)."""
     from tqdm.auto import tqdm
 
@@ -229,7 +232,7 @@ def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str],
         if tech.run_many_fn is not None and len(pending) >= 2:
             sub = {f: fams[f] for f in pending}
             shared = _run_shared(model, tech, sub, pending, kw[t], work, {f: fps[f, t] for f in pending}, progress,
-                                 run, dirnames={f: fams[f].name for f in pending})
+                                 run, dirnames={f: fams[f].name for f in pending}, label=label)
             loaded.update({(f, t): r for f, r in shared.items()})
     jobs = [(f, t) for f in fams for t in techniques]
     bar = tqdm(jobs, desc=desc, disable=not progress, unit="job")
@@ -367,7 +370,7 @@ def knowledge_map(
         cfps = {(f, t): job_fingerprint(model, cf[f], t, kw[t], run={"kind": "control family", "of": f})
                 for f in cf for t in techniques}
         ctrl_res, ctrl_status = _run_jobs(model, cf, techniques, kw, work, cfps, rerun=rerun, progress=progress,
-                                          run=run, desc="control families")
+                                          run=run, desc="control families", label="control family")
         tfams = {f: dataclasses.replace(fam, name=fam.name + TWIN_SUFFIX) for f, fam in fams.items()}
         tfps = {(f, t): job_fingerprint(model, fams[f], t, kw[t], run={"kind": "random twin", "seed": twin_seed})
                 for f in fams for t in techniques}
@@ -384,7 +387,8 @@ def knowledge_map(
         else:
             run.timing["twin_load"] = round(time.perf_counter() - t0, 2)
             twin_res, twin_status = _run_jobs(tw_model, tfams, techniques, kw, work, tfps, rerun=rerun,
-                                              progress=progress, run=run, desc="random twin", loaded=saved)
+                                              progress=progress, run=run, desc="random twin", label="random twin",
+                                              loaded=saved)
             if own_twin:
                 del tw_model
                 gc.collect()
