@@ -37,6 +37,7 @@ from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
 from medinterp.maps.synthesis import MAP_RULES, KnowledgeMap, interval_rules, registered_techniques, validate_params
 from medinterp.models.twin import random_twin
 from medinterp.results import Result, _jsonable, make_provenance
+from medinterp.store import model_identity
 from medinterp.techniques import REGISTRY
 from medinterp.techniques.base import Family, MissingInput, Technique
 
@@ -318,7 +319,8 @@ def knowledge_map(
         alpha, correction, min_run, robustness, n_perm, n_boot, n_resamples: the marking (see
             :func:`~medinterp.maps.controls.effect_over_control`).
         twin_seed: init seed of the random twin.
-        twin: a ready twin model (default: built from ``model``).
+        twin: a ready twin model (default: :func:`~medinterp.models.twin.random_twin` of ``model``;
+            a given twin's jobs are fingerprinted by its own identity).
         **params: paper-rule thresholds (see :data:`~medinterp.maps.synthesis.DEFAULT_PARAMS`).
 
     Returns:
@@ -372,7 +374,8 @@ def knowledge_map(
         ctrl_res, ctrl_status = _run_jobs(model, cf, techniques, kw, work, cfps, rerun=rerun, progress=progress,
                                           run=run, desc="control families", label="control family")
         tfams = {f: dataclasses.replace(fam, name=fam.name + TWIN_SUFFIX) for f, fam in fams.items()}
-        tfps = {(f, t): job_fingerprint(model, fams[f], t, kw[t], run={"kind": "random twin", "seed": twin_seed})
+        which = {"seed": twin_seed} if twin is None else {"twin": model_identity(twin)}  # a given twin: its identity
+        tfps = {(f, t): job_fingerprint(model, fams[f], t, kw[t], run={"kind": "random twin", **which})
                 for f in fams for t in techniques}
         saved = {} if rerun or work is None else {
             k: r for k in tfps if (r := _load_finished(job_dir(work, tfams[k[0]].name, k[1]), tfps[k], k[0])) is not None}
