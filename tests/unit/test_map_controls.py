@@ -327,3 +327,19 @@ def test_map_from_work_dir_marks_from_saved_control_runs(tmp_path, toys):
     assert back.concepts == ["drugs"] and back.rule == "controls"
     assert back.intervals == km.intervals == [{**km.intervals[0]}] and km.intervals[0]["start"] == 2
     np.testing.assert_allclose(back.control_stats, km.control_stats)
+
+
+def test_random_twin_same_architecture_and_tokenizer_new_seeded_weights():
+    import torch
+
+    from medinterp.models.twin import random_twin
+    from medinterp.store import model_identity
+    from medinterp.testing import tiny_model
+
+    m = tiny_model(n_layers=2)
+    a, b, c = random_twin(m, seed=1), random_twin(m, seed=1), random_twin(m, seed=2)
+    assert a.cfg.n_layers == m.cfg.n_layers and a.cfg.d_model == m.cfg.d_model and a.tokenizer is m.tokenizer
+    w = lambda x: x.blocks[0].attn.W_Q.detach()
+    assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c)) and not torch.equal(w(a), w(m))
+    assert model_identity(a) != model_identity(m) and model_identity(a) != model_identity(c)
+    assert a.medinterp_info["spec"] == "tiny:random" and a.medinterp_info["twin_of"] == "tiny"
