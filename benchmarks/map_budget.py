@@ -18,8 +18,12 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's medinterp, not an installed one
 
 
 def _kind(key: str) -> tuple[str, str]:
