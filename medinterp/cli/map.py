@@ -29,6 +29,15 @@ def map_cmd(
     rerun: bool = typer.Option(False, "--rerun", help="Ignore finished results in the work dir."),
     percentile: float = typer.Option(75.0, help="Threshold percentile of the percentile-rule techniques."),
     sigma: float = typer.Option(1.0, help="Gaussian smoothing of the layer curves (layers)."),
+    controls: bool = typer.Option(True, "--controls/--no-controls",
+                                  help="Also run each technique on the control family and on the random-init twin."),
+    rule: str = typer.Option("controls", "--rule", help="'controls' (effect over control) or 'paper' (paper rules)."),
+    alpha: float = typer.Option(0.05, help="Significance level after correction across layers."),
+    correction: str = typer.Option("holm", help="'holm' or 'fdr_bh'."),
+    min_run: int = typer.Option(2, "--min-run", help="Shortest run of marked layers."),
+    robustness: float = typer.Option(0.8, help="Fraction of resamples a marked layer must be marked in."),
+    n_perm: int = typer.Option(1000, "--n-perm", help="Permutations per test."),
+    twin_seed: int = typer.Option(0, "--twin-seed", help="Init seed of the random-init twin."),
     progress: ProgressOpt = True,
 ) -> None:
     """Run the techniques on every concept family and write the knowledge-map report.
@@ -43,22 +52,29 @@ def map_cmd(
     techs = check_techniques(split_list(techniques))
     fams = family_specs(split_list(concepts))
     validate_params(percentile=percentile, sigma=sigma)
+    if rule not in ("controls", "paper") or (rule == "controls" and not controls):
+        raise typer.BadParameter("--rule must be 'controls' (needs --controls) or 'paper'", param_hint="--rule")
+    if correction not in ("holm", "fdr_bh") or not 0 < alpha < 1 or not 0 <= robustness <= 1 or min_run < 1:
+        raise typer.BadParameter("need --correction holm|fdr_bh, 0 < --alpha < 1, 0 <= --robustness <= 1, --min-run >= 1")
     work = work_dir or out.with_suffix(".work")
     t0 = time.perf_counter()
     m = load_model(model)
     t_load = time.perf_counter() - t0
     try:
         km = knowledge_map(m, concepts=fams, techniques=techs, quick=quick, out_dir=work, progress=progress,
-                           rerun=rerun, model_name=model, percentile=percentile, sigma=sigma)
+                           rerun=rerun, model_name=model, percentile=percentile, sigma=sigma, controls=controls,
+                           rule=rule, alpha=alpha, correction=correction, min_run=min_run, robustness=robustness,
+                           n_perm=n_perm, twin_seed=twin_seed)
     except KeyboardInterrupt:
         n = len(saved_jobs(work))
-        print(f"\ninterrupted: {n} of {len(fams) * len(techs)} jobs are saved in {work}; run the same command "
+        print(f"\ninterrupted: {n} of {len(fams) * len(techs) * (3 if controls else 1)} jobs are saved in {work}; run the same command "
               "again to resume (saved jobs are loaded, not recomputed)", file=sys.stderr)
         raise typer.Exit(130) from None
     km.provenance.setdefault("timing_s", {})["model_load"] = round(t_load, 2)
     km.save(out.with_suffix(".map"))
     km.to_html(out, relative_depth=relative_depth)
-    typer.echo(f"\nKnowledge map of {model} ({km.n_layers} layers):")
+    typer.echo(f"\nKnowledge map of {model} ({km.n_layers} layers; "
+               f"{'effect over control family and random twin' if rule == 'controls' else 'paper rules'}):")
     for c, s in km.summary().items():
         typer.echo(f"  {km.label(c):<12} {s}")
     total = time.perf_counter() - t0

@@ -2,16 +2,24 @@
 
 * :mod:`medinterp.maps.synthesis`: smoothing, interval maths, :class:`KnowledgeMap`, :func:`compare`
   (no model needed);
-* :mod:`medinterp.maps.run`: :func:`knowledge_map` (jobs from :data:`medinterp.techniques.REGISTRY`,
-  saved as they finish, resumed by fingerprint) and :func:`map_from_work_dir`.
+* :mod:`medinterp.maps.run`: :func:`knowledge_map` (jobs from :data:`medinterp.techniques.REGISTRY` on
+  the model, the control family and the random twin, saved as they finish, resumed by fingerprint) and
+  :func:`map_from_work_dir`;
+* :mod:`medinterp.maps.controls`: :func:`effect_over_control` (the default marking: medicine beats the
+  control family and the random twin, item-level statistics);
+* :mod:`medinterp.maps.findings`: the paper's findings as decision rules (:func:`findings_table`);
+* :mod:`medinterp.maps.rules`: the paper's interval rules (``rule="paper"``); :mod:`medinterp.maps.compare`.
 
 The map reads only the registry: adding a technique there adds a column here.
 """
 
 from __future__ import annotations
 
+from medinterp.maps.controls import CONTROL_STATS, ControlMarking, NoScores, effect_over_control
+from medinterp.maps.findings import Finding, findings_table
 from medinterp.maps.run import (
     check_techniques,
+    control_specs,
     family_specs,
     input_content,
     job_dir,
@@ -24,6 +32,7 @@ from medinterp.maps.run import (
 )
 from medinterp.maps.synthesis import (
     DEFAULT_PARAMS,
+    MAP_RULES,
     KnowledgeMap,
     compare,
     interval_rules,
@@ -40,6 +49,8 @@ from medinterp.techniques import REGISTRY as _REGISTRY
 TECHNIQUES: tuple[str, ...] = tuple(_REGISTRY)
 
 __all__ = [
+    "CONTROL_STATS", "ControlMarking", "Finding", "MAP_RULES", "NoScores", "control_specs", "effect_over_control",
+    "findings_table",
     "DEFAULT_PARAMS", "KnowledgeMap", "TECHNIQUES", "check_techniques", "compare", "family_specs",
     "input_content", "interval_rules", "job_dir", "job_fingerprint", "knowledge_map", "map_from_work_dir",
     "peak_rss_mb", "percentile_intervals", "registered_techniques", "result_curve", "saved_jobs", "smooth",

@@ -14,7 +14,7 @@ when the fingerprint matches and the result loads; otherwise it recomputes and t
 from __future__ import annotations
 
 import dataclasses
-import json
+import gc
 import logging
 import os
 import resource
@@ -25,16 +25,27 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from medinterp.errors import MedinterpError
-from medinterp.maps.synthesis import KnowledgeMap, interval_rules, registered_techniques, validate_params
+from medinterp.maps.controls import mark_all
+from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
+    _load_finished,
+    _save_job,
+    input_content,
+    job_dir,
+    job_fingerprint,
+    saved_jobs,
+)
+from medinterp.maps.synthesis import MAP_RULES, KnowledgeMap, interval_rules, registered_techniques, validate_params
+from medinterp.models.twin import random_twin
 from medinterp.results import Result, _jsonable, make_provenance
-from medinterp.store import fingerprint
+from medinterp.store import model_identity
 from medinterp.techniques import REGISTRY
 from medinterp.techniques.base import Family, MissingInput, Technique
 
 log = logging.getLogger("medinterp")
 
-_FAMILY_KEYS = frozenset({"concepts", "pairs", "label"})
-_JOB_FILE = "job.json"
+_FAMILY_KEYS = frozenset({"concepts", "pairs", "label", "control"})
+#: job-dir suffixes of the control runs: ``<family>__control`` (control family), ``<family>__twin`` (random twin)
+CONTROL_SUFFIX, TWIN_SUFFIX = "__control", "__twin"
 
 
 # ============================================================================ families
@@ -52,7 +63,7 @@ def family_specs(families: Sequence[str | Family] | Mapping[str, Any] | None = N
         >>> family_specs({"mine": {"concept": "x"}})
         Traceback (most recent call last):
         ...
-        medinterp.errors.MedinterpError: knowledge_map: family 'mine': unknown key(s) ['concept']; a family mapping has the keys ['concepts', 'label', 'pairs'] (or pass a Family)
+        medinterp.errors.MedinterpError: knowledge_map: family 'mine': unknown key(s) ['concept']; a family mapping has the keys ['concepts', 'control', 'label', 'pairs'] (or pass a Family)
     """
     from medinterp.concepts import CONCEPT_FAMILIES
 
@@ -85,6 +96,34 @@ def _family(name: str, spec: Any) -> Family:
                          f"with the keys {sorted(_FAMILY_KEYS)}")
 
 
+def control_specs(families: Sequence[str | Family] | Mapping[str, Any] | None = None) -> dict[str, Family | None]:
+    """The control family of each map row (None where there is none).
+
+    Shipped families: ``CONCEPT_FAMILIES[f]["control"]`` / ``["control_pairs"]``. A user mapping may give
+    ``{"control": Family | {"concepts": ..., "pairs": ...}}`` per row; a bare ``Family`` has none.
+
+    Example:
+        >>> control_specs({"mine": {"concepts": ["p"], "control": {"concepts": ["q"]}}})["mine"].concepts
+        ['q']
+    """
+    from medinterp.concepts import CONCEPT_FAMILIES
+
+    rows = family_specs(families)
+    out: dict[str, Family | None] = {}
+    for row in rows:
+        spec = families.get(row) if isinstance(families, Mapping) else None
+        ctrl = None
+        if isinstance(spec, Mapping) and spec.get("control") is not None:
+            ctrl = _family(row + CONTROL_SUFFIX, spec["control"])
+        elif not isinstance(families, Mapping) and row in CONCEPT_FAMILIES and not isinstance(spec, Family):
+            fam = CONCEPT_FAMILIES[row]
+            if fam.get("control") or fam.get("control_pairs"):
+                ctrl = Family(row + CONTROL_SUFFIX, concepts=fam.get("control"), pairs=fam.get("control_pairs"),
+                              label=f"{row} control")
+        out[row] = ctrl
+    return out
+
+
 def check_techniques(techniques: Sequence[str] | None) -> list[str]:
     """The technique names, checked against :data:`medinterp.techniques.REGISTRY` (default: all)."""
     techniques = registered_techniques() if techniques is None else list(techniques)
@@ -95,100 +134,6 @@ def check_techniques(techniques: Sequence[str] | None) -> list[str]:
         raise MedinterpError("knowledge_map: no technique to run")
     return techniques
 
-
-# ============================================================================ job identity
-def input_content(x: Any) -> Any:
-    """What a family input *contains*, for the job fingerprint (never just its name or path).
-
-    A shipped name is loaded and its content used (an upgrade that edits a shipped set changes it);
-    a file is hashed by its bytes; a loaded concept/pair set by its fields (items, labels, templates,
-    pairs), without the path it was read from; a list of prompts by its items.
-    """
-    if x is None:
-        return None
-    if isinstance(x, (str, os.PathLike)):
-        p = Path(x)
-        if p.is_file():
-            return p  # store.fingerprint hashes the file's bytes
-        from medinterp.concepts import SHIPPED, load_concepts
-
-        if str(x) in SHIPPED:
-            return input_content(load_concepts(str(x)))
-        return str(x)
-    if dataclasses.is_dataclass(x) and not isinstance(x, type) and hasattr(x, "to_dataframe"):
-        return {"__set__": type(x).__name__,
-                **{f.name: getattr(x, f.name) for f in dataclasses.fields(x) if f.name != "path"}}
-    if isinstance(x, (list, tuple)):
-        return [input_content(v) for v in x]
-    return x
-
-
-def job_fingerprint(model: Any, family: Family, technique: str, params: Mapping[str, Any]) -> str:
-    """Fingerprint of one job (see module docstring)."""
-    return fingerprint({"technique": technique, "params": _jsonable(dict(params)),
-                        "concepts": input_content(family.concepts), "pairs": input_content(family.pairs)},
-                       model=model)
-
-
-def _safe_dirname(name: str) -> str:
-    """A family name as a directory name: itself when plain, else a slug plus a short hash."""
-    import hashlib
-    import re
-
-    if re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", name) and name not in (".", ".."):
-        return name
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "family"
-    return f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-
-
-def job_dir(work_dir: str | os.PathLike, family: str, technique: str) -> Path:
-    """Where the result of one job is saved inside a work dir."""
-    return Path(work_dir) / _safe_dirname(family) / technique
-
-
-def _load_finished(rdir: Path | None, fp: str, key: str) -> Result | None:
-    """The saved result of the same job, or None (absent, other inputs, or unreadable: recomputed)."""
-    if rdir is None or not (rdir / "manifest.json").is_file():
-        return None
-    try:
-        saved = json.loads((rdir / _JOB_FILE).read_text()).get("fingerprint")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        saved = None
-    if saved != fp:
-        log.info("%s: saved result in %s is of other inputs or parameters (fingerprint %s, now %s); recomputing",
-                 key, rdir, saved, fp)
-        return None
-    try:
-        return Result.load(rdir)
-    except MedinterpError as e:
-        log.warning("%s: saved result in %s does not load (%s); recomputing", key, rdir, e)
-        return None
-
-
-def _save_job(res: Result, rdir: Path, fp: str, key: str) -> None:
-    job = rdir / _JOB_FILE
-    if job.exists():
-        job.unlink()  # a half-written result never looks finished
-    res.save(rdir)
-    tmp = rdir / f".{_JOB_FILE}.tmp"
-    tmp.write_text(json.dumps({"fingerprint": fp, "job": key}))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, job)
-
-
-def saved_jobs(work_dir: str | os.PathLike) -> list[str]:
-    """``family/technique`` keys of the finished jobs saved in a work dir (for progress and resume)."""
-    work = Path(work_dir)
-    out = []
-    if not work.is_dir():
-        return out
-    for job in sorted(work.glob(f"*/*/{_JOB_FILE}")):
-        if (job.parent / "manifest.json").is_file():
-            try:
-                out.append(str(json.loads(job.read_text()).get("job")))
-            except (OSError, json.JSONDecodeError):
-                continue
-    return out
 
 
 def peak_rss_mb() -> float:
@@ -220,6 +165,7 @@ class _Run:
     results: dict = dataclasses.field(default_factory=dict)
     result_dirs: dict = dataclasses.field(default_factory=dict)
     timing: dict = dataclasses.field(default_factory=dict)
+    peak_mb: dict = dataclasses.field(default_factory=dict)
 
     def record(self, fam: str, tech: str, res: Result, rdir: Path | None) -> None:
         curve, ci, name = result_curve(res, self.n_layers)
@@ -235,7 +181,8 @@ class _Run:
 
 
 def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending: list[str], params: dict,
-                work: Path | None, fps: dict[str, str], progress: bool, run: _Run) -> dict[str, Result]:
+                work: Path | None, fps: dict[str, str], progress: bool, run: _Run,
+                dirnames: Mapping[str, str] | None = None, label: str = "model") -> dict[str, Result]:
     """One ``run_many`` call for the pending families of a technique that shares work; each result is
     saved as soon as the batch returns. On error the families run one by one (each records its own)."""
     t0 = time.perf_counter()
@@ -247,15 +194,78 @@ def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending
         log.warning("%s: shared run of %d families failed (%s: %s); running them one by one",
                     tech.name, len(pending), type(e).__name__, e)
         return {}
-    run.timing[f"{tech.name}_batch"] = round(time.perf_counter() - t0, 2)
+    run.timing[f"batch:{label}/{tech.name}"] = round(time.perf_counter() - t0, 2)
+    run.peak_mb[f"batch:{label}/{tech.name}"] = round(peak_rss_mb(), 1)
+    log.info("knowledge map: shared run of %s on %d families (%s) in %.1f s", tech.name, len(pending), label,
+             run.timing[f"batch:{label}/{tech.name}"])
     if len(results) != len(pending):
         raise MedinterpError(f"{tech.name}.run_many returned {len(results)} results for {len(pending)} families")
     out = {}
     for f, res in zip(pending, results):
         if work is not None:
-            _save_job(res, job_dir(work, f, tech.name), fps[f], f"{f}/{tech.name}")
+            d = (dirnames or {}).get(f, f)
+            _save_job(res, job_dir(work, d, tech.name), fps[f], f"{d}/{tech.name}")
         out[f] = res
     return out
+
+
+def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str], kw: Mapping[str, dict],
+              work: Path | None, fps: Mapping[tuple[str, str], str], *, rerun: bool, progress: bool, run: _Run,
+              desc: str, label: str = "model", loaded: dict | None = None) -> tuple[dict, dict]:
+    """Run (or load) every (row, technique) job of one run kind; ``(results, status)`` keyed by (row, t)."""
+    from tqdm.auto import tqdm
+
+    results: dict[tuple[str, str], Result] = {}
+    status: dict[tuple[str, str], str] = {}
+    loaded = dict(loaded or {})
+    for t in techniques:  # finished jobs from the work dir; shared runs of what is left
+        tech = REGISTRY[t]
+        pending = []
+        for f, fam in fams.items():
+            if (f, t) in loaded:
+                continue
+            rdir = job_dir(work, fam.name, t) if work is not None else None
+            res = None if rerun else _load_finished(rdir, fps[f, t], f"{fam.name}/{t}")
+            if res is not None:
+                loaded[f, t] = res
+            elif all(getattr(fam, need) is not None for need in tech.needs):
+                pending.append(f)
+        if tech.run_many_fn is not None and len(pending) >= 2:
+            sub = {f: fams[f] for f in pending}
+            shared = _run_shared(model, tech, sub, pending, kw[t], work, {f: fps[f, t] for f in pending}, progress,
+                                 run, dirnames={f: fams[f].name for f in pending}, label=label)
+            loaded.update({(f, t): r for f, r in shared.items()})
+    jobs = [(f, t) for f in fams for t in techniques]
+    bar = tqdm(jobs, desc=desc, disable=not progress, unit="job")
+    for f, t in bar:
+        fam = fams[f]
+        key = f"{fam.name}/{t}"
+        bar.set_postfix_str(key)
+        rdir = job_dir(work, fam.name, t) if work is not None else None
+        t0 = time.perf_counter()
+        try:
+            res = loaded.get((f, t))
+            if res is None:
+                res = REGISTRY[t].run(model, fam, progress=progress, **kw[t])
+                if rdir is not None:
+                    _save_job(res, rdir, fps[f, t], key)
+            results[f, t] = res
+            status[f, t] = "ok"
+        except MissingInput as e:
+            status[f, t] = f"not run: {e}"
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded in the map's status and logged; the other jobs go on
+            status[f, t] = f"failed: {type(e).__name__}: {e}"[:300]
+            log.error("knowledge map: %s failed: %s: %s", key, type(e).__name__, e, exc_info=True)
+            if progress:
+                tqdm.write(f"[knowledge map] {key} failed: {type(e).__name__}: {e}")
+        finally:
+            run.timing[key] = round(time.perf_counter() - t0, 2)
+            run.peak_mb[key] = round(peak_rss_mb(), 1)
+            log.info("knowledge map: %s %s in %.1f s (peak RSS %.0f MB)", key, status.get((f, t), "stopped"),
+                     run.timing[key], run.peak_mb[key])
+    return results, status
 
 
 def knowledge_map(
@@ -269,100 +279,141 @@ def knowledge_map(
     progress: bool = True,
     rerun: bool = False,
     model_name: str | None = None,
+    controls: bool = True,
+    rule: str = "controls",
+    alpha: float = 0.05,
+    correction: str = "holm",
+    min_run: int = 2,
+    robustness: float = 0.8,
+    n_perm: int = 1000,
+    n_boot: int = 2000,
+    n_resamples: int = 20,
+    twin_seed: int = 0,
+    twin: Any = None,
     **params: Any,
 ) -> KnowledgeMap:
-    """Run the registered techniques on each concept family and merge their layer curves into a map.
+    """Run the registered techniques on each concept family and its controls, and mark where medicine wins.
+
+    With ``controls=True`` (default) each technique runs three times per family: on (model, family),
+    on (model, control family) and on (random-init twin, family); the twin
+    (:func:`medinterp.models.twin.random_twin`, seed ``twin_seed``) is loaded once and freed after its
+    jobs. ``rule="controls"`` marks a layer only where the technique's unit scores beat both controls
+    (:func:`medinterp.maps.controls.effect_over_control`: item-level CIs and p-values, ``correction``
+    across layers at ``alpha``, runs >= ``min_run``, kept in >= ``robustness`` of the resamples).
+    "No interval" is a valid outcome. ``rule="paper"`` draws the paper's rules (METHOD.md §5) instead.
 
     Args:
         model: a HookedTransformer (e.g. from :func:`medinterp.load_model`).
-        concepts: the map rows (see :func:`family_specs`); default every shipped family.
-        techniques: names from :data:`medinterp.techniques.REGISTRY` (default: all of them). Those not
-            run show as "not run" in the map (no numbers).
-        quick: each technique's ``"quick"`` preset (a few minutes on 2 CPU cores) instead of ``"full"``.
-        out_dir: work directory; each technique result is saved there as it finishes
-            (``<dir>/<family>/<technique>/``) and a rerun loads the finished ones instead of
-            recomputing (resume after an interruption). The map itself is saved to ``<dir>/map``.
+        concepts: the map rows (see :func:`family_specs`; a mapping row may add ``"control"``).
+        techniques: names from :data:`medinterp.techniques.REGISTRY` (default: all of them).
+        quick: each technique's ``"quick"`` preset instead of ``"full"``.
+        out_dir: work directory: every job is saved as it finishes (``<dir>/<family>/<technique>/``,
+            ``<dir>/<family>__control/<technique>/``, ``<dir>/<family>__twin/<technique>/``) and a rerun
+            loads the finished ones (fingerprints name the run kind and control). The map goes to ``<dir>/map``.
         technique_kwargs: per-technique overrides of the preset, ``{technique: {param: value}}``.
         progress: progress bars.
         rerun: ignore finished results in ``out_dir`` and recompute.
         model_name: display name (default: the model's spec or config name).
-        **params: synthesis thresholds (see :data:`~medinterp.maps.synthesis.DEFAULT_PARAMS`).
+        controls: run the control family and the random twin.
+        rule: ``"controls"`` or ``"paper"``.
+        alpha, correction, min_run, robustness, n_perm, n_boot, n_resamples: the marking (see
+            :func:`~medinterp.maps.controls.effect_over_control`).
+        twin_seed: init seed of the random twin.
+        twin: a ready twin model (default: :func:`~medinterp.models.twin.random_twin` of ``model``;
+            a given twin's jobs are fingerprinted by its own identity).
+        **params: paper-rule thresholds (see :data:`~medinterp.maps.synthesis.DEFAULT_PARAMS`).
 
     Returns:
-        A :class:`KnowledgeMap`. A technique that fails for a family is recorded in
-        ``kmap.status[family][technique]`` with the error (and logged) and left out of the map.
+        A :class:`KnowledgeMap`. A failing job is recorded in ``kmap.status`` (model runs) or
+        ``kmap.control_status`` (why a technique has no effect over control) and logged.
 
     Example:
         >>> import medinterp as mi                                          # doctest: +SKIP
         >>> kmap = mi.knowledge_map(mi.load_model(), quick=True, out_dir="work")  # doctest: +SKIP
         >>> kmap.to_html("report.html")                                     # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     # validate everything before any work
     techniques = check_techniques(techniques)
     validate_params(**params)
+    if rule not in MAP_RULES:
+        raise MedinterpError(f"knowledge_map: rule must be one of {MAP_RULES}, not {rule!r}")
+    if rule == "controls" and not controls:
+        raise MedinterpError("knowledge_map: rule='controls' needs controls=True (or pass rule='paper')")
+    if correction not in ("holm", "fdr_bh") or not 0 < alpha < 1 or not 0 <= robustness <= 1 or min_run < 1:
+        raise MedinterpError(f"knowledge_map: need correction holm/fdr_bh, 0 < alpha < 1, 0 <= robustness <= 1, "
+                             f"min_run >= 1 (got {correction!r}, {alpha}, {robustness}, {min_run})")
     unknown = sorted(set(technique_kwargs or {}) - set(techniques))
     if unknown:
         raise MedinterpError(f"knowledge_map: technique_kwargs for {unknown}, which are not run ({techniques})")
     size = "quick" if quick else "full"
     fams = family_specs(concepts)
+    ctrl_fams = control_specs(concepts) if controls else {}
     kw = {t: REGISTRY[t].params(size, (technique_kwargs or {}).get(t)) for t in techniques}
     n_layers = int(model.cfg.n_layers)
     info = getattr(model, "medinterp_info", {}) or {}
     model_name = model_name or str(info.get("spec") or getattr(model.cfg, "model_name", "model"))
     work = Path(out_dir) if out_dir is not None else None
     run = _Run(n_layers, {f: {} for f in fams}, {f: {} for f in fams}, {f: {} for f in fams})
-    fps = {(f, t): job_fingerprint(model, fams[f], t, kw[t]) for f in fams for t in techniques}
     t_start = time.perf_counter()
-    loaded: dict[tuple[str, str], Result] = {}
-    for t in techniques:  # finished jobs from the work dir; shared runs of what is left
-        tech = REGISTRY[t]
-        pending = []
-        for f in fams:
-            rdir = job_dir(work, f, t) if work is not None else None
-            res = None if rerun else _load_finished(rdir, fps[f, t], f"{f}/{t}")
-            if res is not None:
-                loaded[f, t] = res
-            elif all(getattr(fams[f], need) is not None for need in tech.needs):
-                pending.append(f)
-        if tech.run_many_fn is not None and len(pending) >= 2:
-            shared = _run_shared(model, tech, fams, pending, kw[t], work, {f: fps[f, t] for f in pending}, progress, run)
-            loaded.update({(f, t): r for f, r in shared.items()})
-    jobs = [(f, t) for f in fams for t in techniques]
-    bar = tqdm(jobs, desc="knowledge map", disable=not progress, unit="job")
-    for f, t in bar:
-        bar.set_postfix_str(f"{f}/{t}")
-        key = f"{f}/{t}"
-        rdir = job_dir(work, f, t) if work is not None else None
+    fps = {(f, t): job_fingerprint(model, fams[f], t, kw[t]) for f in fams for t in techniques}
+    main, main_status = _run_jobs(model, fams, techniques, kw, work, fps, rerun=rerun, progress=progress, run=run,
+                                  desc="knowledge map")
+    for (f, t), st in main_status.items():
+        if st == "ok":
+            run.record(f, t, main[f, t], job_dir(work, f, t) if work is not None else None)
+        else:
+            run.status[f][t] = st
+    ctrl_res: dict = {}
+    ctrl_status: dict = {}
+    twin_res: dict = {}
+    twin_status: dict = {}
+    if controls:
+        cf = {f: c for f, c in ctrl_fams.items() if c is not None}
+        cfps = {(f, t): job_fingerprint(model, cf[f], t, kw[t], run={"kind": "control family", "of": f})
+                for f in cf for t in techniques}
+        ctrl_res, ctrl_status = _run_jobs(model, cf, techniques, kw, work, cfps, rerun=rerun, progress=progress,
+                                          run=run, desc="control families", label="control family")
+        tfams = {f: dataclasses.replace(fam, name=fam.name + TWIN_SUFFIX) for f, fam in fams.items()}
+        which = {"seed": twin_seed} if twin is None else {"twin": model_identity(twin)}  # a given twin: its identity
+        tfps = {(f, t): job_fingerprint(model, fams[f], t, kw[t], run={"kind": "random twin", **which})
+                for f in fams for t in techniques}
+        saved = {} if rerun or work is None else {
+            k: r for k in tfps if (r := _load_finished(job_dir(work, tfams[k[0]].name, k[1]), tfps[k], k[0])) is not None}
+        todo = [k for k in tfps if k not in saved and all(getattr(fams[k[0]], n) is not None for n in REGISTRY[k[1]].needs)]
+        own_twin = twin is None and bool(todo)
         t0 = time.perf_counter()
         try:
-            res = loaded.get((f, t))
-            if res is None:
-                res = REGISTRY[t].run(model, fams[f], progress=progress, **kw[t])
-                if rdir is not None:
-                    _save_job(res, rdir, fps[f, t], key)
-            run.record(f, t, res, rdir)
-        except MissingInput as e:
-            run.status[f][t] = f"not run: {e}"
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # noqa: BLE001 - recorded in the map's status and logged; the other jobs go on
-            run.status[f][t] = f"failed: {type(e).__name__}: {e}"[:300]
-            log.error("knowledge map: %s failed: %s: %s", key, type(e).__name__, e, exc_info=True)
-            if progress:
-                tqdm.write(f"[knowledge map] {key} failed: {type(e).__name__}: {e}")
-        finally:
-            run.timing[key] = round(time.perf_counter() - t0, 2)
+            tw_model = random_twin(model, seed=twin_seed) if own_twin else twin
+        except Exception as e:  # noqa: BLE001 - recorded: every twin job shows why, the map stands
+            log.error("knowledge map: random twin could not be built: %s: %s", type(e).__name__, e)
+            twin_status = {k: f"failed: random twin could not be built: {type(e).__name__}: {e}"[:300] for k in tfps}
+        else:
+            run.timing["twin_load"] = round(time.perf_counter() - t0, 2)
+            twin_res, twin_status = _run_jobs(tw_model, tfams, techniques, kw, work, tfps, rerun=rerun,
+                                              progress=progress, run=run, desc="random twin", label="random twin",
+                                              loaded=saved)
+            if own_twin:
+                del tw_model
+                gc.collect()
+    t0 = time.perf_counter()
+    cstats, cstatus = mark_all(fams, techniques, main, main_status, ctrl_res, ctrl_status, ctrl_fams, twin_res,
+                               twin_status, controls=controls, alpha=alpha, correction=correction, min_run=min_run,
+                               robustness=robustness, n_perm=n_perm, n_boot=n_boot, n_resamples=n_resamples)
+    run.timing["marking"] = round(time.perf_counter() - t0, 2)
     run.timing["total"] = round(time.perf_counter() - t_start, 2)
+    cparams = {"alpha": alpha, "correction": correction, "min_run": min_run, "robustness": robustness,
+               "n_perm": n_perm, "n_boot": n_boot, "n_resamples": n_resamples, "twin_seed": twin_seed,
+               "controls": controls}
     prov = make_provenance(model, concepts=list(fams), techniques=techniques, size=size,
-                           technique_kwargs=_jsonable(kw), synthesis=params)
+                           technique_kwargs=_jsonable(kw), synthesis=params, rule=rule, controls=cparams)
     prov["timing_s"] = run.timing
+    prov["peak_rss_mb_after"] = run.peak_mb
     prov["peak_rss_mb"] = round(peak_rss_mb(), 1)
     km = KnowledgeMap.from_curves(
         run.curves, n_layers=n_layers, cis=run.cis, techniques=techniques, status=run.status,
         labels={f: fams[f].label or f for f in fams}, model_name=model_name, provenance=prov,
-        rules=interval_rules(techniques), **params,
+        rules=interval_rules(techniques), rule=rule, control_stats=cstats, control_status=cstatus,
+        control_params=cparams, **params,
     )
     km.curve_names.update(run.curve_names)
     km.result_dirs.update(run.result_dirs)
@@ -375,7 +426,11 @@ def knowledge_map(
 
 def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> None:
     """Report decorations of techniques with ``extras``: ``km.extras[name][family] = value`` (each
-    value a dict noting its ``technique``). A failing decoration is logged and noted in the provenance."""
+    value a dict noting its ``technique``). A failing decoration is logged and noted in the provenance.
+
+    Keys the map itself reads (see :mod:`medinterp.maps.findings`): ``"findings"`` (statistics of the
+    findings table, merged across techniques), ``"block_criticality"`` (the strip shown once for all
+    families), ``"attention"`` (patching's attention views)."""
     for key, res in results.items():
         fam, t = key.rsplit("/", 1)
         tech = REGISTRY[t]
@@ -390,7 +445,11 @@ def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> 
             km.provenance.setdefault("extras_failed", {})[key] = f"{type(e).__name__}: {e}"[:300]
             continue
         for name, value in extra.items():
-            km.extras.setdefault(name, {})[fam] = {**value, "technique": t} if isinstance(value, Mapping) else value
+            slot = km.extras.setdefault(name, {})
+            if name == "findings" and isinstance(value, Mapping):  # several techniques may add statistics
+                slot[fam] = {**(slot.get(fam) or {}), **value}
+                continue
+            slot[fam] = {**value, "technique": t} if isinstance(value, Mapping) else value
 
 
 def map_from_work_dir(
@@ -399,12 +458,16 @@ def map_from_work_dir(
     techniques: Sequence[str] | None = None,
     *,
     model_name: str = "",
+    marking: Mapping[str, Any] | None = None,
     **params: Any,
 ) -> KnowledgeMap:
     """A map from the technique results saved in a work dir so far, without a model.
 
     Useful to look at an interrupted or still-running :func:`knowledge_map`: a family/technique with
-    no finished result shows as "no saved result" (no numbers).
+    no finished result shows as "no saved result" (no numbers). Where the control-family and twin
+    results are saved too (``<family>__control/``, ``<family>__twin/``), the map is marked by effect over
+    control (``marking``: keyword arguments of :func:`~medinterp.maps.controls.effect_over_control`);
+    with none saved, by the paper's rules.
 
     Example:
         >>> km = map_from_work_dir("report.work")           # doctest: +SKIP
@@ -415,7 +478,8 @@ def map_from_work_dir(
     techniques = check_techniques(techniques)
     validate_params(**params)
     if families is None:
-        families = sorted(p.name for p in work.iterdir() if p.is_dir() and p.name != "map")
+        families = sorted(p.name for p in work.iterdir() if p.is_dir() and p.name != "map"
+                          and not p.name.endswith((CONTROL_SUFFIX, TWIN_SUFFIX)))
     curves: dict[str, dict[str, Any]] = {f: {} for f in families}
     run = _Run(0, curves, {f: {} for f in families}, {f: {} for f in families})
     for f in families:
@@ -433,9 +497,28 @@ def map_from_work_dir(
                 log.warning("map_from_work_dir: %s/%s: %s: %s", f, t, type(e).__name__, e)
     if not run.n_layers:
         raise MedinterpError(f"{work}: no finished technique result found")
+    side: dict[str, tuple[dict, dict]] = {}
+    for suffix in (CONTROL_SUFFIX, TWIN_SUFFIX):
+        res, st = {}, {}
+        for f in families:
+            for t in techniques:
+                d = job_dir(work, f + suffix, t)
+                try:
+                    res[f, t] = Result.load(d)
+                    st[f, t] = "ok"
+                except MedinterpError as e:
+                    st[f, t] = "no saved result" if not (d / "manifest.json").is_file() else f"failed to load: {e}"[:300]
+        side[suffix] = (res, st)
+    controls = bool(side[CONTROL_SUFFIX][0] or side[TWIN_SUFFIX][0])
+    main = {(k.rsplit("/", 1)[0], k.rsplit("/", 1)[1]): r for k, r in run.results.items()}
+    cstats, cstatus = mark_all(families, techniques, main, {k: "ok" for k in main}, *side[CONTROL_SUFFIX],
+                               {f: True for f in families}, *side[TWIN_SUFFIX], controls=controls,
+                               **dict(marking or {}))
     km = KnowledgeMap.from_curves(curves, n_layers=run.n_layers, cis=run.cis, techniques=techniques,
                                   status=run.status, model_name=model_name, provenance={"work_dir": str(work)},
-                                  rules=interval_rules(techniques), **params)
+                                  rules=interval_rules(techniques), rule="controls" if controls else "paper",
+                                  control_stats=cstats, control_status=cstatus, control_params=dict(marking or {}),
+                                  **params)
     km.curve_names.update(run.curve_names)
     km.result_dirs.update(run.result_dirs)
     km._results = run.results

@@ -42,6 +42,7 @@ import numpy as np
 from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
+from medinterp.maps.controls import CONTROL_STATS
 from medinterp.results import Result, renderer_for
 from medinterp.techniques import REGISTRY
 from medinterp.techniques.base import INTERVAL_RULES
@@ -54,6 +55,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "min_len": 2,  # minimum run length in layers
     "max_intervals": 3,  # at most this many runs per technique (largest area kept)
 }
+
+
+#: the map's marking rules: effect over control (default of knowledge_map) or the paper's (§5).
+MAP_RULES = ("controls", "paper")
 
 
 def registered_techniques() -> list[str]:
@@ -94,123 +99,13 @@ def interval_rules(techniques: Sequence[str], given: Mapping[str, str] | None = 
     return out
 
 
-def smooth(curve: Float[np.ndarray, "n_layers"], sigma: float = 1.0) -> Float[np.ndarray, "n_layers"]:
-    """Gaussian-smooth a per-layer curve (``mode="nearest"`` at the ends). NaNs are not allowed.
-
-    Example:
-        >>> smooth(np.array([0.0, 0, 3, 0, 0]), sigma=0).tolist()
-        [0.0, 0.0, 3.0, 0.0, 0.0]
-    """
-    curve = np.asarray(curve, dtype=float)
-    if sigma <= 0:
-        return curve.copy()
-    from scipy.ndimage import gaussian_filter1d
-
-    return gaussian_filter1d(curve, sigma=sigma, mode="nearest")
-
-
-def steepest_rise_window(
-    smoothed: Float[np.ndarray, "n_layers"], window: int = 3, min_rise: float = 0.0
-) -> dict[str, Any] | None:
-    """The ``window``-layer window ``[l, l + window - 1]`` maximising ``s[l + window - 1] - s[l]``.
-
-    Returns ``{"start", "end", "score"}`` (score = the rise) or None when no window rises by more
-    than ``min_rise`` or the curve is shorter than the window.
-
-    Example:
-        >>> steepest_rise_window(np.array([0, 0, 0, 1, 3, 4, 4.0]))
-        {'start': 2, 'end': 4, 'score': 3.0}
-    """
-    s = np.asarray(smoothed, dtype=float)
-    if window < 2 or len(s) < window:
-        return None
-    rises = s[window - 1 :] - s[: len(s) - window + 1]
-    best = int(np.argmax(rises))
-    if not rises[best] > min_rise:
-        return None
-    return {"start": best, "end": best + window - 1, "score": float(rises[best])}
-
-
-def percentile_intervals(
-    smoothed: Float[np.ndarray, "n_layers"],
-    percentile: float = 75.0,
-    min_len: int = 2,
-    max_intervals: int = 3,
-) -> list[dict[str, Any]]:
-    """Runs of consecutive layers at or above the curve's ``percentile``-th percentile.
-
-    Runs shorter than ``min_len`` are dropped; of the rest the ``max_intervals`` with the largest
-    area (sum of ``s - threshold`` over the run) are kept, returned in layer order. Each is
-    ``{"start", "end", "score", "area", "threshold"}`` (score = mean smoothed value over the run).
-    A flat curve (all values equal) has no informative interval and returns ``[]``.
-
-    Example:
-        >>> [(d["start"], d["end"]) for d in percentile_intervals(np.r_[0, 4, 4, 0, 0, 0, 3, 3, 0, 0.0])]
-        [(1, 2), (6, 7)]
-    """
-    s = np.asarray(smoothed, dtype=float)
-    if len(s) == 0 or np.ptp(s) <= 1e-12 * max(1.0, float(np.abs(s).max())):
-        return []
-    thr = float(np.percentile(s, percentile))
-    # at or above the threshold; strictly above when the threshold is the curve's floor (ties at the
-    # minimum are not evidence)
-    above = s >= thr if thr > s.min() else s > thr
-    runs: list[tuple[int, int]] = []
-    start = None
-    for i, a in enumerate(above):
-        if a and start is None:
-            start = i
-        if not a and start is not None:
-            runs.append((start, i - 1))
-            start = None
-    if start is not None:
-        runs.append((start, len(s) - 1))
-    out = []
-    for a, b in runs:
-        if b - a + 1 < min_len:
-            continue
-        seg = s[a : b + 1]
-        out.append(
-            {"start": a, "end": b, "score": float(seg.mean()), "area": float((seg - thr).sum()), "threshold": thr}
-        )
-    out.sort(key=lambda d: -d["area"])
-    out = out[:max_intervals]
-    out.sort(key=lambda d: d["start"])
-    return out
-
-
-def technique_intervals(curve: np.ndarray, rule: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Intervals one curve gets under an interval ``rule`` (``"rise"`` or ``"percentile"``) and ``params``.
-
-    Example:
-        >>> [(d["start"], d["end"]) for d in technique_intervals(np.r_[0, 0, 0, 1, 3, 4, 4.0], "rise",
-        ...                                                       {**DEFAULT_PARAMS, "sigma": 0})]
-        [(2, 4)]
-    """
-    if rule not in INTERVAL_RULES:
-        raise MedinterpError(f"interval rule must be one of {INTERVAL_RULES}, not {rule!r}")
-    s = smooth(curve, params["sigma"])
-    if rule == "rise":
-        w = steepest_rise_window(s, params["window"], params["min_rise"])
-        return [] if w is None else [dict(w, rule="steepest_rise")]
-    return [
-        dict(d, rule="percentile")
-        for d in percentile_intervals(s, params["percentile"], params["min_len"], params["max_intervals"])
-    ]
-
-
-def _ranges_text(layers: Iterable[int]) -> str:
-    """``[3,4,5,9]`` → ``'3–5, 9'``."""
-    layers = sorted(set(int(x) for x in layers))
-    parts: list[str] = []
-    i = 0
-    while i < len(layers):
-        j = i
-        while j + 1 < len(layers) and layers[j + 1] == layers[j] + 1:
-            j += 1
-        parts.append(f"{layers[i]}" if i == j else f"{layers[i]}–{layers[j]}")
-        i = j + 1
-    return ", ".join(parts)
+from medinterp.maps.rules import (  # noqa: E402,F401  (public here since 0.1.0)
+    _ranges_text,
+    percentile_intervals,
+    smooth,
+    steepest_rise_window,
+    technique_intervals,
+)
 
 
 # ============================================================================ the map object
@@ -234,6 +129,13 @@ class KnowledgeMap(Result):
         result_dirs: where the underlying technique results were saved (``concept/technique`` → dir).
         extras: small JSON data for the report (``Technique.extras`` per family, e.g. attention patterns).
         provenance: model, parameters, versions.
+        rule: ``"controls"`` (intervals = layers where medicine beats its control family and the random
+            twin, see :mod:`medinterp.maps.controls`) or ``"paper"`` (the paper's rules, module docstring).
+        control_stats: ``[n_concepts, n_techniques, len(CONTROL_STATS), n_layers]`` effect-over-control
+            statistics (:data:`medinterp.maps.controls.CONTROL_STATS`); NaN where not computed.
+        control_status: ``control_status[concept][technique]`` = ``"ok"`` or why there is no effect over
+            control (no unit scores, all NaN, control not run...).
+        control_params: alpha, correction, min_run, robustness, n_perm, n_boot of the marking.
     """
 
     kind = "knowledge_map"
@@ -253,6 +155,10 @@ class KnowledgeMap(Result):
     extras: dict = dataclasses.field(default_factory=dict)
     model_name: str = ""
     provenance: dict = dataclasses.field(default_factory=dict)
+    rule: str = "paper"
+    control_stats: np.ndarray = None  # type: ignore[assignment]
+    control_status: dict = dataclasses.field(default_factory=dict)
+    control_params: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.concepts = [str(c) for c in self.concepts]
@@ -269,6 +175,17 @@ class KnowledgeMap(Result):
             if arr.shape != shape:
                 raise MedinterpError(f"KnowledgeMap: {name} has shape {arr.shape}, expected {shape}")
             setattr(self, name, arr)
+        cshape = shape[:2] + (len(CONTROL_STATS), shape[2])
+        self.control_stats = (np.full(cshape, np.nan) if self.control_stats is None
+                              else np.asarray(self.control_stats, dtype=np.float64))
+        if self.control_stats.shape != cshape:
+            raise MedinterpError(f"KnowledgeMap: control_stats has shape {self.control_stats.shape}, expected {cshape}")
+        if self.rule not in MAP_RULES:
+            raise MedinterpError(f"KnowledgeMap: rule must be one of {MAP_RULES}, not {self.rule!r}")
+        for c in self.concepts:
+            self.control_status.setdefault(c, {})
+            for t in self.techniques:
+                self.control_status[c].setdefault(t, "controls not run")
         params = dict(self.params or {})
         legacy_rise = params.pop("rise_techniques", None)  # maps saved by 0.1.0 named the "rise" columns
         if legacy_rise is not None and not self.rules:
@@ -299,6 +216,10 @@ class KnowledgeMap(Result):
         labels: Mapping[str, str] | None = None,
         model_name: str = "",
         provenance: dict | None = None,
+        rule: str = "paper",
+        control_stats: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        control_status: Mapping[str, Mapping[str, str]] | None = None,
+        control_params: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> "KnowledgeMap":
         """Build a map from ``curves[concept][technique] = array[n_layers]`` (missing = not run).
@@ -318,6 +239,7 @@ class KnowledgeMap(Result):
             n_layers = lens.pop()
         arr = np.full((len(concepts), len(techniques), n_layers), np.nan)
         lo, hi = arr.copy(), arr.copy()
+        cst = np.full((len(concepts), len(techniques), len(CONTROL_STATS), n_layers), np.nan)
         st: dict[str, dict[str, str]] = {c: {} for c in concepts}
         for i, c in enumerate(concepts):
             for t, v in curves[c].items():
@@ -336,6 +258,8 @@ class KnowledgeMap(Result):
                 hi[i, techniques.index(t)] = np.asarray(h, float)
             for t, s in ((status or {}).get(c) or {}).items():
                 st[c][t] = s
+            for t, a in ((control_stats or {}).get(c) or {}).items():
+                cst[i, techniques.index(t)] = np.asarray(a, float)
         return cls(
             concepts=concepts,
             techniques=techniques,
@@ -349,10 +273,17 @@ class KnowledgeMap(Result):
             labels=dict(labels or {}),
             model_name=model_name,
             provenance=provenance or {},
+            rule=rule,
+            control_stats=cst,
+            control_status={c: dict(v) for c, v in (control_status or {}).items()},
+            control_params=dict(control_params or {}),
         )
 
     def rethreshold(self, **params: Any) -> "KnowledgeMap":
         """A copy of the map with other synthesis thresholds (same raw curves, no model needed).
+
+        ``rule="paper"`` / ``rule="controls"`` switches the marking rule (controls: the stored marks of
+        the run; its alpha and correction are fixed at run time).
 
         Example:
             >>> km = KnowledgeMap.from_curves({"d": {"peak": np.r_[0, 1, 2, 3, 4, 5, 6, 7.0]}},
@@ -360,17 +291,31 @@ class KnowledgeMap(Result):
             >>> km.rethreshold(percentile=50, sigma=0).intervals[0]["start"]
             4
         """
+        rule = params.pop("rule", self.rule)
+        if rule == "controls" and not any(v == "ok" for row in self.control_status.values() for v in row.values()):
+            raise MedinterpError("rethreshold: rule='controls' needs a map run with controls (none here)")
         validate_params(**{**self.params, **params})
-        new = dataclasses.replace(self, params={**self.params, **params}, intervals=[], status=json.loads(json.dumps(self.status)))
+        new = dataclasses.replace(self, params={**self.params, **params}, intervals=[], rule=rule,
+                                  status=json.loads(json.dumps(self.status)),
+                                  control_status=json.loads(json.dumps(self.control_status)))
         new._results = self._results
         return new
 
     # ------------------------------------------------------------------ derived views
     def _compute_intervals(self) -> list[dict[str, Any]]:
         out = []
+        k_mark, k_eff = CONTROL_STATS.index("marked"), CONTROL_STATS.index("effect")
         for i, c in enumerate(self.concepts):
             for j, t in enumerate(self.techniques):
                 if self.status[c].get(t) != "ok":
+                    continue
+                if self.rule == "controls":
+                    if self.control_status[c].get(t) != "ok":
+                        continue
+                    st = self.control_stats[i, j]
+                    for a, b in _runs(st[k_mark] > 0.5):
+                        out.append({"concept": c, "technique": t, "start": a, "end": b,
+                                    "score": float(st[k_eff, a:b + 1].mean()), "rule": "controls"})
                     continue
                 for iv in technique_intervals(self.curves[i, j], self.rules[t], self.params):
                     out.append({"concept": c, "technique": t, **iv})
@@ -408,8 +353,13 @@ class KnowledgeMap(Result):
         """``[n_concepts, n_layers]`` int: how many techniques mark each layer of each concept."""
         return self.marks().sum(axis=1)
 
+    def available(self, concept: str, technique: str) -> bool:
+        """Whether the technique can mark layers of the concept under the map's rule."""
+        ok = self.status[concept].get(technique) == "ok"
+        return ok and (self.rule != "controls" or self.control_status[concept].get(technique) == "ok")
+
     def n_available(self, concept: str) -> int:
-        return sum(self.status[concept].get(t) == "ok" for t in self.techniques)
+        return sum(self.available(concept, t) for t in self.techniques)
 
     def summary(self, min_agree: int | None = None) -> dict[str, str]:
         """Per concept, e.g. ``'layers 3–7 by 3 of 4 techniques (A 3–5; ...)'``.
@@ -423,6 +373,9 @@ class KnowledgeMap(Result):
             per = []
             for t in self.techniques:
                 if self.status[c].get(t) != "ok":
+                    continue
+                if not self.available(c, t):
+                    per.append(f"{t}: {self.control_status[c].get(t)}")
                     continue
                 ivs = [iv for iv in self.intervals if iv["concept"] == c and iv["technique"] == t]
                 layers = [l for iv in ivs for l in range(iv["start"], iv["end"] + 1)]
@@ -446,6 +399,51 @@ class KnowledgeMap(Result):
 
         cols = ["concept", "technique", "start", "end", "score", "rule"]
         return pd.DataFrame([{k: iv.get(k) for k in cols} for iv in self.intervals], columns=cols)
+
+    def curves_frame(self):
+        """The map in long form (one row per family, technique, layer and control), as saved in ``curves.csv``.
+
+        Columns: family, technique, layer, curve (the raw layer curve), effect, control
+        (``"control family"``, ``"random twin"``, or ``"none"`` where the effect over control was not
+        computed: then effect = curve and ci = the curve's CI), ci_low, ci_high, p_adj, marked (by the
+        map's rule), robustness, rule.
+        """
+        import pandas as pd
+
+        k = {name: i for i, name in enumerate(CONTROL_STATS)}
+        marks = self.marks()
+        rows = []
+        for i, c in enumerate(self.concepts):
+            for j, t in enumerate(self.techniques):
+                if self.status[c].get(t) != "ok":
+                    continue
+                st = self.control_stats[i, j]
+                has = self.control_status[c].get(t) == "ok"
+                kinds = ([("control family", "effect", "ci_low", "ci_high", "p_adj"),
+                          ("random twin", "effect_twin", "twin_low", "twin_high", "p_adj_twin")] if has else [None])
+                for l in range(self.n_layers):
+                    for kind in kinds:
+                        if kind is None:
+                            vals = ("none", self.curves[i, j, l], self.curves_low[i, j, l], self.curves_high[i, j, l],
+                                    np.nan, np.nan)
+                        else:
+                            vals = (kind[0], *(st[k[n], l] for n in kind[1:]), st[k["robustness"], l])
+                        rows.append({"family": c, "technique": t, "layer": l, "curve": self.curves[i, j, l],
+                                     "effect": vals[1], "control": vals[0], "ci_low": vals[2], "ci_high": vals[3],
+                                     "p_adj": vals[4], "marked": bool(marks[i, j, l]), "robustness": vals[5],
+                                     "rule": self.rule})
+        cols = ["family", "technique", "layer", "curve", "effect", "control", "ci_low", "ci_high", "p_adj", "marked",
+                "robustness", "rule"]
+        return pd.DataFrame(rows, columns=cols)
+
+    def save(self, path: str | os.PathLike) -> "KnowledgeMap":  # type: ignore[override]
+        """Save the map (``manifest.json``, arrays) and ``curves.csv`` (:meth:`curves_frame`) beside it."""
+        super().save(path)
+        tmp = Path(path) / ".curves.csv.tmp"
+        self.curves_frame().to_csv(tmp, index=False)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, Path(path) / "curves.csv")
+        return self
 
     def label(self, concept: str) -> str:
         return str(self.labels.get(concept, concept))
@@ -479,6 +477,12 @@ class KnowledgeMap(Result):
         self.intervals = self._compute_intervals()
 
 
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    from medinterp.stats import intervals_from_mask
+
+    return intervals_from_mask(mask)
+
+
 def _check_params(p: Mapping[str, Any]) -> None:
     if not (0 <= float(p["percentile"]) <= 100):
         raise MedinterpError(f"knowledge map: percentile must be in [0, 100], got {p['percentile']}")
@@ -490,56 +494,4 @@ def _check_params(p: Mapping[str, Any]) -> None:
         raise MedinterpError("knowledge map: min_len and max_intervals must be >= 1")
 
 
-# ============================================================================ comparison
-def compare(
-    maps_or_paths: Sequence["KnowledgeMap | str | os.PathLike"],
-    names: Sequence[str] | None = None,
-    *,
-    out: str | os.PathLike | None = None,
-    title: str = "medinterp model comparison",
-) -> str:
-    """Two or more knowledge maps side by side on a relative-depth axis; returns the HTML.
-
-    Args:
-        maps_or_paths: :class:`KnowledgeMap` objects or directories saved by ``KnowledgeMap.save``.
-        names: a display name per map (default: each map's model name).
-        out: write the self-contained HTML there too.
-
-    Example:
-        >>> import medinterp.viz  # registers the renderers
-        >>> kw = dict(techniques=["peak"], rules={"peak": "percentile"})
-        >>> a = KnowledgeMap.from_curves({"drugs": {"peak": np.r_[0, 5, 5, 0, 0, 0.0]}}, model_name="A", **kw)
-        >>> b = KnowledgeMap.from_curves({"drugs": {"peak": np.r_[0, 0, 0, 0, 5, 5, 0, 0, 0.0]}}, model_name="B", **kw)
-        >>> "relative depth" in compare([a, b])
-        True
-    """
-    maps: list[KnowledgeMap] = []
-    for m in maps_or_paths:
-        if isinstance(m, KnowledgeMap):
-            maps.append(m)
-            continue
-        loaded = Result.load(_map_dir(m))
-        if not isinstance(loaded, KnowledgeMap):
-            raise MedinterpError(f"{m}: holds a {loaded.kind!r} result, not a knowledge map")
-        maps.append(loaded)
-    if len(maps) < 2:
-        raise MedinterpError(f"compare: need at least two maps, got {len(maps)}")
-    if names is not None and len(names) != len(maps):
-        raise MedinterpError(f"compare: {len(names)} names for {len(maps)} maps")
-    text = renderer_for("knowledge_map_compare_page")(maps, names, title=title)
-    if out is not None:
-        Path(out).write_text(text, encoding="utf-8")
-    return text
-
-
-def _map_dir(p: str | os.PathLike) -> Path:
-    """Accept a saved map dir, or a report path ``X.html`` whose map was saved beside it as ``X.map/``."""
-    p = Path(p)
-    if p.is_dir():
-        return p
-    if p.suffix == ".html" and p.with_suffix(".map").is_dir():
-        return p.with_suffix(".map")
-    raise MedinterpError(f"{p}: not a saved knowledge map (expected a directory with manifest.json, or a report "
-                         f"X.html with its map saved beside it as X.map/)")
-
-
+from medinterp.maps.compare import compare  # noqa: E402,F401  (public here since 0.1.0)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from medinterp.maps.controls import CONTROL_STATS
+from medinterp.viz.curves import add_curve, layer_curve_figure
 from medinterp.viz.html import escape
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,14 +77,19 @@ def add_map_traces(fig, km: "KnowledgeMap", *, relative: bool = False, row=None,
         # per-layer smoothed value dots, faint, so the hover tells the score of every layer
         dx, dy, dh = [], [], []
         for i, c in enumerate(km.concepts):
-            if km.status[c].get(t) != "ok":
+            if not km.available(c, t):
                 continue
             for l in range(n):
                 dx.append((l + 0.5) / n if relative else l)
                 dy.append(_lane_y(i, j, T))
-                dh.append(
-                    f"{escape(km.label(c))} · {escape(t)}<br>layer {l}: smoothed {smoothed[i, j, l]:.4g}, raw {km.curves[i, j, l]:.4g}"
-                )
+                if km.rule == "controls":
+                    st = dict(zip(CONTROL_STATS, km.control_stats[i, j, :, l]))
+                    dh.append(f"{escape(km.label(c))} · {escape(t)}<br>layer {l}: over control family "
+                              f"{st['effect']:.3g} (p_adj {st['p_adj']:.2g}), over random twin {st['effect_twin']:.3g} "
+                              f"(p_adj {st['p_adj_twin']:.2g})")
+                else:
+                    dh.append(f"{escape(km.label(c))} · {escape(t)}<br>layer {l}: smoothed {smoothed[i, j, l]:.4g}, "
+                              f"raw {km.curves[i, j, l]:.4g}")
         fig.add_trace(
             go.Scatter(
                 x=dx, y=dy, mode="markers", marker=dict(size=4, color=_color(t), opacity=0.25),
@@ -95,6 +102,8 @@ def add_map_traces(fig, km: "KnowledgeMap", *, relative: bool = False, row=None,
     for i, c in enumerate(km.concepts):
         for j, t in enumerate(km.techniques):
             st = km.status[c].get(t, "not run")
+            if st == "ok" and not km.available(c, t):
+                st = km.control_status[c].get(t, "no effect over control")
             if st != "ok":
                 mx.append(0.5 if relative else (n - 1) / 2)
                 my.append(_lane_y(i, j, T))
@@ -275,3 +284,54 @@ def consensus_compare_figure(maps: Sequence["KnowledgeMap"], names: Sequence[str
     fig.update_xaxes(range=[0, 1])
     fig.update_xaxes(title="relative depth", row=len(concepts), col=1)
     return fig
+
+
+def control_curves_figure(km: "KnowledgeMap", technique: str):
+    """Effect over the control family and over the random twin per layer (item-level 95% CIs), per family.
+
+    One subplot per family with an effect over control; marked layers are shaded.
+    """
+    from plotly.subplots import make_subplots
+
+    j = km.techniques.index(technique)
+    fams = [c for c in km.concepts
+            if km.status[c].get(technique) == "ok" and km.control_status[c].get(technique) == "ok"]
+    if not fams:
+        return None
+    k = {name: i for i, name in enumerate(CONTROL_STATS)}
+    fig = make_subplots(rows=len(fams), cols=1, shared_xaxes=True, vertical_spacing=min(0.08, 0.5 / len(fams)),
+                        subplot_titles=[escape(km.label(c)) for c in fams])
+    x = np.arange(km.n_layers)
+    for r, c in enumerate(fams):
+        st = km.control_stats[km.concepts.index(c), j]
+        add_curve(fig, "over control family", st[k["effect"]], st[k["ci_low"]], st[k["ci_high"]], x=x,
+                  color="#1f77b4", row=r + 1, col=1, showlegend=(r == 0))
+        add_curve(fig, "over random twin", st[k["effect_twin"]], st[k["twin_low"]], st[k["twin_high"]], x=x,
+                  color="#d62728", dash="dot", row=r + 1, col=1, showlegend=(r == 0))
+        for a, b in _mask_runs(st[k["marked"]] > 0.5):
+            fig.add_vrect(x0=a - 0.5, x1=b + 0.5, fillcolor="#2ca02c", opacity=0.12, line_width=0, row=r + 1, col=1)
+        fig.add_hline(y=0, line=dict(color="#999", width=1), row=r + 1, col=1)
+    fig.update_layout(title=f"{escape(technique)}: effect over control per layer (item-level 95% CI; marked layers shaded)",
+                      template="plotly_white", height=max(320, 200 * len(fams)),
+                      legend=dict(orientation="h", y=-0.08, yanchor="top", x=0))
+    fig.update_xaxes(title="layer", row=len(fams), col=1)
+    return fig
+
+
+def block_criticality_figure(data, n_layers: int):
+    """The block-criticality strip (generic, shown once for all families): cost of removing each block."""
+    y = np.asarray(data["curve"], float)
+    lo = data.get("ci_low")
+    hi = data.get("ci_high")
+    label = str(data.get("label") or "block criticality")
+    fig = layer_curve_figure({label: (y, lo, hi)}, title="Block criticality (generic: the same for every family)",
+                             y_title=escape(label))
+    fig.update_layout(height=300)
+    fig.update_xaxes(range=[-0.5, n_layers - 0.5], dtick=1)
+    return fig
+
+
+def _mask_runs(mask):
+    from medinterp.stats import intervals_from_mask
+
+    return intervals_from_mask(mask)

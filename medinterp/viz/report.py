@@ -13,6 +13,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
+from medinterp.maps.findings import block_criticality, findings_table
+from medinterp.maps.synthesis import _ranges_text
 from medinterp.viz.html import escape
 from medinterp.viz.html import figure_div, page, provenance_block
 
@@ -86,6 +88,48 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return f"<table class='iv'><tr>{head}</tr>{body}</table>"
 
 
+def _findings_section(km: "KnowledgeMap") -> str:
+    """The paper's findings as rows: holds / does not hold / inconclusive, with statistic, CI and control."""
+    rows = [f.as_row() for f in findings_table(km)]
+    return ("<h2 id='findings'>Findings of the paper, tested on this model</h2>"
+            "<p class='note'>Each row is decided by a rule in <code>medinterp.maps.findings</code>; "
+            "a statistic the run did not measure is shown as “inconclusive: not measured”.</p>"
+            + _table(rows, ["finding", "verdict", "statistic [95% CI]", "control"]))
+
+
+def _rule_note(km: "KnowledgeMap", model: dict) -> str:
+    head = (f"<p class='note'>Model: <b>{escape(km.model_name or model.get('spec', '?'))}</b>, {km.n_layers} layers. "
+            f"Concepts: {escape(', '.join(km.label(c) for c in km.concepts))}. ")
+    cp = km.control_params or {}
+    if km.rule == "controls":
+        return head + (
+            "A layer is marked only where the technique's per-item evidence beats <b>both</b> the matched "
+            "non-medical control family (unpaired, items resampled) and the random-init twin of the model (paired "
+            f"on item and template), after {escape(cp.get('correction', 'holm'))} correction across layers at "
+            f"α = {escape(cp.get('alpha', 0.05))}, in runs of ≥ {escape(cp.get('min_run', 2))} layers, kept when marked "
+            f"in ≥ {escape(format(100 * float(cp.get('robustness', 0.8)), '.0f'))}% of item × template × seed "
+            "resamples. “No interval” is a valid outcome. The consensus strip counts only marked layers.</p>")
+    rise = [t for t in km.techniques if km.rules.get(t) == "rise"]
+    return head + (
+        "<b>Paper rules</b> (not effect over control): each technique's per-layer curve is smoothed (Gaussian σ = "
+        f"{escape(km.params['sigma'])}); {escape(', '.join(rise) or 'no technique')} "
+        f"{'marks' if len(rise) == 1 else 'mark'} the {escape(km.params['window'])}-layer window of "
+        f"steepest rise, the other techniques mark runs above the {escape(format(float(km.params['percentile']), 'g'))}th "
+        f"percentile (≥ {escape(km.params['min_len'])} layers, ≤ {escape(km.params['max_intervals'])} per "
+        "technique, largest area kept). The consensus strip counts the techniques marking each layer.</p>")
+
+
+def _cell(km: "KnowledgeMap", c: str, t: str) -> str:
+    """One map cell in words: the marked layers, "no interval", or why there is no band."""
+    if km.status[c].get(t) != "ok":
+        return km.status[c].get(t, "not run")
+    if not km.available(c, t):
+        return km.control_status[c].get(t, "no effect over control")
+    layers = [l for iv in km.intervals if iv["concept"] == c and iv["technique"] == t
+              for l in range(iv["start"], iv["end"] + 1)]
+    return _ranges_text(layers) if layers else "no interval"
+
+
 def _technique_result_figures(km: "KnowledgeMap", technique: str, max_figs: int = 12) -> list[str]:
     """Figures of the saved/in-memory technique results (one per concept), as divs."""
     from pathlib import Path
@@ -126,32 +170,31 @@ def render_report(
     include_technique_figures: bool = True,
 ) -> str:
     """The full report of a knowledge map as one HTML string (see module docstring)."""
-    from medinterp.viz.figures import curve_heatmaps, curves_figure, map_figure
+    from medinterp.viz.figures import (block_criticality_figure, control_curves_figure, curve_heatmaps, curves_figure,
+                                       map_figure)
 
     title = title or f"medinterp knowledge map{' — ' + km.model_name if km.model_name else ''}"
     parts: list[str] = [_EXTRA_CSS]
     parts.append(
         "<nav>" + "".join(f"<a href='#{a}'>{escape(b)}</a>" for a, b in [
-            ("map", "Map"), ("summary", "Summary"), ("curves", "Curves")] +
+            ("findings", "Findings"), ("map", "Map"), ("summary", "Summary"), ("curves", "Curves")] +
             [(f"t-{t}", t) for t in km.techniques] + [("params", "Parameters")]) + "</nav>"
     )
     model = (km.provenance or {}).get("model") or {}
-    rise = [t for t in km.techniques if km.rules.get(t) == "rise"]
-    parts.append(
-        f"<p class='note'>Model: <b>{escape(km.model_name or model.get('spec', '?'))}</b>, "
-        f"{km.n_layers} layers. Concepts: {escape(', '.join(km.label(c) for c in km.concepts))}. "
-        "Each technique's per-layer curve is smoothed (Gaussian σ = "
-        f"{escape(km.params['sigma'])}); {escape(', '.join(rise) or 'no technique')} "
-        f"{'marks' if len(rise) == 1 else 'mark'} the {escape(km.params['window'])}-layer window of "
-        f"steepest rise, the other techniques mark runs above the {escape(format(float(km.params['percentile']), 'g'))}th "
-        f"percentile (≥ {escape(km.params['min_len'])} layers, ≤ {escape(km.params['max_intervals'])} per "
-        "technique, largest area kept). The consensus strip counts the techniques marking each layer.</p>"
-    )
+    parts.append(_findings_section(km))
+    parts.append(_rule_note(km, model))
     parts.append("<h2 id='map'>Knowledge map</h2>")
     parts.append(figure_div(map_figure(km, relative_depth=relative_depth), div_id="knowledge-map"))
+    crit = block_criticality(km)
+    if crit is not None:
+        parts.append(figure_div(block_criticality_figure(crit, km.n_layers), div_id="block-criticality"))
+        parts.append("<p class='note'>Block criticality is a property of the model, not of a family: shown once, "
+                     "never counted as a band.</p>")
     parts.append("<h2 id='summary'>Summary</h2>")
     summ = km.summary()
     parts.append(_table([(km.label(c), summ[c]) for c in km.concepts], ["concept", "where"]))
+    parts.append(_table([[km.label(c)] + [_cell(km, c, t) for t in km.techniques] for c in km.concepts],
+                        ["concept"] + list(km.techniques)))
     missing = [(km.label(c), t, s) for c in km.concepts for t, s in km.status[c].items() if s != "ok"]
     if missing:
         parts.append("<p class='missing'>Techniques missing from this map (no numbers are shown for them):</p>")
@@ -172,6 +215,9 @@ def render_report(
         if not any(km.status[c].get(t) == "ok" for c in km.concepts):
             parts.append("<p class='missing'>Not run for any concept.</p>")
             continue
+        cf = control_curves_figure(km, t)
+        if cf is not None:
+            parts.append(figure_div(cf))
         parts.append(figure_div(curves_figure(km, t)))
         if include_technique_figures:
             parts.append("<details><summary>Full results per concept</summary>")

@@ -1,4 +1,5 @@
-"""End to end on the real Gemma 3 270M: a quick knowledge map, resume from the work dir, report, CLI."""
+"""End to end on the real Gemma 3 270M: a quick knowledge map with controls (control families and the
+random-init twin), resume from the work dir, curves.csv, report, CLI."""
 
 from __future__ import annotations
 
@@ -32,19 +33,31 @@ def test_quick_map_runs_every_technique(quick_map, gemma):
     for c in FAMILIES:
         for j, t in enumerate(km.techniques):
             assert km.status[c][t] == "ok", (c, t, km.status[c][t])
+            # every cell has an effect over control, or says why not (never a band without controls)
+            cs = km.control_status[c][t]
+            assert cs == "ok" or cs.startswith(("no unit scores", "no finite unit scores", "control family",
+                                                "random twin")), (c, t, cs)
+            for d in (c, f"{c}__control", f"{c}__twin"):
+                assert (work / d / t / "job.json").is_file(), (d, t)
             curve = km.curves[km.concepts.index(c), j]
             assert curve.shape == (n,) and np.all(np.isfinite(curve))
             # the stored curve is the saved technique result's own layer_curve
             res = Result.load(work / c / t)
             np.testing.assert_allclose(res.layer_curve(), curve, rtol=1e-6)
-    assert km.intervals, "no interval marked at all"
-    for iv in km.intervals:
-        assert 0 <= iv["start"] <= iv["end"] < n
+    assert km.rule == "controls"
+    for iv in km.intervals:  # "no interval" is a valid outcome; what is marked is a marked, robust run
+        assert 0 <= iv["start"] <= iv["end"] < n and iv["rule"] == "controls"
+        assert km.control_status[iv["concept"]][iv["technique"]] == "ok"
     cons = km.consensus()
     assert cons.shape == (len(FAMILIES), n) and cons.max() <= len(TECHNIQUES)
     assert set(km.summary()) == set(FAMILIES)
     assert km.provenance["model"]["n_layers"] == n and km.provenance["params"]["size"] == "quick"
-    assert sorted(saved_jobs(work)) == sorted(f"{c}/{t}" for c in FAMILIES for t in TECHNIQUES)
+    assert sorted(saved_jobs(work)) == sorted(f"{c}{k}/{t}" for c in FAMILIES for t in TECHNIQUES
+                                              for k in ("", "__control", "__twin"))
+    import pandas as pd
+
+    df = pd.read_csv(work / "map" / "curves.csv")
+    assert set(df.family) == set(FAMILIES) and df.layer.max() == n - 1
     assert all(km.curve_names[t] for t in TECHNIQUES)  # every technique says what its curve measures
 
 
@@ -76,7 +89,7 @@ def test_report_and_cli(quick_map, tmp_path):
     text = km.to_html(tmp_path / "r.html")
     assert "https://" not in "".join(text.split("<script")[0])  # nothing external before the scripts
     assert 'src="http' not in text and "src='http" not in text
-    assert "knowledge-map" in text
+    assert "knowledge-map" in text and "Findings of the paper" in text
     # CLI: resumes from the same work dir (no recomputation), writes report + map beside it
     out = tmp_path / "cli.html"
     output = main(["map", "--quick", "--concepts", ",".join(FAMILIES), "--work-dir", str(work), "--out", str(out), "--no-progress"])
@@ -84,6 +97,6 @@ def test_report_and_cli(quick_map, tmp_path):
     assert "Knowledge map of gemma-3-270m" in output and "peak RSS" in output
     km_cli = KnowledgeMap.load(tmp_path / "cli.map")
     np.testing.assert_array_equal(km_cli.curves, km.curves)
-    km.rethreshold(percentile=90).save(tmp_path / "strict.map")
+    km.rethreshold(rule="paper", percentile=90).save(tmp_path / "strict.map")
     main(["compare", str(out), str(tmp_path / "strict.map"), "--names", "p75,p90", "--out", str(tmp_path / "c.html")])
     assert "p90" in (tmp_path / "c.html").read_text()

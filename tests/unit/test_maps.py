@@ -276,6 +276,10 @@ def _fake(name, shape, calls, *, rule="percentile", many=False, needs=("concepts
                      run_many_fn=run_many if many else None)
 
 
+#: the runner tests below check the job machinery of the model runs only (no control runs).
+PAPER = dict(controls=False, rule="paper")
+
+
 @pytest.fixture
 def toys(monkeypatch):
     calls = []
@@ -300,7 +304,7 @@ def test_knowledge_map_runner_resumes_and_records_failures(tmp_path, toys, caplo
     techs = ["toy_rise", "toy_pct", "toy_broken", "toy_pairs"]
     fams = {"drugs": {"concepts": ["a prompt"], "pairs": None}, EVIL: {"concepts": ["x"]}}
     with caplog.at_level(logging.ERROR, logger="medinterp"):
-        km = maps.knowledge_map(model, fams, techs, out_dir=tmp_path / "w", progress=False,
+        km = maps.knowledge_map(model, fams, techs, out_dir=tmp_path / "w", progress=False, **PAPER,
                                 technique_kwargs={"toy_pct": {"max_prompts": 2}})
     assert km.techniques == techs and km.rules["toy_rise"] == "rise" and km.rules["toy_pct"] == "percentile"
     assert km.status["drugs"]["toy_pct"] == "ok" and km.status["drugs"]["toy_broken"].startswith("failed: RuntimeError: boom")
@@ -315,7 +319,7 @@ def test_knowledge_map_runner_resumes_and_records_failures(tmp_path, toys, caplo
     np.testing.assert_array_equal(km.curves_low[0, 1], bumps(6, [(2, 3)]) - 1)
     n_first = len(calls)
     # rerun: finished results load from the work dir; only the failed technique runs again
-    km2 = maps.knowledge_map(model, fams, techs, out_dir=tmp_path / "w", progress=False,
+    km2 = maps.knowledge_map(model, fams, techs, out_dir=tmp_path / "w", progress=False, **PAPER,
                              technique_kwargs={"toy_pct": {"max_prompts": 2}})
     assert [c for c in calls[n_first:] if c[1] != "broken"] == []
     assert len(calls) - n_first == 2  # the broken job of each family
@@ -337,7 +341,7 @@ def test_runner_recomputes_when_the_job_changes(tmp_path, toys):
     from medinterp.testing import tiny_model
 
     calls = toys
-    run = lambda m, fams, **k: maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False, **k)
+    run = lambda m, fams, **k: maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False, **PAPER, **k)
     m = tiny_model(n_layers=4)
     fams = {"drugs": {"concepts": ["p"]}}
     run(m, fams)
@@ -381,16 +385,16 @@ def test_corrupt_saved_result_is_recomputed_not_failed(tmp_path, toys, caplog):
     calls = toys
     m = tiny_model(n_layers=4)
     fams = {"drugs": {"concepts": ["p"]}}
-    km = maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False)
+    km = maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False, **PAPER)
     arrays = tmp_path / "drugs" / "toy_pct" / "arrays.safetensors"
     data = arrays.read_bytes()
     arrays.write_bytes(data[: len(data) // 2])  # torn write
     with caplog.at_level(logging.WARNING, logger="medinterp"):
-        km2 = maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False)
+        km2 = maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False, **PAPER)
     assert len(calls) == 2 and km2.status["drugs"]["toy_pct"] == "ok"
     assert "does not load" in caplog.text and "recomputing" in caplog.text
     np.testing.assert_array_equal(km2.curves, km.curves)
-    maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False)
+    maps.knowledge_map(m, fams, ["toy_pct"], out_dir=tmp_path, progress=False, **PAPER)
     assert len(calls) == 2  # the rewritten result is trusted again
 
 
@@ -401,13 +405,13 @@ def test_shared_run_many_when_two_families_pending(tmp_path, toys):
     calls = toys
     m = tiny_model(n_layers=5)
     fams = {"a": {"concepts": ["p"]}, "b": {"concepts": ["q"]}, "c": {"pairs": ["x"]}}
-    km = maps.knowledge_map(m, fams, ["toy_many"], out_dir=tmp_path, progress=False)
+    km = maps.knowledge_map(m, fams, ["toy_many"], out_dir=tmp_path, progress=False, **PAPER)
     assert calls == [(("a", "b"), "toy_many_many", {"n": 2})]  # one shared call; "c" lacks concepts
     assert km.status["a"]["toy_many"] == km.status["b"]["toy_many"] == "ok"
     assert km.status["c"]["toy_many"].startswith("not run")
     assert (tmp_path / "a" / "toy_many" / "job.json").is_file() and (tmp_path / "b" / "toy_many" / "job.json").is_file()
     (tmp_path / "b" / "toy_many" / "job.json").unlink()  # only one family left: the single-family run
-    maps.knowledge_map(m, fams, ["toy_many"], out_dir=tmp_path, progress=False)
+    maps.knowledge_map(m, fams, ["toy_many"], out_dir=tmp_path, progress=False, **PAPER)
     assert calls[1:] == [("b", "toy_many", {"n": 2})]
 
 

@@ -1,0 +1,338 @@
+"""Effect over control: a layer enters the map only where medicine beats its control family and the twin.
+
+For one (family, technique) the map has three :class:`~medinterp.techniques.base.UnitScores`
+(per-prompt evidence per block, with item ids and templates):
+
+* ``medicine``: the model on the family;
+* ``control``: the model on the family's matched non-medical control family (other items, same frames);
+* ``twin``: the random-init twin (same architecture and tokenizer) on the family (same prompts).
+
+:func:`effect_over_control` compares them with :mod:`medinterp.stats`:
+
+1. **vs control family**, unpaired (the items differ): :func:`medinterp.stats.layer_effects` with the
+   item of every prompt as its unit (prompts are averaged per item; the bootstrap resamples items, the
+   permutation moves whole items between the groups);
+2. **vs twin**, paired: medicine and twin rows are matched on (item, template); the per-item paired
+   difference is tested by a per-item sign flip and bootstrapped over items;
+3. both sets of p-values corrected across layers (``correction``: Holm or BH, :func:`medinterp.stats.adjust`);
+4. a layer is **marked** where both corrected p-values are <= ``alpha`` and both effects are > 0, in
+   runs of >= ``min_run`` adjacent layers (:func:`medinterp.stats.mark_layers` on the larger of the two
+   p-values and the smaller of the two effects);
+5. **robustness** (:func:`medinterp.stats.robustness`): steps 1-4 are redone on ``n_resamples``
+   resamples (items of each group drawn with replacement, a bootstrap subset of the templates when
+   there are >= 3, a fresh permutation seed); a marked layer is kept only when marked in >=
+   ``robustness`` of them.
+
+"No interval" (nothing kept) is a valid outcome. Scores that cannot be compared give a *reason*
+instead of numbers (:class:`NoScores`): all NaN (e.g. patching's "not known by the model", with the
+technique's own description), fewer than 2 items left, layer counts that differ.
+
+Why the false-marking rate holds: under the null each of the two tests controls its family-wise
+error across layers at ``alpha`` (Holm), a mark needs *both* rejections at the same layer, and run
+length and robustness only remove marks; so P(any layer marked) <= alpha. ``tests/unit/test_map_controls``
+checks it on 1,000 pure-noise score sets.
+
+Example:
+    >>> import numpy as np
+    >>> from medinterp.techniques.base import UnitScores
+    >>> rng = np.random.default_rng(0)
+    >>> units = np.repeat(np.arange(20), 3); tmpl = np.tile(np.arange(3), 20)
+    >>> med = rng.normal(size=(60, 6)); med[:, 2:4] += 2.0
+    >>> mk = lambda v: UnitScores(v, list(units), list(tmpl))
+    >>> out = effect_over_control(mk(med), mk(rng.normal(size=(60, 6))), mk(rng.normal(size=(60, 6))),
+    ...                           n_perm=999, n_boot=200, n_resamples=10)
+    >>> out.intervals
+    [(2, 3)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import numpy as np
+from jaxtyping import Bool, Float
+
+from medinterp import stats
+from medinterp.errors import MedinterpError
+from medinterp.techniques.base import UnitScores
+
+Correction = Literal["holm", "fdr_bh"]
+
+#: the per-layer statistics a (family, technique) cell stores, in ``KnowledgeMap.control_stats`` order.
+CONTROL_STATS: tuple[str, ...] = ("effect", "ci_low", "ci_high", "p_adj", "effect_twin", "twin_low", "twin_high",
+                                  "p_adj_twin", "marked", "robustness")
+
+
+class NoScores(MedinterpError):
+    """A technique's unit scores cannot be compared (the message is the reason the map shows)."""
+
+
+@dataclasses.dataclass
+class ControlMarking:
+    """Effect over control of one (family, technique): both comparisons, the marks, their robustness.
+
+    Attributes:
+        effect, ci_low, ci_high, p_adj: ``[n_layers]`` medicine minus control family (item-level CI,
+            corrected p).
+        effect_twin, twin_low, twin_high, p_adj_twin: ``[n_layers]`` medicine minus random twin (paired).
+        significant: ``[n_layers]`` marked on the full data (both beaten, runs >= ``min_run``).
+        robustness: ``[n_layers]`` fraction of resamples marking each layer (NaN when no resample was
+            run: no layer significant on the full data, or robustness off).
+        marked: ``[n_layers]`` the map's marks: ``significant`` and ``robustness >= threshold``.
+        intervals: inclusive runs of ``marked``; ``[]`` is "no interval".
+        n_items, n_control, n_twin: items in each comparison.
+    """
+
+    effect: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p_adj: np.ndarray
+    effect_twin: np.ndarray
+    twin_low: np.ndarray
+    twin_high: np.ndarray
+    p_adj_twin: np.ndarray
+    significant: np.ndarray
+    robustness: np.ndarray
+    marked: np.ndarray
+    intervals: list
+    n_items: int
+    n_control: int
+    n_twin: int
+
+    def stats_array(self) -> Float[np.ndarray, "n_stats n_layers"]:
+        """The :data:`CONTROL_STATS` rows stacked (``marked`` as 0/1)."""
+        return np.stack([np.asarray(getattr(self, k), dtype=float) for k in CONTROL_STATS])
+
+
+# ============================================================================ cleaning and pairing
+def clean(scores: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, units, templates)`` of a :class:`UnitScores` without the prompts that have NaN values.
+
+    Raises:
+        NoScores: not a UnitScores, all values NaN (the reason names the scores' description), or < 2 items.
+    """
+    if not isinstance(scores, UnitScores):
+        raise NoScores(f"{what}: unit_scores() returned a {type(scores).__name__}, expected UnitScores")
+    v = np.asarray(scores.values, dtype=float)
+    units = np.asarray([str(u) for u in scores.units])
+    tmpl = np.asarray([str(t) for t in scores.templates]) if scores.templates is not None else _order_in_unit(units)
+    ok = np.isfinite(v).all(axis=1)
+    if not ok.any():
+        desc = f" ({scores.description})" if scores.description else ""
+        raise NoScores(f"{what}: no finite unit scores{desc}")
+    v, units, tmpl = v[ok], units[ok], tmpl[ok]
+    if len(np.unique(units)) < 2:
+        raise NoScores(f"{what}: fewer than 2 items with finite scores")
+    return v, units, tmpl
+
+
+def _order_in_unit(units: np.ndarray) -> np.ndarray:
+    """Without template ids, the k-th prompt of an item is matched with the k-th (as strings)."""
+    seen: dict[str, int] = {}
+    out = []
+    for u in units:
+        out.append(str(seen.get(u, 0)))
+        seen[u] = seen.get(u, 0) + 1
+    return np.asarray(out)
+
+
+def pair_rows(a_units, a_tmpl, b_units, b_tmpl) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(ia, ib)`` of the prompts present in both, matched on (unit, template).
+
+    Example:
+        >>> pair_rows(np.array(["x", "x", "y"]), np.array(["0", "1", "0"]), np.array(["y", "x"]), np.array(["0", "1"]))
+        (array([1, 2]), array([1, 0]))
+    """
+    index = {(u, t): i for i, (u, t) in enumerate(zip(b_units, b_tmpl))}
+    ia, ib = [], []
+    for i, key in enumerate(zip(a_units, a_tmpl)):
+        j = index.get(key)
+        if j is not None:
+            ia.append(i)
+            ib.append(j)
+    return np.asarray(ia, dtype=int), np.asarray(ib, dtype=int)
+
+
+# ============================================================================ the marking
+@dataclasses.dataclass
+class _Data:
+    med: np.ndarray
+    med_u: np.ndarray
+    med_t: np.ndarray
+    ctrl: np.ndarray
+    ctrl_u: np.ndarray
+    ctrl_t: np.ndarray
+    tw_med: np.ndarray
+    tw: np.ndarray
+    tw_u: np.ndarray
+    tw_t: np.ndarray
+
+
+def _prepare(medicine: UnitScores, control: UnitScores, twin: UnitScores) -> _Data:
+    med, mu, mt = clean(medicine, "medicine")
+    ctrl, cu, ct = clean(control, "control family")
+    tw, tu, tt = clean(twin, "random twin")
+    if not med.shape[1] == ctrl.shape[1] == tw.shape[1]:
+        raise NoScores(f"layer counts differ: medicine {med.shape[1]}, control {ctrl.shape[1]}, twin {tw.shape[1]}")
+    ia, ib = pair_rows(mu, mt, tu, tt)
+    if len(np.unique(mu[ia])) < 2:
+        raise NoScores(f"random twin: fewer than 2 items matched on (item, template) with the model ({len(ia)} prompts)")
+    return _Data(med, mu, mt, ctrl, cu, ct, med[ia], tw[ib], mu[ia], mt[ia])
+
+
+def _mark(d: _Data, *, alpha: float, correction: str, min_run: int, n_perm: int, n_boot: int, seed: int):
+    """Steps 1-4 of the module docstring: ``(vs control, vs twin, p_adj both, marked mask)``."""
+    vs_c = stats.layer_effects(d.med, d.ctrl, medicine_units=d.med_u, control_units=d.ctrl_u,
+                               n_boot=n_boot, n_perm=n_perm, seed=seed)
+    # paired: per-item means of matched rows, in the same (sorted) item order for both
+    vs_t = stats.layer_effects(stats.unit_means(d.tw_med, d.tw_u), stats.unit_means(d.tw, d.tw_u), paired=True,
+                               n_boot=n_boot, n_perm=n_perm, seed=seed + 1)
+    pc, pt = stats.adjust(vs_c.p, correction), stats.adjust(vs_t.p, correction)
+    marked = stats.mark_layers(np.maximum(pc, pt), alpha=alpha, min_run=min_run,
+                               effect=np.minimum(vs_c.effect, vs_t.effect), direction="greater")
+    return vs_c, vs_t, pc, pt, marked
+
+
+def _boot_items(rng, units, tmpl, keep_t=None):
+    """Items drawn with replacement (each draw a new unit id), optionally only the templates ``keep_t``."""
+    ids = np.unique(units)
+    picked = rng.choice(ids, size=len(ids), replace=True)
+    rows, new_u = [], []
+    for k, u in enumerate(picked):
+        r = np.flatnonzero((units == u) & (np.isin(tmpl, keep_t) if keep_t is not None else True))
+        rows.append(r)
+        new_u += [f"{u}#{k}"] * len(r)
+    rows = np.concatenate(rows) if rows else np.zeros(0, int)
+    return rows, np.asarray(new_u)
+
+
+def _resample(d: _Data, rng: np.random.Generator) -> _Data:
+    """One item x template resample of all three score sets (twin rows follow the medicine items)."""
+    templates = np.unique(d.med_t)
+    keep_t = None
+    if len(templates) >= 3:
+        keep_t = np.unique(rng.choice(templates, size=len(templates), replace=True))
+    rows, mu = _boot_items(rng, d.med_u, d.med_t, keep_t)
+    c_keep = keep_t if keep_t is not None and np.isin(keep_t, d.ctrl_t).all() else None
+    crow, cu = _boot_items(rng, d.ctrl_u, d.ctrl_t, c_keep)
+    trows, tu = _boot_items(rng, d.tw_u, d.tw_t, keep_t)
+    return _Data(d.med[rows], mu, d.med_t[rows], d.ctrl[crow], cu, d.ctrl_t[crow],
+                 d.tw_med[trows], d.tw[trows], tu, d.tw_t[trows])
+
+
+def effect_over_control(
+    medicine: UnitScores,
+    control: UnitScores,
+    twin: UnitScores,
+    *,
+    alpha: float = 0.05,
+    correction: Correction = "holm",
+    min_run: int = 2,
+    robustness: float = 0.8,
+    n_perm: int = 1000,
+    n_boot: int = 2000,
+    n_resamples: int = 20,
+    seed: int = 0,
+) -> ControlMarking:
+    """Per-layer effect of medicine over its control family and over the random twin, and the marks.
+
+    Args:
+        medicine: the model's unit scores on the family.
+        control: the model's unit scores on the control family (other items).
+        twin: the random-init twin's unit scores on the family (same prompts; paired on item + template).
+        alpha: significance level after correction.
+        correction: "holm" (family-wise) or "fdr_bh" (Benjamini-Hochberg).
+        min_run: shortest run of marked layers kept.
+        robustness: fraction of resamples a layer must be marked in (0 disables the resamples).
+        n_perm: permutations per test (>= 1000 for headline numbers; Holm over L layers needs
+            ``1 / (n_perm + 1) <= alpha / L`` for any layer to be markable).
+        n_boot: bootstrap resamples for the CIs on the full data (resamples use 100: their CIs are unused).
+        n_resamples: robustness resamples.
+        seed: seed of every test, bootstrap and resample.
+
+    Returns:
+        A :class:`ControlMarking`.
+
+    Raises:
+        NoScores: the scores cannot be compared (the reason is the message).
+        MedinterpError: a bad parameter.
+    """
+    if correction not in ("holm", "fdr_bh"):
+        raise MedinterpError(f"effect_over_control: correction must be 'holm' or 'fdr_bh', got {correction!r}")
+    if not 0 < alpha < 1 or not 0 <= robustness <= 1 or min_run < 1:
+        raise MedinterpError(f"effect_over_control: need 0 < alpha < 1, 0 <= robustness <= 1, min_run >= 1 "
+                             f"(got {alpha}, {robustness}, {min_run})")
+    d = _prepare(medicine, control, twin)
+    kw = dict(alpha=alpha, correction=correction, min_run=min_run, n_perm=n_perm)
+    vs_c, vs_t, pc, pt, sig = _mark(d, n_boot=n_boot, seed=seed, **kw)
+    n_layers = d.med.shape[1]
+    if robustness > 0 and n_resamples > 0 and sig.any():
+        def one(rng: np.random.Generator) -> Bool[np.ndarray, "n_layers"]:
+            r = _resample(d, rng)
+            if min(len(np.unique(r.med_u)), len(np.unique(r.ctrl_u)), len(np.unique(r.tw_u))) < 2:
+                return np.zeros(n_layers, dtype=bool)
+            return _mark(r, n_boot=100, seed=int(rng.integers(2**31)), **kw)[-1]
+
+        rob = stats.robustness(one, n_resamples, marked=sig, threshold=robustness, seed=seed)
+        fraction, marked = rob.fraction, rob.stable
+    else:  # nothing significant (no resample can add a kept mark) or robustness off: no resamples
+        fraction = np.full(n_layers, np.nan)
+        marked = sig.copy()
+    return ControlMarking(
+        effect=vs_c.effect, ci_low=vs_c.ci_low, ci_high=vs_c.ci_high, p_adj=pc,
+        effect_twin=vs_t.effect, twin_low=vs_t.ci_low, twin_high=vs_t.ci_high, p_adj_twin=pt,
+        significant=sig, robustness=fraction, marked=marked, intervals=stats.intervals_from_mask(marked),
+        n_items=vs_c.n_medicine, n_control=vs_c.n_control, n_twin=vs_t.n_medicine,
+    )
+
+
+# ============================================================================ the map's use
+def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, twin, twin_status, *,
+             controls: bool, **marking: Any) -> tuple[dict, dict]:
+    """Effect over control of every (row, technique) of a map run.
+
+    Args:
+        fams: the map rows; techniques: the columns.
+        main, ctrl, twin: results keyed by ``(row, technique)`` of the model, the control family, the twin.
+        main_status, ctrl_status, twin_status: ``"ok"`` or why the job has no result, same keys.
+        ctrl_fams: the control family of each row (None: none).
+        controls: whether the control runs were made.
+        **marking: keyword arguments of :func:`effect_over_control`.
+
+    Returns:
+        ``(stats, status)``: ``stats[row][technique]`` = ``[len(CONTROL_STATS), n_layers]`` where computed;
+        ``status[row][technique]`` = ``"ok"`` or the reason shown in the map instead of a band.
+    """
+    out: dict = {f: {} for f in fams}
+    status: dict = {f: {} for f in fams}
+    for f in fams:
+        for t in techniques:
+            key = (f, t)
+            if not controls:
+                status[f][t] = "controls not run (controls=False)"
+            elif main_status.get(key) != "ok":
+                status[f][t] = "no result on the model"
+            elif ctrl_fams.get(f) is None:
+                status[f][t] = "no control family for this row"
+            elif ctrl_status.get(key) != "ok":
+                status[f][t] = f"control family {ctrl_status.get(key, 'not run')}"
+            elif twin_status.get(key) != "ok":
+                status[f][t] = f"random twin {twin_status.get(key, 'not run')}"
+            else:
+                try:
+                    scores = [r[key].unit_scores() for r in (main, ctrl, twin)]
+                    m = effect_over_control(*scores, **marking)
+                except NotImplementedError:
+                    status[f][t] = f"no unit scores: the {t} result does not provide unit_scores()"
+                except NoScores as e:
+                    status[f][t] = str(e)
+                except MedinterpError as e:
+                    status[f][t] = f"failed: {e}"[:300]
+                else:
+                    out[f][t] = m.stats_array()
+                    status[f][t] = "ok"
+    return out, status
+
+
+__all__ = ["CONTROL_STATS", "mark_all", "ControlMarking", "NoScores", "clean", "effect_over_control", "pair_rows"]

@@ -1,0 +1,124 @@
+"""Job identity and persistence of the knowledge map: fingerprints, job directories, save and resume.
+
+Each finished job is saved to ``<work>/<family>/<technique>/`` (control runs: ``<family>__control/``,
+``<family>__twin/``) with a ``job.json`` holding its fingerprint (:func:`medinterp.store.fingerprint`
+over the *content* of the family's inputs, the technique parameters, the run kind, the model identity
+and the medinterp version). A saved result is loaded only when the fingerprint matches and it loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from medinterp.errors import MedinterpError
+from medinterp.results import Result, _jsonable
+from medinterp.store import fingerprint
+from medinterp.techniques.base import Family
+
+log = logging.getLogger("medinterp")
+
+_JOB_FILE = "job.json"
+
+
+def input_content(x: Any) -> Any:
+    """What a family input *contains*, for the job fingerprint (never just its name or path).
+
+    A shipped name is loaded and its content used (an upgrade that edits a shipped set changes it);
+    a file is hashed by its bytes; a loaded concept/pair set by its fields (items, labels, templates,
+    pairs), without the path it was read from; a list of prompts by its items.
+    """
+    if x is None:
+        return None
+    if isinstance(x, (str, os.PathLike)):
+        p = Path(x)
+        if p.is_file():
+            return p  # store.fingerprint hashes the file's bytes
+        from medinterp.concepts import SHIPPED, load_concepts
+
+        if str(x) in SHIPPED:
+            return input_content(load_concepts(str(x)))
+        return str(x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type) and hasattr(x, "to_dataframe"):
+        return {"__set__": type(x).__name__,
+                **{f.name: getattr(x, f.name) for f in dataclasses.fields(x) if f.name != "path"}}
+    if isinstance(x, (list, tuple)):
+        return [input_content(v) for v in x]
+    return x
+
+
+def job_fingerprint(model: Any, family: Family, technique: str, params: Mapping[str, Any],
+                    run: Mapping[str, Any] | None = None) -> str:
+    """Fingerprint of one job (see module docstring); ``run`` names a control run (which control, twin seed)."""
+    job = {"technique": technique, "params": _jsonable(dict(params)),
+           "concepts": input_content(family.concepts), "pairs": input_content(family.pairs)}
+    if run is not None:
+        job["run"] = dict(run)
+    return fingerprint(job, model=model)
+
+
+def _safe_dirname(name: str) -> str:
+    """A family name as a directory name: itself when plain, else a slug plus a short hash."""
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", name) and name not in (".", ".."):
+        return name
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "family"
+    return f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def job_dir(work_dir: str | os.PathLike, family: str, technique: str) -> Path:
+    """Where the result of one job is saved inside a work dir."""
+    return Path(work_dir) / _safe_dirname(family) / technique
+
+
+def _load_finished(rdir: Path | None, fp: str, key: str) -> Result | None:
+    """The saved result of the same job, or None (absent, other inputs, or unreadable: recomputed)."""
+    if rdir is None or not (rdir / "manifest.json").is_file():
+        return None
+    try:
+        saved = json.loads((rdir / _JOB_FILE).read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        saved = None
+    if saved != fp:
+        log.info("%s: saved result in %s is of other inputs or parameters (fingerprint %s, now %s); recomputing",
+                 key, rdir, saved, fp)
+        return None
+    try:
+        return Result.load(rdir)
+    except MedinterpError as e:
+        log.warning("%s: saved result in %s does not load (%s); recomputing", key, rdir, e)
+        return None
+
+
+def _save_job(res: Result, rdir: Path, fp: str, key: str) -> None:
+    job = rdir / _JOB_FILE
+    if job.exists():
+        job.unlink()  # a half-written result never looks finished
+    res.save(rdir)
+    tmp = rdir / f".{_JOB_FILE}.tmp"
+    tmp.write_text(json.dumps({"fingerprint": fp, "job": key}))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, job)
+
+
+def saved_jobs(work_dir: str | os.PathLike) -> list[str]:
+    """``family/technique`` keys of the finished jobs saved in a work dir (for progress and resume)."""
+    work = Path(work_dir)
+    out = []
+    if not work.is_dir():
+        return out
+    for job in sorted(work.glob(f"*/*/{_JOB_FILE}")):
+        if (job.parent / "manifest.json").is_file():
+            try:
+                out.append(str(json.loads(job.read_text()).get("job")))
+            except (OSError, json.JSONDecodeError):
+                continue
+    return out
+
+

@@ -1,0 +1,345 @@
+"""Effect over control in the knowledge map: validation on pure noise, a planted effect, a random model vs its twin.
+
+Toy techniques registered here return :class:`UnitScores` with planted effects or pure noise, so these
+tests hold whatever the shipped techniques deliver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+import medinterp.viz  # noqa: F401  (registers the renderers)
+from medinterp import stats
+from medinterp.maps import KnowledgeMap
+from medinterp.maps.controls import CONTROL_STATS, NoScores, effect_over_control
+from medinterp.techniques import REGISTRY
+from medinterp.techniques.base import Technique, TechniqueResult, UnitScores
+
+N_LAYERS = 6
+
+
+def _scores(values, n_items, n_templates, prefix="item"):
+    units = [f"{prefix}{i}" for i in range(n_items) for _ in range(n_templates)]
+    tmpl = [t for _ in range(n_items) for t in range(n_templates)]
+    return UnitScores(values, units, tmpl, description="toy")
+
+
+# ---------------------------------------------------------------- (a) pure noise, the map's own code path
+def test_pure_noise_marks_a_layer_in_at_most_5_percent_of_1000_runs():
+    rng = np.random.default_rng(0)
+    n_items, n_t, L = 12, 2, 8
+    marked_runs, naive_runs, vs_control_runs = 0, 0, 0
+    for r in range(1000):
+        med, ctrl, twin = (rng.normal(size=(n_items * n_t, L)) for _ in range(3))
+        out = effect_over_control(_scores(med, n_items, n_t), _scores(ctrl, n_items, n_t, "c"),
+                                  _scores(twin, n_items, n_t), n_perm=999, n_boot=30, n_resamples=5, seed=r)
+        marked_runs += bool(out.marked.any())
+        vs_control_runs += bool((out.p_adj <= 0.05).any())  # one comparison alone, Holm: calibrated, not dead
+        if r < 200:  # the same data under an uncorrected single-comparison rule: shows this test can fail
+            p = stats.layer_effects(stats.unit_means(med, _scores(med, n_items, n_t).units),
+                                    stats.unit_means(twin, _scores(med, n_items, n_t).units), paired=True,
+                                    n_boot=30, n_perm=199, seed=r).p
+            naive_runs += bool((p <= 0.05).any())
+    print(f"pure noise: {marked_runs} of 1000 runs marked; Holm vs control family alone {vs_control_runs} of 1000; "
+          f"uncorrected paired rule {naive_runs} of 200")
+    assert marked_runs <= 50, marked_runs
+    assert 5 <= vs_control_runs <= 50, vs_control_runs
+    assert naive_runs / 200 > 0.15, naive_runs  # uncorrected per-layer testing marks noise often
+
+
+def test_planted_effect_is_marked_at_the_planted_layers_only():
+    rng = np.random.default_rng(1)
+    n_items, n_t = 20, 3
+    med = rng.normal(size=(n_items * n_t, 10))
+    med[:, 3:6] += 1.5
+    out = effect_over_control(_scores(med, n_items, n_t), _scores(rng.normal(size=(60, 10)), n_items, n_t, "c"),
+                              _scores(rng.normal(size=(60, 10)), n_items, n_t), n_perm=999, n_boot=200)
+    assert out.intervals == [(3, 5)]
+    assert (out.robustness[3:6] >= 0.8).all() and (out.ci_low[3:6] > 0).all()
+    assert (out.p_adj[3:6] <= 0.05).all() and (out.p_adj_twin[3:6] <= 0.05).all()
+
+
+def test_medicine_must_beat_both_controls():
+    rng = np.random.default_rng(2)
+    med = rng.normal(size=(60, 6))
+    med[:, 1:3] += 2.0
+    twin = med + rng.normal(scale=0.1, size=med.shape)  # the twin shows the same "effect": architecture, not medicine
+    out = effect_over_control(_scores(med, 20, 3), _scores(rng.normal(size=(60, 6)), 20, 3, "c"),
+                              _scores(twin, 20, 3), n_perm=999, n_boot=100)
+    assert (out.p_adj[1:3] <= 0.05).all()  # beats the control family...
+    assert out.intervals == []  # ...but not the twin: no interval
+
+
+def test_twin_rows_are_paired_on_item_and_template_not_order():
+    rng = np.random.default_rng(3)
+    med = rng.normal(size=(60, 4))
+    med[:, 0:2] += 1.0
+    med_s = _scores(med, 20, 3)
+    perm = rng.permutation(60)  # twin rows in another order: matched by (item, template), not by row
+    twin = UnitScores(med[perm] - 1.0 * (np.arange(4) < 2) + rng.normal(scale=0.05, size=(60, 4)),
+                      [med_s.units[i] for i in perm], [med_s.templates[i] for i in perm])
+    out = effect_over_control(med_s, _scores(rng.normal(size=(60, 4)) - 2, 20, 3, "c"), twin, n_perm=999, n_boot=100)
+    np.testing.assert_allclose(out.effect_twin, [1, 1, 0, 0], atol=0.05)
+
+
+def test_scores_without_numbers_give_a_reason():
+    good = _scores(np.zeros((6, 3)), 3, 2)
+    nan = UnitScores(np.full((6, 3), np.nan), good.units, good.templates, description="not known by the model")
+    with pytest.raises(NoScores, match="not known by the model"):
+        effect_over_control(nan, good, good)
+    with pytest.raises(NoScores, match="layer counts differ"):
+        effect_over_control(good, _scores(np.zeros((6, 4)), 3, 2), good)
+
+
+# ---------------------------------------------------------------- toy techniques in the map
+@dataclasses.dataclass
+class ToyScores(TechniqueResult):
+    kind = "test_map_controls_toy"
+    values: np.ndarray = None
+    units: list = dataclasses.field(default_factory=list)
+    templates: list = dataclasses.field(default_factory=list)
+
+    def layer_curve(self):
+        return np.nanmean(self.values, axis=0) if np.isfinite(self.values).any() else np.zeros(self.values.shape[1])
+
+    def layer_curve_ci(self):
+        c = self.layer_curve()
+        return c - 0.1, c + 0.1
+
+    def unit_scores(self):
+        return UnitScores(self.values, self.units, self.templates, description="toy evidence")
+
+
+@dataclasses.dataclass
+class NoUnits(TechniqueResult):
+    kind = "test_map_controls_nounits"
+    curve: np.ndarray = None
+
+    def layer_curve(self):
+        return self.curve
+
+    def layer_curve_ci(self):
+        return self.curve, self.curve
+
+
+def _is_twin(model):
+    return "twin_of" in (getattr(model, "medinterp_info", None) or {})
+
+
+def _planted(model, fam, *, progress=True, effect=1.5, layers=(2, 3)):
+    """Noise per prompt; medicine on the (non-twin) model gets +effect at ``layers``."""
+    spec = fam.concepts
+    seed = zlib.crc32(f"{fam.name}/{_is_twin(model)}".encode())
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(spec["n"] * 2, model.cfg.n_layers))
+    if spec.get("medicine") and not _is_twin(model):
+        v[:, list(layers)] += effect
+    if spec.get("unknown"):
+        v[:] = np.nan
+    units = [f"{spec['prefix']}{i}" for i in range(spec["n"]) for _ in range(2)]
+    return ToyScores(concept_set=fam.name, values=v, units=units, templates=[0, 1] * spec["n"])
+
+
+def _resid_norms(model, fam, *, progress=True):
+    """A real, weight-dependent toy: per prompt, the residual norm at the last token after every block."""
+    import torch
+
+    prompts, units, tmpl = [], [], []
+    for item in fam.concepts["items"]:
+        for k, frame in enumerate(("The patient takes {}", "A note about {}")):
+            prompts.append(frame.format(item))
+            units.append(item)
+            tmpl.append(k)
+    names = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
+    vals = []
+    with torch.no_grad():
+        for p in prompts:
+            _, cache = model.run_with_cache(p, names_filter=lambda n: n in names)
+            vals.append([float(cache[n][0, -1].norm()) for n in names])
+    return ToyScores(concept_set=fam.name, values=np.array(vals), units=units, templates=tmpl)
+
+
+@pytest.fixture
+def toys(monkeypatch):
+    for t in (Technique("toy_planted", _planted), Technique("toy_norms", _resid_norms),
+              Technique("toy_nounits", lambda m, f, **k: NoUnits(curve=np.arange(float(m.cfg.n_layers))))):
+        monkeypatch.setitem(REGISTRY, t.name, t)
+
+
+def _fams(**extra):
+    return {"drugs": {"concepts": {"n": 20, "prefix": "d", "medicine": True, **extra},
+                      "control": {"concepts": {"n": 20, "prefix": "c"}}},
+            "nocontrol": {"concepts": {"n": 20, "prefix": "x", "medicine": True}},
+            "flat": {"concepts": {"n": 20, "prefix": "f"}, "control": {"concepts": {"n": 20, "prefix": "g"}}}}
+
+
+def test_map_marks_planted_layers_saves_all_runs_and_resumes(tmp_path, toys):
+    import pandas as pd
+
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    model = tiny_model(n_layers=N_LAYERS)
+    kw = dict(out_dir=tmp_path / "w", progress=False, n_perm=999, n_boot=100, n_resamples=10)
+    km = maps.knowledge_map(model, _fams(), ["toy_planted", "toy_nounits"], **kw)
+    assert km.rule == "controls"
+    assert [(iv["concept"], iv["technique"], iv["start"], iv["end"]) for iv in km.intervals] == \
+        [("drugs", "toy_planted", 2, 3)]
+    assert km.control_status["drugs"]["toy_nounits"].startswith("no unit scores")
+    assert km.control_status["nocontrol"]["toy_planted"] == "no control family for this row"
+    assert "toy_nounits: no unit scores" in km.summary()["drugs"]
+    assert km.control_status["flat"]["toy_planted"] == "ok" and "toy_planted: no interval" in km.summary()["flat"]
+    for d in ("drugs", "drugs__control", "drugs__twin", "nocontrol", "nocontrol__twin"):
+        assert (tmp_path / "w" / d / "toy_planted" / "job.json").is_file(), d
+    assert not (tmp_path / "w" / "nocontrol__control").exists()
+    fps = {d: json.loads((tmp_path / "w" / d / "toy_planted" / "job.json").read_text())["fingerprint"]
+           for d in ("drugs", "drugs__control", "drugs__twin")}
+    assert len(set(fps.values())) == 3
+    # curves.csv beside manifest.json, long form, loads in pandas
+    df = pd.read_csv(tmp_path / "w" / "map" / "curves.csv")
+    assert {"family", "technique", "layer", "effect", "control", "ci_low", "ci_high", "p_adj", "marked",
+            "robustness"} <= set(df.columns)
+    sel = df[(df.family == "drugs") & (df.technique == "toy_planted") & (df.control == "random twin")]
+    assert sorted(sel[sel.marked].layer) == [2, 3] and len(sel) == N_LAYERS
+    # rerun: everything loads (the twin is not even built)
+    calls = []
+    orig = REGISTRY["toy_planted"]
+    REGISTRY["toy_planted"] = dataclasses.replace(orig, run_fn=lambda *a, **k: calls.append(1) or orig.run_fn(*a, **k))
+    km2 = maps.knowledge_map(model, _fams(), ["toy_planted", "toy_nounits"], **kw)
+    assert calls == [] and km2.intervals == km.intervals
+    np.testing.assert_array_equal(km2.control_stats, km.control_stats)
+    back = KnowledgeMap.load(tmp_path / "w" / "map")
+    assert back.intervals == km.intervals and back.rule == "controls"
+    assert back.rethreshold(rule="paper").intervals != km.intervals  # the paper rule marks the bare curves
+    # the report: no-interval cells, reasons, the findings table
+    html = km.to_html(tmp_path / "r.html")
+    assert "no interval" in html and "no unit scores" in html and "Findings" in html
+
+
+def test_unknown_family_shows_the_reason_not_a_band(toys):
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    km = maps.knowledge_map(tiny_model(n_layers=4), {"drugs": _fams(unknown=True)["drugs"]}, ["toy_planted"],
+                            progress=False, n_perm=999, n_boot=50)
+    assert km.intervals == [] and "no finite unit scores (toy evidence)" in km.control_status["drugs"]["toy_planted"]
+    assert np.isnan(km.control_stats).all()
+
+
+def test_paper_rule_without_controls_is_labelled_and_rule_controls_needs_controls(toys):
+    import medinterp.maps as maps
+    from medinterp.errors import MedinterpError
+    from medinterp.testing import tiny_model
+
+    m = tiny_model(n_layers=4)
+    km = maps.knowledge_map(m, {"drugs": _fams()["drugs"]}, ["toy_planted"], progress=False, controls=False,
+                            rule="paper")
+    assert km.rule == "paper" and all(iv["rule"] in ("percentile", "steepest_rise") for iv in km.intervals)
+    assert km.control_status["drugs"]["toy_planted"].startswith("controls not run")
+    with pytest.raises(MedinterpError, match="needs controls=True"):
+        maps.knowledge_map(m, {"drugs": _fams()["drugs"]}, ["toy_planted"], progress=False, controls=False)
+
+
+# ---------------------------------------------------------------- (c) a random-init model vs its own twin
+def test_random_model_vs_its_twin_gives_no_interval(toys):
+    """A random-init tiny model (seeds 0..7) mapped against its twin (seed 100+): nothing is medicine.
+
+    The twin comparison alone is not enough (two random models differ systematically at some layers);
+    the control family (other words, same frames) is what keeps the rate: the test fails if the map
+    marked on the twin comparison only.
+    """
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    fams = {"drugs": {"concepts": {"items": ["aspirin", "metformin", "insulin", "warfarin", "heparin", "ibuprofen",
+                                             "lisinopril", "amoxicillin", "atorvastatin", "omeprazole"]},
+                      # control words must be real tokens of the tiny vocabulary (ten [UNK]s would be one item)
+                      "control": {"concepts": {"items": ["year", "hour", "day", "week", "month", "child", "adult",
+                                                         "woman", "girl", "boy"]}}}}
+    tok = tiny_model(n_layers=1).tokenizer
+    for item in fams["drugs"]["concepts"]["items"] + fams["drugs"]["control"]["concepts"]["items"]:
+        assert tok.convert_ids_to_tokens(tok(" " + item, add_special_tokens=False)["input_ids"]) == [item], item
+    n_marked, twin_only = 0, 0
+    for seed in range(8):
+        m = tiny_model(n_layers=N_LAYERS, seed=seed)
+        km = maps.knowledge_map(m, fams, ["toy_norms"], progress=False, twin_seed=100 + seed, n_perm=999,
+                                n_boot=50, n_resamples=5)
+        assert km.control_status["drugs"]["toy_norms"] == "ok"
+        n_marked += bool(km.intervals)
+        st = km.control_stats[0, 0]
+        twin_only += bool(((st[CONTROL_STATS.index("p_adj_twin")] <= 0.05)
+                           & (st[CONTROL_STATS.index("effect_twin")] > 0)).any())
+    print(f"random model vs twin: {n_marked} of 8 maps marked; the twin comparison alone marked {twin_only} of 8")
+    assert n_marked <= 1, n_marked  # <= 5% of 8 maps, rounded up
+    assert twin_only >= 1  # the twin comparison alone would have marked something
+
+
+# ---------------------------------------------------------------- findings: decision rules on known answers
+def test_findings_rules_known_answers():
+    from medinterp.maps import findings as F
+
+    assert F.age_jump({"age": {"age_step_ratio": {"value": 2, "ci_low": 1.3, "ci_high": 2.8}}}).verdict == F.HOLDS
+    assert F.age_jump({"age": {"age_step_ratio": {"value": .8, "ci_low": .6, "ci_high": .95}}}).verdict == F.FAILS
+    assert F.age_jump({"age": {"age_step_ratio": {"value": 1.1, "ci_low": .7, "ci_high": 1.6}}}).verdict == F.UNSURE
+    assert F.age_jump({"drugs": {"age_step_ratio": {"value": 2, "ci_low": 1.3, "ci_high": 2.8}}}).detail == "not measured"
+    d = {"drugs": {"specialty_minus_mechanism": {"value": .1, "ci_low": .05, "ci_high": .15}}}
+    assert F.drugs_by_specialty(d).verdict == F.HOLDS and F.drugs_by_specialty({}).verdict == F.UNSURE
+    d["drugs"]["specialty_minus_mechanism"] = {"value": -.1, "ci_low": -.2, "ci_high": -.01}
+    assert F.drugs_by_specialty(d).verdict == F.FAILS
+    prog = lambda p: {"progression": {"progression_circularity": {"value": .6, "p": p}}}
+    assert F.circular_progression(prog(0.01)).verdict == F.HOLDS
+    assert F.circular_progression(prog(0.4)).verdict == F.UNSURE  # a p-value never says "does not hold"
+    by = {"progression": {"progression_circularity": {"value": .5, "by_disease": {"parkinson": {"p": .03},
+                                                                                  "copd": {"p": .04}}}}}
+    assert F.circular_progression(by).verdict == F.UNSURE  # Holm across the two: .06, .06
+    by["progression"]["progression_circularity"]["by_disease"] = {"parkinson": {"p": .01}, "copd": {"p": .02}}
+    assert F.circular_progression(by).verdict == F.HOLDS
+    bump = np.r_[0.1, 0.1, 0.2, 0.6, 0.7, 0.6, 0.2, 0.1]
+    col = lambda y, **k: {"geo": {"collapse_centred_cosine": {"per_layer": list(y), "per_layer_low": list(y - .05),
+                                                              "per_layer_high": list(y + .05), **k}}}
+    assert F.collapse_mid_depth(col(bump)).verdict == F.HOLDS
+    assert F.collapse_mid_depth(col(np.linspace(0, 1, 8))).verdict == F.FAILS  # peak at the end: no collapse
+    assert F.collapse_mid_depth(col(bump, per_layer_control=list(bump))).verdict == F.UNSURE  # twin collapses too
+    assert F.fragility({"curve": [3, 2, 4], "ci_low": [2, 1.5, 3], "ci_high": [4, 3, 5]}).verdict == F.HOLDS
+    assert F.fragility({"curve": [3, .1, .1], "ci_low": [2, 0, 0], "ci_high": [4, .2, .3]}).verdict == F.FAILS
+    assert F.fragility(None).detail == "not measured"
+    marks = np.zeros((6, 2, 10), bool)
+    marks[:, 0, 1:3] = True
+    assert F.first_half(marks, list("abcdef"), 10).verdict == F.HOLDS  # 6 of 6: binomial p = 1/64
+    assert F.first_half(marks[:3], list("abc"), 10).verdict == F.UNSURE  # 3 of 3: p = 1/8
+    assert F.first_half(marks[:, :, ::-1], list("abcdef"), 10).verdict == F.FAILS
+    assert F.first_half(np.zeros((2, 2, 10), bool), list("ab"), 10).detail == "no marked layer"
+
+
+def test_map_from_work_dir_marks_from_saved_control_runs(tmp_path, toys):
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    kw = dict(n_perm=999, n_boot=100, n_resamples=10)
+    km = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), {"drugs": _fams()["drugs"]}, ["toy_planted"],
+                            out_dir=tmp_path, progress=False, **kw)
+    back = maps.map_from_work_dir(tmp_path, techniques=["toy_planted"], marking=kw)
+    assert back.concepts == ["drugs"] and back.rule == "controls"
+    assert back.intervals == km.intervals == [{**km.intervals[0]}] and km.intervals[0]["start"] == 2
+    np.testing.assert_allclose(back.control_stats, km.control_stats)
+
+
+def test_random_twin_same_architecture_and_tokenizer_new_seeded_weights():
+    import torch
+
+    from medinterp.models.twin import random_twin
+    from medinterp.store import model_identity
+    from medinterp.testing import tiny_model
+
+    m = tiny_model(n_layers=2)
+    a, b, c = random_twin(m, seed=1), random_twin(m, seed=1), random_twin(m, seed=2)
+    assert a.cfg.n_layers == m.cfg.n_layers and a.cfg.d_model == m.cfg.d_model and a.tokenizer is m.tokenizer
+    w = lambda x: x.blocks[0].attn.W_Q.detach()
+    assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c)) and not torch.equal(w(a), w(m))
+    assert model_identity(a) != model_identity(m) and model_identity(a) != model_identity(c)
+    assert a.medinterp_info["spec"] == "tiny:random" and a.medinterp_info["twin_of"] == "tiny"
