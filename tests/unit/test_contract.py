@@ -65,7 +65,7 @@ def test_a_registered_toy_technique_gets_a_map_row(toy_registered, tmp_path):
 
     tiny = tiny_model(n_layers=6)
     km = mi.knowledge_map(tiny, {"notes": {"concepts": ["A man with chest pain"]}}, techniques=["toy"],
-                          quick=True, out_dir=tmp_path, progress=False)
+                          quick=True, out_dir=tmp_path, progress=False, controls=False, rule="paper")
     assert km.techniques == ["toy"] and km.status["notes"]["toy"] == "ok", km.status
     direct = _run_toy(tiny, Family("notes", concepts=["A man with chest pain"]), scale=1.0)
     np.testing.assert_allclose(km.curves[0, 0], direct.layer_curve())  # the quick preset (scale 1) was used

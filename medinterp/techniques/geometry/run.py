@@ -521,6 +521,8 @@ def _run_families(model: Any, families: Sequence[Any], *, progress: bool = True,
     return geometry_many(model, [f.concepts for f in families], progress=progress, **params)
 
 
+from medinterp.techniques.geometry.findings import findings_extras  # noqa: E402
+
 TECHNIQUE = Technique(
     name="geometry",
     run_fn=_run_family,
@@ -536,6 +538,7 @@ TECHNIQUE = Technique(
     },
     needs=("concepts",),
     interval_rule="rise",
+    extras=findings_extras,
     description="activation geometry per layer: item-grouped linear probe on template-centred item reads "
                 "(+ lexical baseline, silhouette, collapse, age step, progression order)",
 )

@@ -83,6 +83,8 @@ Example:
     (2, 2, 3, 4)
 """
 
+import dataclasses
+
 
 from medinterp.readout import Target
 from medinterp.techniques.lesion.continuations import CONT_METRICS, continuation_metrics, greedy_continuations
@@ -104,8 +106,11 @@ from medinterp.techniques.lesion.engine import (
 )
 from medinterp.techniques.lesion.inputs import LesionItem, items_from_inputs
 from medinterp.techniques.lesion.result import METRIC_TITLES, LesionResult, lesion_table
-from medinterp.techniques.lesion.run import TECHNIQUE, lesion
-from medinterp.techniques.lesion.criticality import BlockCriticality, block_criticality
+from medinterp.techniques.lesion.run import TECHNIQUE as _RUN_TECHNIQUE, lesion
+from medinterp.techniques.lesion.criticality import BlockCriticality, block_criticality, criticality_extras
+
+# the registry entry: the run's technique plus the block-criticality strip it feeds the map
+TECHNIQUE = dataclasses.replace(_RUN_TECHNIQUE, extras=criticality_extras)
 
 __all__ = [
     "BlockCriticality", "MODES", "block_criticality", "block_mean_hooks", "compute_block_means", "mode_hooks",

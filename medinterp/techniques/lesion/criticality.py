@@ -145,3 +145,12 @@ def block_criticality(
                   ci=ci, seed=seed, params={"max_prompts": max_prompts, "batch_size": batch_size, "n_boot": n_boot,
                                             "ci": ci, "seed": seed},
                   timings={"total_s": res.timings["total_s"]}, provenance=res.provenance)
+
+
+def criticality_extras(model: Any, res: LesionResult) -> dict[str, Any]:
+    """The map's block-criticality strip: next-token KL when each block is skipped, from this run's
+    skip lesions (no extra forward passes), item-level CI."""
+    del model
+    bc = BlockCriticality.from_lesions([res])
+    return {"block_criticality": {"curve": bc.layer_curve().tolist(), "ci_low": np.asarray(bc.ci_low).tolist(),
+                                  "ci_high": np.asarray(bc.ci_high).tolist(), "label": bc.curve_label}}

@@ -1,0 +1,79 @@
+"""The geometry statistics the map's findings table reads (``medinterp.maps.findings``).
+
+:func:`findings_extras` is the geometry ``Technique.extras``: it turns a :class:`GeometryResult`'s
+headline rows into ``{"findings": {KEY: STAT}}`` with the keys the map documents. Layer-wise questions
+are read at **mid depth** (block ``n_layers // 2``), fixed in advance: picking the best layer after
+looking would overstate every finding. Per-layer statistics (collapse) are passed whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medinterp.techniques.geometry.result import GeometryResult
+
+
+def _rows(res: GeometryResult, metric: str, space: str | None = None):
+    t = res.table
+    if t is None or not len(t):
+        return t.iloc[0:0] if t is not None else None
+    sel = (t["metric"] == metric) & (t["layer"] >= 0)
+    if space is not None:
+        sel &= t["space"] == space
+    return t[sel].sort_values("layer")
+
+
+def _at_mid(rows) -> dict[str, Any] | None:
+    if rows is None or not len(rows):
+        return None
+    layers = rows["layer"].to_numpy()
+    mid = int(layers.max() + 1) // 2
+    r = rows[rows["layer"] == mid]
+    if not len(r):
+        return None
+    r = r.iloc[0]
+    out = {"value": float(r["value"]), "layer": mid}
+    for k in ("ci_low", "ci_high"):
+        if np.isfinite(r.get(k, np.nan)):
+            out[k] = float(r[k])
+    if np.isfinite(r.get("p_value", np.nan)):
+        out["p"] = float(r["p_value"])
+    return out
+
+
+def findings_extras(model: Any, res: GeometryResult) -> dict[str, Any]:
+    """``{"findings": {...}}`` for the map (see :mod:`medinterp.maps.findings` for the keys)."""
+    del model  # the statistics are in the result
+    space = "span" if res.table is not None and (res.table["space"] == "span").any() else None
+    out: dict[str, Any] = {}
+    age = _at_mid(_rows(res, "age_step_ratio", space))
+    if age is not None:
+        age["control"] = f"matched x7→x8 steps, layer {age['layer']} (mid depth)"
+        out["age_step_ratio"] = age
+    closes = _at_mid(_rows(res, "closes", space))
+    if closes is not None:
+        # "closes": the last stage lies nearer the first than the middle stages do; no permutation
+        # p-value exists for it, so the map's rule can only say "inconclusive" (never invented)
+        closes["control"] = f"nearest-stage proxy at layer {closes['layer']} (mid depth); no null"
+        closes.pop("p", None)
+        out["progression_circularity"] = closes
+    diff = _rows(res, "matched_diff", space)
+    if diff is not None and len(diff):
+        a, b = str(diff["label"].iloc[0]).split("-", 1)
+        d = _at_mid(diff)
+        if d is not None and "mechanism" in a and "specialty" in b:  # stored as mechanism − specialty
+            d = {"value": -d["value"], "ci_low": -d.get("ci_high", np.nan), "ci_high": -d.get("ci_low", np.nan),
+                 "layer": d["layer"]}
+        if d is not None:
+            d["control"] = f"{a} vs {b} at equal class count and size, layer {d['layer']} (mid depth)"
+            out["specialty_minus_mechanism"] = d
+    for key, metric in (("collapse_centred_cosine", "mean_cosine_centred"),
+                        ("collapse_participation_ratio", "participation_ratio")):
+        rows = _rows(res, metric, space)
+        if rows is not None and len(rows):
+            y = rows["value"].to_numpy(float)
+            out[key] = {"value": float(np.nanmax(y)) if np.isfinite(y).any() else float("nan"),
+                        "per_layer": y.tolist(), "control": "first and last layer (no CI)"}
+    return {"findings": out} if out else {}
