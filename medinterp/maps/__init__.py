@@ -1,6 +1,6 @@
 """Knowledge maps: where each medical concept lives in a model, merged from the registered techniques.
 
-* :mod:`medinterp.maps.synthesis`: smoothing, interval maths, :class:`KnowledgeMap`, :func:`compare`
+* :mod:`medinterp.maps.synthesis`: smoothing, interval maths, :class:`KnowledgeMap`
   (no model needed);
 * :mod:`medinterp.maps.run`: :func:`knowledge_map` (jobs from :data:`medinterp.techniques.REGISTRY` on
   the model, the control family and the random twin, saved as they finish, resumed by fingerprint) and
@@ -30,11 +30,11 @@ from medinterp.maps.run import (
     result_curve,
     saved_jobs,
 )
+from medinterp.maps.compare import compare
 from medinterp.maps.synthesis import (
     DEFAULT_PARAMS,
     MAP_RULES,
     KnowledgeMap,
-    compare,
     interval_rules,
     percentile_intervals,
     registered_techniques,

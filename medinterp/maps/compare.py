@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medinterp.errors import MedinterpError
+from medinterp.maps.synthesis import KnowledgeMap
 from medinterp.results import Result, renderer_for
 
 
@@ -34,8 +35,6 @@ def compare(
         >>> "relative depth" in compare([a, b])
         True
     """
-    from medinterp.maps.synthesis import KnowledgeMap
-
     maps: list[KnowledgeMap] = []
     for m in maps_or_paths:
         if isinstance(m, KnowledgeMap):

@@ -24,7 +24,7 @@ For one (family, technique) the map has three :class:`~medinterp.techniques.base
    ``robustness`` of them.
 
 "No interval" (nothing kept) is a valid outcome. Scores that cannot be compared give a *reason*
-instead of numbers (:class:`NoScores`): all NaN (e.g. patching's "not known by the model", with the
+instead of numbers (:class:`NoScores`): all NaN (e.g. a technique whose model does not know the family, with the
 technique's own description), fewer than 2 items left, layer counts that differ.
 
 Why the false-marking rate holds: under the null each of the two tests controls its family-wise

@@ -9,16 +9,16 @@ come from the techniques through documented keys, never guessed:
   per-layer statistics ``"per_layer"`` (list), ``"per_layer_low"``, ``"per_layer_high"``,
   ``"per_layer_control"``. The keys read (see :data:`FINDING_KEYS`):
 
-  - ``age_step_ratio`` (geometry, family ``age``): the 17→18 step over the mean matched x7→x8 step, CI;
-  - ``progression_circularity`` (geometry, ``progression``): circularity with a stage-permutation
+  - ``age_step_ratio`` (family ``age``): the 17→18 step over the mean matched x7→x8 step, CI;
+  - ``progression_circularity`` (family ``progression``): circularity with a stage-permutation
     ``p``; optionally ``"by_disease": {name: {"value", "p"}}`` (Parkinson's, COPD);
-  - ``specialty_minus_mechanism`` (geometry, ``drugs``): paired difference (specialty − mechanism) at
+  - ``specialty_minus_mechanism`` (family ``drugs``): paired difference (specialty − mechanism) at
     equal class count and size, CI;
-  - ``collapse_centred_cosine`` (geometry, any family): centred mean pairwise cosine per layer
+  - ``collapse_centred_cosine`` (any family): centred mean pairwise cosine per layer
     (``per_layer`` + CI, ``per_layer_control`` e.g. the random twin's); ``collapse_participation_ratio``
     is shown beside it.
 * ``Technique.extras`` may return ``{"block_criticality": {"curve": [...], "ci_low": [...],
-  "ci_high": [...], "label": str}}`` (lesion: generic next-token KL when a block is skipped); it is
+  "ci_high": [...], "label": str}}`` (e.g. generic next-token KL when a block is skipped); it is
   drawn once as a strip for all families and read by the fragility rule.
 * "knowledge in the first half" is read from the map's own marked layers.
 
@@ -220,7 +220,7 @@ def collapse_mid_depth(findings: Mapping[str, Any]) -> Finding:
 def fragility(block_criticality: Mapping[str, Any] | None, threshold: float = 1.0) -> Finding:
     """Removing any single block degrades the model: every block's criticality CI above ``threshold``.
 
-    ``block_criticality`` is the strip's data (``{"curve", "ci_low", "ci_high"}``; lesion: next-token KL
+    ``block_criticality`` is the strip's data (``{"curve", "ci_low", "ci_high"}``; e.g. next-token KL
     in nats when the block is skipped). Holds when the lower CI bound of every block is >= ``threshold``;
     does not hold when fewer than half of the blocks reach it even at their upper bound; else inconclusive.
     """

@@ -430,7 +430,7 @@ def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> 
 
     Keys the map itself reads (see :mod:`medinterp.maps.findings`): ``"findings"`` (statistics of the
     findings table, merged across techniques), ``"block_criticality"`` (the strip shown once for all
-    families), ``"attention"`` (patching's attention views)."""
+    families), ``"attention"`` (attention views)."""
     for key, res in results.items():
         fam, t = key.rsplit("/", 1)
         tech = REGISTRY[t]

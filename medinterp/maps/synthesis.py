@@ -493,5 +493,3 @@ def _check_params(p: Mapping[str, Any]) -> None:
     if int(p["min_len"]) < 1 or int(p["max_intervals"]) < 1:
         raise MedinterpError("knowledge map: min_len and max_intervals must be >= 1")
 
-
-from medinterp.maps.compare import compare  # noqa: E402,F401  (public here since 0.1.0)

@@ -134,7 +134,7 @@ def test_map_interrupt_says_how_many_jobs_are_saved_and_how_to_resume(monkeypatc
     monkeypatch.setattr(medinterp.models, "load_model", lambda spec, **k: tiny)
     with pytest.raises(SystemExit) as e:
         main(["map", "--out", str(tmp_path / "r.html"), "--concepts", "age,drugs", "--techniques", "toy_cli",
-              "--no-progress"])
+              "--no-progress", "--no-controls", "--rule", "paper"])
     assert e.value.code == 130
     err = capsys.readouterr().err
     assert "interrupted: 1 of 2 jobs are saved in" in err and "run the same command again to resume" in err

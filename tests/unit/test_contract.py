@@ -92,15 +92,17 @@ def _result_type(tech: Technique) -> type:
 def test_every_registered_technique_has_the_same_result_interface(name):
     tech = REGISTRY[name]
     assert set(tech.presets) >= {"quick", "full"} and tech.interval_rule in ("rise", "percentile")
-    cls = _result_type(tech)
-    assert inspect.isclass(cls) and issubclass(cls, TechniqueResult), f"{name}: {cls} is not a TechniqueResult"
-    fields = {f.name for f in dataclasses.fields(cls)}
-    assert set(COMMON_FIELDS) <= fields, f"{name}: lacks fields {sorted(set(COMMON_FIELDS) - fields)}"
-    for m in COMMON_METHODS:
-        assert callable(getattr(cls, m, None)), f"{name}: no {m}()"
-    for m in ("layer_curve", "layer_curve_ci", "summary"):
-        assert getattr(cls, m) is not getattr(TechniqueResult, m), f"{name}: {m}() is not implemented"
-    assert isinstance(inspect.getattr_static(cls, "curve_label"), property)
-    assert cls.curve_label is not TechniqueResult.curve_label, f"{name}: curve_label is the base default"
-    assert inspect.signature(cls.summary).return_annotation in (str, "str"), f"{name}: summary() -> str"
-    assert isinstance(getattr(cls, "_legacy_fields", None), dict)
+    annotated = _result_type(tech)
+    # a run function may return one of several result classes (a union); each must keep the contract
+    for cls in typing.get_args(annotated) or (annotated,):
+        assert inspect.isclass(cls) and issubclass(cls, TechniqueResult), f"{name}: {cls} is not a TechniqueResult"
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert set(COMMON_FIELDS) <= fields, f"{name}: lacks fields {sorted(set(COMMON_FIELDS) - fields)}"
+        for m in COMMON_METHODS:
+            assert callable(getattr(cls, m, None)), f"{name}: no {m}()"
+        for m in ("layer_curve", "layer_curve_ci", "summary"):
+            assert getattr(cls, m) is not getattr(TechniqueResult, m), f"{name}: {m}() is not implemented"
+        assert isinstance(inspect.getattr_static(cls, "curve_label"), property)
+        assert cls.curve_label is not TechniqueResult.curve_label, f"{name}: curve_label is the base default"
+        assert inspect.signature(cls.summary).return_annotation in (str, "str"), f"{name}: summary() -> str"
+        assert isinstance(getattr(cls, "_legacy_fields", None), dict)

@@ -286,7 +286,8 @@ def test_attribution_patching(tiny):
     assert attr.diagnostics["correlation_with_exact"] > 0.5
     for v in attr.diagnostics["verified"]:
         li, j = attr.layers.index(v["layer"]), attr.positions.index(v["position"])
-        assert abs(v["exact"] - exact.mean[li, j, 0]) < 1e-5
+        # float32 on the tiny model; the verification and the sweep batch rows differently
+        assert abs(v["exact"] - exact.mean[li, j, 0]) < 5e-5
     # linear: the all-at-once estimate is the sum of the per-position estimates
     once = attribution_patch(tiny, pairs, site="z", positions="all_at_once", progress=False)
     per = attribution_patch(tiny, pairs, site="z", positions="all", progress=False)
@@ -587,7 +588,8 @@ def test_result_contract_fields_label_summary(tiny):
     res = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=4, n_boot=20,
                                    progress=False)
     allp = load_concepts("diagnosis_pairs").pairs
-    spread = [allp[i] for i in (0, 11, 22, len(allp) - 1)]  # rows 0, 11, 22, 33 of 34: evenly spaced
+    n = len(allp)
+    spread = [allp[i] for i in (0, round((n - 1) / 3), round(2 * (n - 1) / 3), n - 1)]  # evenly spaced, ends kept
     assert res.concept_set == "diagnosis_pairs" and len(res.all_pairs) + len(res.dropped) == 4  # causal tracing
     assert sorted(p["clean"] for p in res.all_pairs + res.dropped) == sorted(p.clean for p in spread)
     old = REGISTRY["patching"].run(tiny, Family("diseases", pairs="diagnosis_pairs"), max_pairs=4, n_boot=20,
