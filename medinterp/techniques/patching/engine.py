@@ -116,11 +116,15 @@ def run_cached(model: Any, tokens: torch.Tensor, names: set[str]) -> tuple[dict,
     """One run keeping only ``names``; returns (cache, final residual [b, pos, d])."""
     store: dict[str, torch.Tensor] = {}
 
-    def save(act, hook):
-        store[hook.name] = act.detach()
+    def saver(name: str):  # keyed by the name asked for: the bridge's hook.name is its own alias target
+        def save(act, hook):
+            store[name] = act.detach()
+
+        return save
 
     with torch.no_grad():
-        resid = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n in names, save)], stop_at_layer=model.cfg.n_layers)
+        resid = model.run_with_hooks(tokens, fwd_hooks=[(n, saver(n)) for n in sorted(names)],
+                                     stop_at_layer=model.cfg.n_layers)
     return store, resid
 
 
