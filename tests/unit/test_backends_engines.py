@@ -93,3 +93,18 @@ def test_quick_map_each_seed_architecture(arch):
                        technique_kwargs={"geometry": GEOMETRY_SMALL, "patching": TRACE_ALL})
     status = km.status["diseases"]
     assert status == {t: "ok" for t in ("geometry", "saliency", "lesion", "patching")}, (arch, status)
+
+
+def test_cli_model_options_reach_load_model(monkeypatch):
+    import medinterp as mi
+    from medinterp.cli import _common, main
+
+    seen = {}
+    monkeypatch.setattr(mi, "load_model", lambda spec, **kw: seen.update(spec=spec, **kw) or (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        main(["--backend", "bridge", "--dtype", "bfloat16", "--device-map", '{"": 0}', "--no-verify",
+              "lesion", "--model", "x", "--concepts", "drugs", "--out", "/nonexistent-dir-b12"])
+    assert seen["spec"] == "x" and seen["backend"] == "bridge" and seen["dtype"] == "bfloat16"
+    assert seen["device_map"] == {"": 0} and seen["verify"] is False
+    _common.model_options()  # defaults back
+    assert _common.LOAD_OPTIONS == {"backend": "auto", "dtype": "float32", "device_map": None, "verify": True}
