@@ -99,7 +99,8 @@ def test_patching_and_lesion_same_on_both_backends(trio):
     ph, pb = (patch(m, pairs, site="resid_pre", positions="last", progress=False, n_boot=20, on_bad="drop")
               for m in (hooked, bridge))
     dp = float(np.nanmax(np.abs(ph.values - pb.values)))
-    lh, lb = (lesion(m, pairs, modes=["skip"], n_continuations=0, n_boot=20, progress=False) for m in (hooked, bridge))
+    prompts = [(p.clean, p.clean_answer) for p in pairs]  # the pairs' clean prompts and answers
+    lh, lb = (lesion(m, prompts, modes=["skip"], n_continuations=0, n_boot=20, progress=False) for m in (hooked, bridge))
     dl = float(np.nanmax(np.abs(lh.metrics - lb.metrics)))
     print(f"{name}: patching P hooked vs bridge {dp:.3g}; lesion metrics {dl:.3g}")
     assert np.isfinite(ph.values).any() and dp <= 1e-4 and dl <= 1e-4
