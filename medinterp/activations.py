@@ -31,6 +31,7 @@ from torch import Tensor
 from medinterp.sites import RESID_SITES
 from medinterp.sites import hook_name as site_hook_name
 from medinterp.errors import MedinterpError
+from medinterp.models.backends import capabilities
 from medinterp.results import Result, make_provenance
 
 SHORT_SITES = RESID_SITES  # the [batch, pos, d_model] sites of the one site vocabulary
@@ -273,6 +274,14 @@ def collect_activations(
     return result
 
 
+def left_padded_kwargs(lengths: list[int], width: int, device: Any) -> dict[str, Tensor]:
+    """``attention_mask`` and ``position_ids`` of a left-padded batch for the bridge backend (Hugging
+    Face's forward numbers positions from 0 at the first column, pads included; HookedTransformer
+    offsets them by the mask, as here, so both backends give the same numbers)."""
+    mask = (torch.arange(width)[None, :] >= (width - torch.tensor(lengths))[:, None]).long().to(device)
+    return {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+
 def _run_batches(model: Any, texts: list[str], hooks: list, pos_sets: list[list[list[int]]], lengths: list[int],
                  batch_size: int, progress: bool, chunk_dir: Path | None = None, key: str = "") -> list[Tensor]:
     """Left-padded batched forwards; for each position set, one ``[hooks, n, d]`` tensor of reduced vectors.
@@ -314,7 +323,11 @@ def _run_batches(model: Any, texts: list[str], hooks: list, pos_sets: list[list[
         tokens = model.to_tokens(batch_texts, padding_side="left")
         if tokens.shape[-1] != width:
             raise MedinterpError("internal: batch tokenization differs from per-prompt tokenization")
-        model.run_with_hooks(batch_texts, fwd_hooks=fwd_hooks, stop_at_layer=stop_at, padding_side="left")
+        if capabilities(model).string_input:
+            model.run_with_hooks(batch_texts, fwd_hooks=fwd_hooks, stop_at_layer=stop_at, padding_side="left")
+        else:  # the bridge: token tensors only, with the mask and the positions a left-padded batch needs
+            model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=stop_at,
+                                 **left_padded_kwargs(lengths[b0:b1], width, tokens.device))
         if cache:
             _save_chunk(chunk_dir, key, b0, b1, outs[0])
     return outs

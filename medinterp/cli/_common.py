@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -52,13 +53,48 @@ def positive(**values: int) -> None:
             raise MedinterpError(f"--{name.replace('_', '-')} {v}: expected a positive number")
 
 
+BackendOpt = Annotated[str, typer.Option("--backend", help="auto, hooked (HookedTransformer) or bridge (TransformerBridge).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 (parity), bfloat16 or float16.")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option(
+    "--device-map", help="Hugging Face device map (auto, balanced, sequential or a JSON object); bridge only.")]
+NoVerifyOpt = Annotated[bool, typer.Option("--no-verify", help="Skip the logits check against transformers on load.")]
+
+#: what :func:`load_model` passes to :func:`medinterp.load_model` (set by the options before the command)
+LOAD_OPTIONS: dict[str, Any] = {"backend": "auto", "dtype": "float32", "device_map": None, "verify": True}
+
+
+@app.callback()
+def model_options(backend: BackendOpt = "auto", dtype: DtypeOpt = "float32", device_map: DeviceMapOpt = None,
+                  no_verify: NoVerifyOpt = False) -> None:
+    """Knowledge maps of medical concepts inside LLMs. Model options go before the command
+    (``medinterp --backend bridge --dtype bfloat16 map ...``) and apply to every command that loads a model."""
+    LOAD_OPTIONS.update(backend=backend, dtype=dtype, device_map=parse_device_map(device_map), verify=not no_verify)
+
+
+def parse_device_map(text: Optional[str]) -> Any:
+    """``--device-map``: None, a name (``auto``...) or a JSON object ``{"module": device}``."""
+    if text is None or text.strip() == "":
+        return None
+    text = text.strip()
+    if text.startswith("{"):
+        import json
+
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise MedinterpError(f"--device-map {text!r}: not a JSON object ({e})") from None
+    return text
+
+
 # ---------------------------------------------------------------- loading
-def load_model(spec: str, device: str = "cpu") -> Any:
-    """Load a model, saying so first (loading takes seconds to minutes)."""
+def load_model(spec: str, device: str = "cpu", **overrides: Any) -> Any:
+    """Load a model with the model options (:data:`LOAD_OPTIONS`; ``overrides`` win), saying so first
+    (loading takes seconds to minutes)."""
     import medinterp as mi
 
-    typer.echo(f"loading model {spec} ...")
-    return mi.load_model(spec, device=device)
+    opts = {**LOAD_OPTIONS, **{k: v for k, v in overrides.items() if v is not None}}
+    typer.echo(f"loading model {spec} (backend {opts['backend']}, {opts['dtype']}) ...")
+    return mi.load_model(spec, device=device, **opts)
 
 
 def load_concept_set(spec: str, option: str = "--concepts"):

@@ -102,21 +102,40 @@ def hooked_from_hf(hf: Any, tok: Any, *, folder: str | None, official_name: str 
     return model.eval()
 
 
-def _refuse_strings(forward):
-    @functools.wraps(forward)
-    def guarded(input: Any, *args: Any, **kwargs: Any) -> Any:
+def _bridge_guard(br: Any, method: Any) -> Any:
+    """``method`` (forward / run_with_hooks / run_with_cache) of a bridge, with two TL 3.9 fixes.
+
+    * Strings are refused (TL 3.9's TransformerBridge mishandles ``prepend_bos`` for them).
+    * ``stop_at_layer=n_layers`` returns the residual after the last block, as HookedTransformer does:
+      TL 3.9's bridge stops only inside a block (``blocks.{l}.hook_in``), so with ``l == n_layers``
+      nothing stopped and the logits came back. A pre-hook on ``ln_final`` stops there instead.
+    """
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    def stop(module: Any, args: tuple) -> None:
+        raise StopAtLayerException(args[0])
+
+    @functools.wraps(method)
+    def guarded(input: Any = None, *args: Any, stop_at_layer: int | None = None, **kwargs: Any) -> Any:
         if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
             raise MedinterpError(
                 "the bridge backend takes token tensors only (TL 3.9's TransformerBridge mishandles "
                 "prepend_bos for strings): pass model.to_tokens(text)")
-        return forward(input, *args, **kwargs)
+        n = len(br.blocks)
+        if stop_at_layer is not None and (stop_at_layer + n if stop_at_layer < 0 else stop_at_layer) >= n:
+            handle = br.ln_final.register_forward_pre_hook(stop)
+            try:
+                return method(input, *args, **kwargs)
+            finally:
+                handle.remove()
+        return method(input, *args, stop_at_layer=stop_at_layer, **kwargs)
 
     return guarded
 
 
 def bridge_from_hf(hf: Any, tok: Any, *, name: str, device: str | None, dtype: torch.dtype,
                    flags: dict[str, bool], prepend_bos: bool | None) -> Any:
-    """A TransformerBridge (compatibility mode) around ``hf`` itself; strings refused by ``forward``."""
+    """A TransformerBridge (compatibility mode) around ``hf`` itself, with :func:`_bridge_guard`'s fixes."""
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except Exception as e:  # pragma: no cover - part of TL 3.9
@@ -136,7 +155,8 @@ def bridge_from_hf(hf: Any, tok: Any, *, name: str, device: str | None, dtype: t
         raise ModelLoadError(f"{name}: TransformerBridge could not wrap this model ({type(e).__name__}: {e})") from None
     if prepend_bos is not None:
         br.cfg.default_prepend_bos = prepend_bos
-    br.forward = _refuse_strings(br.forward)
+    for name in ("forward", "run_with_hooks", "run_with_cache"):
+        setattr(br, name, _bridge_guard(br, getattr(br, name)))
     return br.eval()
 
 

@@ -15,6 +15,7 @@ from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
 from medinterp.hooks import LESION_MODES, FwdHooks, MeanActivation, compute_means, lesion_hooks, right_pad
+from medinterp.models.backends import run_from_layer
 from medinterp.readout import Target, unembed_at
 
 METRICS: tuple[str, ...] = ("kl", "logp_drop", "top1_agree", "acc_drop")
@@ -188,7 +189,10 @@ def lesioned_resid(
     """The residual stream after the last block (before ``ln_final``) with one lesion applied.
 
     ``method="prefix"`` restarts from ``cache["blocks.{layer}.hook_resid_pre"]`` (from
-    :func:`intact_run`); ``method="full"`` runs the whole model with the lesion hooks.
+    :func:`intact_run`) through :func:`medinterp.models.run_from_layer`: prefix reuse where the backend
+    has ``start_at_layer`` (hooked), else the exact hook path (bridge: the whole model runs on the
+    batch's tokens with the cached residual written into block ``layer``). ``method="full"`` runs the
+    whole model with the lesion hooks.
     """
     n = model.cfg.n_layers
     if method == "full":
@@ -206,9 +210,9 @@ def lesioned_resid(
             B, T = x.shape[0], x.shape[1]
             pos = torch.arange(T, device=x.device).expand(B, T)  # right padding: index = position
             x = x + means[block_delta_name(layer)].at(pos, mean_over).to(device=x.device, dtype=x.dtype)
-        return model(x, start_at_layer=layer + 1, stop_at_layer=n, attention_mask=batch.mask)
+        return run_from_layer(model, batch.tokens, x, layer + 1, stop_at_layer=n, attention_mask=batch.mask)
     hooks = lesion_hooks(layer, mode, means=means, how=mean_over)
-    return model.run_with_hooks(x, start_at_layer=layer, stop_at_layer=n, attention_mask=batch.mask, fwd_hooks=hooks)
+    return run_from_layer(model, batch.tokens, x, layer, stop_at_layer=n, attention_mask=batch.mask, fwd_hooks=hooks)
 
 
 @torch.no_grad()

@@ -13,6 +13,11 @@ Numbers equal TransformerLens's ``transformer_lens.patching`` functions; the eng
 5. rows are chunked by a memory budget; finished (group, layer) units are checkpointed
    (:class:`medinterp.store.Checkpoint`) so an interrupted sweep resumes.
 
+Backends. Points 2 and 3 need ``start_at_layer`` (:func:`medinterp.models.capabilities`): on the
+bridge backend every patched run is the exact hook path of :func:`medinterp.models.run_from_layer`
+(the whole corrupted prompt runs, the cached residual is written into block ``l``) and no prefix of
+positions is skipped; the numbers are the same.
+
 Exactness notes. ``start_at_layer`` feeds the cached residual into block ``l``; TransformerLens
 computes rotary positions and Gemma 3's sliding-window / global masks inside each attention layer
 from the sequence positions, so they are identical to a full forward as long as no padding is
@@ -34,6 +39,7 @@ from medinterp import sites
 from medinterp.concepts.pairs import TokenizedPair
 from medinterp.errors import MedinterpError
 from medinterp.hooks import patch_hook
+from medinterp.models.backends import capabilities, run_from_layer
 from medinterp.results import make_provenance
 from medinterp.store import Checkpoint, fingerprint
 from medinterp.techniques.patching.common import (
@@ -110,11 +116,15 @@ def run_cached(model: Any, tokens: torch.Tensor, names: set[str]) -> tuple[dict,
     """One run keeping only ``names``; returns (cache, final residual [b, pos, d])."""
     store: dict[str, torch.Tensor] = {}
 
-    def save(act, hook):
-        store[hook.name] = act.detach()
+    def saver(name: str):  # keyed by the name asked for: the bridge's hook.name is its own alias target
+        def save(act, hook):
+            store[name] = act.detach()
+
+        return save
 
     with torch.no_grad():
-        resid = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n in names, save)], stop_at_layer=model.cfg.n_layers)
+        resid = model.run_with_hooks(tokens, fwd_hooks=[(n, saver(n)) for n in sorted(names)],
+                                     stop_at_layer=model.cfg.n_layers)
     return store, resid
 
 
@@ -287,16 +297,22 @@ def _forward_rows(
     with torch.no_grad():
         name = sites.hook_name(site, layer)
         hook = patch_hook(suffix(group.clean_cache[name]), pos_mask, rows=row_pair, heads=head_mask, layout=lay)
+        tokens = group.corr_tokens[row_pair]  # the hook path (no start_at_layer) reruns them; prefix is 0 there
         if site in ("resid_pre", "resid_post"):
             start = layer if site == "resid_pre" else layer + 1
             corr = group.corr_cache[f"blocks.{start}.hook_resid_pre"] if start < L else group.corr_cache["final"]
             x = hook(corr[row_pair][:, prefix:])
-            resid = model(x, start_at_layer=start, stop_at_layer=L, past_kv_cache=kv(start)) if start < L else x
+            resid = run_from_layer(model, tokens, x, start, stop_at_layer=L, **_kv_kwargs(kv(start))) if start < L else x
         else:
             x = group.corr_cache[f"blocks.{layer}.hook_resid_pre"][row_pair][:, prefix:]
-            resid = model.run_with_hooks(x, start_at_layer=layer, stop_at_layer=L, past_kv_cache=kv(layer),
-                                         fwd_hooks=[(name, hook)])
+            resid = run_from_layer(model, tokens, x, layer, stop_at_layer=L, fwd_hooks=[(name, hook)],
+                                   **_kv_kwargs(kv(layer)))
         return metric(model, resid, cid, xid)
+
+
+def _kv_kwargs(entries: list | None) -> dict:
+    """``past_kv_cache`` for the forward only when there is one (the bridge's forward takes none)."""
+    return {} if entries is None else {"past_kv_cache": entries}
 
 
 def exact_sweep(
@@ -321,6 +337,8 @@ def _exact_sweep(
     from tqdm.auto import tqdm
 
     L = model.cfg.n_layers
+    if not capabilities(model).start_at_layer:
+        prefix_cache = False  # skipping a prefix needs start_at_layer + TL's KV cache (hooked backend only)
     P = len(kept)
     shape = (P, len(layers), n_pos, len(heads))
     vals = np.full(shape, np.nan, np.float32)

@@ -11,6 +11,7 @@ import torch
 from medinterp import sites
 from medinterp.errors import MedinterpError
 from medinterp.hooks import patch_hook
+from medinterp.models.backends import run_from_layer
 from medinterp.results import make_provenance
 from medinterp.techniques.patching.common import (
     PATH_SENDER_SITES,
@@ -226,7 +227,8 @@ def _path_rows(model: Any, group: Group, sender_site: str, layer: int, rows: lis
     # hooks on the same name run in order: recorders of q/k/v/z are independent of attn_out freezes
     with torch.no_grad():
         x = cc[f"blocks.{layer}.hook_resid_pre"][row_pair]
-        resid = model.run_with_hooks(x, start_at_layer=layer, stop_at_layer=stop, fwd_hooks=hooks)
+        tokens = group.corr_tokens[row_pair]  # rerun by the hook path where there is no start_at_layer
+        resid = run_from_layer(model, tokens, x, layer, stop_at_layer=stop, fwd_hooks=hooks)
         if logits_recv:
             return met(model, resid, cid, xid)
         start = min(r[1] for r in recv)
@@ -239,5 +241,5 @@ def _path_rows(model: Any, group: Group, sender_site: str, layer: int, rows: lis
             else:
                 hooks2.append((n, _head_setter(new, h)))
         x = cc[f"blocks.{start}.hook_resid_pre"][row_pair]
-        resid = model.run_with_hooks(x, start_at_layer=start, stop_at_layer=L, fwd_hooks=hooks2)
+        resid = run_from_layer(model, tokens, x, start, stop_at_layer=L, fwd_hooks=hooks2)
         return met(model, resid, cid, xid)

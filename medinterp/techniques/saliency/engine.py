@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from medinterp.errors import MedinterpError
+from medinterp.models.backends import backend_of
 from medinterp.readout import Target, final_logits
 
 COMPONENTS: tuple[str, ...] = ("attn", "mlp", "combined")
@@ -43,6 +44,8 @@ def parameter_groups(model: Any, params: str = "weights") -> dict[str, tuple[str
     """
     if params not in ("weights", "all"):
         raise MedinterpError(f"saliency: params={params!r}; expected 'weights' or 'all'")
+    if backend_of(model) == "bridge":
+        return _bridge_parameter_groups(model, params)
     out: dict[str, tuple[str, int | None]] = {}
     for name, p in model.named_parameters():
         parts = name.split(".")
@@ -63,6 +66,36 @@ def parameter_groups(model: Any, params: str = "weights") -> dict[str, tuple[str
             group = "unembed" if (is_matrix or params == "all") else None
         if group is not None:
             out[name] = (group, layer)
+    return out
+
+
+def _bridge_parameter_groups(model: Any, params: str) -> dict[str, tuple[str, int | None]]:
+    """:func:`parameter_groups` of a TransformerBridge, by its components (``blocks.{l}.attn`` /
+    ``ln1*``, ``blocks.{l}.mlp`` / ``ln2*``, ``embed``, ``unembed`` / ``ln_final``) rather than by TL
+    names. The parameters are the Hugging Face tensors (``q_proj.weight`` ``[heads·d_head, d_model]``
+    where TL has ``W_Q [heads, d_model, d_head]``): the same elements in another layout, and every
+    statistic here is a sum over elements, so the numbers equal the hooked backend's. "Weights" are
+    the parameters with two or more dimensions (biases and norm scales are vectors).
+    """
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, tuple[str, int | None]] = {}
+
+    def add(module: Any, group: str, layer: int | None, matrices_only: bool) -> None:
+        for p in module.parameters():
+            if id(p) in name_of and name_of[id(p)] not in out and (p.dim() >= 2 or not matrices_only):
+                out[name_of[id(p)]] = (group, layer)
+
+    weights = params == "weights"
+    for l, block in enumerate(model.blocks):
+        for child, module in block.named_children():
+            if child == "attn" or (not weights and child.startswith("ln1")):
+                add(module, "attn", l, weights)
+            elif child == "mlp" or (not weights and child.startswith("ln2")):
+                add(module, "mlp", l, weights)
+    add(model.embed, "embed", None, weights)
+    add(model.unembed, "unembed", None, weights)
+    if not weights:
+        add(model.ln_final, "unembed", None, False)
     return out
 
 
