@@ -345,7 +345,7 @@ def test_cli_lesion(monkeypatch, tmp_path):
     from medinterp.cli import app
     from medinterp.testing import tiny_model
 
-    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, device="cpu": tiny_model(n_layers=2))
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, **kw: tiny_model(n_layers=2))
     out = tmp_path / "les"
     args = ["lesion", "-c", "drugs", "-o", str(out), "-m", "tiny", "-n", "4", "--modes", "skip,mlp_mean",
             "--continuations", "2", "--max-new-tokens", "3", "--n-boot", "20", "--no-progress"]

@@ -284,7 +284,7 @@ def test_cli_writes_result_dir_table_and_html(tmp_path, monkeypatch):
     import medinterp.models
     from medinterp.cli import app
 
-    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, device="cpu": tiny_model(n_layers=2))
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, **kw: tiny_model(n_layers=2))
     out = tmp_path / "sal"
     r = CliRunner().invoke(
         app, ["saliency", "-c", "drugs", "-o", str(out), "-m", "tiny", "-n", "5", "--no-progress", "--n-boot", "50"]
