@@ -21,7 +21,7 @@ def clip(text: object, limit: int = 200) -> str:
 
     Example:
         >>> clip("x" * 1000, 20)
-        "'xxxxxxxxxxxxxxxxx… (1002 chars)"
+        "'xxxxxxxxxxxxxxxx… (1002 chars)"
         >>> clip("short")
         "'short'"
     """
