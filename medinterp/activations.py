@@ -30,7 +30,7 @@ from torch import Tensor
 
 from medinterp.sites import RESID_SITES
 from medinterp.sites import hook_name as site_hook_name
-from medinterp.errors import MedinterpError
+from medinterp.errors import MedinterpError, clip
 from medinterp.models.backends import capabilities
 from medinterp.results import Result, make_provenance
 
@@ -170,7 +170,13 @@ def token_positions(
     model: Any, texts: list[str], spans: list[tuple[int, int] | None], positions: Any
 ) -> tuple[list[list[int]], list[int], str]:
     """For each prompt: the token indices to reduce, and its token length (BOS included)."""
-    lengths = [int(model.to_tokens(t).shape[-1]) for t in texts]
+    lengths = [int(model.to_tokens(t, truncate=False).shape[-1]) for t in texts]  # TL truncates at n_ctx by default
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    over = [i for i, n in enumerate(lengths) if n_ctx is not None and n > n_ctx]
+    if over:
+        i = over[0]
+        raise MedinterpError(f"prompt {i} ({clip(texts[i])}): {lengths[i]} tokens exceed the model's context of "
+                             f"{n_ctx} ({len(over)} prompt(s) too long); shorten the item or template")
     if isinstance(positions, str):
         if positions not in POSITION_MODES:
             raise MedinterpError(f"unknown positions {positions!r}: expected one of {POSITION_MODES} or a list of ints")

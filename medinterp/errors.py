@@ -14,3 +14,16 @@ class ConceptFileError(MedinterpError):
 
 class ModelLoadError(MedinterpError):
     """A model spec could not be resolved or its files could not be read."""
+
+
+def clip(text: object, limit: int = 200) -> str:
+    """``repr(text)`` cut to ``limit`` characters, so an error about a huge input stays one readable line.
+
+    Example:
+        >>> clip("x" * 1000, 20)
+        "'xxxxxxxxxxxxxxxx… (1002 chars)"
+        >>> clip("short")
+        "'short'"
+    """
+    r = repr(text)
+    return r if len(r) <= limit else f"{r[: limit - 3]}… ({len(r)} chars)"

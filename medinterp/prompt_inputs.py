@@ -24,7 +24,7 @@ from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
-from medinterp.errors import MedinterpError
+from medinterp.errors import MedinterpError, clip
 from medinterp.stats import cluster_bootstrap
 from medinterp.readout import NothingAfterItem, Target, make_target
 
@@ -63,8 +63,8 @@ def answer_prompts(pairs: Any) -> tuple[list[tuple[str, str]], list[dict]]:
     for i, p in enumerate(pairs.pairs):
         if p.clean in seen:
             if seen[p.clean] != p.clean_answer:
-                raise MedinterpError(f"{name} pair {i} ({p.clean!r}): clean answer {p.clean_answer!r} differs from "
-                                     f"{seen[p.clean]!r} given to the same prompt earlier; expected one answer per prompt")
+                raise MedinterpError(f"{name} pair {i} ({clip(p.clean)}): clean answer {clip(p.clean_answer)} differs from "
+                                     f"{clip(seen[p.clean])} given to the same prompt earlier; expected one answer per prompt")
             continue
         seen[p.clean] = p.clean_answer
         prompts.append((p.clean, p.clean_answer))
@@ -105,7 +105,7 @@ def parse_prompt_inputs(model: Any, inputs: Any, *, technique: str) -> tuple[lis
         prompts, rows = answer_prompts(inputs)
         if not prompts:
             raise MedinterpError(f"{technique}: pair set {getattr(inputs, 'name', '?')!r} has no pairs")
-        items = [make_target(model, t, answer=a, where=f"{getattr(inputs, 'name', 'pairs')} prompt {i} ({t!r})")
+        items = [make_target(model, t, answer=a, where=f"{getattr(inputs, 'name', 'pairs')} prompt {i} ({clip(t)})")
                  for i, (t, a) in enumerate(prompts)]
         keys = sorted({k for r in rows for k in r})
         return items, {k: [r.get(k) for r in rows] for k in keys}, str(getattr(inputs, "name", "custom"))
@@ -124,9 +124,9 @@ def parse_prompt_inputs(model: Any, inputs: Any, *, technique: str) -> tuple[lis
         if isinstance(p, str):
             items.append(make_target(model, p, where=where))
         elif isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p):
-            items.append(make_target(model, p[0], answer=p[1], where=f"{where} ({p[0]!r})"))
+            items.append(make_target(model, p[0], answer=p[1], where=f"{where} ({clip(p[0])})"))
         elif hasattr(p, "text"):
-            where = f"{where} ({p.text!r})"
+            where = f"{where} ({clip(p.text)})"
             answer, span = getattr(p, "answer", None), getattr(p, "span", None)
             if answer is None and span is None:
                 raise MedinterpError(f"{where}: has neither an answer nor an item span to score")
@@ -150,9 +150,9 @@ def parse_prompt_inputs(model: Any, inputs: Any, *, technique: str) -> tuple[lis
     if ends:
         if not items:
             raise MedinterpError(
-                f"{technique}: all {len(ends)} prompts end on their item (e.g. {ends[0]!r}), so nothing after the "
+                f"{technique}: all {len(ends)} prompts end on their item (e.g. {clip(ends[0])}), so nothing after the "
                 "item can be scored; use templates with an answer or a word after the item, or a pair set")
-        warnings.warn(f"{technique}: left out {len(ends)} prompts that end on their item (e.g. {ends[0]!r}): "
+        warnings.warn(f"{technique}: left out {len(ends)} prompts that end on their item (e.g. {clip(ends[0])}): "
                       "nothing after the item to score", NothingAfterItemWarning, stacklevel=3)
     keys = sorted({k for r in rows for k in r})
     labels = {k: [plain_label(r.get(k)) for r in rows] for k in keys}

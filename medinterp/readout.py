@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from medinterp.errors import MedinterpError
+from medinterp.errors import MedinterpError, clip
 
 
 def final_logits(
@@ -162,7 +162,8 @@ def tokens_of(model: Any, text: str, bos: bool) -> Int[Tensor, "T"]:
         if bos and model.cfg.default_prepend_bos and tok is not None and tok.bos_token_id is not None:
             return torch.tensor([tok.bos_token_id], dtype=torch.long)
         return torch.zeros(0, dtype=torch.long)
-    return model.to_tokens(text, prepend_bos=bos, move_to_device=False)[0].cpu()
+    # truncate=False: TL cuts at n_ctx by default, which would hide a too-long prompt from _check_len
+    return model.to_tokens(text, prepend_bos=bos, move_to_device=False, truncate=False)[0].cpu()
 
 
 def _check_len(model: Any, tokens: Tensor, where: str) -> None:
@@ -208,12 +209,12 @@ def make_target(
         nxt = _NEXT_WORD.match(text[end:])
         if nxt is None:
             raise NothingAfterItem(
-                f"{where}: the text ends on its item {text[start:end]!r}, so nothing after the item can be "
+                f"{where}: the text ends on its item {clip(text[start:end])}, so nothing after the item can be "
                 "scored; give the template an answer or a word after the item")
         return _with_answer(model, text[:end], nxt.group(0), where=where, original=text)
     toks = tokens_of(model, text, bos=True)
     if toks.shape[0] < 2:
-        raise MedinterpError(f"{where} ({text!r}): needs at least 2 tokens to score its own text")
+        raise MedinterpError(f"{where} ({clip(text)}): needs at least 2 tokens to score its own text")
     _check_len(model, toks, where)
     return Target(text=text, tokens=toks, n_context=1, read_pos=int(toks.shape[0]) - 1, target=text)
 
@@ -226,13 +227,13 @@ def _with_answer(model: Any, text: str, target: str, *, where: str, original: st
     ctx = tokens_of(model, text, bos=True)
     tgt = tokens_of(model, target, bos=False)
     if tgt.shape[0] == 0:
-        raise MedinterpError(f"{where}: target {target!r} tokenizes to no tokens")
+        raise MedinterpError(f"{where}: target {clip(target)} tokenizes to no tokens")
     if ctx.shape[0] == 0:
         # No BOS and no context: the first target token has nothing to be predicted from.
         ctx, tgt = tgt[:1], tgt[1:]
         if tgt.shape[0] == 0:
             raise MedinterpError(
-                f"{where}: target {target!r} is a single token at the start of the text and the model "
+                f"{where}: target {clip(target)} is a single token at the start of the text and the model "
                 "prepends no BOS, so nothing predicts it; give the prompt some context")
     tokens = torch.cat([ctx, tgt])
     _check_len(model, tokens, where)

@@ -32,6 +32,7 @@ from medinterp.concepts._files import (
     check_header_keys,
     parse_labels,
     parse_templates,
+    MAX_FIELD_CHARS,
     read_file,
     validate_concept_rows,
     validate_pair_rows,
@@ -94,7 +95,7 @@ def _shipped() -> dict[str, Path]:
 SHIPPED: tuple[str, ...] = tuple(_shipped())
 
 
-def load_concepts(name_or_path: str | Path) -> ConceptSet | PairSet:
+def load_concepts(name_or_path: str | Path, *, max_field_chars: int = MAX_FIELD_CHARS) -> ConceptSet | PairSet:
     """Load a shipped concept / pair set by name, or a user file with the same schema.
 
     Args:
@@ -103,6 +104,8 @@ def load_concepts(name_or_path: str | Path) -> ConceptSet | PairSet:
             ``drug_pairs``, ``progression_pairs``, each also as ``<name>_control``, and the variants
             ``age_words``, ``progression_plain``; see :data:`SHIPPED`) or a path to a
             ``.yaml``/``.yml``/``.csv`` file.
+        max_field_chars: the longest text a field (item, label, template, answer) may hold; a longer one
+            is a :class:`ConceptFileError` naming file, line and column, raised before any model work.
 
     Returns:
         A :class:`ConceptSet`, or a :class:`PairSet` for pair files (``kind: pairs`` or the columns
@@ -121,10 +124,10 @@ def load_concepts(name_or_path: str | Path) -> ConceptSet | PairSet:
     shipped = _shipped()
     key = str(name_or_path)
     if key in shipped:
-        return _load(shipped[key], shown=f"{shipped[key].name} (shipped)")
+        return _load(shipped[key], shown=f"{shipped[key].name} (shipped)", max_field_chars=max_field_chars)
     p = Path(name_or_path).expanduser()
     if p.suffix.lower() in (".yaml", ".yml", ".csv") or p.exists():
-        return _load(p, shown=str(name_or_path))
+        return _load(p, shown=str(name_or_path), max_field_chars=max_field_chars)
     raise MedinterpError(f"unknown concept set {key!r}: expected a shipped name ({', '.join(shipped)}) "
                          "or a path to a .yaml/.yml/.csv file")
 
@@ -143,8 +146,8 @@ def list_concepts() -> list[dict[str, Any]]:
     return out
 
 
-def _load(path: Path, shown: str) -> ConceptSet | PairSet:
-    raw = read_file(path)
+def _load(path: Path, shown: str, max_field_chars: int = MAX_FIELD_CHARS) -> ConceptSet | PairSet:
+    raw = read_file(path, max_field_chars)
     raw.path = shown
     check_header_keys(raw)
     h = raw.header

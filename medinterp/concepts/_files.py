@@ -56,9 +56,50 @@ def _err(path: str, line: int | None, column: str | None, msg: str) -> ConceptFi
     return ConceptFileError(f"{where}: {msg}")
 
 
-def read_file(path: str | Path) -> RawFile:
+#: the longest text one field (item, label, template, prompt, answer) may hold, in characters: an item of
+#: megabytes would reach the model as a prompt far over any context (and a multi-GB activation buffer).
+MAX_FIELD_CHARS = 10_000
+
+
+def read_file(path: str | Path, max_field_chars: int = MAX_FIELD_CHARS) -> RawFile:
     """Parse a YAML (``.yaml``/``.yml``) or CSV (``.csv``, with or without the ``#`` YAML header) concept or
-    pair file, or a JSONL (``.jsonl``) pair file, keeping row line numbers."""
+    pair file, or a JSONL (``.jsonl``) pair file, keeping row line numbers.
+
+    Raises:
+        ConceptFileError: malformed file, or a field longer than ``max_field_chars`` characters (file,
+            line and column named).
+    """
+    raw = _read_any(path)
+    _check_sizes(raw, max_field_chars)
+    return raw
+
+
+def _check_sizes(raw: RawFile, limit: int) -> None:
+    def long(v: Any) -> int:
+        if isinstance(v, str):
+            return len(v)
+        if isinstance(v, (list, tuple)):
+            return max((long(x) for x in v), default=0)
+        if isinstance(v, dict):
+            return max((long(x) for x in v.values()), default=0)
+        return 0
+
+    for row, line in zip(raw.rows, raw.row_lines):
+        if not isinstance(row, dict):
+            continue
+        for k, v in row.items():
+            n = long(v)
+            if n > limit:
+                raise _err(raw.path, line, str(k), f"{n:,} characters; expected at most {limit:,} per field "
+                           "(max_field_chars)")
+    for key in ("templates", "description", "provenance", "name"):
+        n = long(raw.header.get(key))
+        if n > limit:
+            raise _err(raw.path, raw.key_lines.get(key), key, f"{n:,} characters; expected at most {limit:,} "
+                       "per field (max_field_chars)")
+
+
+def _read_any(path: str | Path) -> RawFile:
     p = Path(path)
     shown = str(path)
     if not p.is_file():
@@ -147,24 +188,37 @@ def _read_csv(path: str, text: str) -> RawFile:
     reader = csv.DictReader(io.StringIO("".join(lines[n_head:])))
     rows: list[dict[str, Any]] = []
     row_lines: list[int] = []
-    if reader.fieldnames is None:
+    try:
+        names = reader.fieldnames
+    except csv.Error as e:
+        raise _err(path, n_head + 1, None, f"the CSV header row is not readable ({e})") from None
+    if names is None:
         raise _err(path, n_head + 1, None, "expected a CSV header row with column names")
     fieldnames = [f.strip() for f in reader.fieldnames]
     prev = reader.line_num
-    for rec in reader:
-        row_lines.append(n_head + prev + 1)
-        prev = reader.line_num
-        row = {}
-        for k, v in rec.items():
-            if k is None:
-                raise _err(path, row_lines[-1], None, f"more values than the {len(fieldnames)} columns of the header")
-            row[k.strip()] = v
-        rows.append(row)
+    try:
+        for rec in reader:
+            _csv_row(path, rec, prev, n_head, fieldnames, rows, row_lines)
+            prev = reader.line_num
+    except csv.Error as e:  # e.g. a field over the csv module's limit of csv.field_size_limit() characters
+        raise _err(path, n_head + prev + 1, None, f"not readable as CSV ({e}); expected at most "
+                   f"{MAX_FIELD_CHARS:,} characters per field and balanced quotes") from None
     kind = header.get("kind") or ("pairs" if set(PAIR_COLUMNS) & set(fieldnames) else "concepts")
+
     header["kind"] = kind
     header.setdefault("_fieldnames", fieldnames)
     header["_header_line"] = n_head + 1
     return RawFile(path, header, rows, row_lines, {}, [], "csv")
+
+
+def _csv_row(path: str, rec: dict, prev: int, n_head: int, fieldnames: list[str], rows: list, row_lines: list) -> None:
+    row_lines.append(n_head + prev + 1)
+    row = {}
+    for k, v in rec.items():
+        if k is None:
+            raise _err(path, row_lines[-1], None, f"more values than the {len(fieldnames)} columns of the header")
+        row[k.strip()] = v
+    rows.append(row)
 
 
 # ----------------------------------------------------------------------------------------- validation

@@ -21,7 +21,13 @@ from medinterp.errors import ModelLoadError
 log = logging.getLogger("medinterp.models")
 
 DEFAULT_MODEL = "gemma-3-270m"
+# The manifest hashes every file of the folder (config, tokenizer, weights). Manifests of 0.1.0 hashed the
+# weights only: they fail the _REQUIRED check and are rebuilt once. The format number stays 1 so that 0.1.0
+# still accepts a rebuilt folder (it checks every file a manifest lists) and the two never rebuild in turn.
 _CACHE_FORMAT = 1
+_MANIFEST = "medinterp-cache.json"
+# A converted folder is usable only if its manifest covers these (the tokenizer file name varies by model).
+_REQUIRED = ("config.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -171,14 +177,7 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     _strip_quantization(hf)
     hf.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
-    weights = sorted(p.name for p in tmp.glob("*.safetensors"))
-    manifest = {
-        "format": _CACHE_FORMAT,
-        "source_gguf": gguf_path.name,
-        "files": {name: _sha256(tmp / name) for name in weights},
-        "seconds_to_convert": round(time.time() - t0, 1),
-    }
-    (tmp / "medinterp-cache.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(tmp, source_gguf=gguf_path.name, seconds=time.time() - t0)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
 
@@ -194,17 +193,37 @@ def _strip_quantization(hf: Any) -> None:
     hf.is_quantized = False
 
 
+def write_manifest(folder: Path, *, source_gguf: str, seconds: float) -> None:
+    """Record the sha256 of every file in a converted folder (weights, config, tokenizer) in its manifest."""
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != _MANIFEST)
+    manifest = {
+        "format": _CACHE_FORMAT,
+        "source_gguf": source_gguf,
+        "files": {name: _sha256(folder / name) for name in files},
+        "seconds_to_convert": round(seconds, 1),
+    }
+    (folder / _MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
 def _cache_is_valid(folder: Path) -> bool:
-    manifest = folder / "medinterp-cache.json"
+    manifest = folder / _MANIFEST
     if not manifest.is_file():
         return False
     try:
         info = json.loads(manifest.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("medinterp cache %s: manifest unreadable; rebuilding", folder)
         return False
-    if info.get("format") != _CACHE_FORMAT or not info.get("files"):
+    files = info.get("files") if isinstance(info, dict) else None
+    if info.get("format") != _CACHE_FORMAT or not isinstance(files, dict) or not files:
+        log.warning("medinterp cache %s: manifest of another format; rebuilding", folder)
         return False
-    for name, digest in info["files"].items():
+    missing = [n for n in _REQUIRED if n not in files]
+    if missing or not any(n.endswith(".safetensors") for n in files):
+        log.warning("medinterp cache %s: manifest does not cover %s; rebuilding", folder,
+                    ", ".join(missing) or "the weights")
+        return False
+    for name, digest in files.items():
         p = folder / name
         if not p.is_file() or _sha256(p) != digest:
             log.warning("medinterp cache %s: %s is missing or corrupt; rebuilding", folder, name)

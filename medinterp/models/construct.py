@@ -21,11 +21,13 @@ _GEMMA3_BY_WIDTH = {640: "google/gemma-3-270m", 1152: "google/gemma-3-1b-pt"}
 
 
 def load_hf(source: str, *, dtype: torch.dtype, device_map: Any = None, max_memory: Any = None,
-            local: bool = True) -> tuple[Any, Any]:
+            local: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(tokenizer, HF causal LM in eval mode, eager attention) from a folder or hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw: dict[str, Any] = {"local_files_only": True} if local else {}
+    if trust_remote_code:
+        kw["trust_remote_code"] = True
     extra: dict[str, Any] = {}
     if device_map is not None:
         extra["device_map"] = device_map

@@ -72,7 +72,30 @@ def _unknown(name: str) -> ModelLoadError:
         f"{', '.join(OFFICIAL_MODEL_NAMES[:3])}, ...)")
 
 
-def _resolve(spec: str, root: Path) -> _Resolved:
+# TransformerLens reads these hub names' weights with torch.load(weights_only=False) (a pickle: it can run
+# code) or turns trust_remote_code on by itself; medinterp asks for the caller's explicit consent first.
+_PICKLE_PREFIXES = ("NeelNanda", "ArthurConmy", "Baidicoot")
+
+
+def hub_risk(name: str) -> str | None:
+    """Why loading the hub model ``name`` through TransformerLens could run code, or ``None``.
+
+    Example:
+        >>> hub_risk("NeelNanda/SoLU_1L_v9_old") is not None
+        True
+        >>> hub_risk("gpt2") is None
+        True
+    """
+    from transformer_lens.loading_from_pretrained import NEED_REMOTE_CODE_MODELS
+
+    if name.startswith(_PICKLE_PREFIXES):
+        return "TransformerLens loads its weights with torch.load(weights_only=False), which unpickles (can run code)"
+    if name.startswith(NEED_REMOTE_CODE_MODELS):
+        return "TransformerLens turns on trust_remote_code for it (runs the model repository's Python code)"
+    return None
+
+
+def _resolve(spec: str, root: Path, trust_remote_code: bool = False) -> _Resolved:
     if spec in BUILTIN_MODELS:
         m = BUILTIN_MODELS[spec]
         folder, gguf_name, sha = _builtin_folder(m, root)
@@ -106,6 +129,10 @@ def _resolve(spec: str, root: Path) -> _Resolved:
         from transformer_lens.loading_from_pretrained import get_official_model_name
 
         official = get_official_model_name(name)
+    risk = hub_risk(official or name)
+    if risk is not None and not trust_remote_code:
+        raise ModelLoadError(f"model {name!r}: {risk}; pass trust_remote_code=True to load_model if you trust its "
+                             f"source")
     return _Resolved(source={"kind": "hub", "name": name}, path=official or name, local=False,
                      official_name=official, registry_name=name)
 
@@ -124,6 +151,7 @@ def load_model(
     cache: str | os.PathLike | None = None,
     verify: bool = True,
     seed: int = 0,
+    trust_remote_code: bool = False,
 ):
     """Load a model as a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
 
@@ -141,6 +169,8 @@ def load_model(
         cache: folder for converted GGUF models.
         verify: compare logits with plain transformers on one prompt (non-built-in models) and record it.
         seed: init seed of a ``:random`` twin.
+        trust_remote_code: allow a hub model whose loading unpickles weights (``torch.load`` with
+            ``weights_only=False``) or runs the repository's Python code; refused without it.
 
     Returns:
         The model, in eval mode, with ``model.medinterp_info`` (spec, source, backend, capabilities,
@@ -148,7 +178,7 @@ def load_model(
 
     Raises:
         ModelLoadError: unknown spec, missing package, corrupt GGUF, unreadable folder, a backend that
-            cannot wrap the architecture.
+            cannot wrap the architecture, a hub model that would run code without ``trust_remote_code=True``.
     """
     dtype = _dtype(dtype)
     flags = {"fold_ln": fold_ln, "center_writing_weights": center_writing_weights, "center_unembed": center_unembed}
@@ -156,15 +186,17 @@ def load_model(
     random_init = spec_str.endswith(RANDOM_SUFFIX)
     base = spec_str[: -len(RANDOM_SUFFIX)] if random_init else spec_str
     t0 = time.time()
-    r = _resolve(base, cache_dir(cache))
+    r = _resolve(base, cache_dir(cache), trust_remote_code=trust_remote_code)
     chosen = choose_backend(backend, registry_name=r.registry_name, seed_backend=r.seed_backend,
                             convertible=r.convertible, device_map=device_map)
     if random_init:
-        model = _random_twin(r, chosen, seed=seed, device=device, dtype=dtype, flags=flags)
+        model = _random_twin(r, chosen, seed=seed, device=device, dtype=dtype, flags=flags,
+                             trust_remote_code=trust_remote_code)
         verification: dict[str, Any] = {"checked": False, "reason": "random-init twin"}
     else:
         tok, hf = construct.load_hf(r.path, dtype=dtype, device_map=device_map if chosen == "bridge" else None,
-                                    max_memory=max_memory, local=r.local)
+                                    max_memory=max_memory, local=r.local,
+                                    trust_remote_code=trust_remote_code and not r.local)
         if chosen == "hooked":
             model = construct.hooked_from_hf(hf, tok, folder=r.path if r.local else None, official_name=r.official_name,
                                              device=device, dtype=dtype, flags=flags, prepend_bos=r.prepend_bos)
@@ -196,13 +228,15 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def _random_twin(r: _Resolved, backend: str, *, seed: int, device: str, dtype: torch.dtype,
-                 flags: dict[str, bool]) -> Any:
+                 flags: dict[str, bool], trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig, AutoTokenizer
     from transformer_lens import loading_from_pretrained as loading
 
     from ._cache import offline_hf
 
-    kw = {"local_files_only": True} if r.local else {}
+    kw: dict[str, Any] = {"local_files_only": True} if r.local else {}
+    if trust_remote_code and not r.local:
+        kw["trust_remote_code"] = True
     with offline_hf() if r.local else construct._null():
         tok = AutoTokenizer.from_pretrained(r.path, **kw)
         hf_config = AutoConfig.from_pretrained(r.path, **kw)

@@ -481,8 +481,15 @@ def test_check_with_hf_tokenizer_matches_model(tiny):
 
 def test_check_answer_must_continue_prompt(tiny):
     # a prompt ending in a space followed by an answer with its own space is not one next token
-    ps = PairSet("s", "1", "", [PromptPair("The dose is", "The drug is", " five", " ten")])
-    assert ps.check(tiny).n_valid in (0, 1)  # word-level: valid iff the words exist; must not crash
+    # (the sentencepiece case is in the Gemma integration tests). Known answers on the word-level tokenizer,
+    # where whitespace is no token: both known words continue the prompt as one token each; an unknown
+    # word is dropped as the unknown token.
+    ps = PairSet("s", "1", "", [PromptPair("The dose is", "The drug is", " five", " ten"),
+                                PromptPair("The dose is ", "The drug is ", " five", " ten"),
+                                PromptPair("The patient has", "The patient had", " zzqx", " cough")])
+    chk = ps.check(tiny)
+    assert [p.clean for p in chk.valid] == ["The dose is", "The dose is "]
+    assert chk.n_dropped == 1 and "unknown token" in str(chk.dropped[0][1])
     for name in PAIR_SETS:
         chk = load_concepts(name).check(tiny)
         assert chk.n_valid + chk.n_dropped == len(load_concepts(name))

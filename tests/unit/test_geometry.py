@@ -428,3 +428,17 @@ def test_geometry_rejects_unknown_parameters_and_other_activation_shapes(tiny):
         G.geometry_many(tiny, [drug_like_set()], n_boots=3)
     with pytest.raises(MedinterpError, match="ActivationSet"):
         G.geometry(concepts=drug_like_set(), activations=np.zeros((2, 18, 8)))
+
+
+def test_two_worker_path_gives_the_same_numbers_as_one_worker(tiny):
+    # n_jobs=2 runs the per-layer UMAP + metric jobs in loky worker processes: same seeds, same order,
+    # so the table, the embeddings and the 2-D pictures must equal the in-process run.
+    kw = dict(n_epochs=20, n_perm=10, n_boot=10, n_boot_items=20, n_null=10, progress=False, paper=True,
+              layers=[0, 1], include_embed=False, positions="span_mean")
+    one = G.geometry(tiny, drug_like_set(), n_jobs=1, **kw)
+    two = G.geometry(tiny, drug_like_set(), n_jobs=2, **kw)
+    assert len(one.table) > 0 and one.table["value"].notna().any()
+    pd.testing.assert_frame_equal(one.table, two.table)
+    np.testing.assert_array_equal(one.embedding, two.embedding)
+    np.testing.assert_array_equal(one.embedding_2d, two.embedding_2d)
+    np.testing.assert_array_equal(one.layer_curve(**one.paper_primary), two.layer_curve(**two.paper_primary))
