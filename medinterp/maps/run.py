@@ -186,26 +186,32 @@ def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending
     """One ``run_many`` call for the pending families of a technique that shares work; each result is
     saved as soon as the batch returns. On error the families run one by one (each records its own)."""
     t0 = time.perf_counter()
+    out: dict[str, Result] = {}
+
+    def save(i: int, res: Result) -> None:  # as each family finishes: an interrupt keeps the finished ones
+        f = pending[i]
+        if work is not None:
+            d = (dirnames or {}).get(f, f)
+            _save_job(res, job_dir(work, d, tech.name), fps[f], f"{d}/{tech.name}")
+        out[f] = res
+
     try:
-        results = tech.run_many(model, [fams[f] for f in pending], progress=progress, **params)
+        results = tech.run_many(model, [fams[f] for f in pending], progress=progress, on_result=save, **params)
     except KeyboardInterrupt:
         raise
-    except Exception as e:  # noqa: BLE001 - logged; every family is then run (and fails) on its own
-        log.warning("%s: shared run of %d families failed (%s: %s); running them one by one",
-                    tech.name, len(pending), type(e).__name__, e)
-        return {}
+    except Exception as e:  # noqa: BLE001 - logged; the unfinished families then run (and fail) on their own
+        log.warning("%s: shared run of %d families failed (%s: %s); running the %d unfinished one by one",
+                    tech.name, len(pending), type(e).__name__, e, len(pending) - len(out))
+        return out
     run.timing[f"batch:{label}/{tech.name}"] = round(time.perf_counter() - t0, 2)
     run.peak_mb[f"batch:{label}/{tech.name}"] = round(peak_rss_mb(), 1)
     log.info("knowledge map: shared run of %s on %d families (%s) in %.1f s", tech.name, len(pending), label,
              run.timing[f"batch:{label}/{tech.name}"])
     if len(results) != len(pending):
         raise MedinterpError(f"{tech.name}.run_many returned {len(results)} results for {len(pending)} families")
-    out = {}
-    for f, res in zip(pending, results):
-        if work is not None:
-            d = (dirnames or {}).get(f, f)
-            _save_job(res, job_dir(work, d, tech.name), fps[f], f"{d}/{tech.name}")
-        out[f] = res
+    for i, res in enumerate(results):  # a run_many_fn that does not call on_result: saved now
+        if pending[i] not in out:
+            save(i, res)
     return out
 
 

@@ -120,13 +120,24 @@ class Technique:
         family.require(self.name, self.needs)
         return self.run_fn(model, family, **params)
 
-    def run_many(self, model: Any, families: Sequence[Family], **params: Any) -> list["TechniqueResult"]:
-        """Run on several families; shares work when the technique supports it."""
+    def run_many(self, model: Any, families: Sequence[Family], *,
+                 on_result: Callable[[int, "TechniqueResult"], None] | None = None,
+                 **params: Any) -> list["TechniqueResult"]:
+        """Run on several families; shares work when the technique supports it.
+
+        ``on_result(i, result)`` is called as soon as family ``i`` is finished (the map saves it
+        there, so an interruption loses only unfinished families).
+        """
         for fam in families:
             fam.require(self.name, self.needs)
         if self.run_many_fn is not None:
-            return list(self.run_many_fn(model, list(families), **params))
-        return [self.run_fn(model, fam, **params) for fam in families]
+            return list(self.run_many_fn(model, list(families), on_result=on_result, **params))
+        out = []
+        for i, fam in enumerate(families):
+            out.append(self.run_fn(model, fam, **params))
+            if on_result is not None:
+                on_result(i, out[-1])
+        return out
 
 
 @dataclasses.dataclass

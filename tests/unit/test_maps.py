@@ -268,7 +268,7 @@ def _fake(name, shape, calls, *, rule="percentile", many=False, needs=("concepts
         calls.append((fam.name, name, dict(kw)))
         return FakeCurve(concept_set=fam.name, params=kw, curve=bumps(model.cfg.n_layers, [shape]))
 
-    def run_many(model, fams, *, progress=True, **kw):
+    def run_many(model, fams, *, progress=True, on_result=None, **kw):
         calls.append((tuple(f.name for f in fams), name + "_many", dict(kw)))
         return [FakeCurve(concept_set=f.name, curve=bumps(model.cfg.n_layers, [shape])) for f in fams]
 
@@ -484,3 +484,48 @@ def test_legacy_map_params_load_with_their_rules(tmp_path):
     (tmp_path / "m" / "manifest.json").write_text(json.dumps(man))
     back = Result.load(tmp_path / "m")
     assert back.rules == km.rules and back.intervals == km.intervals
+
+
+def test_shared_run_saves_each_family_as_it_finishes(tmp_path):
+    """An interrupt inside a shared run keeps the families already finished (issue 14: geometry was saved
+    only as one batch at the end)."""
+    import medinterp as mi
+    from medinterp.techniques import REGISTRY
+
+    from medinterp.testing import tiny_model
+
+    tiny = tiny_model(n_layers=3)
+
+    def run_many(model, fams, *, progress=True, on_result=None, **kw):
+        on_result(0, FakeCurve(concept_set=fams[0].name, curve=np.arange(3.0)))
+        raise KeyboardInterrupt  # the second family never finishes
+
+    tech = Technique("toy_many", lambda m, f, **k: FakeCurve(concept_set=f.name, curve=np.arange(3.0)),
+                     presets={"quick": {}, "full": {}}, run_many_fn=run_many)
+    REGISTRY["toy_many"] = tech
+    try:
+        fams = {"a": {"concepts": ["A man with chest pain"]}, "b": {"concepts": ["A woman with a cough"]}}
+        with pytest.raises(KeyboardInterrupt):
+            mi.knowledge_map(tiny, fams, techniques=["toy_many"], out_dir=tmp_path, progress=False, **PAPER)
+        assert (tmp_path / "a" / "toy_many" / "manifest.json").is_file()
+        assert not (tmp_path / "b" / "toy_many" / "manifest.json").exists()
+    finally:
+        REGISTRY.pop("toy_many")
+
+
+def test_same_command_twice_gives_bit_identical_maps(tmp_path):
+    """Issue 14: two runs with the same inputs and seed in fresh work dirs give bit-identical saved
+    curves, effects, intervals and robustness (controls, twin and all four techniques on a tiny model)."""
+    import medinterp as mi
+    from medinterp.testing import tiny_model
+
+    kms = []
+    for run in ("one", "two"):
+        tiny = tiny_model(n_layers=3)
+        kms.append(mi.knowledge_map(tiny, ["diseases"], quick=True, out_dir=tmp_path / run, progress=False,
+                                    n_perm=200, n_resamples=4))
+    a, b = (tmp_path / r / "map" / "curves.csv" for r in ("one", "two"))
+    assert a.read_bytes() == b.read_bytes()
+    np.testing.assert_array_equal(kms[0].curves, kms[1].curves)
+    np.testing.assert_array_equal(kms[0].control_stats, kms[1].control_stats)
+    assert kms[0].intervals == kms[1].intervals and kms[0].status == kms[1].status

@@ -517,8 +517,22 @@ def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any
     return geometry(model, family.concepts, progress=progress, **params)
 
 
-def _run_families(model: Any, families: Sequence[Any], *, progress: bool = True, **params: Any) -> list[GeometryResult]:
-    return geometry_many(model, [f.concepts for f in families], progress=progress, **params)
+def _run_families(model: Any, families: Sequence[Any], *, progress: bool = True, on_result: Any = None,
+                  **params: Any) -> list[GeometryResult]:
+    """Several families: one shared UMAP worker pool when UMAP metrics are asked for (``paper=True``);
+    otherwise nothing is shared, so each family runs (and is handed to ``on_result``) as it finishes."""
+    if params.get("paper"):
+        out = geometry_many(model, [f.concepts for f in families], progress=progress, **params)
+        for i, res in enumerate(out):
+            if on_result is not None:
+                on_result(i, res)
+        return out
+    out = []
+    for i, fam in enumerate(families):
+        out.append(geometry(model, fam.concepts, progress=progress, **params))
+        if on_result is not None:
+            on_result(i, out[-1])
+    return out
 
 
 from medinterp.techniques.geometry.findings import findings_extras  # noqa: E402
