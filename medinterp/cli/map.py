@@ -50,7 +50,8 @@ def map_cmd(
     # validate every argument before the model loads
     check_out_file(out)
     techs = check_techniques(split_list(techniques))
-    fams = family_specs(split_list(concepts))
+    fams = split_list(concepts)
+    family_specs(fams)  # unknown family names fail here, before the model loads
     validate_params(percentile=percentile, sigma=sigma)
     if rule not in ("controls", "paper") or (rule == "controls" and not controls):
         raise typer.BadParameter("--rule must be 'controls' (needs --controls) or 'paper'", param_hint="--rule")

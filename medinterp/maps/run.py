@@ -96,6 +96,15 @@ def _family(name: str, spec: Any) -> Family:
                          f"with the keys {sorted(_FAMILY_KEYS)}")
 
 
+def _is_shipped(row: str, spec: Any) -> bool:
+    """A row given as the shipped family itself (its ``Family`` with the shipped inputs): it keeps the
+    shipped control."""
+    from medinterp.concepts import CONCEPT_FAMILIES
+
+    fam = CONCEPT_FAMILIES[row]
+    return isinstance(spec, Family) and spec.concepts == fam.get("concepts") and spec.pairs == fam.get("pairs")
+
+
 def control_specs(families: Sequence[str | Family] | Mapping[str, Any] | None = None) -> dict[str, Family | None]:
     """The control family of each map row (None where there is none).
 
@@ -115,7 +124,7 @@ def control_specs(families: Sequence[str | Family] | Mapping[str, Any] | None = 
         ctrl = None
         if isinstance(spec, Mapping) and spec.get("control") is not None:
             ctrl = _family(row + CONTROL_SUFFIX, spec["control"])
-        elif not isinstance(families, Mapping) and row in CONCEPT_FAMILIES and not isinstance(spec, Family):
+        elif row in CONCEPT_FAMILIES and (spec is None or _is_shipped(row, spec)):
             fam = CONCEPT_FAMILIES[row]
             if fam.get("control") or fam.get("control_pairs"):
                 ctrl = Family(row + CONTROL_SUFFIX, concepts=fam.get("control"), pairs=fam.get("control_pairs"),

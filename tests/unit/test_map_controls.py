@@ -343,3 +343,15 @@ def test_random_twin_same_architecture_and_tokenizer_new_seeded_weights():
     assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c)) and not torch.equal(w(a), w(m))
     assert model_identity(a) != model_identity(m) and model_identity(a) != model_identity(c)
     assert a.medinterp_info["spec"] == "tiny:random" and a.medinterp_info["twin_of"] == "tiny"
+
+
+def test_shipped_rows_keep_their_controls_in_every_input_shape():
+    """The CLI passes rows by name; a shipped row given as its own Family keeps the shipped control (a
+    bug once dropped every control family when the rows arrived as Family objects)."""
+    from medinterp.maps.run import control_specs, family_specs
+
+    for rows in (["drugs", "age"], family_specs(["drugs", "age"])):
+        ctrl = control_specs(rows)
+        assert ctrl["drugs"].concepts == "drugs_control" and ctrl["drugs"].pairs == "drug_pairs_control"
+        assert ctrl["age"].concepts == "age_control"
+    assert control_specs({"drugs": {"concepts": ["my own prompt"]}})["drugs"] is None  # a user's own row
