@@ -181,7 +181,7 @@ class _Run:
         key = f"{fam}/{tech}"
         self.curves[fam][tech] = curve
         self.cis[fam][tech] = ci
-        self.status[fam][tech] = "ok"
+        self.status[fam][tech] = res.unavailable() or "ok"  # e.g. "not known by the model: ..."
         self.curve_names.setdefault(tech, name)
         self.curve_names[key] = name
         self.results[key] = res

@@ -387,7 +387,9 @@ class KnowledgeMap(Result):
                 if len(layers) and k > 0
                 else "no layer marked"
             )
-            missing = [t for t in self.techniques if self.status[c].get(t) != "ok"]
+            missing = [t for t in self.techniques if self.status[c].get(t) in (None, "not run")]
+            per += [f"{t}: {self.status[c][t]}" for t in self.techniques
+                    if self.status[c].get(t) not in (None, "ok", "not run")]  # e.g. not known by the model
             if missing:
                 per.append("not run: " + ", ".join(missing))
             out[c] = f"{head} ({'; '.join(per)})"

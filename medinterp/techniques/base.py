@@ -205,6 +205,13 @@ class TechniqueResult(Result):
         """
         raise NotImplementedError(f"{type(self).__name__}.unit_scores")
 
+    def unavailable(self) -> str | None:
+        """Why this result has no curve although it ran (e.g. "not known by the model: ..."), else None.
+
+        The map shows this reason in the cell instead of a band.
+        """
+        return None
+
     @property
     def curve_label(self) -> str:
         """What :meth:`layer_curve` measures, in words."""

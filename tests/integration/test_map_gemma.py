@@ -32,6 +32,10 @@ def test_quick_map_runs_every_technique(quick_map, gemma):
     assert km.n_layers == n and km.concepts == FAMILIES and km.techniques == list(TECHNIQUES)
     for c in FAMILIES:
         for j, t in enumerate(km.techniques):
+            # a family whose pairs the model gets wrong is shown as such instead of a band
+            if km.status[c][t].startswith("not known by the model"):
+                assert np.all(np.isnan(km.curves[km.concepts.index(c), j])) and t == "patching"
+                continue
             assert km.status[c][t] == "ok", (c, t, km.status[c][t])
             # every cell has an effect over control, or says why not (never a band without controls)
             cs = km.control_status[c][t]

@@ -529,3 +529,29 @@ def test_same_command_twice_gives_bit_identical_maps(tmp_path):
     np.testing.assert_array_equal(kms[0].curves, kms[1].curves)
     np.testing.assert_array_equal(kms[0].control_stats, kms[1].control_stats)
     assert kms[0].intervals == kms[1].intervals and kms[0].status == kms[1].status
+
+
+def test_a_result_that_is_unavailable_shows_its_reason_not_a_band(tmp_path):
+    """A technique that ran but has no curve (e.g. the model does not know the family) says so in the map."""
+    import dataclasses as dc
+
+    import medinterp as mi
+    from medinterp.testing import tiny_model
+
+    @dc.dataclass
+    class Unknown(FakeCurve):
+        kind = "toy_unknown"
+
+        def unavailable(self):
+            return "not known by the model: 0 of 3 pairs known"
+
+    tech = Technique("toy_unknown", lambda m, f, **k: Unknown(concept_set=f.name, curve=np.full(3, np.nan)),
+                     presets={"quick": {}, "full": {}})
+    REGISTRY["toy_unknown"] = tech
+    try:
+        km = mi.knowledge_map(tiny_model(n_layers=3), {"a": {"concepts": ["A man with chest pain"]}},
+                              techniques=["toy_unknown"], progress=False, **PAPER)
+    finally:
+        REGISTRY.pop("toy_unknown")
+    assert km.status["a"]["toy_unknown"] == "not known by the model: 0 of 3 pairs known"
+    assert km.intervals == [] and "not known by the model" in km.summary()["a"]

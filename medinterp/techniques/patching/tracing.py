@@ -130,6 +130,10 @@ class TracingResult(TechniqueResult):
         """Ratio-of-sums recovered fraction per layer for ``restore`` (``"span"`` or ``"last"``)."""
         return np.asarray(self.ratio, float)[:, self.restores.index(restore)]
 
+    def unavailable(self) -> str | None:
+        """"not known by the model: <reason>" when too few pairs are known (the curves are NaN)."""
+        return None if self.known_by_model else f"not known by the model: {self.not_known_reason}"
+
     def layer_curve(self) -> Float[np.ndarray, "n_layers"]:
         """The span curve (ratio of sums); all NaN when the family is not known by the model."""
         c = self.curve("span")
