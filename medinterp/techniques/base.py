@@ -225,6 +225,7 @@ class TechniqueResult(Result):
         top = int(np.nanargmax(curve))
         return f"{self.kind} on {self.concept_set or '?'}: {self.curve_label}; peak at layer {top} ({curve[top]:.4g})"
 
-    def figure(self, **kwargs: Any):
-        """Plotly figure(s) of the result, drawn by the renderer ``medinterp.viz`` registered."""
-        return renderer_for(self.kind)(self, **kwargs)
+    def figure(self, *args: Any, **kwargs: Any):
+        """Plotly figure(s) of the result, drawn by the renderer ``medinterp.viz`` registered (its own
+        arguments, e.g. a saliency variant, pass through)."""
+        return renderer_for(self.kind)(self, *args, **kwargs)

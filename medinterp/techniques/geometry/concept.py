@@ -105,8 +105,13 @@ def probe_unit_scores(
     k = len(classes)
     if k < 2:
         raise MedinterpError("probe_unit_scores: need at least 2 classes")
-    cv = StratifiedGroupKFold(n_splits=_n_splits(groups, n_splits, "probe_unit_scores"), shuffle=True,
-                              random_state=seed)
+    n_folds = _n_splits(groups, n_splits, "probe_unit_scores")
+    largest = max(len(np.unique(groups[codes == c])) for c in range(k))
+    if largest >= n_folds:
+        cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    else:  # every class has fewer items than folds (e.g. 90 mechanisms of 152 drugs): stratifying is
+        # impossible (sklearn raises), so plain item-grouped folds; items still never cross folds
+        cv = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
     with warnings.catch_warnings():  # small classes: sklearn warns that a class has < n_splits members
         warnings.simplefilter("ignore", UserWarning)
