@@ -71,7 +71,8 @@ def geometry_cmd(
         s = res.summary_dict()
         s["timings"] = {k: round(v, 1) for k, v in res.timings.items()}
         summary["sets"][res.concept_set] = s
-        typer.echo(_format(s))
+        typer.echo(res.summary())  # the result's own rendering (was a second copy here)
+        typer.echo("  time: " + ", ".join(f"{k} {v}" for k, v in res.timings.items()))
         typer.echo(f"  wrote {d}/manifest.json, table.csv, geometry.html")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     typer.echo(f"done in {total:.0f} s (model load {t_model:.0f} s); summary in {out}/summary.json")
@@ -81,18 +82,3 @@ def _dirname(name: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "concepts"
-
-
-def _format(s: dict) -> str:
-    lines = [f"[{s['concept_set']}]"]
-    for k, v in s.items():
-        if k in ("concept_set", "timings"):
-            continue
-        if isinstance(v, (list, tuple)) and len(v) == 2:
-            lines.append(f"  {k}: layer {v[0]} ({v[1]:.3f})")
-        elif isinstance(v, float):
-            lines.append(f"  {k}: {v:.3f}")
-        else:
-            lines.append(f"  {k}: {v}")
-    lines.append("  time: " + ", ".join(f"{k} {v}" for k, v in s.get("timings", {}).items()))
-    return "\n".join(lines)
