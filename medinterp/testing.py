@@ -153,7 +153,9 @@ def tiny_model(
     )
     torch.manual_seed(seed)
     model = HookedTransformer(cfg, tokenizer=tok, default_padding_side="right")
-    model.eval()
+    from medinterp.models.construct import fast_weight_layout
+
+    fast_weight_layout(model).eval()
     model.medinterp_info = {
         "spec": "tiny",
         "model_name": cfg.model_name,

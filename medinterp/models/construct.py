@@ -56,6 +56,40 @@ class _null:
         return None
 
 
+#: memory order each HookedTransformer weight is stored in, so that the transposed / rearranged view
+#: TransformerLens builds on every forward call is already contiguous (no copy): TL 3.9's GatedMLP calls
+#: ``W.T.contiguous()`` and attention ``rearrange(W_Q, "h d_model d_head -> (h d_head) d_model")``
+#: (and W_O to ``d_model (h d_head)``), i.e. a fresh copy of every block's weights per forward. The values
+#: are the same, so every output is bit-identical; only the strides differ.
+_WEIGHT_MEMORY_ORDER: dict[str, tuple[int, ...]] = {
+    "W_in": (1, 0), "W_gate": (1, 0), "W_out": (1, 0),
+    "W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1),
+    "W_O": (2, 0, 1),
+}
+
+
+def fast_weight_layout(model: Any) -> Any:
+    """Store a HookedTransformer's block weights in the memory order TL's forward reads them (see
+    :data:`_WEIGHT_MEMORY_ORDER`); shapes and values unchanged. Measured on Gemma 3 270M (CPU, 2 threads):
+    the ``contiguous`` copies were ~20% of a lesion or causal-tracing run. Returns ``model``.
+
+    Example:
+        >>> from medinterp.testing import tiny_model
+        >>> m = tiny_model(n_layers=1)
+        >>> w = m.blocks[0].attn.W_Q
+        >>> w.permute(0, 2, 1).is_contiguous() and tuple(w.shape) == (m.cfg.n_heads, m.cfg.d_model, m.cfg.d_head)
+        True
+    """
+    for name, p in model.named_parameters():
+        order = _WEIGHT_MEMORY_ORDER.get(name.rsplit(".", 1)[-1])
+        if order is None or p.dim() != len(order) or not name.startswith("blocks."):
+            continue
+        inv = [order.index(i) for i in range(len(order))]
+        with torch.no_grad():
+            p.data = p.data.permute(*order).contiguous().permute(*inv)
+    return model
+
+
 def hooked_from_hf(hf: Any, tok: Any, *, folder: str | None, official_name: str | None, device: str,
                    dtype: torch.dtype, flags: dict[str, bool], prepend_bos: bool | None,
                    tl_cfg: Any = None) -> Any:
@@ -101,7 +135,7 @@ def hooked_from_hf(hf: Any, tok: Any, *, folder: str | None, official_name: str 
                 state, fold_ln=flags["fold_ln"], center_writing_weights=flags["center_writing_weights"],
                 center_unembed=flags["center_unembed"], fold_value_biases=flags["fold_ln"])
             model.to(device)
-    return model.eval()
+    return fast_weight_layout(model).eval()
 
 
 def _bridge_guard(br: Any, method: Any) -> Any:
@@ -172,7 +206,7 @@ def random_hooked(cfg: Any, tok: Any, *, seed: int, device: str, dtype: torch.dt
     cfg.device = device
     cfg.init_weights = True
     torch.manual_seed(seed)
-    return HookedTransformer(cfg, tok).eval()
+    return fast_weight_layout(HookedTransformer(cfg, tok)).eval()
 
 
 def random_hf(config: Any, *, seed: int, dtype: torch.dtype) -> Any:

@@ -15,9 +15,12 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+from typing import Any, Sequence
+
 import numpy as np
 from jaxtyping import Float, Shaped
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import Ridge, RidgeClassifier
 from sklearn.metrics import balanced_accuracy_score, r2_score
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
@@ -39,20 +42,66 @@ def _check(X, y, groups, n_splits, name):
     return X, y, groups
 
 
+def linear_probe(alpha: float = 1.0) -> Any:
+    """The categorical probe: standardisation + a least-squares (ridge) linear classifier
+    (``sklearn.linear_model.RidgeClassifier``, one-vs-rest, closed form).
+
+    Why not logistic regression: on Gemma 3 270M's drug reads (304 prompts, 64 PCA dims, 15 classes,
+    5 item-grouped folds) lbfgs logistic regression took 50-130 ms per cross-validation against 20 ms, with
+    the same balanced accuracy (0.09-0.21 vs 0.08-0.27 over layers); the map fits ~80 per concept set.
+    """
+    return make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha))
+
+
+def grouped_folds(y: Sequence[Any], groups: Sequence[Any], continuous: bool = False, *, n_splits: int = 5,
+                  seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` index pairs that never split a group (item, or age for age).
+
+    Categorical ``y``: :class:`~sklearn.model_selection.StratifiedGroupKFold` (classes balanced across
+    folds, so no training fold loses a class), or plain GroupKFold when every class has fewer groups
+    than folds (stratifying is then impossible: sklearn raises). Continuous ``y``: GroupKFold.
+    ``n_splits`` is capped at the number of groups.
+
+    Example:
+        >>> folds = grouped_folds(["a", "a", "b", "b"] * 3, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5], n_splits=3)
+        >>> len(folds), all(len(set(np.repeat(np.arange(6), 2)[te])) == 2 for _, te in folds)
+        (3, True)
+    """
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise MedinterpError(f"grouped cross-validation needs at least 2 groups (items); got {n_groups}")
+    n_folds = min(int(n_splits), n_groups)
+    dummy = np.zeros((len(groups), 1))
+    if continuous:
+        cv = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        return list(cv.split(dummy, np.asarray(y, float), groups))
+    y = np.asarray([str(v) for v in y])
+    _, codes = np.unique(y, return_inverse=True)
+    largest = max(len(np.unique(groups[codes == c])) for c in range(codes.max() + 1))
+    if largest >= n_folds:
+        cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    else:
+        cv = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # small classes: sklearn warns that a class has < n_splits members
+        warnings.simplefilter("ignore", UserWarning)
+        return list(cv.split(dummy, y, groups))
+
+
 def probe_balanced_accuracy(
     X: Float[np.ndarray, "n_obs d"],
     y: Shaped[np.ndarray, "n_obs"],
     groups: Shaped[np.ndarray, "n_obs"],
     n_splits: int = 5,
     seed: int = 0,
-    C: float = 1.0,
+    alpha: float = 1.0,
 ) -> float:
     """Balanced accuracy of a linear probe under item-grouped cross-validation.
 
-    The probe is standardisation + L2 logistic regression (sklearn). Folds come from
-    :class:`sklearn.model_selection.StratifiedGroupKFold`: a GroupKFold (all prompts of an item in one
-    fold) that also balances classes across folds, so no training fold loses a class. The score is the
-    balanced accuracy of the pooled out-of-fold predictions (chance = 1 / n_classes).
+    The probe is :func:`linear_probe` (standardisation + ridge classifier); folds are
+    :func:`grouped_folds` (StratifiedGroupKFold: all prompts of an item in one fold, classes balanced
+    across folds). The score is the balanced accuracy of the pooled out-of-fold predictions
+    (chance = 1 / n_classes).
 
     Args:
         X: ``[n_obs, d]`` activations, one row per prompt.
@@ -60,7 +109,7 @@ def probe_balanced_accuracy(
         groups: item id per prompt (all templates of an item share it).
         n_splits: number of folds.
         seed: shuffling seed of the folds.
-        C: inverse L2 strength of the logistic regression.
+        alpha: L2 strength of the ridge classifier (on standardised features).
 
     Returns:
         Balanced accuracy in [0, 1].
@@ -68,9 +117,9 @@ def probe_balanced_accuracy(
     X, y, groups = _check(X, y, groups, n_splits, "probe_balanced_accuracy")
     if len(np.unique(y)) < 2:
         raise MedinterpError("probe_balanced_accuracy: need at least 2 classes in y")
-    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-    pred = cross_val_predict(probe, X, y, groups=groups, cv=cv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pred = cross_val_predict(linear_probe(alpha), X, y, cv=grouped_folds(y, groups, n_splits=n_splits, seed=seed))
     return float(balanced_accuracy_score(y, pred))
 
 
@@ -105,9 +154,9 @@ def grouped_r2(
     X, y, groups = _check(X, y, groups, n_splits, "grouped_r2")
     y = y.astype(float)
     if grouped:
-        cv = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        cv = grouped_folds(y, groups, True, n_splits=n_splits, seed=seed)
     else:
         cv = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
     model = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
-    pred = cross_val_predict(model, X, y, groups=groups if grouped else None, cv=cv)
+    pred = cross_val_predict(model, X, y, cv=cv)
     return float(r2_score(y, pred))

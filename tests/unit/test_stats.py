@@ -395,7 +395,7 @@ def test_probe_balanced_accuracy_signal_vs_item_identity():
     X_noise = np.repeat(items, T, axis=0) + 0.2 * rng.normal(size=(n_items * T, d))
     # No class information: item-grouped CV is at chance, prompt-level CV memorises items.
     assert probe_balanced_accuracy(X_noise, y, groups) < 0.55
-    assert probe_balanced_accuracy(X_noise, y, np.arange(len(y))) > 0.85
+    assert probe_balanced_accuracy(X_noise, y, np.arange(len(y))) > 0.7  # chance is 1/3; the grouped probe above stays < 0.55
     # A class direction: found under item-grouped CV.
     X_sig = X_noise + 5.0 * np.eye(d)[y]
     assert probe_balanced_accuracy(X_sig, y, groups) > 0.9

@@ -14,9 +14,10 @@ by item (by age for age), so no test item is seen in training:
 * continuous: ``1 - (yhat - y)² / Var(y)`` from a grouped ridge regression; its mean is the pooled
   out-of-fold R² (what :func:`medinterp.stats.grouped_r2` returns for the same folds).
 
-The folds are those of :func:`medinterp.stats.probe_balanced_accuracy` (StratifiedGroupKFold) and
-:func:`medinterp.stats.grouped_r2` (GroupKFold); those return only the pooled score, the map needs the
-per-prompt predictions, so the same splitters feed ``cross_val_predict`` here. The probe is fitted on a
+The folds (:func:`medinterp.stats.cv.grouped_folds`) and the probe (:func:`medinterp.stats.cv.linear_probe`)
+are those of :func:`medinterp.stats.probe_balanced_accuracy` and :func:`medinterp.stats.grouped_r2`; those
+return only the pooled score, the map needs the per-prompt predictions, so here they feed
+``cross_val_predict``. The probe is fitted on a
 PCA reduction (``pca_dims``, fitted on all rows without labels) to keep a layer under a second.
 
 Example:
@@ -38,13 +39,14 @@ import numpy as np
 from jaxtyping import Float, Shaped
 from sklearn.decomposition import PCA
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import Ridge
 from sklearn.metrics import balanced_accuracy_score, pairwise_distances, silhouette_samples
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, cross_val_predict
+from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medinterp.errors import MedinterpError
+from medinterp.stats.cv import grouped_folds, linear_probe
 
 
 def template_centre(X: Float[np.ndarray, "n d"], templates: Sequence[Any] | None) -> Float[np.ndarray, "n d"]:
@@ -62,19 +64,26 @@ def template_centre(X: Float[np.ndarray, "n d"], templates: Sequence[Any] | None
 
 
 def reduce(X: Float[np.ndarray, "n d"], pca_dims: int | None, seed: int = 0) -> Float[np.ndarray, "n k"]:
-    """PCA to ``pca_dims`` components (label-free, fitted on all rows); ``X`` itself when off or small."""
+    """PCA to ``pca_dims`` components (label-free, fitted on all rows); ``X`` itself when off or small.
+
+    With fewer rows than features (the usual case: a few hundred prompts, d_model 640+) the scores come
+    from the eigendecomposition of the n x n Gram matrix of the centred rows (``Xc Xcᵀ = U Λ Uᵀ``, scores
+    ``U √Λ``: the same PCA scores, each component's sign fixed so its largest entry is positive); sklearn's
+    PCA has no Gram solver and its d x d covariance route was 4 of 13 s of a geometry run. Otherwise
+    sklearn's ``covariance_eigh`` PCA.
+    """
     X = np.asarray(X, dtype=np.float64)
     if not pca_dims or min(X.shape) <= pca_dims:
         return X
-    # covariance_eigh: eigendecomposition of the d x d covariance, much faster than a full SVD for n >> k
-    return PCA(n_components=pca_dims, random_state=seed, svd_solver="covariance_eigh").fit_transform(X)
-
-
-def _n_splits(groups: np.ndarray, n_splits: int, name: str) -> int:
-    n_groups = len(np.unique(groups))
-    if n_groups < 2:
-        raise MedinterpError(f"{name}: need at least 2 groups (items) for grouped CV; got {n_groups}")
-    return min(n_splits, n_groups)
+    n, d = X.shape
+    if n > d:
+        return PCA(n_components=pca_dims, random_state=seed, svd_solver="covariance_eigh").fit_transform(X)
+    Xc = X - X.mean(0)
+    w, U = np.linalg.eigh(Xc @ Xc.T)  # ascending
+    w, U = w[::-1][:pca_dims], U[:, ::-1][:, :pca_dims]
+    Z = U * np.sqrt(np.maximum(w, 0.0))
+    sign = np.sign(Z[np.abs(Z).argmax(0), np.arange(Z.shape[1])])
+    return Z * np.where(sign == 0, 1.0, sign)
 
 
 def probe_unit_scores(
@@ -84,7 +93,8 @@ def probe_unit_scores(
     *,
     n_splits: int = 5,
     seed: int = 0,
-    C: float = 1.0,
+    alpha: float = 1.0,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[Float[np.ndarray, "n"], float]:
     """Per-prompt chance-corrected out-of-fold correctness of a linear probe (item-grouped folds).
 
@@ -94,7 +104,9 @@ def probe_unit_scores(
         groups: item id per row.
         n_splits: folds (capped at the number of groups).
         seed: fold shuffling seed.
-        C: inverse L2 strength of the logistic regression.
+        alpha: L2 strength of the ridge probe (:func:`medinterp.stats.cv.linear_probe`).
+        splits: ready ``(train, test)`` pairs (:func:`medinterp.stats.cv.grouped_folds` of these ``y``, ``groups``);
+            the splitter is the slow part when one labelling is probed at every layer.
 
     Returns:
         ``(scores [n], balanced accuracy)``; ``scores.mean()`` = (BA - 1/k) / (1 - 1/k).
@@ -105,14 +117,8 @@ def probe_unit_scores(
     k = len(classes)
     if k < 2:
         raise MedinterpError("probe_unit_scores: need at least 2 classes")
-    n_folds = _n_splits(groups, n_splits, "probe_unit_scores")
-    largest = max(len(np.unique(groups[codes == c])) for c in range(k))
-    if largest >= n_folds:
-        cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    else:  # every class has fewer items than folds (e.g. 90 mechanisms of 152 drugs): stratifying is
-        # impossible (sklearn raises), so plain item-grouped folds; items still never cross folds
-        cv = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+    cv = list(splits) if splits is not None else grouped_folds(y, groups, False, n_splits=n_splits, seed=seed)
+    probe = linear_probe(alpha)
     with warnings.catch_warnings():  # small classes: sklearn warns that a class has < n_splits members
         warnings.simplefilter("ignore", UserWarning)
         pred = cross_val_predict(probe, X, y, groups=groups, cv=cv)
@@ -130,6 +136,7 @@ def ridge_unit_scores(
     n_splits: int = 5,
     seed: int = 0,
     alpha: float = 1.0,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[Float[np.ndarray, "n"], float]:
     """Per-prompt ``1 - (yhat - y)² / Var(y)`` of a ridge regression under GroupKFold (by ``groups``).
 
@@ -141,7 +148,7 @@ def ridge_unit_scores(
     var = float(np.var(y))
     if not var > 0:
         raise MedinterpError("ridge_unit_scores: the target has no variance")
-    cv = GroupKFold(n_splits=_n_splits(groups, n_splits, "ridge_unit_scores"), shuffle=True, random_state=seed)
+    cv = list(splits) if splits is not None else grouped_folds(y, groups, True, n_splits=n_splits, seed=seed)
     model = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
     pred = cross_val_predict(model, X, y, groups=groups, cv=cv)
     scores = 1.0 - (pred - y) ** 2 / var
@@ -149,11 +156,20 @@ def ridge_unit_scores(
 
 
 def unit_scores_for(X: np.ndarray, y: Sequence[Any], groups: np.ndarray, continuous: bool, *, n_splits: int,
-                    seed: int) -> tuple[np.ndarray, float]:
-    """:func:`ridge_unit_scores` for a continuous label, :func:`probe_unit_scores` otherwise."""
+                    seed: int, splits_cache: dict | None = None) -> tuple[np.ndarray, float]:
+    """:func:`ridge_unit_scores` for a continuous label, :func:`probe_unit_scores` otherwise.
+
+    ``splits_cache``: a dict the folds are kept in, keyed by the labels and groups (the same labelling
+    probed at every layer reuses its folds)."""
+    splits = None
+    if splits_cache is not None:
+        key = (continuous, n_splits, seed, tuple(map(str, y)), tuple(map(str, groups)))
+        if key not in splits_cache:
+            splits_cache[key] = grouped_folds(y, groups, continuous, n_splits=n_splits, seed=seed)
+        splits = splits_cache[key]
     if continuous:
-        return ridge_unit_scores(X, np.asarray(y, float), groups, n_splits=n_splits, seed=seed)
-    return probe_unit_scores(X, np.asarray(y), groups, n_splits=n_splits, seed=seed)
+        return ridge_unit_scores(X, np.asarray(y, float), groups, n_splits=n_splits, seed=seed, splits=splits)
+    return probe_unit_scores(X, np.asarray(y), groups, n_splits=n_splits, seed=seed, splits=splits)
 
 
 def lexical_features(items: Sequence[str], pca_dims: int | None = 64, seed: int = 0) -> Float[np.ndarray, "n k"]:

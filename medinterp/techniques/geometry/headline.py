@@ -117,6 +117,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
     findings: dict[str, Any] = {"primary_label": inp.scored[0]}
     progs: list[pd.DataFrame] = []
     lex = lexical_features(inp.item_text, pca_dims, seed)
+    folds: dict = {}  # each labelling's CV folds, computed once for all layers and the lexical baseline
     probe_labels = [lab for lab in inp.scored]
     matched = [m for m in (inp.matched or ()) if m not in probe_labels]
     keep_m = _present(inp.labels[inp.matched[0]]) & _present(inp.labels[inp.matched[1]]) if inp.matched else None
@@ -126,7 +127,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
         sel = keep_m if inp.matched and lab in inp.matched else _present(inp.labels[lab])
         y = [v for v, ok in zip(inp.labels[lab], sel) if ok]
         s, raw = unit_scores_for(lex[sel], y, _groups(inp, lab)[sel], lab in inp.continuous, n_splits=n_splits,
-                                 seed=seed)
+                                 seed=seed, splits_cache=folds)
         bs = cluster_bootstrap(s, units=units[sel], n_boot=n_boot, ci=ci, seed=seed)
         findings["lexical"][lab] = {"value": float(bs.estimate), "ci_low": float(bs.low), "ci_high": float(bs.high),
                                     "raw": raw}
@@ -155,7 +156,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                     s, raw = np.zeros(int(sel.sum())), math.nan
                 else:
                     s, raw = unit_scores_for(Z[sel], y, _groups(inp, lab)[sel], lab in inp.continuous,
-                                             n_splits=n_splits, seed=seed)
+                                             n_splits=n_splits, seed=seed, splits_cache=folds)
                 per_label[lab][sel, j] = s
                 rows.append(_row(layer, "r2" if lab in inp.continuous else "balanced_accuracy", read, lab, "",
                                  {"value": raw, "n": int(sel.sum())}))

@@ -16,7 +16,7 @@ from jaxtyping import Float
 from medinterp.errors import MedinterpError
 from medinterp.hooks import LESION_MODES, FwdHooks, MeanActivation, compute_means, lesion_hooks, right_pad
 from medinterp.models.backends import run_from_layer
-from medinterp.readout import Target, unembed_at
+from medinterp.readout import Target, final_logits, unembed_at
 
 METRICS: tuple[str, ...] = ("kl", "logp_drop", "top1_agree", "acc_drop")
 METHODS: tuple[str, ...] = ("prefix", "full")
@@ -240,3 +240,56 @@ def lesioned_run(
     return readout_resid(model, resid, batch)
 
 
+
+
+#: rows of logits one unembedding call may produce (each row is d_vocab floats, 1 MiB for Gemma's 262k):
+#: reading W_U (671 MB for Gemma 3 270M) is the cost, so all lesions of a batch share as few calls as fit
+READ_ROWS_PER_CALL = 256
+
+
+@torch.no_grad()
+def lesioned_metrics(
+    model: Any,
+    batch: _Batch,
+    intact: tuple[torch.Tensor, ...],
+    modes: Sequence[str],
+    layers: Sequence[int],
+    *,
+    cache: Any = None,
+    means: dict[str, MeanActivation] | None = None,
+    mean_over: str = "position",
+    method: str = "prefix",
+    on_step: Any = None,
+) -> Float[np.ndarray, "B modes layers 4"]:
+    """:func:`compare` of every (mode, layer) lesion of one batch against ``intact``.
+
+    With ``method="prefix"`` the read rows of all lesions are unembedded together, in calls of up to
+    :data:`READ_ROWS_PER_CALL` rows (one unembedding per lesion read the whole vocabulary matrix once per
+    layer: 3.6 of 7.4 s of a Gemma 3 270M lesion run). ``method="full"`` runs each lesion on its own.
+    """
+    B = batch.tokens.shape[0]
+    out = np.full((B, len(modes), len(layers), len(METRICS)), np.nan)
+    if method == "full":
+        for mi_, mode in enumerate(modes):
+            for li, l in enumerate(layers):
+                out[:, mi_, li] = compare(intact, lesioned_run(model, batch, l, mode, cache=cache, means=means,
+                                                               mean_over=mean_over, method=method))
+                if on_step is not None:
+                    on_step()
+        return out
+    R = int(batch.rows.shape[0])
+    per_call = max(1, READ_ROWS_PER_CALL // max(R, 1))  # whole lesions per unembedding call
+    todo = [(mi_, li) for mi_ in range(len(modes)) for li in range(len(layers))]
+    for s in range(0, len(todo), per_call):
+        chunk = todo[s : s + per_call]
+        reads = []
+        for mi_, li in chunk:
+            resid = lesioned_resid(model, batch, layers[li], modes[mi_], cache=cache, means=means,
+                                   mean_over=mean_over, method=method)
+            reads.append(resid[batch.rows.to(resid.device), batch.cols.to(resid.device)])
+            if on_step is not None:
+                on_step()
+        logp = torch.log_softmax(final_logits(model, torch.cat(reads)).float(), dim=-1)
+        for j, (mi_, li) in enumerate(chunk):
+            out[:, mi_, li] = compare(intact, _from_logprobs(logp[j * R : (j + 1) * R], batch))
+    return out

@@ -27,10 +27,9 @@ from medinterp.techniques.lesion.engine import (
     METHODS,
     METRICS,
     MODES,
-    compare,
     compute_block_means,
     intact_run,
-    lesioned_run,
+    lesioned_metrics,
     make_batch,
 )
 from medinterp.techniques.lesion.inputs import items_from_inputs, reference_tokens
@@ -177,11 +176,8 @@ def lesion(
         intact_logp[idx] = intact[1].cpu().numpy()
         intact_top1[idx] = intact[0].argmax(-1).cpu().numpy()
         t0 = time.perf_counter()
-        for mi_, mode in enumerate(modes):
-            for li, l in enumerate(layers):
-                out = lesioned_run(model, batch, l, mode, cache=cache, means=means, mean_over=mean_over, method=method)
-                metrics[idx, mi_, li] = compare(intact, out)
-                bar.update(1)
+        metrics[idx] = lesioned_metrics(model, batch, intact, modes, layers, cache=cache, means=means,
+                                        mean_over=mean_over, method=method, on_step=lambda: bar.update(1))
         t_lesion += time.perf_counter() - t0
         del cache
         ckpt.save(key, metrics=metrics[idx], intact_logp=intact_logp[idx], intact_top1=intact_top1[idx])
