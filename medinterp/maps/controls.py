@@ -163,15 +163,19 @@ class _Data:
     ctrl: np.ndarray
     ctrl_u: np.ndarray
     ctrl_t: np.ndarray
-    tw_med: np.ndarray
-    tw: np.ndarray
-    tw_u: np.ndarray
-    tw_t: np.ndarray
+    tw_med: np.ndarray | None  # None: no twin comparison (the twin cannot be measured, see mark_all)
+    tw: np.ndarray | None
+    tw_u: np.ndarray | None
+    tw_t: np.ndarray | None
 
 
-def _prepare(medicine: UnitScores, control: UnitScores, twin: UnitScores) -> _Data:
+def _prepare(medicine: UnitScores, control: UnitScores, twin: UnitScores | None) -> _Data:
     med, mu, mt = clean(medicine, "medicine")
     ctrl, cu, ct = clean(control, "control family")
+    if twin is None:
+        if med.shape[1] != ctrl.shape[1]:
+            raise NoScores(f"layer counts differ: medicine {med.shape[1]}, control {ctrl.shape[1]}")
+        return _Data(med, mu, mt, ctrl, cu, ct, None, None, None, None)
     tw, tu, tt = clean(twin, "random twin")
     if not med.shape[1] == ctrl.shape[1] == tw.shape[1]:
         raise NoScores(f"layer counts differ: medicine {med.shape[1]}, control {ctrl.shape[1]}, twin {tw.shape[1]}")
@@ -185,10 +189,14 @@ def _mark(d: _Data, *, alpha: float, correction: str, min_run: int, n_perm: int,
     """Steps 1-4 of the module docstring: ``(vs control, vs twin, p_adj both, marked mask)``."""
     vs_c = stats.layer_effects(d.med, d.ctrl, medicine_units=d.med_u, control_units=d.ctrl_u,
                                n_boot=n_boot, n_perm=n_perm, seed=seed)
+    pc = stats.adjust(vs_c.p, correction)
+    if d.tw is None:  # control family only: one corrected test per layer, FWER <= alpha still
+        marked = stats.mark_layers(pc, alpha=alpha, min_run=min_run, effect=vs_c.effect, direction="greater")
+        return vs_c, None, pc, np.full_like(pc, np.nan), marked
     # paired: per-item means of matched rows, in the same (sorted) item order for both
     vs_t = stats.layer_effects(stats.unit_means(d.tw_med, d.tw_u), stats.unit_means(d.tw, d.tw_u), paired=True,
                                n_boot=n_boot, n_perm=n_perm, seed=seed + 1)
-    pc, pt = stats.adjust(vs_c.p, correction), stats.adjust(vs_t.p, correction)
+    pt = stats.adjust(vs_t.p, correction)
     marked = stats.mark_layers(np.maximum(pc, pt), alpha=alpha, min_run=min_run,
                                effect=np.minimum(vs_c.effect, vs_t.effect), direction="greater")
     return vs_c, vs_t, pc, pt, marked
@@ -216,6 +224,8 @@ def _resample(d: _Data, rng: np.random.Generator) -> _Data:
     rows, mu = _boot_items(rng, d.med_u, d.med_t, keep_t)
     c_keep = keep_t if keep_t is not None and np.isin(keep_t, d.ctrl_t).all() else None
     crow, cu = _boot_items(rng, d.ctrl_u, d.ctrl_t, c_keep)
+    if d.tw is None:
+        return _Data(d.med[rows], mu, d.med_t[rows], d.ctrl[crow], cu, d.ctrl_t[crow], None, None, None, None)
     trows, tu = _boot_items(rng, d.tw_u, d.tw_t, keep_t)
     return _Data(d.med[rows], mu, d.med_t[rows], d.ctrl[crow], cu, d.ctrl_t[crow],
                  d.tw_med[trows], d.tw[trows], tu, d.tw_t[trows])
@@ -224,7 +234,7 @@ def _resample(d: _Data, rng: np.random.Generator) -> _Data:
 def effect_over_control(
     medicine: UnitScores,
     control: UnitScores,
-    twin: UnitScores,
+    twin: UnitScores | None,
     *,
     alpha: float = 0.05,
     correction: Correction = "holm",
@@ -240,7 +250,9 @@ def effect_over_control(
     Args:
         medicine: the model's unit scores on the family.
         control: the model's unit scores on the control family (other items).
-        twin: the random-init twin's unit scores on the family (same prompts; paired on item + template).
+        twin: the random-init twin's unit scores on the family (same prompts; paired on item + template);
+            None: marked against the control family alone (the twin's columns are NaN), for a technique
+            the twin cannot be measured with (e.g. tracing on pairs a random model does not know).
         alpha: significance level after correction.
         correction: "holm" (family-wise) or "fdr_bh" (Benjamini-Hochberg).
         min_run: shortest run of marked layers kept.
@@ -270,7 +282,8 @@ def effect_over_control(
     if robustness > 0 and n_resamples > 0 and sig.any():
         def one(rng: np.random.Generator) -> Bool[np.ndarray, "n_layers"]:
             r = _resample(d, rng)
-            if min(len(np.unique(r.med_u)), len(np.unique(r.ctrl_u)), len(np.unique(r.tw_u))) < 2:
+            tw_items = len(np.unique(r.tw_u)) if r.tw_u is not None else 2
+            if min(len(np.unique(r.med_u)), len(np.unique(r.ctrl_u)), tw_items) < 2:
                 return np.zeros(n_layers, dtype=bool)
             return _mark(r, n_boot=100, seed=int(rng.integers(2**31)), **kw)[-1]
 
@@ -279,17 +292,19 @@ def effect_over_control(
     else:  # nothing significant (no resample can add a kept mark) or robustness off: no resamples
         fraction = np.full(n_layers, np.nan)
         marked = sig.copy()
+    nan = np.full(n_layers, np.nan)
     return ControlMarking(
         effect=vs_c.effect, ci_low=vs_c.ci_low, ci_high=vs_c.ci_high, p_adj=pc,
-        effect_twin=vs_t.effect, twin_low=vs_t.ci_low, twin_high=vs_t.ci_high, p_adj_twin=pt,
+        effect_twin=vs_t.effect if vs_t is not None else nan, twin_low=vs_t.ci_low if vs_t is not None else nan,
+        twin_high=vs_t.ci_high if vs_t is not None else nan, p_adj_twin=pt,
         significant=sig, robustness=fraction, marked=marked, intervals=stats.intervals_from_mask(marked),
-        n_items=vs_c.n_medicine, n_control=vs_c.n_control, n_twin=vs_t.n_medicine,
+        n_items=vs_c.n_medicine, n_control=vs_c.n_control, n_twin=vs_t.n_medicine if vs_t is not None else 0,
     )
 
 
 # ============================================================================ the map's use
 def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, twin, twin_status, *,
-             controls: bool, **marking: Any) -> tuple[dict, dict]:
+             controls: bool, notes: dict | None = None, **marking: Any) -> tuple[dict, dict]:
     """Effect over control of every (row, technique) of a map run.
 
     Args:
@@ -298,6 +313,10 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
         main_status, ctrl_status, twin_status: ``"ok"`` or why the job has no result, same keys.
         ctrl_fams: the control family of each row (None: none).
         controls: whether the control runs were made.
+        notes: a dict that receives ``notes[row][technique]`` for cells marked against the control family
+            alone: where the twin's result says it cannot be measured (``unavailable()``, e.g. the random
+            twin knows none of the pairs, so there is nothing to trace) the twin comparison is dropped,
+            not the cell (the control family, same model and architecture, still controls for routing).
         **marking: keyword arguments of :func:`effect_over_control`.
 
     Returns:
@@ -321,7 +340,12 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                 status[f][t] = f"random twin {twin_status.get(key, 'not run')}"
             else:
                 try:
-                    scores = [r[key].unit_scores() for r in (main, ctrl, twin)]
+                    tw_reason = _unavailable(twin[key])
+                    scores = [main[key].unit_scores(), ctrl[key].unit_scores(),
+                              None if tw_reason else twin[key].unit_scores()]
+                    if tw_reason and _unavailable(main[key]) is None:
+                        if notes is not None:
+                            notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
                     m = effect_over_control(*scores, **marking)
                 except NotImplementedError:
                     status[f][t] = f"no unit scores: the {t} result does not provide unit_scores()"
@@ -333,6 +357,12 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                     out[f][t] = m.stats_array()
                     status[f][t] = "ok"
     return out, status
+
+
+def _unavailable(result: Any) -> str | None:
+    """The result's own reason it has no curve (``TechniqueResult.unavailable()``), None if it has one."""
+    fn = getattr(result, "unavailable", None)
+    return fn() if callable(fn) else None
 
 
 __all__ = ["CONTROL_STATS", "mark_all", "ControlMarking", "NoScores", "clean", "effect_over_control", "pair_rows"]

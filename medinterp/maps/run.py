@@ -411,9 +411,11 @@ def knowledge_map(
                 del tw_model
                 gc.collect()
     t0 = time.perf_counter()
+    notes: dict = {}
     cstats, cstatus = mark_all(fams, techniques, main, main_status, ctrl_res, ctrl_status, ctrl_fams, twin_res,
-                               twin_status, controls=controls, alpha=alpha, correction=correction, min_run=min_run,
-                               robustness=robustness, n_perm=n_perm, n_boot=n_boot, n_resamples=n_resamples)
+                               twin_status, controls=controls, notes=notes, alpha=alpha, correction=correction,
+                               min_run=min_run, robustness=robustness, n_perm=n_perm, n_boot=n_boot,
+                               n_resamples=n_resamples)
     run.timing["marking"] = round(time.perf_counter() - t0, 2)
     run.timing["total"] = round(time.perf_counter() - t_start, 2)
     cparams = {"alpha": alpha, "correction": correction, "min_run": min_run, "robustness": robustness,
@@ -428,7 +430,7 @@ def knowledge_map(
         run.curves, n_layers=n_layers, cis=run.cis, techniques=techniques, status=run.status,
         labels={f: fams[f].label or f for f in fams}, model_name=model_name, provenance=prov,
         rules=interval_rules(techniques), rule=rule, control_stats=cstats, control_status=cstatus,
-        control_params=cparams, **params,
+        control_params=cparams, control_notes=notes, **params,
     )
     km.curve_names.update(run.curve_names)
     km.result_dirs.update(run.result_dirs)
@@ -526,13 +528,15 @@ def map_from_work_dir(
         side[suffix] = (res, st)
     controls = bool(side[CONTROL_SUFFIX][0] or side[TWIN_SUFFIX][0])
     main = {(k.rsplit("/", 1)[0], k.rsplit("/", 1)[1]): r for k, r in run.results.items()}
+    notes: dict = {}
     cstats, cstatus = mark_all(families, techniques, main, {k: "ok" for k in main}, *side[CONTROL_SUFFIX],
-                               {f: True for f in families}, *side[TWIN_SUFFIX], controls=controls,
+                               {f: True for f in families}, *side[TWIN_SUFFIX], controls=controls, notes=notes,
                                **dict(marking or {}))
     km = KnowledgeMap.from_curves(curves, n_layers=run.n_layers, cis=run.cis, techniques=techniques,
                                   status=run.status, model_name=model_name, provenance={"work_dir": str(work)},
                                   rules=interval_rules(techniques), rule="controls" if controls else "paper",
                                   control_stats=cstats, control_status=cstatus, control_params=dict(marking or {}),
+                                  control_notes=notes,
                                   **params)
     km.curve_names.update(run.curve_names)
     km.result_dirs.update(run.result_dirs)

@@ -136,6 +136,8 @@ class KnowledgeMap(Result):
         control_status: ``control_status[concept][technique]`` = ``"ok"`` or why there is no effect over
             control (no unit scores, all NaN, control not run...).
         control_params: alpha, correction, min_run, robustness, n_perm, n_boot of the marking.
+        control_notes: ``control_notes[concept][technique]``: how a cell's marking departs from the rule
+            (e.g. "vs control family only: random twin not known by the model: ...").
     """
 
     kind = "knowledge_map"
@@ -159,6 +161,7 @@ class KnowledgeMap(Result):
     control_stats: np.ndarray = None  # type: ignore[assignment]
     control_status: dict = dataclasses.field(default_factory=dict)
     control_params: dict = dataclasses.field(default_factory=dict)
+    control_notes: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.concepts = [str(c) for c in self.concepts]
@@ -220,6 +223,7 @@ class KnowledgeMap(Result):
         control_stats: Mapping[str, Mapping[str, np.ndarray]] | None = None,
         control_status: Mapping[str, Mapping[str, str]] | None = None,
         control_params: Mapping[str, Any] | None = None,
+        control_notes: Mapping[str, Mapping[str, str]] | None = None,
         **params: Any,
     ) -> "KnowledgeMap":
         """Build a map from ``curves[concept][technique] = array[n_layers]`` (missing = not run).
@@ -277,6 +281,7 @@ class KnowledgeMap(Result):
             control_stats=cst,
             control_status={c: dict(v) for c, v in (control_status or {}).items()},
             control_params=dict(control_params or {}),
+            control_notes={c: dict(v) for c, v in (control_notes or {}).items()},
         )
 
     def rethreshold(self, **params: Any) -> "KnowledgeMap":

@@ -127,7 +127,8 @@ def _cell(km: "KnowledgeMap", c: str, t: str) -> str:
         return km.control_status[c].get(t, "no effect over control")
     layers = [l for iv in km.intervals if iv["concept"] == c and iv["technique"] == t
               for l in range(iv["start"], iv["end"] + 1)]
-    return _ranges_text(layers) if layers else "no interval"
+    note = (km.control_notes or {}).get(c, {}).get(t)
+    return (_ranges_text(layers) if layers else "no interval") + (f" ({note})" if note else "")
 
 
 def _technique_result_figures(km: "KnowledgeMap", technique: str, max_figs: int = 12) -> list[str]:

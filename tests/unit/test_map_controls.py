@@ -33,21 +33,27 @@ def _scores(values, n_items, n_templates, prefix="item"):
 def test_pure_noise_marks_a_layer_in_at_most_5_percent_of_1000_runs():
     rng = np.random.default_rng(0)
     n_items, n_t, L = 12, 2, 8
-    marked_runs, naive_runs, vs_control_runs = 0, 0, 0
+    marked_runs, naive_runs, vs_control_runs, control_only_runs = 0, 0, 0, 0
     for r in range(1000):
         med, ctrl, twin = (rng.normal(size=(n_items * n_t, L)) for _ in range(3))
         out = effect_over_control(_scores(med, n_items, n_t), _scores(ctrl, n_items, n_t, "c"),
                                   _scores(twin, n_items, n_t), n_perm=999, n_boot=30, n_resamples=5, seed=r)
         marked_runs += bool(out.marked.any())
         vs_control_runs += bool((out.p_adj <= 0.05).any())  # one comparison alone, Holm: calibrated, not dead
+        # the twin dropped (a technique the twin cannot be measured with): the control family alone marks
+        only = effect_over_control(_scores(med, n_items, n_t), _scores(ctrl, n_items, n_t, "c"), None,
+                                   n_perm=999, n_boot=30, n_resamples=5, seed=r)
+        control_only_runs += bool(only.marked.any())
+        assert np.isnan(only.p_adj_twin).all() and only.n_twin == 0
         if r < 200:  # the same data under an uncorrected single-comparison rule: shows this test can fail
             p = stats.layer_effects(stats.unit_means(med, _scores(med, n_items, n_t).units),
                                     stats.unit_means(twin, _scores(med, n_items, n_t).units), paired=True,
                                     n_boot=30, n_perm=199, seed=r).p
             naive_runs += bool((p <= 0.05).any())
-    print(f"pure noise: {marked_runs} of 1000 runs marked; Holm vs control family alone {vs_control_runs} of 1000; "
+    print(f"pure noise: {marked_runs} of 1000 runs marked ({control_only_runs} vs the control family alone); Holm vs control family alone {vs_control_runs} of 1000; "
           f"uncorrected paired rule {naive_runs} of 200")
     assert marked_runs <= 50, marked_runs
+    assert control_only_runs <= 50, control_only_runs
     assert 5 <= vs_control_runs <= 50, vs_control_runs
     assert naive_runs / 200 > 0.15, naive_runs  # uncorrected per-layer testing marks noise often
 
@@ -62,6 +68,18 @@ def test_planted_effect_is_marked_at_the_planted_layers_only():
     assert out.intervals == [(3, 5)]
     assert (out.robustness[3:6] >= 0.8).all() and (out.ci_low[3:6] > 0).all()
     assert (out.p_adj[3:6] <= 0.05).all() and (out.p_adj_twin[3:6] <= 0.05).all()
+
+
+def test_without_the_twin_the_control_family_alone_marks_the_planted_layers():
+    rng = np.random.default_rng(1)
+    med = rng.normal(size=(60, 10))
+    med[:, 3:6] += 1.5
+    out = effect_over_control(_scores(med, 20, 3), _scores(rng.normal(size=(60, 10)), 20, 3, "c"), None,
+                              n_perm=999, n_boot=200)
+    assert out.intervals == [(3, 5)] and np.isnan(out.effect_twin).all()
+    flat = effect_over_control(_scores(rng.normal(size=(60, 10)), 20, 3), _scores(med, 20, 3, "c"), None,
+                               n_perm=999, n_boot=100)
+    assert flat.intervals == []  # the control family beats "medicine": nothing marked
 
 
 def test_medicine_must_beat_both_controls():
@@ -145,6 +163,25 @@ def _planted(model, fam, *, progress=True, effect=1.5, layers=(2, 3)):
     return ToyScores(concept_set=fam.name, values=v, units=units, templates=[0, 1] * spec["n"])
 
 
+@dataclasses.dataclass
+class ToyUnknownOnTwin(ToyScores):
+    """Like causal tracing: the random twin knows no pairs, so its result is unavailable (all NaN)."""
+
+    kind = "test_map_controls_toy_unknown_on_twin"
+    reason: str = ""
+
+    def unavailable(self):
+        return self.reason or None
+
+
+def _planted_twin_unknown(model, fam, *, progress=True):
+    res = _planted(model, fam)
+    if _is_twin(model):
+        return ToyUnknownOnTwin(concept_set=fam.name, values=np.full_like(res.values, np.nan), units=res.units,
+                                templates=res.templates, reason="not known by the model: 0 of 20 pairs known")
+    return ToyUnknownOnTwin(concept_set=fam.name, values=res.values, units=res.units, templates=res.templates)
+
+
 def _resid_norms(model, fam, *, progress=True):
     """A real, weight-dependent toy: per prompt, the residual norm at the last token after every block."""
     import torch
@@ -167,6 +204,7 @@ def _resid_norms(model, fam, *, progress=True):
 @pytest.fixture
 def toys(monkeypatch):
     for t in (Technique("toy_planted", _planted), Technique("toy_norms", _resid_norms),
+              Technique("toy_twin_unknown", _planted_twin_unknown),
               Technique("toy_nounits", lambda m, f, **k: NoUnits(curve=np.arange(float(m.cfg.n_layers))))):
         monkeypatch.setitem(REGISTRY, t.name, t)
 
@@ -219,6 +257,20 @@ def test_map_marks_planted_layers_saves_all_runs_and_resumes(tmp_path, toys):
     # the report: no-interval cells, reasons, the findings table
     html = km.to_html(tmp_path / "r.html")
     assert "no interval" in html and "no unit scores" in html and "Findings" in html
+
+
+def test_twin_that_cannot_be_measured_leaves_the_control_family(tmp_path, toys):
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    fams = {k: v for k, v in _fams().items() if k in ("drugs", "flat")}
+    km = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_twin_unknown"], progress=False,
+                            n_perm=999, n_boot=100, n_resamples=10, out_dir=tmp_path / "w")
+    assert [(iv["concept"], iv["start"], iv["end"]) for iv in km.intervals] == [("drugs", 2, 3)]
+    assert km.control_status["drugs"]["toy_twin_unknown"] == "ok"
+    assert km.control_notes["drugs"]["toy_twin_unknown"].startswith("vs control family only: random twin not known")
+    assert "vs control family only" in km.to_html(tmp_path / "r.html")
+    assert maps.KnowledgeMap.load(tmp_path / "w" / "map").control_notes == km.control_notes
 
 
 def test_unknown_family_shows_the_reason_not_a_band(toys):

@@ -547,7 +547,7 @@ TECHNIQUE = Technique(
         # max_prompts: the time budget (full: drugs 6 of 9 templates, age 5, the rest all; quick: 2-6)
         "full": {"paper": False, "include_embed": False, "max_prompts": 1000, "min_templates": 4,
                  "n_boot_items": 1000, "n_null": 1000},
-        "quick": {"paper": False, "include_embed": False, "max_prompts": 400, "min_templates": 2,
+        "quick": {"paper": False, "include_embed": False, "max_prompts": 200, "min_templates": 2,
                   "n_boot_items": 1000, "n_null": 1000},
     },
     needs=("concepts",),

@@ -50,7 +50,7 @@ from medinterp import sites
 from medinterp.activations import _char_span_to_tokens
 from medinterp.concepts.pairs import TokenizedPair
 from medinterp.errors import MedinterpError
-from medinterp.readout import unembed_at
+from medinterp.readout import final_logits
 from medinterp.results import make_provenance
 from medinterp.stats import cluster_bootstrap, intervals_from_mask
 from medinterp.techniques.base import TechniqueResult, UnitScores
@@ -198,22 +198,31 @@ def _unit_id(model: Any, tp: TokenizedPair, span: np.ndarray, item_column: str |
 
 
 def baselines(model: Any, kept: list[TokenizedPair]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clean / corrupted LD and the both-sides top-1 flag of every pair (one run per prompt)."""
+    """Clean / corrupted LD and the both-sides top-1 flag of every pair (one run per prompt).
+
+    The last-position residuals of all length groups are unembedded in one call (reading the
+    unembedding matrix once, not twice per length group)."""
     dev = device_of(model)
     cl, xl, top = (np.zeros(len(kept)) for _ in range(3))
+    order, last = [], {"clean_tokens": [], "corrupted_tokens": []}
     for idx in groups_by_length(kept):
-        out = []
-        for which in ("clean_tokens", "corrupted_tokens"):
+        order.extend(idx)
+        for which in last:
             toks = torch.tensor([getattr(kept[i], which) for i in idx], device=dev)
             _, resid = run_cached(model, toks, set())
-            with torch.no_grad():
-                out.append(unembed_at(model, resid, "last"))
-        cid = torch.tensor([kept[i].clean_id for i in idx], device=dev)[:, None]
-        xid = torch.tensor([kept[i].corrupted_id for i in idx], device=dev)[:, None]
-        lc, lx = out
-        cl[idx] = (lc.gather(1, cid) - lc.gather(1, xid))[:, 0].double().cpu().numpy()
-        xl[idx] = (lx.gather(1, cid) - lx.gather(1, xid))[:, 0].double().cpu().numpy()
-        top[idx] = ((lc.argmax(1) == cid[:, 0]) & (lx.argmax(1) == xid[:, 0])).cpu().numpy()
+            last[which].append(resid[:, -1])
+    if not order:
+        return cl, xl, top.astype(bool)
+    n = len(order)
+    with torch.no_grad():
+        logits = final_logits(model, torch.cat(last["clean_tokens"] + last["corrupted_tokens"]))
+    lc, lx = logits[:n], logits[n:]
+    order = np.asarray(order)
+    cid = torch.tensor([kept[i].clean_id for i in order], device=logits.device)[:, None]
+    xid = torch.tensor([kept[i].corrupted_id for i in order], device=logits.device)[:, None]
+    cl[order] = (lc.gather(1, cid) - lc.gather(1, xid))[:, 0].double().cpu().numpy()
+    xl[order] = (lx.gather(1, cid) - lx.gather(1, xid))[:, 0].double().cpu().numpy()
+    top[order] = ((lc.argmax(1) == cid[:, 0]) & (lx.argmax(1) == xid[:, 0])).cpu().numpy()
     return cl, xl, top.astype(bool)
 
 
