@@ -290,6 +290,28 @@ def left_padded_kwargs(lengths: list[int], width: int, device: Any) -> dict[str,
 
 def _run_batches(model: Any, texts: list[str], hooks: list, pos_sets: list[list[list[int]]], lengths: list[int],
                  batch_size: int, progress: bool, chunk_dir: Path | None = None, key: str = "") -> list[Tensor]:
+    """:func:`_run_batches_in_order` on the prompts sorted by token count (stable), results in input order.
+
+    Batches of similar lengths carry little padding: on the concept sets (templates of different
+    lengths, items of 1-8 tokens) about a fifth of a length-unsorted batch was padding."""
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    if order == list(range(len(texts))):
+        return _run_batches_in_order(model, texts, hooks, pos_sets, lengths, batch_size, progress, chunk_dir, key)
+    outs = _run_batches_in_order(model, [texts[i] for i in order], hooks,
+                                 [[ps[i] for i in order] for ps in pos_sets], [lengths[i] for i in order],
+                                 batch_size, progress, chunk_dir, key + "-by-length")
+    inv = torch.tensor(order)
+    res = []
+    for o in outs:
+        r = torch.empty_like(o)
+        r[:, inv] = o
+        res.append(r)
+    return res
+
+
+def _run_batches_in_order(model: Any, texts: list[str], hooks: list, pos_sets: list[list[list[int]]],
+                          lengths: list[int], batch_size: int, progress: bool, chunk_dir: Path | None = None,
+                          key: str = "") -> list[Tensor]:
     """Left-padded batched forwards; for each position set, one ``[hooks, n, d]`` tensor of reduced vectors.
 
     The forward stops after the last block read (``stop_at_layer``, also when that is the last block:

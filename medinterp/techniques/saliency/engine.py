@@ -130,8 +130,14 @@ class _Accumulator:
         is still in cache for its three reductions.
         """
         i = self.index[name]
+        w = self.weights[i] if weight is None else weight
+        if not grad.is_contiguous() and grad.shape == w.shape:
+            # the sums are over elements in any order: walk both in the gradient's memory order (a view,
+            # not a copy, for weights stored transposed, see medinterp.models.construct.fast_weight_layout)
+            perm = sorted(range(grad.dim()), key=lambda d: -grad.stride(d))
+            grad, w = grad.permute(*perm), w.permute(*perm)
         g = grad.reshape(-1)
-        wf = (self.weights[i] if weight is None else weight).reshape(-1)
+        wf = w.reshape(-1)
         if wf.numel() != g.numel():
             raise RuntimeError(f"saliency: gradient of {name} has {g.numel()} elements, weight {wf.numel()}")
         l1 = l2sq = gw = 0.0
