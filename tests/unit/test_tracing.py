@@ -118,6 +118,10 @@ def test_not_known_flag_and_nan_unit_scores(gemma_like):
     assert us.values.shape == (len(PAIRS), 3) and np.isnan(us.values).all()
     assert np.isnan(r.layer_curve()).all() and r.band == [] and r.mover is None
     assert np.isfinite(r.ratio).all()  # the raw numbers are still there
+    skipped = causal_trace(gemma_like, PAIRS, min_known=len(PAIRS) + 1, min_margin=0.0, require_sign=False,
+                           progress=False, n_boot=20, trace_unknown=False)
+    assert not skipped.known_by_model and np.isnan(skipped.ratio).all() and skipped.timings["sweep"] < 1e-2
+    np.testing.assert_array_equal(skipped.clean_ld, r.clean_ld)
     ok = causal_trace(gemma_like, PAIRS, **RELAXED)
     assert ok.known_by_model and np.isfinite(ok.unit_scores().values).all()
 

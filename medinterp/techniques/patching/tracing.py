@@ -50,12 +50,13 @@ from medinterp import sites
 from medinterp.activations import _char_span_to_tokens
 from medinterp.concepts.pairs import TokenizedPair
 from medinterp.errors import MedinterpError
+from medinterp.hooks import pad_token_id, right_pad
 from medinterp.readout import final_logits
 from medinterp.results import make_provenance
 from medinterp.stats import cluster_bootstrap, intervals_from_mask
 from medinterp.techniques.base import TechniqueResult, UnitScores
 from medinterp.techniques.patching.common import Metric, check_model, device_of, layers_arg, prepare_pairs
-from medinterp.techniques.patching.engine import CALL_COST_TOKENS, exact_sweep, groups_by_length, run_cached
+from medinterp.techniques.patching.engine import CALL_COST_TOKENS, exact_sweep
 
 RESTORES = ("span", "last")
 COMPONENT_SITES = ("attn_out", "mlp_out", "resid_mid", "resid_post")
@@ -197,32 +198,33 @@ def _unit_id(model: Any, tp: TokenizedPair, span: np.ndarray, item_column: str |
     return model.tokenizer.decode(toks).strip() if model.tokenizer is not None else str(toks)
 
 
-def baselines(model: Any, kept: list[TokenizedPair]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clean / corrupted LD and the both-sides top-1 flag of every pair (one run per prompt).
+def baselines(model: Any, kept: list[TokenizedPair], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clean / corrupted LD and the both-sides top-1 flag of every pair.
 
-    The last-position residuals of all length groups are unembedded in one call (reading the
-    unembedding matrix once, not twice per length group)."""
+    All prompts (both sides) run right-padded in batches of ``batch_size`` (real tokens keep their
+    positions and never see the padding, :func:`medinterp.hooks.right_pad`); the last real position of
+    each is unembedded, all in one call."""
     dev = device_of(model)
-    cl, xl, top = (np.zeros(len(kept)) for _ in range(3))
-    order, last = [], {"clean_tokens": [], "corrupted_tokens": []}
-    for idx in groups_by_length(kept):
-        order.extend(idx)
-        for which in last:
-            toks = torch.tensor([getattr(kept[i], which) for i in idx], device=dev)
-            _, resid = run_cached(model, toks, set())
-            last[which].append(resid[:, -1])
-    if not order:
+    P = len(kept)
+    cl, xl, top = (np.zeros(P) for _ in range(3))
+    if not P:
         return cl, xl, top.astype(bool)
-    n = len(order)
+    seqs = [torch.tensor(tp.clean_tokens) for tp in kept] + [torch.tensor(tp.corrupted_tokens) for tp in kept]
+    pad = pad_token_id(model)
+    n = int(model.cfg.n_layers)
+    last = []
     with torch.no_grad():
-        logits = final_logits(model, torch.cat(last["clean_tokens"] + last["corrupted_tokens"]))
-    lc, lx = logits[:n], logits[n:]
-    order = np.asarray(order)
-    cid = torch.tensor([kept[i].clean_id for i in order], device=logits.device)[:, None]
-    xid = torch.tensor([kept[i].corrupted_id for i in order], device=logits.device)[:, None]
-    cl[order] = (lc.gather(1, cid) - lc.gather(1, xid))[:, 0].double().cpu().numpy()
-    xl[order] = (lx.gather(1, cid) - lx.gather(1, xid))[:, 0].double().cpu().numpy()
-    top[order] = ((lc.argmax(1) == cid[:, 0]) & (lx.argmax(1) == xid[:, 0])).cpu().numpy()
+        for b0 in range(0, len(seqs), batch_size):
+            toks, mask, lengths = right_pad(seqs[b0 : b0 + batch_size], pad_id=pad)
+            resid = model(toks.to(dev), attention_mask=mask.to(dev), stop_at_layer=n)
+            last.append(resid[torch.arange(len(lengths), device=resid.device), (lengths - 1).to(resid.device)])
+        logits = final_logits(model, torch.cat(last))
+    lc, lx = logits[:P], logits[P:]
+    cid = torch.tensor([tp.clean_id for tp in kept], device=logits.device)[:, None]
+    xid = torch.tensor([tp.corrupted_id for tp in kept], device=logits.device)[:, None]
+    cl[:] = (lc.gather(1, cid) - lc.gather(1, xid))[:, 0].double().cpu().numpy()
+    xl[:] = (lx.gather(1, cid) - lx.gather(1, xid))[:, 0].double().cpu().numpy()
+    top[:] = ((lc.argmax(1) == cid[:, 0]) & (lx.argmax(1) == xid[:, 0])).cpu().numpy()
     return cl, xl, top.astype(bool)
 
 
@@ -296,6 +298,7 @@ def causal_trace(
     seed: int = 0,
     batch_budget_mb: float = 1024.0,
     call_cost: float = CALL_COST_TOKENS,
+    trace_unknown: bool = True,
     progress: bool = True,
 ) -> TracingResult:
     """Causal tracing of the item span and the last token on the pairs the model knows.
@@ -316,6 +319,9 @@ def causal_trace(
         on_bad: ``"drop"`` (default) or ``"raise"`` for pairs the pair rule rejects.
         n_boot, seed: the item-level cluster bootstrap of the ratio of sums.
         batch_budget_mb, call_cost: engine batching (memory budget, cost of one forward call).
+        trace_unknown: also trace the known pairs of a family with fewer than ``min_known`` of them (their
+            raw numbers kept in ``ratio`` / ``ld``; the curves are NaN either way). The map turns it off:
+            its random twin knows almost no pair, and the sweep would be its whole cost.
         progress: show a progress bar.
 
     Returns:
@@ -342,10 +348,11 @@ def causal_trace(
     masks = [[span_masks[i], np.eye(len(valid[i].clean_tokens), dtype=bool)[-1]] for i in kidx]
     L = len(layer_list)
     stats: dict = {}
-    ld = np.zeros((0, L, 2))
-    comp_ld = np.zeros((len(comps), 0, L, 2))
+    ld = np.full((len(kept), L, 2), np.nan)
+    comp_ld = np.full((len(comps), len(kept), L, 2), np.nan)
+    traced = bool(kept) and (trace_unknown or len(kept) >= int(min_known))
     t1 = time.perf_counter()
-    if kept:
+    if traced:
         met = Metric("logit_diff")
         outs = []
         for site in ["resid_pre"] + comps:
@@ -357,8 +364,12 @@ def causal_trace(
         ld, comp_ld = outs[0], np.stack(outs[1:]) if comps else comp_ld
     t_sweep = time.perf_counter() - t1
     units = [unit_all[i] for i in kidx]
-    P, ratio, lo, hi, median = aggregate(ld, cl[kidx], xl[kidx], units, n_boot=n_boot, seed=seed)
-    comp_ratio = np.stack([aggregate(c, cl[kidx], xl[kidx], units, n_boot=1)[1] for c in comp_ld]) if comps else None
+    if traced:
+        P, ratio, lo, hi, median = aggregate(ld, cl[kidx], xl[kidx], units, n_boot=n_boot, seed=seed)
+        comp_ratio = np.stack([aggregate(c, cl[kidx], xl[kidx], units, n_boot=1)[1] for c in comp_ld]) if comps else None
+    else:
+        P, ratio, lo, hi, median = ld.copy(), *(np.full((L, 2), np.nan) for _ in range(4))
+        comp_ratio = np.full((len(comps), L, 2), np.nan) if comps else None
     n_known = len(kidx)
     ok = n_known >= int(min_known)
     reason = "" if ok else (f"{n_known} of {len(valid)} valid pairs known (LD_clean > 0 > LD_corrupted, margin >= "
