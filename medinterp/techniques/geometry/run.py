@@ -545,10 +545,10 @@ TECHNIQUE = Technique(
         # headline only (no UMAP): template-centred span + final-token reads, item-grouped probes
         # (the embedding output is not a block: the map's curve never reads it)
         # max_prompts: the time budget, in templates per item (full: drugs 6 of 9 templates, age 5, the rest
-        # all; quick, a first look: 1-2 frames per item, every item, so no template-centring where 1)
+        # all; quick, a first look: one frame per item, every item, so no template-centring)
         "full": {"paper": False, "include_embed": False, "max_prompts": 1000, "min_templates": 4,
                  "n_boot_items": 1000, "n_null": 1000},
-        "quick": {"paper": False, "include_embed": False, "max_prompts": 160, "min_templates": 1,
+        "quick": {"paper": False, "include_embed": False, "max_prompts": 100, "min_templates": 1,
                   "n_boot_items": 1000, "n_null": 1000},
     },
     needs=("concepts",),

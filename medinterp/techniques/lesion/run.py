@@ -247,7 +247,7 @@ TECHNIQUE = Technique(
         # 12 prompts x (skip + block_mean) took 34-47 s per family-run, over the map's budget; add it with
         # modes=["skip", "block_mean"]. Greedy continuations are left to `medinterp lesion`.
         "full": {"modes": ["skip"], "max_prompts": 12, "n_continuations": 0, "n_boot": 1000, "batch_size": 12},
-        "quick": {"modes": ["skip"], "max_prompts": 8, "n_continuations": 0, "n_boot": 300, "batch_size": 8},
+        "quick": {"modes": ["skip"], "max_prompts": 6, "n_continuations": 0, "n_boot": 300, "batch_size": 6},
     },
     needs=("pairs",),
     description="drop in log p(answer) when one block is removed, on the family's answer prompts",

@@ -141,7 +141,7 @@ TECHNIQUE = Technique(
         # causal tracing (span and last-token restoration of resid_pre) on the pairs the model knows;
         # mode="resid_last" gives 0.1.0's resid_pre-at-the-last-position sweep
         "full": {"n_boot": 1000, "trace_unknown": False},
-        "quick": {"max_pairs": 12, "n_boot": 200, "trace_unknown": False},
+        "quick": {"max_pairs": 10, "n_boot": 200, "trace_unknown": False},
     },
     needs=("pairs",),
     extras=attention_view_data,
