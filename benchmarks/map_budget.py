@@ -44,7 +44,18 @@ def main() -> None:
     ap.add_argument("--techniques", default=None, help="comma-separated techniques (default: all)")
     ap.add_argument("--work", default=None, help="work directory (default: a fresh temporary one)")
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    ap.add_argument("--from-map", default=None, metavar="DIR",
+                    help="print the stages of a map already run (e.g. `medinterp map`'s report.map/) and exit")
     args = ap.parse_args()
+    if args.from_map:
+        from medinterp.maps import KnowledgeMap
+
+        km = KnowledgeMap.load(args.from_map)
+        prov = km.provenance
+        print(f"map {args.from_map}: {km.model_name} ({km.n_layers} layers), {prov.get('size')} map; "
+              f"peak RSS of the run {prov.get('peak_rss_mb', float('nan')):.0f} MB")
+        _stage_table(prov.get("timing_s", {}), prov.get("peak_rss_mb_after", {}))
+        return
 
     import logging
 
@@ -67,22 +78,9 @@ def main() -> None:
     wall = time.perf_counter() - t1
     timing = km.provenance.get("timing_s", {})
     peaks = km.provenance.get("peak_rss_mb_after", {})
-    secs: dict = collections.defaultdict(float)
-    peak: dict = collections.defaultdict(float)
-    for key, s in timing.items():
-        if "/" not in key or not isinstance(s, (int, float)):
-            continue
-        stage = _kind(key)
-        secs[stage] += s
-        peak[stage] = max(peak[stage], peaks.get(key, 0.0))
     print(f"model {args.model} ({km.n_layers} layers), {'quick' if args.quick else 'full'} map with controls, "
           f"{args.threads} torch threads; work dir {work}")
-    print(f"{'technique':<12} {'run':<15} {'wall s':>8} {'peak RSS MB':>12}")
-    for stage in sorted(secs):
-        print(f"{stage[0]:<12} {stage[1]:<15} {secs[stage]:8.1f} {peak[stage]:12.0f}")
-    for k in ("twin_load", "marking"):
-        if k in timing:
-            print(f"{k:<28} {timing[k]:8.1f}")
+    secs, peak = _stage_table(timing, peaks)
     print(f"{'model load':<28} {t_load:8.1f}")
     print(f"{'map total':<28} {wall:8.1f}   (budget {'180' if args.quick else '900'} s)")
     print(f"{'peak RSS of the process':<28} {peak_rss_mb():8.0f} MB (budget 6144 MB)")
@@ -95,6 +93,25 @@ def main() -> None:
             json.dump({"wall_s": wall, "model_load_s": t_load, "peak_rss_mb": peak_rss_mb(),
                        "stages": {f"{a}/{b}": {"s": secs[(a, b)], "peak_mb": peak[(a, b)]} for a, b in secs},
                        "timing_s": timing}, f, indent=2)
+
+
+def _stage_table(timing: dict, peaks: dict) -> tuple[dict, dict]:
+    """Print seconds and peak RSS per (technique, run kind) from a map's provenance."""
+    secs: dict = collections.defaultdict(float)
+    peak: dict = collections.defaultdict(float)
+    for key, s in timing.items():
+        if "/" not in key or not isinstance(s, (int, float)):
+            continue
+        stage = _kind(key)
+        secs[stage] += s
+        peak[stage] = max(peak[stage], peaks.get(key, 0.0))
+    print(f"{'technique':<12} {'run':<15} {'wall s':>8} {'peak RSS MB':>12}")
+    for stage in sorted(secs):
+        print(f"{stage[0]:<12} {stage[1]:<15} {secs[stage]:8.1f} {peak[stage]:12.0f}")
+    for k in ("twin_load", "marking", "total"):
+        if k in timing:
+            print(f"{k:<28} {timing[k]:8.1f}")
+    return secs, peak
 
 
 if __name__ == "__main__":
