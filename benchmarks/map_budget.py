@@ -52,7 +52,7 @@ def main() -> None:
 
         km = KnowledgeMap.load(args.from_map)
         prov = km.provenance
-        print(f"map {args.from_map}: {km.model_name} ({km.n_layers} layers), {prov.get('size')} map; "
+        print(f"map {args.from_map}: {km.model_name} ({km.n_layers} layers), {(prov.get('params') or {}).get('size')} map; "
               f"peak RSS of the run {prov.get('peak_rss_mb', float('nan')):.0f} MB")
         _stage_table(prov.get("timing_s", {}), prov.get("peak_rss_mb_after", {}))
         return
