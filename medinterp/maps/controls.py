@@ -343,9 +343,6 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                     tw_reason = _unavailable(twin[key])
                     scores = [main[key].unit_scores(), ctrl[key].unit_scores(),
                               None if tw_reason else twin[key].unit_scores()]
-                    if tw_reason and _unavailable(main[key]) is None:
-                        if notes is not None:
-                            notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
                     m = effect_over_control(*scores, **marking)
                 except NotImplementedError:
                     status[f][t] = f"no unit scores: the {t} result does not provide unit_scores()"
@@ -356,6 +353,8 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                 else:
                     out[f][t] = m.stats_array()
                     status[f][t] = "ok"
+                    if tw_reason and notes is not None:  # noted only on a cell that was marked
+                        notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
     return out, status
 
 
