@@ -82,6 +82,9 @@ class ControlMarking:
         marked: ``[n_layers]`` the map's marks: ``significant`` and ``robustness >= threshold``.
         intervals: inclusive runs of ``marked``; ``[]`` is "no interval".
         n_items, n_control, n_twin: items in each comparison.
+        smallest_p_adj: the smallest corrected p-value these item counts can give at any layer
+            (:func:`medinterp.stats.smallest_p`, times the number of layers for Holm); above ``alpha`` no
+            layer can be marked, whatever the data.
     """
 
     effect: np.ndarray
@@ -99,6 +102,7 @@ class ControlMarking:
     n_items: int
     n_control: int
     n_twin: int
+    smallest_p_adj: float = 0.0
 
     def stats_array(self) -> Float[np.ndarray, "n_stats n_layers"]:
         """The :data:`CONTROL_STATS` rows stacked (``marked`` as 0/1)."""
@@ -293,12 +297,17 @@ def effect_over_control(
         fraction = np.full(n_layers, np.nan)
         marked = sig.copy()
     nan = np.full(n_layers, np.nan)
+    floor = stats.smallest_p(vs_c.n_medicine, vs_c.n_control, paired=False, n_perm=n_perm)
+    if vs_t is not None:
+        floor = max(floor, stats.smallest_p(vs_t.n_medicine, vs_t.n_medicine, paired=True, n_perm=n_perm))
+    smallest_adj = min(1.0, floor * n_layers) if correction == "holm" else floor  # BH: the smallest stays p
     return ControlMarking(
         effect=vs_c.effect, ci_low=vs_c.ci_low, ci_high=vs_c.ci_high, p_adj=pc,
         effect_twin=vs_t.effect if vs_t is not None else nan, twin_low=vs_t.ci_low if vs_t is not None else nan,
         twin_high=vs_t.ci_high if vs_t is not None else nan, p_adj_twin=pt,
         significant=sig, robustness=fraction, marked=marked, intervals=stats.intervals_from_mask(marked),
         n_items=vs_c.n_medicine, n_control=vs_c.n_control, n_twin=vs_t.n_medicine if vs_t is not None else 0,
+        smallest_p_adj=float(smallest_adj),
     )
 
 
@@ -353,7 +362,13 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                 else:
                     out[f][t] = m.stats_array()
                     status[f][t] = "ok"
-                    if tw_reason and notes is not None:  # noted only on a cell that was marked
+                    alpha = float(marking.get("alpha", 0.05))
+                    if m.smallest_p_adj > alpha:  # "no interval" would claim a test that could not reject
+                        status[f][t] = (f"too few items to mark: {m.n_items} items, {m.n_control} control items"
+                                        + (f", {m.n_twin} paired with the twin" if m.n_twin else "")
+                                        + f"; the smallest attainable corrected p is {m.smallest_p_adj:.3g} "
+                                        f"> α = {alpha:g} (a larger preset or more items)")
+                    if tw_reason and notes is not None and status[f][t] == "ok":  # only on a markable cell
                         notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
     return out, status
 

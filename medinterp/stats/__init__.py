@@ -20,6 +20,7 @@ from medinterp.stats.layers import (
     mark_layer_effects,
     mark_layers,
     robustness,
+    smallest_p,
 )
 from medinterp.stats.resampling import (
     BootstrapResult,
@@ -34,5 +35,5 @@ __all__ = [
     "BootstrapResult", "LayerEffects", "LayerMarking", "Robustness", "adjust", "cluster_bootstrap",
     "grouped_r2", "intervals_from_mask", "item_permutation_null", "item_permutations", "layer_effects",
     "mark_layer_effects", "mark_layers", "permutation_pvalue", "probe_balanced_accuracy", "robustness",
-    "unit_means",
+    "smallest_p", "unit_means",
 ]

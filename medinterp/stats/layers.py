@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Literal
 
 import numpy as np
@@ -184,6 +185,23 @@ def layer_effects(
         ci_high=np.asarray(boot.confidence_interval.high), p=np.asarray(test.pvalue, dtype=float),
         paired=paired, n_medicine=len(medicine), n_control=len(control), alternative=alternative,
     )
+
+
+def smallest_p(n_medicine: int, n_control: int, *, paired: bool, n_perm: int) -> float:
+    """The smallest p-value :func:`layer_effects` can return for these group sizes.
+
+    scipy's ``permutation_test`` is exact when ``n_perm`` covers every distinct permutation (paired:
+    ``2**n`` sign flips; unpaired: ``C(n_medicine + n_control, n_medicine)`` splits), and its p-value then
+    counts the observed one, so it is at least ``1 / distinct``; otherwise (Monte Carlo) at least
+    ``1 / (n_perm + 1)``. With few items no layer can reach a corrected α: the map says so instead of
+    showing "no interval".
+
+    Example:
+        >>> smallest_p(3, 3, paired=True, n_perm=1000), smallest_p(20, 20, paired=False, n_perm=999)
+        (0.125, 0.001)
+    """
+    distinct = 2 ** int(n_medicine) if paired else math.comb(int(n_medicine) + int(n_control), int(n_medicine))
+    return 1.0 / distinct if n_perm >= distinct else 1.0 / (int(n_perm) + 1)
 
 
 def adjust(pvals: Float[np.ndarray, "n_layers"], method: Correction = "holm") -> Float[np.ndarray, "n_layers"]:

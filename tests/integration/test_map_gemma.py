@@ -40,7 +40,7 @@ def test_quick_map_runs_every_technique(quick_map, gemma):
             # every cell has an effect over control, or says why not (never a band without controls)
             cs = km.control_status[c][t]
             assert cs == "ok" or cs.startswith(("no unit scores", "no finite unit scores", "control family",
-                                                "random twin")), (c, t, cs)
+                                                "random twin", "too few items to mark")), (c, t, cs)
             for d in (c, f"{c}__control", f"{c}__twin"):
                 assert (work / d / t / "job.json").is_file(), (d, t)
             curve = km.curves[km.concepts.index(c), j]

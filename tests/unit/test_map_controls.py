@@ -82,6 +82,33 @@ def test_without_the_twin_the_control_family_alone_marks_the_planted_layers():
     assert flat.intervals == []  # the control family beats "medicine": nothing marked
 
 
+def test_smallest_attainable_p_matches_scipy_on_the_most_extreme_data():
+    import scipy.stats
+
+    for n, paired, n_perm in ((3, True, 1000), (5, False, 1000), (12, True, 999), (4, False, 10)):
+        med, ctrl = np.arange(n, dtype=float) + 100.0, np.arange(n, dtype=float)  # medicine above every control
+        kind = "samples" if paired else "independent"
+        p = scipy.stats.permutation_test((med, ctrl), lambda a, b: a.mean() - b.mean(), permutation_type=kind,
+                                         n_resamples=n_perm, alternative="greater", rng=0).pvalue
+        assert p == pytest.approx(stats.smallest_p(n, n, paired=paired, n_perm=n_perm)), (n, paired, n_perm)
+
+
+def test_too_few_items_to_mark_is_said_not_shown_as_no_interval(toys):
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    fams = {"drugs": {"concepts": {"n": 3, "prefix": "d", "medicine": True},
+                      "control": {"concepts": {"n": 3, "prefix": "c"}}}}
+    km = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_planted"], progress=False, n_perm=999,
+                            n_boot=50, n_resamples=5)
+    st = km.control_status["drugs"]["toy_planted"]
+    assert st.startswith("too few items to mark: 3 items, 3 control items, 3 paired with the twin"), st
+    assert km.intervals == [] and "too few items" in km.summary()["drugs"]
+    out = effect_over_control(_scores(np.ones((40, 6)), 20, 2), _scores(np.zeros((40, 6)), 20, 2, "c"), None,
+                              n_perm=999, n_boot=50)
+    assert out.smallest_p_adj == pytest.approx(6 / 1000)  # 20 items: Monte Carlo floor 1/1000, Holm x 6 layers
+
+
 def test_medicine_must_beat_both_controls():
     rng = np.random.default_rng(2)
     med = rng.normal(size=(60, 6))

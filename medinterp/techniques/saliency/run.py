@@ -244,7 +244,9 @@ TECHNIQUE = Technique(
     presets={
         # The map reads the block shares only: the embedding (262k × 640 for Gemma) and unembedding
         # gradients are skipped. One backward per prompt; sizes measured on Gemma 3 270M (see the report).
-        "full": {"max_prompts": 6, "n_boot": 1000, "include_embed": False, "include_unembed": False},
+        # full: 10 prompts, the fewest whose paired test against the twin can reach Holm-corrected
+        # alpha = 0.05 over 18+ layers (2**10 sign flips; 6 prompts could never mark a layer)
+        "full": {"max_prompts": 10, "n_boot": 1000, "include_embed": False, "include_unembed": False},
         "quick": {"max_prompts": 3, "n_boot": 300, "include_embed": False, "include_unembed": False},
     },
     needs=("pairs",),
