@@ -353,6 +353,12 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                     scores = [main[key].unit_scores(), ctrl[key].unit_scores(),
                               None if tw_reason else twin[key].unit_scores()]
                     m = effect_over_control(*scores, **marking)
+                    weak = _twin_too_few(m, **marking)
+                    if weak and not tw_reason:  # the twin scores only a few of the model's items (tracing:
+                        # the pairs a random model gets right by chance), too few for its paired test to
+                        # reject: dropped as when it knows none, not a cell that can never be marked
+                        tw_reason = weak
+                        m = effect_over_control(scores[0], scores[1], None, **marking)
                 except NotImplementedError:
                     status[f][t] = f"no unit scores: the {t} result does not provide unit_scores()"
                 except NoScores as e:
@@ -371,6 +377,20 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                     if tw_reason and notes is not None and status[f][t] == "ok":  # only on a markable cell
                         notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
     return out, status
+
+
+def _twin_too_few(m: ControlMarking, *, alpha: float = 0.05, correction: str = "holm", n_perm: int = 1000,
+                  **_: Any) -> str | None:
+    """Why the twin comparison of ``m`` is dropped, or None: the twin was scored on fewer items than the
+    model and its paired test cannot reach ``alpha`` after correction with that many."""
+    if not 0 < m.n_twin < m.n_items:
+        return None
+    floor = stats.smallest_p(m.n_twin, m.n_twin, paired=True, n_perm=n_perm)
+    adj = min(1.0, floor * len(m.effect)) if correction == "holm" else floor
+    if adj <= alpha:
+        return None
+    return (f"scored on only {m.n_twin} of the {m.n_items} items (too few for a paired test at α = {alpha:g}: "
+            f"smallest corrected p {adj:.3g})")
 
 
 def _unavailable(result: Any) -> str | None:

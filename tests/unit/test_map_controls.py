@@ -300,6 +300,31 @@ def test_twin_that_cannot_be_measured_leaves_the_control_family(tmp_path, toys):
     assert maps.KnowledgeMap.load(tmp_path / "w" / "map").control_notes == km.control_notes
 
 
+def test_twin_scored_on_a_few_items_only_is_dropped_not_a_dead_cell(toys):
+    """Like tracing on a random twin that gets 4 of 20 pairs right by chance: its paired test on 4 items
+    can never reach alpha (p >= 1/16), so the cell is marked against the control family alone."""
+    from medinterp.maps.controls import mark_all
+
+    rng = np.random.default_rng(3)
+    units = [f"d{i}" for i in range(20) for _ in range(2)]
+    med = rng.normal(size=(40, N_LAYERS))
+    med[:, 2:4] += 1.5
+    tw = rng.normal(size=(40, N_LAYERS))
+    tw[8:] = np.nan  # the twin is scored on 4 items only
+    mk = lambda v, u: ToyScores(concept_set="x", values=v, units=u, templates=[0, 1] * 20)  # noqa: E731
+    res = {("drugs", "t"): mk(med, units)}
+    ctrl = {("drugs", "t"): mk(rng.normal(size=(40, N_LAYERS)), [f"c{i}" for i in range(20) for _ in range(2)])}
+    twin = {("drugs", "t"): mk(tw, units)}
+    notes: dict = {}
+    ok = {("drugs", "t"): "ok"}
+    out, st = mark_all(["drugs"], ["t"], res, ok, ctrl, ok, {"drugs": True}, twin, ok, controls=True, notes=notes,
+                       n_perm=999, n_boot=50, n_resamples=5)
+    assert st["drugs"]["t"] == "ok"
+    assert notes["drugs"]["t"].startswith("vs control family only: random twin scored on only 4 of the 20")
+    marked = out["drugs"]["t"][CONTROL_STATS.index("marked")]
+    assert list(np.flatnonzero(marked)) == [2, 3]
+
+
 def test_unknown_family_shows_the_reason_not_a_band(toys):
     import medinterp.maps as maps
     from medinterp.testing import tiny_model
