@@ -92,6 +92,10 @@ def package_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str | N
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+    if "medinterp" in out:  # the code that ran, not an editable install's (possibly stale) metadata
+        from medinterp import __version__
+
+        out["medinterp"] = __version__
     out["python"] = platform.python_version()
     return out
 
