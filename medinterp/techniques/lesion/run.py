@@ -245,10 +245,10 @@ TECHNIQUE = Technique(
         # Block removal (skip: the map's curve and unit scores); the full map also mean-ablates each block's
         # output ("block_mean", shown beside skip in the report): with all lesions of a batch unembedded
         # together it fits the budget (Gemma 3 270M, quiet: skip alone 80 s of the 9-min full map).
-        # The quick map skips only. Greedy continuations are left to `medinterp lesion`.
+        # The quick map skips only, on 5 prompts (a curve preview: too few items to mark). Greedy continuations are left to `medinterp lesion`.
         "full": {"modes": ["skip", "block_mean"], "max_prompts": 12, "n_continuations": 0, "n_boot": 1000,
                  "batch_size": 12},
-        "quick": {"modes": ["skip"], "max_prompts": 6, "n_continuations": 0, "n_boot": 300, "batch_size": 6},
+        "quick": {"modes": ["skip"], "max_prompts": 5, "n_continuations": 0, "n_boot": 300, "batch_size": 5},
     },
     needs=("pairs",),
     description="drop in log p(answer) when one block is removed, on the family's answer prompts",

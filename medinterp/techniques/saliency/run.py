@@ -247,7 +247,8 @@ TECHNIQUE = Technique(
         # full: 10 prompts, the fewest whose paired test against the twin can reach Holm-corrected
         # alpha = 0.05 over 18+ layers (2**10 sign flips; 6 prompts could never mark a layer)
         "full": {"max_prompts": 10, "n_boot": 1000, "include_embed": False, "include_unembed": False},
-        "quick": {"max_prompts": 3, "n_boot": 300, "include_embed": False, "include_unembed": False},
+        # quick: a curve preview (2 prompts can never reach alpha: the map says "too few items to mark")
+        "quick": {"max_prompts": 2, "n_boot": 300, "include_embed": False, "include_unembed": False},
     },
     needs=("pairs",),
     description="each block's share of |∂(−log p(answer))/∂w · w| on the family's answer prompts",
