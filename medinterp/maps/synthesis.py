@@ -297,7 +297,8 @@ class KnowledgeMap(Result):
             4
         """
         rule = params.pop("rule", self.rule)
-        if rule == "controls" and not any(v == "ok" for row in self.control_status.values() for v in row.values()):
+        ran = any(not str(v).startswith("controls not run") for row in self.control_status.values() for v in row.values())
+        if rule == "controls" and not ran:
             raise MedinterpError("rethreshold: rule='controls' needs a map run with controls (none here)")
         validate_params(**{**self.params, **params})
         new = dataclasses.replace(self, params={**self.params, **params}, intervals=[], rule=rule,
