@@ -21,8 +21,12 @@ _GEMMA3_BY_WIDTH = {640: "google/gemma-3-270m", 1152: "google/gemma-3-1b-pt"}
 
 
 def load_hf(source: str, *, dtype: torch.dtype, device_map: Any = None, max_memory: Any = None,
-            local: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(tokenizer, HF causal LM in eval mode, eager attention) from a folder or hub name."""
+            local: bool = True, trust_remote_code: bool = False, bos_tokenizer: bool = False) -> tuple[Any, Any]:
+    """(tokenizer, HF causal LM in eval mode, eager attention) from a folder or hub name.
+
+    ``bos_tokenizer``: load the tokenizer with ``add_bos_token=True``, the one a HookedTransformer uses
+    (TL's ``set_tokenizer`` otherwise loads the tokenizer files a second time to get it: ~3 s for Gemma 3's
+    262k-token vocabulary)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw: dict[str, Any] = {"local_files_only": True} if local else {}
@@ -36,7 +40,7 @@ def load_hf(source: str, *, dtype: torch.dtype, device_map: Any = None, max_memo
     try:
         ctx = offline_hf() if local else _null()
         with ctx:
-            tok = AutoTokenizer.from_pretrained(source, **kw)
+            tok = _tokenizer(source, bos_tokenizer, **kw)
             # Eager attention: the bridge forces it, and it is the reference the parity checks use.
             hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager", **kw, **extra)
     except OSError as e:
@@ -46,6 +50,22 @@ def load_hf(source: str, *, dtype: torch.dtype, device_map: Any = None, max_memo
         raise ModelLoadError(f"{source}: failed to load ({type(e).__name__}: {e})") from None
     _strip_quantization(hf)
     return tok, hf.eval()
+
+
+def _tokenizer(source: str, bos: bool, **kw: Any) -> Any:
+    """``AutoTokenizer.from_pretrained(source)``; with ``bos``, the tokenizer TL's ``get_tokenizer_with_bos``
+    would re-load (``add_bos_token=True``), loaded once. A tokenizer without a BOS token, or whose
+    post-processor cannot take it, is loaded plainly, as TL then keeps it."""
+    from transformers import AutoTokenizer
+
+    if bos:
+        try:
+            tok = AutoTokenizer.from_pretrained(source, add_bos_token=True, **kw)
+        except ValueError:
+            tok = None
+        if tok is not None and tok.bos_token is not None:
+            return tok
+    return AutoTokenizer.from_pretrained(source, **kw)
 
 
 class _null:

@@ -152,6 +152,7 @@ def load_model(
     verify: bool = True,
     seed: int = 0,
     trust_remote_code: bool = False,
+    tokenizer: Any = None,
 ):
     """Load a model as a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
 
@@ -169,6 +170,8 @@ def load_model(
         cache: folder for converted GGUF models.
         verify: compare logits with plain transformers on one prompt (non-built-in models) and record it.
         seed: init seed of a ``:random`` twin.
+        tokenizer: a ``:random`` twin only: use this tokenizer (the trained model's, ``model.tokenizer``)
+            instead of loading the same files again (:func:`medinterp.models.twin.random_twin` passes it).
         trust_remote_code: allow a hub model whose loading unpickles weights (``torch.load`` with
             ``weights_only=False``) or runs the repository's Python code; refused without it.
 
@@ -189,14 +192,17 @@ def load_model(
     r = _resolve(base, cache_dir(cache), trust_remote_code=trust_remote_code)
     chosen = choose_backend(backend, registry_name=r.registry_name, seed_backend=r.seed_backend,
                             convertible=r.convertible, device_map=device_map)
+    if tokenizer is not None and not random_init:
+        raise ModelLoadError(f"load_model({spec_str!r}): tokenizer= is for a ':random' twin only")
     if random_init:
         model = _random_twin(r, chosen, seed=seed, device=device, dtype=dtype, flags=flags,
-                             trust_remote_code=trust_remote_code)
+                             trust_remote_code=trust_remote_code, tokenizer=tokenizer)
         verification: dict[str, Any] = {"checked": False, "reason": "random-init twin"}
     else:
         tok, hf = construct.load_hf(r.path, dtype=dtype, device_map=device_map if chosen == "bridge" else None,
                                     max_memory=max_memory, local=r.local,
-                                    trust_remote_code=trust_remote_code and not r.local)
+                                    trust_remote_code=trust_remote_code and not r.local,
+                                    bos_tokenizer=chosen == "hooked")
         if chosen == "hooked":
             model = construct.hooked_from_hf(hf, tok, folder=r.path if r.local else None, official_name=r.official_name,
                                              device=device, dtype=dtype, flags=flags, prepend_bos=r.prepend_bos)
@@ -228,8 +234,8 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def _random_twin(r: _Resolved, backend: str, *, seed: int, device: str, dtype: torch.dtype,
-                 flags: dict[str, bool], trust_remote_code: bool = False) -> Any:
-    from transformers import AutoConfig, AutoTokenizer
+                 flags: dict[str, bool], trust_remote_code: bool = False, tokenizer: Any = None) -> Any:
+    from transformers import AutoConfig
     from transformer_lens import loading_from_pretrained as loading
 
     from ._cache import offline_hf
@@ -238,7 +244,7 @@ def _random_twin(r: _Resolved, backend: str, *, seed: int, device: str, dtype: t
     if trust_remote_code and not r.local:
         kw["trust_remote_code"] = True
     with offline_hf() if r.local else construct._null():
-        tok = AutoTokenizer.from_pretrained(r.path, **kw)
+        tok = tokenizer if tokenizer is not None else construct._tokenizer(r.path, backend == "hooked", **kw)
         hf_config = AutoConfig.from_pretrained(r.path, **kw)
     if backend == "hooked":
         with offline_hf() if r.local else construct._null():

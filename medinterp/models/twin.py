@@ -5,7 +5,7 @@ property of the architecture (block criticality, gradient scale, where the last 
 prompt), not of medical knowledge, so a layer is marked only where the trained model beats its twin.
 
 * A model loaded by spec (``medinterp_info["spec"]``, e.g. ``"gemma-3-270m"``): the twin is
-  ``load_model(spec + ":random", seed=seed)`` with the same backend and dtype.
+  ``load_model(spec + ":random", seed=seed, tokenizer=model.tokenizer)`` with the same backend and dtype.
 * Any other ``HookedTransformer`` (e.g. :func:`medinterp.testing.tiny_model`):
   ``HookedTransformer(model.cfg, model.tokenizer)`` under ``torch.manual_seed(seed)`` (TransformerLens's
   own init, :func:`medinterp.models.construct.random_hooked`).
@@ -53,8 +53,9 @@ def random_twin(model: Any, seed: int = 0) -> Any:
     dtype = model.cfg.dtype
     device = str(model.cfg.device)
     if base and not _in_process(base):
+        # the model's own tokenizer: the same files, and loading Gemma 3's again costs ~3-6 s
         return load_model(base + RANDOM_SUFFIX, seed=seed, backend=str(info.get("backend") or "auto"),
-                          dtype=dtype, device=device)
+                          dtype=dtype, device=device, tokenizer=model.tokenizer)
     if hasattr(model, "original_model"):  # a TransformerBridge
         hf = construct.random_hf(model.original_model.config, seed=seed, dtype=dtype)
         twin = construct.bridge_from_hf(hf, model.tokenizer, name=f"{model.cfg.model_name}-twin", device=device,

@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 from jaxtyping import Float, Shaped
-from sklearn.linear_model import Ridge, RidgeClassifier
+from scipy import linalg
+from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics import balanced_accuracy_score, r2_score
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, cross_val_predict
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -51,6 +52,103 @@ def linear_probe(alpha: float = 1.0) -> Any:
     the same balanced accuracy (0.09-0.21 vs 0.08-0.27 over layers); the map fits ~80 per concept set.
     """
     return make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha))
+
+
+def _standardise(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``StandardScaler`` fitted on the training rows (population std; a constant feature keeps scale 1)."""
+    mu = X_train.mean(0)
+    sd = X_train.std(0)
+    # sklearn's rule for a constant feature (_is_constant_feature): var below its rounding bound -> scale 1
+    eps = np.finfo(np.float64).eps
+    bound = len(X_train) * eps * (np.abs(mu) ** 2 + sd ** 2) + (len(X_train) * mu * eps) ** 2
+    sd = np.where(sd ** 2 <= bound, 1.0, sd)
+    return (X_train - mu) / sd, (X_test - mu) / sd
+
+
+def out_of_fold_ridge(
+    X: Float[np.ndarray, "n d"],
+    Y: Float[np.ndarray, "n k"],
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    alpha: float = 1.0,
+) -> Float[np.ndarray, "n k"]:
+    """Out-of-fold predictions of ``StandardScaler() -> Ridge(alpha)`` (intercept, closed form).
+
+    The same numbers as ``cross_val_predict(make_pipeline(StandardScaler(), Ridge(alpha)), X, Y, cv=splits)``
+    (sklearn's ``cholesky`` solver: the n x n kernel system when a fold has fewer rows than features, the
+    d x d normal equations otherwise; checked against it in the tests to 1e-8). Written out because the map
+    fits ~1,300 of these per run kind on a few hundred rows x 64 features, where sklearn's per-call
+    input validation is ~95% of the time (9 ms vs 0.3 ms per cross-validation on Gemma 3 270M's reads).
+
+    Args:
+        X: ``[n, d]`` features.
+        Y: ``[n, k]`` targets (``[n]`` is read as one column).
+        splits: ``(train, test)`` index pairs whose test parts cover every row once.
+        alpha: L2 strength on the standardised features.
+
+    Returns:
+        ``[n, k]`` predictions (``[n]`` when ``Y`` was 1-D), each row from the fold that held it out.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    one = Y.ndim == 1
+    Y = Y[:, None] if one else Y
+    out = np.full(Y.shape, np.nan)
+    for train, test in splits:
+        out[test] = _ridge_fold(X[train], Y[train], X[test], alpha)
+    if np.isnan(out).any():
+        raise MedinterpError("out_of_fold_ridge: the test folds do not cover every row")
+    return out[:, 0] if one else out
+
+
+def _ridge_fold(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, alpha: float) -> np.ndarray:
+    """Test-row predictions of ``StandardScaler -> Ridge(alpha)`` fitted on one training fold."""
+    Z, Zt = _standardise(X_train, X_test)
+    z_mean, y_mean = Z.mean(0), Y_train.mean(0)
+    Zc, Yc = Z - z_mean, Y_train - y_mean
+    n, d = Zc.shape
+    if d > n:  # dual (kernel) form, as sklearn's _solve_cholesky_kernel
+        K = Zc @ Zc.T
+        K.flat[:: n + 1] += alpha
+        W = Zc.T @ linalg.solve(K, Yc, assume_a="pos", overwrite_a=True)
+    else:
+        A = Zc.T @ Zc
+        A.flat[:: d + 1] += alpha
+        W = linalg.solve(A, Zc.T @ Yc, assume_a="pos", overwrite_a=True)
+    return Zt @ W + (y_mean - z_mean @ W)
+
+
+def ridge_classifier_oof(
+    X: Float[np.ndarray, "n d"],
+    y: Shaped[np.ndarray, "n"],
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    alpha: float = 1.0,
+) -> np.ndarray:
+    """Out-of-fold class predictions of :func:`linear_probe` (``StandardScaler -> RidgeClassifier``).
+
+    RidgeClassifier regresses on the labels coded -1/+1 (one column per class; one column for two
+    classes) and predicts the largest decision value (two classes: the second where it is > 0); here on
+    :func:`out_of_fold_ridge`. Classes are those of all of ``y`` (sorted, as sklearn's LabelBinarizer),
+    so a training fold missing a class is not an error but never predicts it.
+    """
+    y = np.asarray(y)
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise MedinterpError("ridge_classifier_oof: need at least 2 classes")
+    # per fold, sklearn binarises over the classes *present in training*; a class absent from a training
+    # fold then has no column. Match that: fit per fold on its own classes.
+    pred = np.empty(len(y), dtype=classes.dtype)
+    for train, test in splits:
+        present = np.unique(codes[train])
+        if len(present) == 1:  # one class in training: sklearn's binariser gives a constant -1 column
+            pred[test] = classes[present[0]]
+            continue
+        Yb = np.where(codes[train, None] == present[None, :], 1.0, -1.0)
+        if len(present) == 2:
+            Yb = Yb[:, 1:]
+        dec = _ridge_fold(np.asarray(X[train], np.float64), Yb, np.asarray(X[test], np.float64), alpha)
+        idx = (dec[:, 0] > 0).astype(int) if len(present) == 2 else dec.argmax(1)
+        pred[test] = classes[present[idx]]
+    return pred
 
 
 def grouped_folds(y: Sequence[Any], groups: Sequence[Any], continuous: bool = False, *, n_splits: int = 5,
@@ -119,7 +217,7 @@ def probe_balanced_accuracy(
         raise MedinterpError("probe_balanced_accuracy: need at least 2 classes in y")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        pred = cross_val_predict(linear_probe(alpha), X, y, cv=grouped_folds(y, groups, n_splits=n_splits, seed=seed))
+        pred = ridge_classifier_oof(X, y, grouped_folds(y, groups, n_splits=n_splits, seed=seed), alpha)
     return float(balanced_accuracy_score(y, pred))
 
 
@@ -157,6 +255,6 @@ def grouped_r2(
         cv = grouped_folds(y, groups, True, n_splits=n_splits, seed=seed)
     else:
         cv = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    model = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
-    pred = cross_val_predict(model, X, y, cv=cv)
+    splits = list(cv.split(X)) if isinstance(cv, KFold) else cv
+    pred = out_of_fold_ridge(X, y, splits, alpha)  # = cross_val_predict(StandardScaler -> Ridge(alpha))
     return float(r2_score(y, pred))

@@ -427,3 +427,68 @@ def test_item_null_has_nominal_size_for_a_continuous_statistic():
             hits_prompt += hit and not is_item
     assert 0.025 <= hits_item / n_runs <= 0.075, hits_item
     assert hits_prompt / n_runs >= 0.2, hits_prompt
+
+
+# --- the closed-form probes equal sklearn's pipelines (the reference they replace for speed) ---
+
+@pytest.mark.parametrize("n, d, k", [(300, 64, 15), (42, 64, 3), (120, 8, 2), (60, 80, 4)])
+def test_ridge_classifier_oof_equals_sklearn_cross_val_predict(n, d, k):
+    import warnings
+
+    from sklearn.model_selection import cross_val_predict
+
+    from medinterp.stats.cv import grouped_folds, linear_probe, ridge_classifier_oof
+
+    rng = np.random.default_rng(n + d + k)
+    items = np.repeat(np.arange(n // 3), 3)
+    codes = items % k
+    y = np.array([f"class{c}" for c in codes])
+    X = rng.normal(size=(n, d))
+    X[:, 0] += 0.7 * codes
+    X[:, 3] = 2.5  # a constant feature: StandardScaler keeps its scale at 1
+    cv = grouped_folds(y, items, n_splits=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = cross_val_predict(linear_probe(1.0), X, y, cv=cv)
+    got = ridge_classifier_oof(X, y, cv, 1.0)
+    assert (got == ref).all()
+    assert 0.0 < (got == y).mean() < 1.0  # a case where the probe errs, so ties in the rule would show
+
+
+def test_ridge_classifier_oof_with_a_class_missing_from_a_training_fold_matches_sklearn():
+    from sklearn.model_selection import cross_val_predict
+
+    from medinterp.stats.cv import linear_probe, ridge_classifier_oof
+
+    rng = np.random.default_rng(3)
+    y = np.array(["a"] * 10 + ["b"] * 10 + ["c"] * 2)
+    X = rng.normal(size=(22, 5)) + (y == "b")[:, None]
+    idx = np.arange(22)
+    test_a = np.r_[10:15, 20:22]  # fold a never trains on "c", fold b never on "a"
+    cv = [(np.setdiff1d(idx, test_a), test_a), (test_a, np.setdiff1d(idx, test_a))]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = cross_val_predict(linear_probe(1.0), X, y, cv=cv)
+    assert (ridge_classifier_oof(X, y, cv, 1.0) == ref).all()
+
+
+@pytest.mark.parametrize("n, d", [(90, 16), (40, 64)])
+def test_out_of_fold_ridge_equals_sklearn_pipeline(n, d):
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medinterp.stats.cv import out_of_fold_ridge
+
+    rng = np.random.default_rng(d)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.1, 10, size=d)
+    y = X[:, 1] * 3 + rng.normal(size=n)
+    groups = np.arange(n) // 2
+    cv = list(GroupKFold(n_splits=5).split(X, y, groups))
+    ref = cross_val_predict(make_pipeline(StandardScaler(), Ridge(alpha=1.0)), X, y, cv=cv)
+    np.testing.assert_allclose(out_of_fold_ridge(X, y, cv, 1.0), ref, rtol=1e-9, atol=1e-9)
+    with pytest.raises(MedinterpError, match="cover every row"):
+        out_of_fold_ridge(X, y, cv[:-1], 1.0)

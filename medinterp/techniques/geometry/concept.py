@@ -16,8 +16,8 @@ by item (by age for age), so no test item is seen in training:
 
 The folds (:func:`medinterp.stats.cv.grouped_folds`) and the probe (:func:`medinterp.stats.cv.linear_probe`)
 are those of :func:`medinterp.stats.probe_balanced_accuracy` and :func:`medinterp.stats.grouped_r2`; those
-return only the pooled score, the map needs the per-prompt predictions, so here they feed
-``cross_val_predict``. The probe is fitted on a
+return only the pooled score, the map needs the per-prompt predictions (:func:`~medinterp.stats.cv.ridge_classifier_oof`,
+:func:`~medinterp.stats.cv.out_of_fold_ridge`: sklearn's pipelines in closed form). The probe is fitted on a
 PCA reduction (``pca_dims``, fitted on all rows without labels) to keep a layer under a second.
 
 Example:
@@ -32,21 +32,16 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 from jaxtyping import Float, Shaped
 from sklearn.decomposition import PCA
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import Ridge
 from sklearn.metrics import balanced_accuracy_score, pairwise_distances, silhouette_samples
-from sklearn.model_selection import cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from medinterp.errors import MedinterpError
-from medinterp.stats.cv import grouped_folds, linear_probe
+from medinterp.stats.cv import grouped_folds, out_of_fold_ridge, ridge_classifier_oof
 
 
 def template_centre(X: Float[np.ndarray, "n d"], templates: Sequence[Any] | None) -> Float[np.ndarray, "n d"]:
@@ -118,10 +113,7 @@ def probe_unit_scores(
     if k < 2:
         raise MedinterpError("probe_unit_scores: need at least 2 classes")
     cv = list(splits) if splits is not None else grouped_folds(y, groups, False, n_splits=n_splits, seed=seed)
-    probe = linear_probe(alpha)
-    with warnings.catch_warnings():  # small classes: sklearn warns that a class has < n_splits members
-        warnings.simplefilter("ignore", UserWarning)
-        pred = cross_val_predict(probe, X, y, groups=groups, cv=cv)
+    pred = ridge_classifier_oof(X, y, cv, alpha)  # = cross_val_predict(linear_probe(alpha), ...)
     correct = (pred == y).astype(float)
     w = len(y) / (k * counts[codes])  # inverse class frequency: mean(correct * w) = balanced accuracy
     scores = (correct * w - 1.0 / k) / (1.0 - 1.0 / k)
@@ -149,8 +141,7 @@ def ridge_unit_scores(
     if not var > 0:
         raise MedinterpError("ridge_unit_scores: the target has no variance")
     cv = list(splits) if splits is not None else grouped_folds(y, groups, True, n_splits=n_splits, seed=seed)
-    model = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
-    pred = cross_val_predict(model, X, y, groups=groups, cv=cv)
+    pred = out_of_fold_ridge(X, y, cv, alpha)  # = cross_val_predict(StandardScaler -> Ridge(alpha))
     scores = 1.0 - (pred - y) ** 2 / var
     return scores, float(scores.mean())
 
