@@ -544,3 +544,27 @@ def test_lesion_technique_reads_the_pairs_and_unit_ci_resamples_items(rot):
     np.testing.assert_allclose(hi_u, hi4, rtol=1e-9)
     assert np.mean(hi_p - lo_p) < 0.85 * np.mean(hi4 - lo4)
     assert np.all(np.isnan(unit_ci(v, [7, 7, 7, 7], n_boot=50, ci=0.95, seed=0)[1]))  # one item: no interval
+
+
+@pytest.mark.parametrize("rows_per_call", [512, 7])  # one stack; several stacks (7 rows: one lesion of 5 prompts each)
+def test_stacked_lesions_equal_one_lesion_at_a_time(rot, monkeypatch, rows_per_call):
+    from medinterp.techniques.lesion import engine
+
+    monkeypatch.setattr(engine, "STACK_ROWS_PER_CALL", rows_per_call)
+    items, _, _ = items_from_inputs(rot, PROMPTS)
+    batch = make_batch(items, list(range(len(items))), 0, "cpu")
+    assert (batch.mask == 0).any()  # padded batch: the repeated mask must follow each copy
+    layers = list(range(rot.cfg.n_layers))
+    _, cache = intact_run(rot, batch, layers)
+    means = engine.compute_block_means(rot, [it.tokens for it in items], layers, batch_size=8)
+    lesions = [(mode, l) for mode in ("skip", "block_mean") for l in reversed(layers)]  # any order
+    got = engine.stacked_entry_resids(rot, batch, lesions, cache=cache, means=means)
+    real = batch.mask.bool()
+    for (mode, l), a in zip(lesions, got):
+        b = lesioned_resid(rot, batch, l, mode, cache=cache, means=means)
+        assert a.shape == b.shape
+        torch.testing.assert_close(a[real], b[real], rtol=1e-6, atol=1e-6)
+    # skipping the last block runs no block at all; skipping block 0 runs the other three
+    last = rot.cfg.n_layers - 1
+    assert torch.equal(got[0], cache[f"blocks.{last}.hook_resid_pre"])
+    assert not torch.allclose(got[last][real], cache["blocks.0.hook_resid_pre"][real])

@@ -15,7 +15,7 @@ from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
 from medinterp.hooks import LESION_MODES, FwdHooks, MeanActivation, compute_means, lesion_hooks, right_pad
-from medinterp.models.backends import run_from_layer
+from medinterp.models.backends import capabilities, run_from_layer
 from medinterp.readout import Target, final_logits, unembed_at
 
 METRICS: tuple[str, ...] = ("kl", "logp_drop", "top1_agree", "acc_drop")
@@ -24,6 +24,8 @@ MEAN_OVER: tuple[str, ...] = ("position", "overall", "last")
 #: the sub-layer lesions of :mod:`medinterp.hooks` and ``block_mean``: the block's whole output (what it
 #: adds to the residual stream, ``resid_post - resid_pre``) replaced by its mean over a reference set
 MODES: tuple[str, ...] = (*LESION_MODES, "block_mean")
+#: lesions that replace a whole block's output: they only change the residual entering the next block
+_ENTRY_MODES = ("skip", "block_mean")
 
 
 def block_delta_name(layer: int) -> str:
@@ -200,17 +202,12 @@ def lesioned_resid(
         return model.run_with_hooks(batch.tokens, attention_mask=batch.mask, stop_at_layer=n, fwd_hooks=hooks)
     if cache is None:
         raise MedinterpError("lesioned_resid(method='prefix') needs the cache from intact_run")
-    x = cache[f"blocks.{layer}.hook_resid_pre"]
-    if mode in ("skip", "block_mean"):
+    if mode in _ENTRY_MODES:
         # Skipping block `layer` is starting block `layer + 1` from resid_pre[layer]; past the last
         # block the loop is empty and x goes straight to ln_final. block_mean adds the block's mean output.
-        if mode == "block_mean":
-            if means is None or block_delta_name(layer) not in means:
-                raise MedinterpError(f"lesion mode 'block_mean' at layer {layer} needs the block's mean output")
-            B, T = x.shape[0], x.shape[1]
-            pos = torch.arange(T, device=x.device).expand(B, T)  # right padding: index = position
-            x = x + means[block_delta_name(layer)].at(pos, mean_over).to(device=x.device, dtype=x.dtype)
+        x = _entry_resid(batch, layer, mode, cache, means, mean_over)
         return run_from_layer(model, batch.tokens, x, layer + 1, stop_at_layer=n, attention_mask=batch.mask)
+    x = cache[f"blocks.{layer}.hook_resid_pre"]
     hooks = lesion_hooks(layer, mode, means=means, how=mean_over)
     return run_from_layer(model, batch.tokens, x, layer, stop_at_layer=n, attention_mask=batch.mask, fwd_hooks=hooks)
 
@@ -245,6 +242,61 @@ def lesioned_run(
 #: rows of logits one unembedding call may produce (each row is d_vocab floats, 1 MiB for Gemma's 262k):
 #: reading W_U (671 MB for Gemma 3 270M) is the cost, so all lesions of a batch share as few calls as fit
 READ_ROWS_PER_CALL = 256
+#: batch rows one block call of the stacked lesion path may hold (lesions x prompts)
+STACK_ROWS_PER_CALL = 512
+
+
+def _entry_resid(batch: _Batch, layer: int, mode: str, cache: Any, means: dict[str, MeanActivation] | None,
+                 mean_over: str) -> torch.Tensor:
+    """The residual entering block ``layer + 1`` under a skip / block-mean lesion of block ``layer``."""
+    x = cache[f"blocks.{layer}.hook_resid_pre"]
+    if mode == "block_mean":
+        if means is None or block_delta_name(layer) not in means:
+            raise MedinterpError(f"lesion mode 'block_mean' at layer {layer} needs the block's mean output")
+        B, T = x.shape[0], x.shape[1]
+        pos = torch.arange(T, device=x.device).expand(B, T)  # right padding: index = position
+        x = x + means[block_delta_name(layer)].at(pos, mean_over).to(device=x.device, dtype=x.dtype)
+    return x
+
+
+@torch.no_grad()
+def stacked_entry_resids(model: Any, batch: _Batch, lesions: Sequence[tuple[str, int]], *, cache: Any,
+                         means: dict[str, MeanActivation] | None = None,
+                         mean_over: str = "position") -> list[torch.Tensor]:
+    """:func:`lesioned_resid` of several skip / block-mean lesions, run block by block on one stack.
+
+    A lesion of block ``L`` enters block ``L + 1``; at block ``l`` every lesion that has entered runs in one
+    call (the batch repeated once per lesion), so each block's weights are read once per stack instead of
+    once per lesion and the matrix products are larger. Same blocks, same rows: the numbers equal the
+    one-lesion-at-a-time path (checked in the tests); on Gemma 3 270M with 5 prompts x 20 tokens, 18 skip
+    lesions took 1.55 s instead of 2.5 s (2 threads).
+    """
+    n = model.cfg.n_layers
+    B = batch.tokens.shape[0]
+    entry = [(layer + 1, i) for i, (_mode, layer) in enumerate(lesions)]
+    out: list[torch.Tensor | None] = [None] * len(lesions)
+    order = sorted(range(len(lesions)), key=lambda i: entry[i][0])
+    per_stack = max(1, STACK_ROWS_PER_CALL // max(B, 1))
+    for s in range(0, len(order), per_stack):
+        group = order[s : s + per_stack]
+        active: torch.Tensor | None = None
+        members: list[int] = []
+        pending = list(group)
+        start = entry[group[0]][0]
+        for l in range(start, n + 1):
+            while pending and entry[pending[0]][0] == l:
+                i = pending.pop(0)
+                x = _entry_resid(batch, lesions[i][1], lesions[i][0], cache, means, mean_over)
+                active = x if active is None else torch.cat([active, x])
+                members.append(i)
+            if l == n or active is None:
+                continue
+            mask = batch.mask.repeat(len(members), 1)
+            active = model(active, start_at_layer=l, stop_at_layer=l + 1, attention_mask=mask)
+        assert active is not None
+        for j, i in enumerate(members):
+            out[i] = active[j * B : (j + 1) * B]
+    return out  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -280,12 +332,21 @@ def lesioned_metrics(
     R = int(batch.rows.shape[0])
     per_call = max(1, READ_ROWS_PER_CALL // max(R, 1))  # whole lesions per unembedding call
     todo = [(mi_, li) for mi_ in range(len(modes)) for li in range(len(layers))]
+    stacked: dict[tuple[int, int], torch.Tensor] = {}
+    if method == "prefix" and cache is not None and capabilities(model).start_at_layer:
+        entry = [(mi_, li) for mi_, li in todo if modes[mi_] in _ENTRY_MODES]
+        if entry:
+            got = stacked_entry_resids(model, batch, [(modes[mi_], layers[li]) for mi_, li in entry], cache=cache,
+                                       means=means, mean_over=mean_over)
+            stacked = dict(zip(entry, got))
     for s in range(0, len(todo), per_call):
         chunk = todo[s : s + per_call]
         reads = []
         for mi_, li in chunk:
-            resid = lesioned_resid(model, batch, layers[li], modes[mi_], cache=cache, means=means,
-                                   mean_over=mean_over, method=method)
+            resid = stacked.pop((mi_, li), None)
+            if resid is None:
+                resid = lesioned_resid(model, batch, layers[li], modes[mi_], cache=cache, means=means,
+                                       mean_over=mean_over, method=method)
             reads.append(resid[batch.rows.to(resid.device), batch.cols.to(resid.device)])
             if on_step is not None:
                 on_step()
