@@ -313,7 +313,8 @@ def effect_over_control(
 
 # ============================================================================ the map's use
 def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, twin, twin_status, *,
-             controls: bool, notes: dict | None = None, **marking: Any) -> tuple[dict, dict]:
+             controls: bool, notes: dict | None = None, twin_skipped: dict | None = None,
+             **marking: Any) -> tuple[dict, dict]:
     """Effect over control of every (row, technique) of a map run.
 
     Args:
@@ -326,6 +327,9 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
             alone: where the twin's result says it cannot be measured (``unavailable()``, e.g. the random
             twin knows none of the pairs, so there is nothing to trace) the twin comparison is dropped,
             not the cell (the control family, same model and architecture, still controls for routing).
+        twin_skipped: ``{(row, technique): reason}`` of cells whose twin was not run because it could not
+            change the map (:func:`twin_not_needed`): the effect over the control family is computed and
+            shown, never marked, and the reason is the cell's status.
         **marking: keyword arguments of :func:`effect_over_control`.
 
     Returns:
@@ -345,6 +349,15 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                 status[f][t] = "no control family for this row"
             elif ctrl_status.get(key) != "ok":
                 status[f][t] = f"control family {ctrl_status.get(key, 'not run')}"
+            elif (skip := (twin_skipped or {}).get(key)) is not None:
+                try:  # effect over the control family shown; never marked (the twin test cannot reject)
+                    m = effect_over_control(main[key].unit_scores(), ctrl[key].unit_scores(), None, **marking)
+                except (NotImplementedError, NoScores, MedinterpError) as e:
+                    status[f][t] = f"too few items to mark: {skip} ({e})"[:400]
+                else:
+                    m = dataclasses.replace(m, marked=np.zeros_like(m.marked), intervals=[])
+                    out[f][t] = m.stats_array()
+                    status[f][t] = f"too few items to mark: {m.n_items} items, {m.n_control} control items; {skip}"
             elif twin_status.get(key) != "ok":
                 status[f][t] = f"random twin {twin_status.get(key, 'not run')}"
             else:
@@ -393,10 +406,40 @@ def _twin_too_few(m: ControlMarking, *, alpha: float = 0.05, correction: str = "
             f"smallest corrected p {adj:.3g})")
 
 
+def twin_not_needed(result: Any, *, alpha: float = 0.05, correction: str = "holm", n_perm: int = 1000,
+                    **_: Any) -> str | None:
+    """Why the random twin's run of this (row, technique) cannot change the map, or None.
+
+    A cell is marked only where the paired test against the twin rejects too; with ``n`` scored items
+    that test's smallest p-value is ``stats.smallest_p(n, n, paired=True)`` (x the layers under Holm).
+    Where even that is above ``alpha`` the cell can never be marked, whatever the twin scores, so the map
+    does not run the twin for it (e.g. the quick presets' 2-5 prompt curve previews).
+
+    Args:
+        result: the model's result for the cell (its ``unit_scores()`` are counted).
+        alpha, correction, n_perm: the marking's.
+
+    Returns:
+        The reason (shown in the cell), or None when the twin may matter (or the scores are unreadable:
+        the normal path reports that).
+    """
+    try:
+        v, units, _ = clean(result.unit_scores(), "medicine")
+    except (NoScores, NotImplementedError, MedinterpError, AttributeError):
+        return None
+    n = len(np.unique(units))
+    floor = stats.smallest_p(n, n, paired=True, n_perm=n_perm)
+    adj = min(1.0, floor * v.shape[1]) if correction == "holm" else floor
+    if adj <= alpha:
+        return None
+    return (f"the paired test against the random twin cannot reach α = {alpha:g} with {n} items (smallest "
+            f"corrected p {adj:.3g}), so the twin was not run")
+
+
 def _unavailable(result: Any) -> str | None:
     """The result's own reason it has no curve (``TechniqueResult.unavailable()``), None if it has one."""
     fn = getattr(result, "unavailable", None)
     return fn() if callable(fn) else None
 
 
-__all__ = ["CONTROL_STATS", "mark_all", "ControlMarking", "NoScores", "clean", "effect_over_control", "pair_rows"]
+__all__ = ["CONTROL_STATS", "twin_not_needed", "mark_all", "ControlMarking", "NoScores", "clean", "effect_over_control", "pair_rows"]

@@ -210,8 +210,9 @@ def collapse_mid_depth(findings: Mapping[str, Any]) -> Finding:
         verdicts.append(mid and above)
         mids.append(mid)
         notes.append(f"{f}: peak at layer {k}" + ("" if above else " (not above the ends/control)"))
-        if peak_val is None:
-            peak_val, peak_ci = float(y[k]), (float(lo[k]), float(hi[k]))
+        if peak_val is None:  # no CI shown where none was computed (not [x, x])
+            has_ci = "per_layer_low" in s and "per_layer_high" in s
+            peak_val, peak_ci = float(y[k]), ((float(lo[k]), float(hi[k])) if has_ci else None)
     verdict = HOLDS if all(verdicts) else FAILS if not any(mids) else UNSURE
     control = _control(fams[0][1], "first and last layer; control text / random twin where given")
     return Finding(claim, verdict, name, peak_val, peak_ci, control, "; ".join(notes))

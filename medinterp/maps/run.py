@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from medinterp.errors import MedinterpError
-from medinterp.maps.controls import mark_all
+from medinterp.maps.controls import mark_all, twin_not_needed
 from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
     _load_finished,
     _save_job,
@@ -226,18 +226,21 @@ def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending
 
 def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str], kw: Mapping[str, dict],
               work: Path | None, fps: Mapping[tuple[str, str], str], *, rerun: bool, progress: bool, run: _Run,
-              desc: str, label: str = "model", loaded: dict | None = None) -> tuple[dict, dict]:
-    """Run (or load) every (row, technique) job of one run kind; ``(results, status)`` keyed by (row, t)."""
+              desc: str, label: str = "model", loaded: dict | None = None,
+              skip: Mapping[tuple[str, str], str] | None = None) -> tuple[dict, dict]:
+    """Run (or load) every (row, technique) job of one run kind; ``(results, status)`` keyed by (row, t).
+    ``skip``: jobs not to run, with the reason (their status)."""
     from tqdm.auto import tqdm
 
     results: dict[tuple[str, str], Result] = {}
     status: dict[tuple[str, str], str] = {}
     loaded = dict(loaded or {})
+    skip = dict(skip or {})
     for t in techniques:  # finished jobs from the work dir; shared runs of what is left
         tech = REGISTRY[t]
         pending = []
         for f, fam in fams.items():
-            if (f, t) in loaded:
+            if (f, t) in loaded or (f, t) in skip:
                 continue
             rdir = job_dir(work, fam.name, t) if work is not None else None
             res = None if rerun else _load_finished(rdir, fps[f, t], f"{fam.name}/{t}")
@@ -250,7 +253,8 @@ def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str],
             shared = _run_shared(model, tech, sub, pending, kw[t], work, {f: fps[f, t] for f in pending}, progress,
                                  run, dirnames={f: fams[f].name for f in pending}, label=label)
             loaded.update({(f, t): r for f, r in shared.items()})
-    jobs = [(f, t) for f in fams for t in techniques]
+    status.update({k: f"not run: {why}" for k, why in skip.items() if k not in loaded})
+    jobs = [(f, t) for f in fams for t in techniques if (f, t) not in status]
     bar = tqdm(jobs, desc=desc, disable=not progress, unit="job")
     for f, t in bar:
         fam = fams[f]
@@ -361,6 +365,9 @@ def knowledge_map(
     if unknown:
         raise MedinterpError(f"knowledge_map: technique_kwargs for {unknown}, which are not run ({techniques})")
     size = "quick" if quick else "full"
+    marking_kw = dict(alpha=alpha, correction=correction, min_run=min_run, robustness=robustness, n_perm=n_perm,
+                      n_boot=n_boot, n_resamples=n_resamples)
+    twin_skipped: dict = {}
     fams = family_specs(concepts)
     ctrl_fams = control_specs(concepts) if controls else {}
     kw = {t: REGISTRY[t].params(size, (technique_kwargs or {}).get(t)) for t in techniques}
@@ -394,7 +401,12 @@ def knowledge_map(
                 for f in fams for t in techniques}
         saved = {} if rerun or work is None else {
             k: r for k in tfps if (r := _load_finished(job_dir(work, tfams[k[0]].name, k[1]), tfps[k], k[0])) is not None}
-        todo = [k for k in tfps if k not in saved and all(getattr(fams[k[0]], n) is not None for n in REGISTRY[k[1]].needs)]
+        # a twin run that cannot change the map (too few items for its paired test) is not made
+        # (whether or not a saved twin result exists: the same inputs give the same map)
+        twin_skipped = _twin_skips(main, main_status, list(tfps), marking_kw)
+        saved = {k: r for k, r in saved.items() if k not in twin_skipped}
+        todo = [k for k in tfps if k not in saved and k not in twin_skipped
+                and all(getattr(fams[k[0]], n) is not None for n in REGISTRY[k[1]].needs)]
         own_twin = twin is None and bool(todo)
         t0 = time.perf_counter()
         try:
@@ -406,16 +418,14 @@ def knowledge_map(
             run.timing["twin_load"] = round(time.perf_counter() - t0, 2)
             twin_res, twin_status = _run_jobs(tw_model, tfams, techniques, kw, work, tfps, rerun=rerun,
                                               progress=progress, run=run, desc="random twin", label="random twin",
-                                              loaded=saved)
+                                              loaded=saved, skip=twin_skipped)
             if own_twin:
                 del tw_model
                 gc.collect()
     t0 = time.perf_counter()
     notes: dict = {}
     cstats, cstatus = mark_all(fams, techniques, main, main_status, ctrl_res, ctrl_status, ctrl_fams, twin_res,
-                               twin_status, controls=controls, notes=notes, alpha=alpha, correction=correction,
-                               min_run=min_run, robustness=robustness, n_perm=n_perm, n_boot=n_boot,
-                               n_resamples=n_resamples)
+                               twin_status, controls=controls, notes=notes, twin_skipped=twin_skipped, **marking_kw)
     run.timing["marking"] = round(time.perf_counter() - t0, 2)
     run.timing["total"] = round(time.perf_counter() - t_start, 2)
     cparams = {"alpha": alpha, "correction": correction, "min_run": min_run, "robustness": robustness,
@@ -439,6 +449,17 @@ def knowledge_map(
     if work is not None:
         km.save(work / "map")
     return km
+
+
+def _twin_skips(main: Mapping, main_status: Mapping, keys: Sequence[tuple[str, str]],
+                marking: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """``{(row, technique): reason}`` of the twin jobs among ``keys`` that cannot change the map
+    (:func:`~medinterp.maps.controls.twin_not_needed` of the model's result)."""
+    out = {}
+    for k in keys:
+        if main_status.get(k) == "ok" and (why := twin_not_needed(main[k], **marking)) is not None:
+            out[k] = why
+    return out
 
 
 def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> None:
@@ -529,9 +550,11 @@ def map_from_work_dir(
     controls = bool(side[CONTROL_SUFFIX][0] or side[TWIN_SUFFIX][0])
     main = {(k.rsplit("/", 1)[0], k.rsplit("/", 1)[1]): r for k, r in run.results.items()}
     notes: dict = {}
+    tw_res, tw_st = side[TWIN_SUFFIX]
+    skipped = _twin_skips(main, {k: "ok" for k in main}, list(main), marking or {})
     cstats, cstatus = mark_all(families, techniques, main, {k: "ok" for k in main}, *side[CONTROL_SUFFIX],
-                               {f: True for f in families}, *side[TWIN_SUFFIX], controls=controls, notes=notes,
-                               **dict(marking or {}))
+                               {f: True for f in families}, tw_res, tw_st, controls=controls, notes=notes,
+                               twin_skipped=skipped, **dict(marking or {}))
     km = KnowledgeMap.from_curves(curves, n_layers=run.n_layers, cis=run.cis, techniques=techniques,
                                   status=run.status, model_name=model_name, provenance={"work_dir": str(work)},
                                   rules=interval_rules(techniques), rule="controls" if controls else "paper",

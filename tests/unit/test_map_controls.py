@@ -102,7 +102,8 @@ def test_too_few_items_to_mark_is_said_not_shown_as_no_interval(toys):
     km = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_planted"], progress=False, n_perm=999,
                             n_boot=50, n_resamples=5)
     st = km.control_status["drugs"]["toy_planted"]
-    assert st.startswith("too few items to mark: 3 items, 3 control items, 3 paired with the twin"), st
+    assert st.startswith("too few items to mark: 3 items, 3 control items; the paired test against the random twin "
+                         "cannot reach α = 0.05 with 3 items (smallest corrected p 0.75)"), st
     assert km.intervals == [] and "too few items" in km.summary()["drugs"]
     out = effect_over_control(_scores(np.ones((40, 6)), 20, 2), _scores(np.zeros((40, 6)), 20, 2, "c"), None,
                               n_perm=999, n_boot=50)
@@ -325,6 +326,48 @@ def test_twin_scored_on_a_few_items_only_is_dropped_not_a_dead_cell(toys):
     assert list(np.flatnonzero(marked)) == [2, 3]
 
 
+def test_twin_is_not_run_where_its_paired_test_can_never_reject(tmp_path, toys, monkeypatch):
+    """4 items: a paired test's smallest p is 1/16, x 6 layers under Holm: never <= 0.05. The twin job is
+    not run, the effect over the control family is still shown, nothing is marked even with a planted
+    effect that the control family alone would mark; a family with enough items still runs its twin."""
+    import medinterp.maps as maps
+    from medinterp.maps.controls import twin_not_needed
+    from medinterp.testing import tiny_model
+
+    ran = []
+    orig = REGISTRY["toy_planted"]
+    monkeypatch.setitem(REGISTRY, "toy_planted", dataclasses.replace(
+        orig, run_fn=lambda m, f, **k: ran.append((f.name, _is_twin(m))) or orig.run_fn(m, f, **k)))
+    fams = {"few": {"concepts": {"n": 4, "prefix": "d", "medicine": True},
+                    "control": {"concepts": {"n": 40, "prefix": "c"}}},
+            "drugs": _fams()["drugs"]}
+    kw = dict(progress=False, n_perm=999, n_boot=100, n_resamples=10, out_dir=tmp_path / "w")
+    km = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_planted"], **kw)
+    assert ("few__twin", True) not in ran and ("drugs__twin", True) in ran
+    st = km.control_status["few"]["toy_planted"]
+    assert st.startswith("too few items to mark: 4 items, 40 control items; ") and "twin was not run" in st
+    assert not (tmp_path / "w" / "few__twin").exists()
+    stats_few = km.control_stats[km.concepts.index("few"), 0]
+    assert np.isfinite(stats_few[CONTROL_STATS.index("effect")]).all()  # the effect over control is shown
+    assert not stats_few[CONTROL_STATS.index("marked")].any()
+    # the control family alone would have marked the planted layers: the skip does not loosen the rule
+    model = tiny_model(n_layers=N_LAYERS)
+    few, ctrl_few = maps.run.family_specs(fams)["few"], maps.run.control_specs(fams)["few"]
+    alone = effect_over_control(_planted(model, few).unit_scores(), _planted(model, ctrl_few).unit_scores(), None,
+                                n_perm=999, n_boot=100, n_resamples=10)
+    assert alone.marked.any()
+    assert [(iv["concept"], iv["start"], iv["end"]) for iv in km.intervals] == [("drugs", 2, 3)]
+    # the rule itself: 4 items never, 20 items can
+    assert twin_not_needed(_planted(model, few)) is not None
+    assert twin_not_needed(_planted(model, maps.run.family_specs(fams)["drugs"])) is None
+    # a rerun and a map rebuilt from the work dir say the same
+    km2 = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_planted"], **kw)
+    assert km2.control_status == km.control_status and km2.intervals == km.intervals
+    back = maps.map_from_work_dir(tmp_path / "w", techniques=["toy_planted"],
+                                  marking=dict(n_perm=999, n_boot=100, n_resamples=10))
+    assert back.control_status["few"]["toy_planted"] == st
+
+
 def test_unknown_family_shows_the_reason_not_a_band(toys):
     import medinterp.maps as maps
     from medinterp.testing import tiny_model
@@ -409,6 +452,9 @@ def test_findings_rules_known_answers():
     assert F.collapse_mid_depth(col(bump)).verdict == F.HOLDS
     assert F.collapse_mid_depth(col(np.linspace(0, 1, 8))).verdict == F.FAILS  # peak at the end: no collapse
     assert F.collapse_mid_depth(col(bump, per_layer_control=list(bump))).verdict == F.UNSURE  # twin collapses too
+    assert np.allclose(F.collapse_mid_depth(col(bump)).ci, (0.65, 0.75))
+    no_ci = F.collapse_mid_depth({"geo": {"collapse_centred_cosine": {"per_layer": list(bump)}}})
+    assert no_ci.value == 0.7 and no_ci.ci is None and "[" not in no_ci.as_row()[2]  # no [x, x] pseudo-interval
     assert F.fragility({"curve": [3, 2, 4], "ci_low": [2, 1.5, 3], "ci_high": [4, 3, 5]}).verdict == F.HOLDS
     assert F.fragility({"curve": [3, .1, .1], "ci_low": [2, 0, 0], "ci_high": [4, .2, .3]}).verdict == F.FAILS
     assert F.fragility(None).detail == "not measured"
