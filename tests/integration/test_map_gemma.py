@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from medinterp.maps import TECHNIQUES, KnowledgeMap, saved_jobs
+from medinterp.maps.controls import twin_not_needed
 from medinterp.results import Result
 
 pytestmark = pytest.mark.integration
@@ -41,8 +42,14 @@ def test_quick_map_runs_every_technique(quick_map, gemma):
             cs = km.control_status[c][t]
             assert cs == "ok" or cs.startswith(("no unit scores", "no finite unit scores", "control family",
                                                 "random twin", "too few items to mark")), (c, t, cs)
-            for d in (c, f"{c}__control", f"{c}__twin"):
+            # a twin that cannot change the map (too few items for its paired test) is not run
+            twin_run = twin_not_needed(Result.load(work / c / t)) is None
+            assert twin_run or t in ("lesion", "saliency", "patching"), (c, t, cs)  # 2-10 prompt previews only
+            if "so the twin was not run" in cs:
+                assert not twin_run
+            for d in (c, f"{c}__control") + ((f"{c}__twin",) if twin_run else ()):
                 assert (work / d / t / "job.json").is_file(), (d, t)
+            assert (work / f"{c}__twin" / t / "job.json").is_file() == twin_run, (c, t)
             curve = km.curves[km.concepts.index(c), j]
             assert curve.shape == (n,) and np.all(np.isfinite(curve))
             # the stored curve is the saved technique result's own layer_curve
@@ -56,8 +63,12 @@ def test_quick_map_runs_every_technique(quick_map, gemma):
     assert cons.shape == (len(FAMILIES), n) and cons.max() <= len(TECHNIQUES)
     assert set(km.summary()) == set(FAMILIES)
     assert km.provenance["model"]["n_layers"] == n and km.provenance["params"]["size"] == "quick"
+    not_run = {(c, t) for c in FAMILIES for t in TECHNIQUES if "so the twin was not run" in km.control_status[c][t]
+               or (km.status[c][t] == "ok" and twin_not_needed(Result.load(work / c / t)) is not None)}
+    assert {t for _, t in not_run} >= {"lesion", "saliency"}  # the quick previews (5 and 2 prompts)
     assert sorted(saved_jobs(work)) == sorted(f"{c}{k}/{t}" for c in FAMILIES for t in TECHNIQUES
-                                              for k in ("", "__control", "__twin"))
+                                              for k in ("", "__control", "__twin")
+                                              if not (k == "__twin" and (c, t) in not_run))
     import pandas as pd
 
     df = pd.read_csv(work / "map" / "curves.csv")
