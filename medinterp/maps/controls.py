@@ -392,14 +392,19 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
     return out, status
 
 
+def _paired_floor(n: int, n_layers: int, *, correction: str, n_perm: int) -> float:
+    """The smallest corrected p-value a paired test on ``n`` items can reach across ``n_layers`` layers."""
+    floor = stats.smallest_p(n, n, paired=True, n_perm=n_perm)
+    return min(1.0, floor * n_layers) if correction == "holm" else floor  # BH: the smallest stays p
+
+
 def _twin_too_few(m: ControlMarking, *, alpha: float = 0.05, correction: str = "holm", n_perm: int = 1000,
                   **_: Any) -> str | None:
     """Why the twin comparison of ``m`` is dropped, or None: the twin was scored on fewer items than the
     model and its paired test cannot reach ``alpha`` after correction with that many."""
     if not 0 < m.n_twin < m.n_items:
         return None
-    floor = stats.smallest_p(m.n_twin, m.n_twin, paired=True, n_perm=n_perm)
-    adj = min(1.0, floor * len(m.effect)) if correction == "holm" else floor
+    adj = _paired_floor(m.n_twin, len(m.effect), correction=correction, n_perm=n_perm)
     if adj <= alpha:
         return None
     return (f"scored on only {m.n_twin} of the {m.n_items} items (too few for a paired test at α = {alpha:g}: "
@@ -428,8 +433,7 @@ def twin_not_needed(result: Any, *, alpha: float = 0.05, correction: str = "holm
     except (NoScores, NotImplementedError, MedinterpError, AttributeError):
         return None
     n = len(np.unique(units))
-    floor = stats.smallest_p(n, n, paired=True, n_perm=n_perm)
-    adj = min(1.0, floor * v.shape[1]) if correction == "holm" else floor
+    adj = _paired_floor(n, v.shape[1], correction=correction, n_perm=n_perm)
     if adj <= alpha:
         return None
     return (f"the paired test against the random twin cannot reach α = {alpha:g} with {n} items (smallest "

@@ -60,8 +60,8 @@ def _standardise(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, n
     sd = X_train.std(0)
     # sklearn's rule for a constant feature (_is_constant_feature): var below its rounding bound -> scale 1
     eps = np.finfo(np.float64).eps
-    bound = len(X_train) * eps * (np.abs(mu) ** 2 + sd ** 2) + (len(X_train) * mu * eps) ** 2
-    sd = np.where(sd ** 2 <= bound, 1.0, sd)
+    var, n = sd ** 2, len(X_train)
+    sd = np.where(var <= n * eps * var + (n * mu * eps) ** 2, 1.0, sd)
     return (X_train - mu) / sd, (X_test - mu) / sd
 
 
