@@ -153,12 +153,17 @@ class UnitScores:
         units: the item id of each prompt (its cluster).
         templates: the template index of each prompt (for template resamples), or None.
         description: what a value is, in words (e.g. "out-of-fold probe correctness, chance-corrected").
+        covariates: ``{name: [n_prompts]}`` per-prompt covariates that move the technique with no
+            medicine involved (names from :data:`medinterp.covariates.COVARIATES`: token counts, answer
+            prior, intact confidence, task structure); the map checks their balance between medicine and
+            its control before marking (``medinterp.maps.balance``). Empty: no balance check possible.
     """
 
     values: np.ndarray
     units: list
     templates: list | None = None
     description: str = ""
+    covariates: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=float)
@@ -167,6 +172,9 @@ class UnitScores:
                                  f"got values {self.values.shape} and {len(self.units)} units")
         if self.templates is not None and len(self.templates) != self.values.shape[0]:
             raise MedinterpError("UnitScores: one template index per prompt expected")
+        from medinterp.covariates import as_columns
+
+        self.covariates = as_columns(self.covariates, self.values.shape[0])
 
 
 @dataclasses.dataclass
