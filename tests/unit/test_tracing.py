@@ -191,3 +191,90 @@ def test_technique_runs_tracing_by_default(gemma_like):
     assert isinstance(old, PatchingResult) and old.curve_label == "P after patching resid_pre at the last position"
     with pytest.raises(MedinterpError, match="mode"):
         TECHNIQUE.run(gemma_like, fam, mode="nope")
+
+
+def test_band_with_mover_known_answers():
+    from medinterp.techniques.patching.tracing import band_with_mover
+
+    assert band_with_mover([(0, 3)], 4) == [(0, 4)]  # adjacent: merges
+    assert band_with_mover([(0, 3)], 2) == [(0, 3)]  # inside: nothing new
+    assert band_with_mover([(0, 3)], 7) == [(0, 3), (7, 7)]  # apart: its own one-block run
+    assert band_with_mover([(5, 6), (0, 1)], 3) == [(0, 1), (3, 3), (5, 6)]
+    assert band_with_mover([(0, 1), (3, 4)], 2) == [(0, 4)]  # bridges two runs
+    assert band_with_mover([], 5) == [(5, 5)] and band_with_mover([(2, 3)], None) == [(2, 3)]
+
+
+def test_mover_enters_the_band(gemma_like):
+    from medinterp.stats import intervals_from_mask
+    from medinterp.techniques.patching.tracing import band_with_mover
+
+    # layers 1-2 only: the span no longer recovers the answer there (span band empty), but the last
+    # token's curve rises from block 1 to 2, so block 1 is the mover and the band is exactly it
+    r = causal_trace(gemma_like, PAIRS, layers=[1, 2], **RELAXED)
+    assert r.span_band == [] and (r.curve("span") < 0.5).all()
+    assert r.mover == 1 and r.band == [(1, 1)]
+    # all layers: band = span runs united with the mover
+    r = causal_trace(gemma_like, PAIRS, **RELAXED)
+    span = intervals_from_mask(r.curve("span") >= 0.5)
+    assert r.span_band == [(int(a), int(b)) for a, b in span]
+    assert r.band == band_with_mover(r.span_band, r.mover)
+    assert any(a <= r.mover <= b for a, b in r.band)
+    assert r.mover == int(np.argmax(np.diff(r.curve("last"))))
+    assert f"mover block {r.mover}" in r.summary()
+    # not known: no band, no mover
+    nk = causal_trace(gemma_like, PAIRS, min_known=99, min_margin=0.0, require_sign=False, progress=False, n_boot=5)
+    assert nk.band == [] and nk.span_band == [] and nk.mover is None
+
+
+def test_covariates_by_hand(gemma_like):
+    from medinterp.covariates import COVARIATES, span_covariates
+
+    full = causal_trace(gemma_like, PAIRS, **RELAXED)
+    margin = float(np.median(np.abs(full.clean_ld - full.corrupted_ld)))  # some pairs known, some not
+    r = causal_trace(gemma_like, PAIRS, min_known=1, min_margin=margin, require_sign=False, progress=False, n_boot=20)
+    assert 0 < r.n_known < len(PAIRS)
+    assert r.covariate_names == ["subject_tokens", "tokens_after_subject", "prompt_tokens", "answer_prior", "intact_ld"]
+    assert set(r.covariate_names) <= set(COVARIATES) and r.covariates.shape == (len(PAIRS), 5)
+    cov = dict(zip(r.covariate_names, r.covariates.T))
+    ct = [gemma_like.to_tokens(p[0])[0].tolist() for p in PAIRS]
+    xt = [gemma_like.to_tokens(p[1])[0].tolist() for p in PAIRS]
+    ref = span_covariates(ct, xt, bos=True)  # the contract's own helper (no explicit span column here)
+    for k in ref:
+        np.testing.assert_array_equal(cov[k], ref[k])
+    # by hand: pair 0 differs in one token ("chest" vs "cough"), with "pain has" after it
+    toks = gemma_like.to_str_tokens(PAIRS[0][0])
+    j = toks.index("chest") if "chest" in toks else [i for i, t in enumerate(toks) if "chest" in t][0]
+    assert cov["subject_tokens"][0] == 1 and cov["tokens_after_subject"][0] == len(toks) - 1 - j
+    assert cov["prompt_tokens"][0] == len(toks) - 1
+    np.testing.assert_array_equal(cov["intact_ld"], r.clean_ld)
+    # the prior: log-softmax of the BOS-only forward at the clean answer's token
+    with torch.no_grad():
+        lp = torch.log_softmax(gemma_like(torch.tensor([[gemma_like.tokenizer.bos_token_id]]))[0, -1].double(), -1)
+    ids = [gemma_like.to_single_token(p[2]) for p in PAIRS]
+    np.testing.assert_allclose(cov["answer_prior"], lp[ids].numpy(), atol=1e-6)
+    # unit scores carry the rows of the scored (known) pairs
+    us = r.unit_scores()
+    assert set(us.covariates) == set(r.covariate_names)
+    np.testing.assert_array_equal(us.covariates["intact_ld"], r.clean_ld[r.known])
+    assert len(us.covariates["subject_tokens"]) == us.values.shape[0]
+    nk = causal_trace(gemma_like, PAIRS, min_known=99, min_margin=0.0, require_sign=False, progress=False, n_boot=5)
+    assert nk.unit_scores().covariates["intact_ld"].shape == (len(PAIRS),)
+
+
+def test_old_saves_without_covariates_load(gemma_like, tmp_path):
+    import json
+
+    r = causal_trace(gemma_like, PAIRS, **RELAXED)
+    r.save(tmp_path / "t")
+    m = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    m["arrays"] = [a for a in m["arrays"] if a != "covariates"]
+    for k in ("covariate_names", "span_band"):
+        m["fields"].pop(k)
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps(m))
+    back = Result.load(tmp_path / "t")
+    assert back.covariates is None and back.covariate_names == [] and back.span_band == []
+    us = back.unit_scores()
+    assert us.covariates == {} and us.values.shape == r.unit_scores().values.shape
+    full = Result.load  # a fresh save keeps them
+    r.save(tmp_path / "u")
+    np.testing.assert_array_equal(full(tmp_path / "u").covariates, r.covariates)

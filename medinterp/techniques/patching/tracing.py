@@ -24,8 +24,18 @@ item-level cluster-bootstrap CI) and the median of per-pair P; never the mean of
 denominators blow it up). With fewer than ``min_known`` known pairs the result says "not known by the
 model" (:attr:`TracingResult.known_by_model` False, a reason string) and its unit scores are NaN.
 
-The **band** is where restoring the span still recovers the answer: the layers whose span ratio of sums
-is at least ``band_threshold`` (runs of layers, :func:`medinterp.stats.intervals_from_mask`).
+The **band** (METHOD §4) is where restoring the span still recovers the answer, plus the mover block:
+the layers whose span ratio of sums is at least ``band_threshold`` (runs of layers,
+:func:`medinterp.stats.intervals_from_mask`; kept alone as ``span_band``) united with the one-block
+interval ``(mover, mover)``; a mover adjacent to or inside a span run merges into it
+(:func:`band_with_mover`). The span curve falls where the item has been read out of the span; the
+mover is the block that carries it to the last token, so the band covers both the storage and the move.
+
+**Covariates** (METHOD §0b, :mod:`medinterp.covariates`) of every valid pair, stored in ``covariates``
+(``[valid pair, k]``, column names in ``covariate_names``): ``subject_tokens`` (first to last position of
+the item span, inclusive), ``tokens_after_subject`` (positions after the span), ``prompt_tokens`` (BOS
+excluded), ``answer_prior`` (``log p(clean answer's token | BOS)``) and ``intact_ld`` (the clean LD).
+:meth:`TracingResult.unit_scores` passes the rows of the pairs it scores.
 
 Example:
     >>> from medinterp.testing import tiny_model
@@ -49,6 +59,7 @@ from jaxtyping import Float
 from medinterp import sites
 from medinterp.activations import _char_span_to_tokens
 from medinterp.concepts.pairs import TokenizedPair
+from medinterp.covariates import answer_prior, from_matrix, to_matrix
 from medinterp.errors import MedinterpError
 from medinterp.hooks import pad_token_id, right_pad
 from medinterp.readout import final_logits
@@ -81,8 +92,12 @@ class TracingResult(TechniqueResult):
         accuracy: fraction of valid pairs with ``LD_clean > 0 > LD_corrupted`` (both sides right in
             the two-way choice); accuracy_top1: fraction with ``top1``.
         known_by_model: False when fewer than ``min_known`` pairs are known; not_known_reason says why.
-        band: ``[(start, end), ...]`` layer runs where the span ratio is >= ``band_threshold``.
+        band: ``[(start, end), ...]``: the span band united with the mover block (:func:`band_with_mover`).
+        span_band: ``[(start, end), ...]`` layer runs where the span ratio is >= ``band_threshold`` alone
+            (empty in saves made before the mover entered the band).
         mover: the block ``l`` maximising ``ratio[l+1, last] - ratio[l, last]`` (None if undefined).
+        covariates: ``[valid pair, k]`` per-pair covariates (rows as ``all_pairs`` / ``known``; None in
+            older saves); covariate_names: their names (:data:`medinterp.covariates.COVARIATES`).
         layers: the layer axis; units: item id per known pair; spans: item-span positions per known pair.
         pairs: the known pairs (row, texts); all_pairs: every valid pair with its LDs, known flag and
             reason; dropped: pairs the pair rule dropped.
@@ -109,7 +124,10 @@ class TracingResult(TechniqueResult):
     known_by_model: bool = False
     not_known_reason: str = ""
     band: list = dataclasses.field(default_factory=list)
+    span_band: list = dataclasses.field(default_factory=list)
     mover: int | None = None
+    covariates: np.ndarray | None = None
+    covariate_names: list = dataclasses.field(default_factory=list)
     site: str = "resid_pre"
     layers: list = dataclasses.field(default_factory=list)
     restores: list = dataclasses.field(default_factory=lambda: list(RESTORES))
@@ -157,14 +175,22 @@ class TracingResult(TechniqueResult):
         """Per known pair and layer: span-restore P clipped to ``CLIP`` ([-1, 2]); unit = item id.
 
         When the family is not known by the model: one all-NaN row per valid pair (units = their ids).
+        ``covariates``: the rows of :attr:`covariates` of the pairs scored (none for saves without them).
         """
         desc = f"span-restore recovered fraction P per known pair, clipped to [{CLIP[0]}, {CLIP[1]}]"
+        cov = from_matrix(self.covariates, self.covariate_names)
         if not self.known_by_model:
             units = [p["unit"] for p in self.all_pairs]
+            if cov and len(next(iter(cov.values()))) != len(units):
+                cov = {}
             return UnitScores(np.full((len(units), len(self.layers)), np.nan), units, None,
-                              desc + f"; NaN: {self.not_known_reason}")
+                              desc + f"; NaN: {self.not_known_reason}", covariates=cov)
         v = np.clip(np.asarray(self.P, float)[:, :, self.restores.index("span")], *CLIP)
-        return UnitScores(v, list(self.units), None, desc)
+        if cov and self.known is not None and len(self.known) == len(next(iter(cov.values()))):
+            cov = {k: a[np.asarray(self.known, bool)] for k, a in cov.items()}
+        else:
+            cov = {}
+        return UnitScores(v, list(self.units), None, desc, covariates=cov)
 
     def summary(self) -> str:
         n_valid = len(self.all_pairs)
@@ -173,7 +199,9 @@ class TracingResult(TechniqueResult):
         if not self.known_by_model:
             return f"{head}; not known by the model: {self.not_known_reason}"
         band = ", ".join(f"{a}-{b}" for a, b in self.band) or "none"
-        return f"{head}; span band (ratio >= {self.params.get('band_threshold')}) layers {band}; mover block {self.mover}"
+        span = ", ".join(f"{a}-{b}" for a, b in self.span_band) or "none"
+        return (f"{head}; band layers {band} (span ratio >= {self.params.get('band_threshold')}: {span}; "
+                f"mover block {self.mover})")
 
 
 def _item_span(model: Any, tp: TokenizedPair, span_column: str | None) -> np.ndarray:
@@ -226,6 +254,61 @@ def baselines(model: Any, kept: list[TokenizedPair], batch_size: int = 64) -> tu
     xl[:] = (lx.gather(1, cid) - lx.gather(1, xid))[:, 0].double().cpu().numpy()
     top[:] = ((lc.argmax(1) == cid[:, 0]) & (lx.argmax(1) == xid[:, 0])).cpu().numpy()
     return cl, xl, top.astype(bool)
+
+
+def band_with_mover(span_band: Sequence[tuple[int, int]], mover: int | None) -> list[tuple[int, int]]:
+    """The tracing band (METHOD §4): the span runs united with the mover block, merged where they touch.
+
+    Args:
+        span_band: ``[(start, end), ...]`` inclusive layer runs where restoring the span recovers the answer.
+        mover: the mover block, or None (then the span runs alone).
+
+    Returns:
+        Sorted, merged inclusive runs; runs that overlap or are adjacent (``end + 1 == start``) merge.
+
+    Example:
+        >>> band_with_mover([(0, 3)], 4), band_with_mover([(0, 3)], 7), band_with_mover([], None)
+        ([(0, 4)], [(0, 3), (7, 7)], [])
+    """
+    runs = sorted((int(a), int(b)) for a, b in span_band)
+    if mover is not None:
+        runs = sorted(runs + [(int(mover), int(mover))])
+    out: list[tuple[int, int]] = []
+    for a, b in runs:
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def pair_covariates(model: Any, valid: Sequence[TokenizedPair], span_masks: Sequence[np.ndarray],
+                    clean_ld: np.ndarray) -> dict[str, Float[np.ndarray, "n"]]:
+    """The per-pair covariates of tracing (METHOD §0b): span size, tokens after it, prompt length, the
+    clean answer's prior and the clean LD.
+
+    Args:
+        model: the HookedTransformer (its BOS forward gives the prior, :func:`medinterp.covariates.answer_prior`).
+        valid: the valid pairs; span_masks: their item-span masks over the clean tokens; clean_ld: ``[pair]``.
+
+    Returns:
+        ``{name: [pair]}`` with ``subject_tokens``, ``tokens_after_subject``, ``prompt_tokens``,
+        ``answer_prior``, ``intact_ld``.
+    """
+    tok = getattr(model, "tokenizer", None)
+    bos_id = getattr(tok, "bos_token_id", None) if tok is not None else None
+    out = {k: np.full(len(valid), np.nan) for k in ("subject_tokens", "tokens_after_subject", "prompt_tokens")}
+    for i, (tp, m) in enumerate(zip(valid, span_masks)):
+        pos = np.flatnonzero(m)
+        n = len(tp.clean_tokens)
+        bos = bos_id is not None and n > 0 and int(tp.clean_tokens[0]) == int(bos_id)
+        out["prompt_tokens"][i] = n - (1 if bos else 0)
+        if len(pos):
+            out["subject_tokens"][i] = pos[-1] - pos[0] + 1
+            out["tokens_after_subject"][i] = n - 1 - pos[-1]
+    out["answer_prior"] = answer_prior(model, [tp.clean_id for tp in valid]) if len(valid) else np.zeros(0)
+    out["intact_ld"] = np.asarray(clean_ld, float).copy()
+    return out
 
 
 def known_mask(clean_ld: np.ndarray, corrupted_ld: np.ndarray, min_margin: float = 1.0,
@@ -375,11 +458,13 @@ def causal_trace(
     reason = "" if ok else (f"{n_known} of {len(valid)} valid pairs known (LD_clean > 0 > LD_corrupted, margin >= "
                             f"{min_margin} logit); at least {min_known} needed")
     span_curve, last_curve = ratio[:, 0], ratio[:, 1]
-    band = intervals_from_mask(np.nan_to_num(span_curve, nan=-np.inf) >= band_threshold) if ok else []
+    span_band = intervals_from_mask(np.nan_to_num(span_curve, nan=-np.inf) >= band_threshold) if ok else []
     mover = None
     if ok and L >= 2 and np.isfinite(np.diff(last_curve)).any():
         mover = int(layer_list[int(np.nanargmax(np.diff(last_curve)))])
-    band = [(int(layer_list[a]), int(layer_list[b])) for a, b in band]
+    span_band = [(int(layer_list[a]), int(layer_list[b])) for a, b in span_band]
+    band = band_with_mover(span_band, mover)
+    cov_matrix, cov_names = to_matrix(pair_covariates(model, valid, span_masks, cl))
     params = dict(layers=layer_list, min_margin=min_margin, require_sign=require_sign, min_known=int(min_known),
                   band_threshold=band_threshold, components=comps, span_column=span_column, item_column=item_column,
                   n_boot=n_boot, seed=seed, site="resid_pre")
@@ -392,7 +477,8 @@ def causal_trace(
         ld=ld, P=P, ratio=ratio, ratio_low=lo, ratio_high=hi, median=median, clean_ld=cl, corrupted_ld=xl,
         known=known, top1=top1, accuracy=float(two_way.mean()) if len(valid) else float("nan"),
         accuracy_top1=float(top1.mean()) if len(valid) else float("nan"), known_by_model=ok, not_known_reason=reason,
-        band=band, mover=mover, layers=layer_list, units=units,
+        band=band, span_band=span_band, mover=mover, covariates=cov_matrix, covariate_names=cov_names,
+        layers=layer_list, units=units,
         spans=[np.flatnonzero(span_masks[i]).tolist() for i in kidx], pairs=[valid[i].describe() for i in kidx],
         all_pairs=all_pairs, dropped=dropped, components=comps, component_ld=comp_ld if comps else None,
         component_ratio=comp_ratio, diagnostics={"engine": stats},
