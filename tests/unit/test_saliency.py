@@ -377,19 +377,21 @@ def test_saliency_equals_plain_full_forward_grad_on_gemma_like_model():
     m.zero_grad(set_to_none=True)
 
 
-def test_checkpoint_resumes_an_interrupted_run_with_the_same_numbers(model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_checkpoint_resumes_an_interrupted_run_with_the_same_numbers(model, tmp_path, monkeypatch, batch_size):
     from medinterp import store
     from medinterp.techniques.saliency import run as sal_run
 
     prompts = PROMPTS + [("Asthma causes", "wheezing")]
-    kw = dict(progress=False, n_boot=30, checkpoint_every=2, track_memory=False)
+    kw = dict(progress=False, n_boot=30, checkpoint_every=2, track_memory=False, batch_size=batch_size)
     ref = saliency(model, prompts, **kw)
     calls = {"loss": 0, "save": 0}
-    orig_loss, orig_save = sal_run.target_loss, store.Checkpoint.save
+    fn = "target_loss" if batch_size == 1 else "batch_loss"
+    orig_loss, orig_save = getattr(sal_run, fn), store.Checkpoint.save
 
-    def counting_loss(*a, **k):
-        calls["loss"] += 1
-        return orig_loss(*a, **k)
+    def counting_loss(m, t, *a, **k):  # counts prompts computed (one target, or a batch of them)
+        calls["loss"] += 1 if batch_size == 1 else len(t)
+        return orig_loss(m, t, *a, **k)
 
     def failing_save(self, key, **arrays):
         orig_save(self, key, **arrays)
@@ -397,7 +399,7 @@ def test_checkpoint_resumes_an_interrupted_run_with_the_same_numbers(model, tmp_
         if calls["save"] == 2:
             raise KeyboardInterrupt("stop after two chunks")
 
-    monkeypatch.setattr(sal_run, "target_loss", counting_loss)
+    monkeypatch.setattr(sal_run, fn, counting_loss)
     monkeypatch.setattr(store.Checkpoint, "save", failing_save)
     with pytest.raises(KeyboardInterrupt):
         saliency(model, prompts, checkpoint_dir=tmp_path / "ck", **kw)
@@ -407,7 +409,7 @@ def test_checkpoint_resumes_an_interrupted_run_with_the_same_numbers(model, tmp_
     res = saliency(model, prompts, checkpoint_dir=tmp_path / "ck", **kw)
     assert calls["loss"] == 1  # only the last chunk (one prompt) was computed
     assert res.timings["prompts_resumed"] == 4
-    for f in ("values", "outer_values", "param_values", "loss"):
+    for f in ("values", "outer_values", "param_values", "loss", "covariates"):
         np.testing.assert_array_equal(getattr(res, f), getattr(ref, f))
     pd_ref, pd_res = ref.table, res.table
     np.testing.assert_array_equal(pd_res["ci_low"].to_numpy(), pd_ref["ci_low"].to_numpy())

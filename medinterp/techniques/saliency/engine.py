@@ -195,17 +195,21 @@ def target_loss(
     t: Target,
     device: torch.device | str,
     on_unembed: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    out: dict | None = None,
 ) -> torch.Tensor:
     """``-Σ log p(target tokens | preceding tokens)``, with logits only at the predicting positions.
 
     The logits are :func:`medinterp.readout.final_logits` of the residual after the last block at
     ``t.predict_positions``. If ``on_unembed`` is given, it is called during backward with
     ``(x, ∂L/∂logits)`` (``[k, d_model]``, ``[k, d_vocab]``), from which ``∂L/∂W_U = xᵀ·∂L/∂logits``.
+    If ``out`` is given, ``out["logits"]`` receives those logits (detached, ``[k, d_vocab]``).
     """
     tokens = t.tokens.to(device)[None]
     resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [1, T, d_model], before ln_final
     pos = torch.tensor(t.predict_positions, device=resid.device)
     logits = final_logits(model, resid[0, pos], on_unembed=on_unembed)  # [k, d_vocab]
+    if out is not None:
+        out["logits"] = logits.detach()
     logp = torch.log_softmax(logits.float(), dim=-1)
     tgt = tokens[0, t.n_context :].to(logp.device)
     return -logp.gather(-1, tgt.unsqueeze(-1)).sum()

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 from jaxtyping import Float
 
+from medinterp.covariates import from_matrix
 from medinterp.errors import MedinterpError
 from medinterp.results import bootstrap_ci
 from medinterp.prompt_inputs import units_of
@@ -42,6 +43,10 @@ class SaliencyResult(TechniqueResult):
         share_ci: ``[2, n_layers, 3]`` low / high of the mean share, by a cluster bootstrap over units
             (items: all prompts of one item move together).
         block_numel: ``[n_layers, 3]`` number of weights of each block's group.
+        covariates: ``[n_prompts, k]`` per-prompt covariates (METHOD §0b), named by
+            :attr:`covariate_names` (``subject_tokens``, ``tokens_after_subject``, ``prompt_tokens``,
+            ``answer_prior``, ``intact_logp``, ``intact_ld``); None in results saved before 0.3.
+        covariate_names: the names of the columns of :attr:`covariates`.
 
     Why ``|g·w|`` by default: Gemma 3's post-norms and QK-norm make most block weights scale-invariant
     (``⟨g, w⟩ = 0`` and ``‖g‖ ∝ 1/‖W‖``), so mean ``|g|`` ranks layers by inverse weight norm; ``|g·w|``
@@ -68,6 +73,8 @@ class SaliencyResult(TechniqueResult):
     share: np.ndarray = None  # type: ignore[assignment]
     share_ci: np.ndarray = None  # type: ignore[assignment]
     block_numel: np.ndarray = None  # type: ignore[assignment]
+    covariates: np.ndarray | None = None
+    covariate_names: list = dataclasses.field(default_factory=list)
 
     @property
     def curve_label(self) -> str:
@@ -75,11 +82,13 @@ class SaliencyResult(TechniqueResult):
 
     def unit_scores(self, component: str = "combined") -> UnitScores:
         """Per prompt and block: the block's share of the prompt's total ``|g·w|`` (higher = more of
-        the answer's gradient there); units are the items (``item`` label, else the prompt index)."""
+        the answer's gradient there); units are the items (``item`` label, else the prompt index);
+        covariates: :attr:`covariates` by name (empty for results saved without them)."""
         c = self._idx(component, "grad_x_weight")[0]
         units, templates = units_of(self.labels, self.n_prompts)
         return UnitScores(values=self.share[:, :, c], units=units, templates=templates,
-                          description=f"share of Σ|∂(−log p)/∂w · w| over blocks ({component})")
+                          description=f"share of Σ|∂(−log p)/∂w · w| over blocks ({component})",
+                          covariates=from_matrix(self.covariates, self.covariate_names))
 
     @property
     def n_layers(self) -> int:
