@@ -94,14 +94,36 @@ def check_command(
     sets: Optional[list[str]] = typer.Option(None, "--set", "-s",
                                              help="any concept or pair set name or file (repeatable); "
                                                   "default: every shipped set"),
+    family: Optional[list[str]] = typer.Option(None, "--family", "-f",
+                                               help="print the balance table of this family's pair set against "
+                                                    "its control on the model (repeatable; 'all' for every "
+                                                    "family); only those two pair sets are checked"),
+    all_pairs: bool = typer.Option(False, "--all-pairs",
+                                   help="balance table over every valid pair, not only the pairs the model knows"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print every problem and dropped pair"),
-    strict: bool = typer.Option(False, "--strict", help="exit with status 1 when any check fails"),
+    strict: bool = typer.Option(False, "--strict", help="exit with status 1 when any check fails (or, with "
+                                                        "--family, any covariate is flagged)"),
 ) -> None:
-    """Data checks: lexical baseline, answer leaks, template fit, duplicates, and pair tokenization."""
-    from medinterp.concepts import SHIPPED, PairSet, load_concepts
+    """Data checks: lexical baseline, answer leaks, template fit, duplicates, and pair tokenization.
+
+    With --family: the balance table of the family's pair set against its control pair set on the
+    model (per covariate the medicine mean, control mean and standardized mean difference, flagged when
+    |SMD| > 0.25), after the data checks of those two sets.
+    """
+    from medinterp.concepts import CONCEPT_FAMILIES, SHIPPED, PairSet, load_concepts
     from medinterp.concepts.checks import check_sets
 
-    loaded = [load_concepts(n) for n in (list(pairs or []) + list(sets or []) or SHIPPED)]
+    fams = list(family or [])
+    if "all" in fams:
+        fams = list(CONCEPT_FAMILIES)
+    bad = [f for f in fams if f not in CONCEPT_FAMILIES]
+    if bad:
+        raise MedinterpError(f"--family {bad[0]!r}: unknown; families are {', '.join(CONCEPT_FAMILIES)} (or all)")
+    if fams and tokenizer is not None:
+        raise MedinterpError("--family needs a model (its answer prior and logit differences), not --tokenizer")
+    fam_sets = [n for f in fams for n in (CONCEPT_FAMILIES[f]["pairs"], CONCEPT_FAMILIES[f]["control_pairs"])]
+    loaded = [load_concepts(n) for n in (list(pairs or []) + list(sets or []) + fam_sets
+                                         or SHIPPED)]
     for n, s in zip(pairs or [], loaded):
         if not isinstance(s, PairSet):
             raise MedinterpError(f"{n!r} is a concept set, not a pair set; pair sets have the columns "
@@ -120,5 +142,12 @@ def check_command(
     con = _console()
     con.print(f"Data checks with {what}:")
     con.print(report.render(verbose), markup=False)
-    if strict and not report.ok:
+    tables = []
+    if fams:
+        from medinterp.concepts.checks import pair_balance
+
+        for f in fams:
+            tables.append(pair_balance(target, f, known_only=not all_pairs))
+            con.print(tables[-1].render(), markup=False)
+    if strict and (not report.ok or not all(t.ok for t in tables)):
         raise typer.Exit(1)

@@ -18,6 +18,12 @@ several; both have ``ok`` and a ``render()`` text. ``medinterp concepts check`` 
   starting the prompt.
 * **duplicates**: items (case, spacing and a leading article ignored), rendered prompts, pairs.
 * **tokenization** (pair sets, when tokenizers are given): :meth:`PairSet.check` for each.
+* **balance table** (:func:`pair_balance`, ``medinterp concepts check --family F``): a family's pair set
+  against its control pair set on one model, per causal-tracing covariate (``subject_tokens``,
+  ``tokens_after_subject``, ``prompt_tokens``, ``answer_prior``, ``intact_ld``) the medicine mean, control
+  mean and standardized mean difference ``(m1 - m0) / sqrt((s1² + s0²) / 2)``, flagged when
+  |SMD| > 0.25 (METHOD §0b), over the pairs the model knows; plus the map's item matching of the same
+  covariates (:func:`medinterp.maps.balance.match_units`).
 
 Label values named ``ungrouped`` (see the data README) are left out of the lexical baseline.
 
@@ -349,3 +355,209 @@ def check_sets(sets: Iterable[str | ConceptSet | PairSet], tokenizers: Sequence[
                lexical: bool = True) -> CheckReport:
     """:func:`check_set` for each set."""
     return CheckReport([check_set(s, tokenizers, lexical=lexical) for s in sets])
+
+
+# --------------------------------------------------------------------------------------- balance table
+
+#: the covariates of the pair balance table (tracing's covariates, :mod:`medinterp.covariates`)
+PAIR_COVARIATES: tuple[str, ...] = ("subject_tokens", "tokens_after_subject", "prompt_tokens", "answer_prior",
+                                    "intact_ld")
+#: |SMD| above which a covariate is flagged (METHOD §0b)
+MAX_SMD = 0.25
+
+
+@dataclass
+class PairMeasures:
+    """Per valid pair of one pair set on one model: tracing's covariates, units and the known flag.
+
+    Attributes:
+        name: the pair set; model: the model spec or name.
+        covariates: covariate -> ``[valid pair]`` (:data:`PAIR_COVARIATES`).
+        units: the item (unit) of each valid pair, as causal tracing names it.
+        known: ``[valid pair]`` bool, the pairs the model knows (tracing's :func:`known_mask`).
+        n_pairs: pairs in the set (valid or not); answers: the clean answer text of each valid pair.
+    """
+
+    name: str
+    model: str
+    covariates: dict[str, np.ndarray]
+    units: list
+    known: np.ndarray
+    n_pairs: int
+    answers: list = field(default_factory=list)
+
+    @property
+    def n_valid(self) -> int:
+        return len(self.units)
+
+    @property
+    def n_known(self) -> int:
+        return int(np.sum(self.known))
+
+    def histogram(self, covariate: str = "subject_tokens", known_only: bool = False) -> dict[int, int]:
+        """``{value: count}`` of an integer covariate over the valid (or known) pairs."""
+        v = self.covariates[covariate][self.known] if known_only else self.covariates[covariate]
+        return dict(sorted(Counter(int(x) for x in v if np.isfinite(x)).items()))
+
+
+def pair_measures(model: Any, pairs: Any, *, min_margin: float = 1.0) -> PairMeasures:
+    """Tracing's per-pair covariates and known flags of a pair set, without the sweep (one batched forward).
+
+    The definitions are causal tracing's own (:func:`medinterp.techniques.patching.tracing.pair_covariates`,
+    :func:`~medinterp.techniques.patching.tracing.known_mask`), so the table shows what the map will see.
+
+    Args:
+        model: a HookedTransformer.
+        pairs: a pair set (name, path, :class:`PairSet`, list).
+        min_margin: the known rule's margin (logits).
+    """
+    from medinterp.techniques.patching.common import pair_set, prepare_pairs
+    from medinterp.techniques.patching.tracing import _item_span, _unit_id, baselines, known_mask, pair_covariates
+
+    ps = pair_set(pairs)
+    valid, _dropped, name = prepare_pairs(model, ps, on_bad="drop")
+    cl, xl, _ = baselines(model, valid)
+    known, _ = known_mask(cl, xl, min_margin, True)
+    masks = [_item_span(model, tp, "span") for tp in valid]
+    units = [_unit_id(model, tp, m, "item") for tp, m in zip(valid, masks)]
+    cov = pair_covariates(model, valid, masks, cl)
+    info = getattr(model, "medinterp_info", None) or {}
+    return PairMeasures(name, str(info.get("spec") or getattr(model.cfg, "model_name", "model")), cov, units,
+                        np.asarray(known, bool), len(ps), [tp.pair.clean_answer for tp in valid])
+
+
+@dataclass
+class BalanceTable:
+    """Balance of a medical pair set against its control on one model (``medinterp concepts check``).
+
+    Attributes:
+        family, model: the knowledge-map row and the model.
+        medicine, control: the two :class:`PairMeasures`.
+        known_only: the table is over known pairs (what tracing scores); else over every valid pair.
+        rows: per covariate ``{"covariate", "medicine", "control", "smd", "flag"}`` (means over pairs;
+            ``flag`` when |SMD| > ``max_smd``).
+        matched: the map's item matching (:func:`medinterp.maps.balance.match_units`) of the same
+            covariates, or None when a group has no pairs.
+        max_smd: the flag threshold.
+    """
+
+    family: str
+    model: str
+    medicine: PairMeasures
+    control: PairMeasures
+    known_only: bool
+    rows: list[dict[str, Any]]
+    matched: Any = None
+    max_smd: float = MAX_SMD
+
+    @property
+    def flagged(self) -> list[str]:
+        """Covariates with |SMD| > ``max_smd`` (before matching)."""
+        return [r["covariate"] for r in self.rows if r["flag"]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.flagged
+
+    def render(self) -> str:
+        """The table as text: one line per covariate, then histograms and the matched balance."""
+        which = "known pairs" if self.known_only else "valid pairs"
+        m, c = self.medicine, self.control
+        nm = m.n_known if self.known_only else m.n_valid
+        nc = c.n_known if self.known_only else c.n_valid
+        lines = [f"balance of {self.family} on {self.model} ({which}): {m.name} n={nm} "
+                 f"({m.n_known}/{m.n_valid} valid known, {m.n_pairs} pairs) vs {c.name} n={nc} "
+                 f"({c.n_known}/{c.n_valid} valid known, {c.n_pairs} pairs)",
+                 f"  {'covariate':<22}{'medicine':>10}{'control':>10}{'SMD':>8}"]
+        for r in self.rows:
+            lines.append(f"  {r['covariate']:<22}{_num(r['medicine']):>10}{_num(r['control']):>10}"
+                         f"{_num(r['smd'], 2):>8}" + (f"  |SMD| > {self.max_smd:g}" if r["flag"] else ""))
+        for lab, pm in (("medicine", m), ("control", c)):
+            h = pm.histogram("subject_tokens", self.known_only)
+            lines.append(f"  subject tokens, {lab}: " + (", ".join(f"{k}: {v}" for k, v in h.items()) or "none"))
+        if self.matched is not None:
+            b = self.matched
+            worst = max(b.covariates, key=lambda k: abs(b.smd_after[k]) if not np.isnan(b.smd_after[k]) else -1,
+                        default=None)
+            tail = f"; largest |SMD| {worst} {b.smd_after[worst]:.2f}" if worst is not None else ""
+            lines.append(f"  after item matching: {len(b.medicine_units)} vs {len(b.control_units)} items"
+                         f"{tail}; " + ("comparable" if b.comparable else str(b.reason)))
+        if self.known_only and min(m.n_known, c.n_known) < 2:
+            lines.append("  (fewer than 2 known pairs in a group: --all-pairs compares every valid pair)")
+        lines.append("  balanced" if self.ok else f"  not balanced: {', '.join(self.flagged)}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def _num(x: float, nd: int = 3) -> str:
+    x = float(x)
+    return "nan" if np.isnan(x) else ("inf" if np.isposinf(x) else "-inf" if np.isneginf(x) else f"{x:.{nd}g}"
+                                      if nd == 3 else f"{x:.{nd}f}")
+
+
+def balance_rows(medicine: dict[str, np.ndarray], control: dict[str, np.ndarray],
+                 covariates: Sequence[str] = PAIR_COVARIATES, max_smd: float = MAX_SMD) -> list[dict[str, Any]]:
+    """Per covariate: the two means, the standardized mean difference and the |SMD| > ``max_smd`` flag.
+
+    SMD = (m1 - m0) / sqrt((s1² + s0²) / 2) with sample variances, medicine minus control
+    (:func:`medinterp.maps.balance.smd`, shared with the map's balance check).
+
+    Example:
+        >>> r = balance_rows({"x": np.array([1., 2, 3])}, {"x": np.array([2., 3, 4])}, ["x"])[0]
+        >>> r["medicine"], r["control"], round(r["smd"], 3), r["flag"]
+        (2.0, 3.0, -1.0, True)
+    """
+    from medinterp.maps.balance import smd
+
+    rows = []
+    for k in covariates:
+        a = np.asarray(medicine.get(k, []), float)
+        b = np.asarray(control.get(k, []), float)
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        d = smd(a, b)
+        rows.append({"covariate": k, "medicine": float(a.mean()) if len(a) else float("nan"),
+                     "control": float(b.mean()) if len(b) else float("nan"), "smd": d,
+                     "flag": bool(np.isnan(d) or abs(d) > max_smd)})
+    return rows
+
+
+def pair_balance(model: Any, family: str, *, known_only: bool = True, min_margin: float = 1.0,
+                 max_smd: float = MAX_SMD, medicine: Any = None, control: Any = None) -> BalanceTable:
+    """The balance table of a family's pair set against its control pair set on ``model``.
+
+    Args:
+        model: a HookedTransformer.
+        family: a knowledge-map row (:data:`medinterp.concepts.CONCEPT_FAMILIES`: its ``pairs`` and
+            ``control_pairs``).
+        known_only: compare the pairs the model knows (what causal tracing scores; default), else every
+            valid pair. A group with no known pair falls back to nothing: its means are NaN and flagged.
+        min_margin: the known rule's margin.
+        max_smd: flag threshold.
+        medicine, control: override the two pair sets (names, paths or sets).
+
+    Raises:
+        MedinterpError: an unknown family.
+    """
+    from medinterp.concepts import CONCEPT_FAMILIES
+    from medinterp.errors import MedinterpError
+
+    if family not in CONCEPT_FAMILIES:
+        raise MedinterpError(f"unknown family {family!r}; families: {sorted(CONCEPT_FAMILIES)}")
+    fam = CONCEPT_FAMILIES[family]
+    med = pair_measures(model, medicine if medicine is not None else fam["pairs"], min_margin=min_margin)
+    ctl = pair_measures(model, control if control is not None else fam["control_pairs"], min_margin=min_margin)
+
+    def pick(pm: PairMeasures) -> tuple[dict[str, np.ndarray], list]:
+        sel = pm.known if known_only else np.ones(pm.n_valid, bool)
+        return {k: v[sel] for k, v in pm.covariates.items()}, [u for u, s in zip(pm.units, sel) if s]
+
+    (mc, mu), (cc, cu) = pick(med), pick(ctl)
+    rows = balance_rows(mc, cc, PAIR_COVARIATES, max_smd)
+    matched = None
+    if mu and cu:
+        from medinterp.maps.balance import match_units
+
+        matched = match_units(mc, mu, cc, cu, max_smd=max_smd)
+    return BalanceTable(family, med.model, med, ctl, known_only, rows, matched, max_smd)

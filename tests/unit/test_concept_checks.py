@@ -165,3 +165,69 @@ def test_every_shipped_set_passes_the_model_free_checks():
 def test_shipped_lexical_baselines_are_computed(name):
     rep = check_set(name)
     assert rep.lexical and all(np.isfinite(list(d.values())).all() for d in rep.lexical.values())
+
+
+# ----------------------------------------------------------------------------- balance table
+
+
+def test_balance_rows_smd_by_hand():
+    from medinterp.concepts.checks import balance_rows
+
+    a, b = np.array([1.0, 2.0, 4.0, 5.0]), np.array([2.0, 2.0, 3.0])
+    ref = (a.mean() - b.mean()) / np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
+    r = balance_rows({"x": a}, {"x": b}, ["x"])[0]
+    assert r["smd"] == pytest.approx(ref) and r["medicine"] == 3.0 and r["control"] == pytest.approx(7 / 3)
+    assert r["flag"] == (abs(ref) > 0.25)
+    same = balance_rows({"x": a}, {"x": a + 0.01}, ["x"])[0]
+    assert abs(same["smd"]) < 0.01 and not same["flag"]
+    assert balance_rows({"x": a}, {"x": np.array([])}, ["x"])[0]["flag"]  # no control: flagged, not passed
+
+
+_MED = [("The drug chest is used for", "The drug cough is used for", " angina", " pneumonia"),
+        ("The drug fever is used for", "The drug wheezing is used for", " pneumonia", " asthma"),
+        ("The drug chest is used for", "The drug fever is used for", " angina", " asthma")]
+
+
+def test_pair_balance_same_set_is_balanced_longer_frame_is_flagged(tiny):
+    from medinterp.concepts.checks import pair_balance
+
+    med = PairSet.from_pairs(_MED)
+    t = pair_balance(tiny, "drugs", known_only=False, medicine=med, control=med)
+    assert t.ok and all(r["smd"] == 0 for r in t.rows) and t.medicine.n_valid == 3
+    # the same subjects in a longer frame: tokens after the subject and prompt length differ, nothing else
+    longer = PairSet.from_pairs([(c.replace("used for", "mostly used by people for"),
+                                  x.replace("used for", "mostly used by people for"), a, b) for c, x, a, b in _MED])
+    t = pair_balance(tiny, "drugs", known_only=False, medicine=med, control=longer)
+    # (the intact LD moves too on a random model; the subjects and answers are the same)
+    assert {"tokens_after_subject", "prompt_tokens"} <= set(t.flagged)
+    assert "subject_tokens" not in t.flagged and "answer_prior" not in t.flagged
+    row = {r["covariate"]: r for r in t.rows}
+    assert row["tokens_after_subject"]["control"] - row["tokens_after_subject"]["medicine"] == pytest.approx(
+        len(tiny.to_tokens(" mostly used by people for", prepend_bos=False)[0]) - len(tiny.to_tokens(" used for", prepend_bos=False)[0]))
+    assert "not balanced" in t.render() and "|SMD| > 0.25" in t.render()
+    with pytest.raises(Exception, match="unknown family"):
+        pair_balance(tiny, "nope")
+
+
+def test_cli_check_family_prints_the_balance_table(tiny, monkeypatch):
+    from typer.testing import CliRunner
+
+    import medinterp.cli._common as common
+    from medinterp.cli import app
+
+    monkeypatch.setattr(common, "load_model", lambda spec, **kw: tiny)
+    r = CliRunner().invoke(app, ["concepts", "check", "-f", "drugs", "--all-pairs"])
+    assert r.exit_code == 0, r.output
+    assert "balance of drugs" in r.output and "drug_pairs_control" in r.output
+    for cov in ("subject_tokens", "tokens_after_subject", "prompt_tokens", "answer_prior", "intact_ld"):
+        assert cov in r.output
+    from medinterp.concepts.checks import pair_balance
+
+    t = pair_balance(tiny, "drugs", known_only=False)
+    for row in t.rows:  # the printed SMD is the function's
+        line = next(ln for ln in r.output.splitlines() if ln.strip().startswith(row["covariate"] + " "))
+        assert f"{row['smd']:.2f}" in line.replace("inf", "inf")
+    strict = CliRunner().invoke(app, ["concepts", "check", "-f", "drugs", "--all-pairs", "--strict"])
+    assert strict.exit_code == (0 if t.ok else 1)
+    bad = CliRunner().invoke(app, ["concepts", "check", "-f", "nope"])
+    assert bad.exit_code != 0
