@@ -258,3 +258,116 @@ def grouped_r2(
     splits = list(cv.split(X)) if isinstance(cv, KFold) else cv
     pred = out_of_fold_ridge(X, y, splits, alpha)  # = cross_val_predict(StandardScaler -> Ridge(alpha))
     return float(r2_score(y, pred))
+
+
+# ============================================================================ refit nulls (issue 20)
+def ridge_fold_operator(
+    X_train: Float[np.ndarray, "n_train d"],
+    X_test: Float[np.ndarray, "n_test d"],
+    alpha: float = 1.0,
+) -> Float[np.ndarray, "n_test n_train"]:
+    """``StandardScaler -> Ridge(alpha)`` fitted on one fold, as a linear map of the training targets.
+
+    For any targets ``Y [n_train, k]`` the fold's test predictions are ``M @ Y + Y.mean(0)``: the same
+    numbers as :func:`out_of_fold_ridge` on that fold (primal or dual form as there; equal up to
+    rounding). The features never change under a label permutation, so one ``M`` per fold scores any
+    number of permuted label sets with one matrix product (the refit null of
+    :func:`medinterp.techniques.geometry.inference.permutation_levels`).
+
+    Example:
+        >>> rng = np.random.default_rng(0); X = rng.normal(size=(30, 4)); y = rng.normal(size=(30, 1))
+        >>> M = ridge_fold_operator(X[:20], X[20:])
+        >>> bool(np.allclose(M @ y[:20] + y[:20].mean(0), _ridge_fold(X[:20], y[:20], X[20:], 1.0)))
+        True
+    """
+    Z, Zt = _standardise(np.asarray(X_train, np.float64), np.asarray(X_test, np.float64))
+    z_mean = Z.mean(0)
+    Zc = Z - z_mean
+    Zt = Zt - z_mean
+    n, d = Zc.shape
+    if d > n:  # dual: W = Zcᵀ K⁻¹ Yc and Zcᵀ K⁻¹ 1 = 0 (K 1 = alpha 1), so Yc may be Y
+        K = Zc @ Zc.T
+        K.flat[:: n + 1] += alpha
+        return linalg.solve(K, Zc @ Zt.T, assume_a="pos", overwrite_a=True).T
+    A = Zc.T @ Zc
+    A.flat[:: d + 1] += alpha
+    return Zt @ linalg.solve(A, Zc.T, assume_a="pos", overwrite_a=True)
+
+
+def weighted_ridge_fold(
+    X_train: Float[np.ndarray, "n_train d"],
+    weights: Float[np.ndarray, "n_train"],
+    Y_train: Float[np.ndarray, "n_train k"],
+    X_test: Float[np.ndarray, "n_test d"],
+    alpha: float = 1.0,
+) -> Float[np.ndarray, "n_test k"]:
+    """Test predictions of ``StandardScaler -> Ridge(alpha)`` fitted on training rows repeated ``weights``
+    times (integer weights: a bootstrap sample), without copying rows.
+
+    Row ``i`` counted ``w_i`` times gives the weighted mean and (population) variance of the scaler and
+    the weighted normal equations of the ridge (primal form; the dual's solution is the same).
+
+    Example:
+        >>> rng = np.random.default_rng(0); X = rng.normal(size=(30, 4)); y = rng.normal(size=(30, 2))
+        >>> w = np.array([2] * 5 + [1] * 15)
+        >>> rep = np.repeat(np.arange(20), w)
+        >>> bool(np.allclose(weighted_ridge_fold(X[:20], w, y[:20], X[20:]), _ridge_fold(X[rep], y[rep], X[20:], 1.0)))
+        True
+    """
+    X = np.asarray(X_train, np.float64)
+    w = np.asarray(weights, np.float64)
+    Y = np.asarray(Y_train, np.float64)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    Xt = np.asarray(X_test, np.float64)
+    n = w.sum()
+    if not n > 0:
+        raise MedinterpError("weighted_ridge_fold: the training weights sum to 0")
+    mu = w @ X / n
+    var = w @ (X - mu) ** 2 / n
+    eps = np.finfo(np.float64).eps
+    sd = np.sqrt(var)
+    sd = np.where(var <= n * eps * var + (n * mu * eps) ** 2, 1.0, sd)  # sklearn's constant-feature rule
+    Z, Zt = (X - mu) / sd, (Xt - mu) / sd
+    z_mean, y_mean = w @ Z / n, w @ Y / n
+    Zc, Yc = Z - z_mean, Y - y_mean
+    Zw = Zc * w[:, None]
+    A = Zw.T @ Zc
+    A.flat[:: A.shape[0] + 1] += alpha
+    W = linalg.solve(A, Zw.T @ Yc, assume_a="pos", overwrite_a=True)
+    return Zt @ W + (y_mean - z_mean @ W)
+
+
+def weighted_ridge_fold_stack(
+    X_train: Float[np.ndarray, "L n_train d"],
+    weights: Float[np.ndarray, "n_train"],
+    Y_train: Float[np.ndarray, "n_train k"],
+    X_test: Float[np.ndarray, "L n_test d"],
+    alpha: float = 1.0,
+) -> Float[np.ndarray, "L n_test k"]:
+    """:func:`weighted_ridge_fold` for ``L`` feature sets of one width at once (same rows, weights and
+    targets; one batched solve instead of ``L`` calls)."""
+    X = np.asarray(X_train, np.float64)
+    Xt = np.asarray(X_test, np.float64)
+    w = np.asarray(weights, np.float64)
+    Y = np.asarray(Y_train, np.float64)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    n = w.sum()
+    if not n > 0:
+        raise MedinterpError("weighted_ridge_fold_stack: the training weights sum to 0")
+    mu = np.einsum("i,lid->ld", w, X) / n
+    Xc = X - mu[:, None, :]
+    var = np.einsum("i,lid->ld", w, Xc ** 2) / n
+    eps = np.finfo(np.float64).eps
+    sd = np.sqrt(var)
+    sd = np.where(var <= n * eps * var + (n * mu * eps) ** 2, 1.0, sd)  # sklearn's constant-feature rule
+    Zc = Xc / sd[:, None, :]  # weighted-centred already (z_mean = 0 up to rounding)
+    z_mean = np.einsum("i,lid->ld", w, Zc) / n
+    Zc = Zc - z_mean[:, None, :]
+    Zt = (Xt - mu[:, None, :]) / sd[:, None, :] - z_mean[:, None, :]
+    y_mean = w @ Y / n
+    Zw = Zc * w[None, :, None]
+    A = np.matmul(Zw.transpose(0, 2, 1), Zc)
+    d = A.shape[1]
+    A[:, np.arange(d), np.arange(d)] += alpha
+    W = np.linalg.solve(A, np.matmul(Zw.transpose(0, 2, 1), Y - y_mean))
+    return np.matmul(Zt, W) + y_mean

@@ -42,6 +42,7 @@ from medinterp.techniques.geometry.concept import (
     unit_scores_for,
 )
 from medinterp.techniques.geometry.embedding import is_constant
+from medinterp.techniques.geometry.inference import _fmt
 from medinterp.techniques.geometry.layer import TABLE_COLUMNS, _row
 from medinterp.techniques.geometry.questions import (
     age_step,
@@ -79,10 +80,14 @@ class HeadlineOutput:
     findings: dict[str, Any]
     progression: pd.DataFrame | None
     seconds: float
+    features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # read -> [L, n, k] probe features
+    lexical_features: np.ndarray | None = None  # [n, k'] the lexical baseline's features
+    groups: np.ndarray | None = None  # [n] CV groups of the primary labelling (the map's units)
 
 
 def _groups(inp: HeadlineInput, label: str) -> np.ndarray:
-    """CV groups: the age itself for the age label (GroupKFold by age), else the item."""
+    """CV groups: the age itself for the age label (GroupKFold by age), else the item (as
+    :func:`~medinterp.techniques.geometry.inference.cv_groups`)."""
     if label == inp.age:
         return np.asarray(inp.labels[label], float)
     return np.asarray([str(u) for u in inp.item_ids])
@@ -114,6 +119,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
         raise MedinterpError("geometry headline: no labelling to score")
     rows: list[dict] = []
     unit: dict[str, np.ndarray] = {}
+    feat_out: dict[str, np.ndarray] = {}
     findings: dict[str, Any] = {"primary_label": inp.scored[0]}
     progs: list[pd.DataFrame] = []
     lex = lexical_features(inp.item_text, pca_dims, seed)
@@ -142,12 +148,16 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
         sil_labs = [lab for lab in dict.fromkeys(probe_labels + labs) if lab not in inp.continuous] \
             if read == main else []
         per_label = {lab: np.full((n, L), np.nan) for lab in labs}
+        feats: np.ndarray | None = None
         age_rows, prog_rows = [], []
         for j, layer in enumerate(inp.layers):
             raw_X = np.asarray(V[j], np.float64)
             constant = is_constant(raw_X)
             Xc = template_centre(raw_X, tpl)
             Z = reduce(Xc, pca_dims, seed)
+            if feats is None:
+                feats = np.empty((L, n, Z.shape[1]), np.float32)
+            feats[j] = Z
             for lab in labs:
                 in_m = inp.matched is not None and lab in inp.matched
                 sel = keep_m if in_m else _present(inp.labels[lab])
@@ -194,6 +204,7 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
             sel = ~np.isnan(S[:, 0])
             _ci_rows(rows, inp.layers, read, "probe", lab, S[sel], units[sel], n_boot, ci, seed)
         unit[read] = per_label[probe_labels[0]]
+        feat_out[read] = feats
         if inp.matched and read == main:
             a, b = inp.matched
             d = paired_item_difference(per_label[a][keep_m], per_label[b][keep_m], units[keep_m], n_boot=n_boot,
@@ -212,7 +223,9 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
         findings["progression_lexical"] = {k: r[k] for k in ("spearman", "null_mean", "null_q95", "p_value", "closes")}
     return HeadlineOutput(rows=rows, unit=unit, lexical=lexical_scores, findings=findings,
                           progression=pd.concat(progs, ignore_index=True) if progs else None,
-                          seconds=time.perf_counter() - t0)
+                          seconds=time.perf_counter() - t0, features=feat_out,
+                          lexical_features=np.asarray(lex, np.float32),
+                          groups=np.asarray([_fmt(g) for g in _groups(inp, probe_labels[0])]))
 
 
 def headline_table(rows: list[dict]) -> pd.DataFrame:

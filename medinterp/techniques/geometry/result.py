@@ -55,6 +55,14 @@ class GeometryResult(TechniqueResult):
         lexical_scores: ``[n_prompts]`` the same per-prompt scores of the lexical baseline (character
             3-5-gram TF-IDF of the item strings, same probe and folds).
         unit_ids / template_ids: item id and template index of each prompt.
+        cv_groups: the CV group of each prompt for the primary labelling (the age for age, else the
+            item): the units of :meth:`unit_scores` and of the refit tests.
+        probe_features: ``[layers, n_prompts, k]`` float32, the features the primary probe was fitted on
+            (template-centred, PCA-reduced reads of the unit read), so the refit tests
+            (:mod:`~medinterp.techniques.geometry.inference`) need no model; ``lexical_features``
+            ``[n_prompts, k']`` the lexical baseline's.
+        covariates / covariate_names: per-prompt covariates (``n_classes``, ``items_per_class`` of the
+            primary labelling; NaN for a continuous one), see :mod:`medinterp.covariates`.
         findings: the family questions that are not per-layer rows (lexical baseline summaries, age steps
             per layer, progression's lexical floor).
         warnings: named warnings of the run (e.g. a constant layer whose metrics are NaN).
@@ -88,12 +96,19 @@ class GeometryResult(TechniqueResult):
     lexical_scores: np.ndarray | None = None
     unit_ids: list = dataclasses.field(default_factory=list)
     template_ids: list = dataclasses.field(default_factory=list)
+    cv_groups: list = dataclasses.field(default_factory=list)
+    probe_features: np.ndarray | None = None
+    lexical_features: np.ndarray | None = None
+    covariates: np.ndarray | None = None
+    covariate_names: list = dataclasses.field(default_factory=list)
     findings: dict = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     def _after_load(self) -> None:
         self.layers = [int(x) for x in self.layers]
         self.unit_ids = [str(u) for u in self.unit_ids]
+        self.cv_groups = [str(u) for u in self.cv_groups]
+        self.covariate_names = [str(c) for c in self.covariate_names]
         for name in ("age_steps", "progression", "table"):
             df = getattr(self, name)
             for col in ("group", "label"):
@@ -159,15 +174,79 @@ class GeometryResult(TechniqueResult):
 
         Categorical: chance-corrected, class-balanced correctness ``(correct * n/(k n_c) - 1/k)/(1 - 1/k)``
         (its mean is the chance-corrected balanced accuracy; 0 = chance). Continuous (age, stage, dose):
-        ``1 - (yhat - y)² / Var(y)`` (its mean is the grouped R²). Units are item ids, templates the
-        template index. ``read="last"`` gives the final-token read.
+        ``1 - (yhat - y)² / Var(y)`` (its mean is the grouped R²). Units are the CV groups (the age for
+        age, else the item: :attr:`cv_groups`), templates the template index, covariates ``n_classes``
+        and ``items_per_class``. ``read="last"`` gives the final-token read.
+
+        These per-prompt scores are *not* independent within a unit's fold (one probe scores a whole
+        fold); tests on them must refit the probe (:meth:`probe_inputs`,
+        :func:`~medinterp.techniques.geometry.inference.geometry_cell`).
         """
         vals = self.unit_values if read == "span" else self.unit_values_last
         if vals is None:
             raise MedinterpError(f"geometry result for {self.concept_set!r} has no {read!r} unit scores "
                                  "(run geometry with positions='span_mean' and read_last=True)")
-        return UnitScores(values=np.asarray(vals)[:, self._blocks()], units=list(self.unit_ids),
-                          templates=list(self.template_ids) or None, description=self.curve_label)
+        return UnitScores(values=np.asarray(vals)[:, self._blocks()], units=self._units(),
+                          templates=list(self.template_ids) or None, description=self.curve_label,
+                          covariates=self._covariates())
+
+    def _primary_continuous(self) -> bool:
+        return self.label_kinds.get(self.primary.get("label")) == "continuous"
+
+    def _units(self) -> list[str]:
+        """The CV groups (older results without them: the age for a continuous ``age`` label, else the item)."""
+        if self.cv_groups:
+            return list(self.cv_groups)
+        from medinterp.techniques.geometry.inference import cv_groups
+
+        lab = self.primary.get("label")
+        if lab in self.labels:
+            return list(cv_groups(self.labels, lab, self.unit_ids, continuous=self._primary_continuous()))
+        return list(self.unit_ids)
+
+    def _covariates(self) -> dict[str, np.ndarray]:
+        from medinterp.covariates import from_matrix
+        from medinterp.techniques.geometry.inference import structure_covariates
+
+        if self.covariates is not None:
+            return from_matrix(self.covariates, self.covariate_names)
+        lab = self.primary.get("label")
+        if lab not in self.labels:
+            return {}
+        return structure_covariates(self.labels[lab], self._units(), self._primary_continuous())
+
+    def probe_inputs(self, read: str = "span"):
+        """What the refit tests need (:class:`~medinterp.techniques.geometry.inference.ProbeInputs`): the
+        stored probe features of the blocks, the lexical baseline's and the embedding layer's (when the run
+        read it: ``include_embed=True``), the primary label, CV groups and templates, on the prompts that
+        have the label.
+
+        Raises:
+            MedinterpError: the result has no stored features (saved by an older version), or ``read`` is
+                not the read they were stored for.
+        """
+        from medinterp.techniques.geometry.inference import ProbeInputs, present_mask
+
+        if self.probe_features is None:
+            raise MedinterpError(f"geometry result for {self.concept_set!r} has no stored probe features "
+                                 "(re-run geometry with this version)")
+        if read != self.primary.get("space", "span"):
+            raise MedinterpError(f"probe features are stored for the {self.primary.get('space')!r} read only")
+        lab = self.primary["label"]
+        y = np.asarray(self.labels[lab], dtype=object)
+        keep = present_mask(list(y))
+        cont = self._primary_continuous()
+        F = np.asarray(self.probe_features)
+        layers = np.asarray(self.layers)
+        blocks = layers >= 0
+        emb = F[np.flatnonzero(layers == -1)[0]][keep] if (layers == -1).any() else None
+        lex = np.asarray(self.lexical_features)[keep] if self.lexical_features is not None else None
+        tpl = np.asarray([str(t) for t in self.template_ids])[keep] if self.template_ids else None
+        yk = y[keep].astype(float) if cont else np.asarray([str(v) for v in y[keep]])
+        return ProbeInputs(layers=[int(x) for x in layers[blocks]], features=F[blocks][:, keep], lexical=lex,
+                           embedding=emb, y=yk, groups=np.asarray(self._units())[keep], templates=tpl,
+                           continuous=cont, n_splits=int(self.params.get("n_splits", 5)),
+                           fold_seed=int(self.params.get("seed", 0)))
 
     def lexical_baseline(self, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
         """(mean, low, high) of the lexical baseline's per-prompt scores (cluster bootstrap over items)."""

@@ -39,7 +39,9 @@ from medinterp.techniques.geometry.embedding import (
     _run_jobs,
     is_constant,
 )
+from medinterp.covariates import to_matrix
 from medinterp.techniques.geometry.headline import HeadlineInput, HeadlineOutput, headline
+from medinterp.techniques.geometry.inference import structure_covariates
 from medinterp.techniques.geometry.layer import TABLE_COLUMNS, LabelSpec, _present, layer_metrics
 from medinterp.techniques.geometry.result import GeometryResult
 
@@ -300,6 +302,9 @@ def _finish(prep: _Prepared, outs: list[tuple] | None, head: HeadlineOutput, mod
     timings = {"activations_s": prep.t_acts, "headline_s": head.seconds}
     if outs:
         timings.update(umap_cpu_s=t_umap, metrics_cpu_s=t_metrics)
+    primary_cont = primary_label in prep.cont_names
+    cov_m, cov_names = to_matrix(structure_covariates(
+        list(prep.lab_dict[primary_label]), head.groups if head.groups is not None else prep.item_ids, primary_cont))
     return GeometryResult(
         concept_set=prep.name,
         layers=list(prep.layers),
@@ -317,6 +322,11 @@ def _finish(prep: _Prepared, outs: list[tuple] | None, head: HeadlineOutput, mod
         unit_values=head.unit[read].astype(np.float64),
         unit_values_last=head.unit["last"].astype(np.float64) if "last" in head.unit and read != "last" else None,
         lexical_scores=np.asarray(head.lexical, np.float64),
+        probe_features=head.features.get(read),
+        lexical_features=head.lexical_features,
+        cv_groups=[str(g) for g in head.groups] if head.groups is not None else [],
+        covariates=cov_m,
+        covariate_names=cov_names,
         unit_ids=[str(u) for u in prep.item_ids],
         template_ids=[int(t) if isinstance(t, (int, np.integer)) else str(t) for t in (prep.template_ids or [])],
         findings=head.findings,
@@ -543,12 +553,13 @@ TECHNIQUE = Technique(
     run_many_fn=_run_families,
     presets={
         # headline only (no UMAP): template-centred span + final-token reads, item-grouped probes
-        # (the embedding output is not a block: the map's curve never reads it)
+        # (the embedding output, layer -1, is read so that the map can report what a block adds over it;
+        # it is not a block: the map's curve never reads it)
         # max_prompts: the time budget, in templates per item (full: drugs 6 of 9 templates, age 5, the rest
         # all; quick, a first look: one frame per item, every item, so no template-centring)
-        "full": {"paper": False, "include_embed": False, "max_prompts": 1000, "min_templates": 4,
+        "full": {"paper": False, "include_embed": True, "max_prompts": 1000, "min_templates": 4,
                  "n_boot_items": 1000, "n_null": 1000},
-        "quick": {"paper": False, "include_embed": False, "max_prompts": 100, "min_templates": 1,
+        "quick": {"paper": False, "include_embed": True, "max_prompts": 100, "min_templates": 1,
                   "n_boot_items": 1000, "n_null": 1000},
     },
     needs=("concepts",),
