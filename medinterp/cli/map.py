@@ -36,7 +36,7 @@ def map_cmd(
     correction: str = typer.Option("holm", help="'holm' or 'fdr_bh'."),
     min_run: int = typer.Option(2, "--min-run", help="Shortest run of marked layers."),
     robustness: float = typer.Option(0.8, help="Fraction of resamples a marked layer must be marked in."),
-    n_perm: int = typer.Option(1000, "--n-perm", help="Permutations per test."),
+    n_perm: int = typer.Option(20000, "--n-perm", help="Random permutations per test (exact enumeration up to 65,536 assignments)."),
     twin_seed: int = typer.Option(0, "--twin-seed", help="Init seed of the random-init twin."),
     progress: ProgressOpt = True,
 ) -> None:

@@ -38,7 +38,8 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> units = np.repeat(np.arange(20), 3); tmpl = np.tile(np.arange(3), 20)
     >>> med = rng.normal(size=(60, 6)); med[:, 2:4] += 2.0
-    >>> mk = lambda v: UnitScores(v, list(units), list(tmpl))
+    >>> same = {"subject_tokens": np.ones(60)}  # a covariate balanced between the families
+    >>> mk = lambda v: UnitScores(v, list(units), list(tmpl), covariates=same)
     >>> out = effect_over_control(mk(med), mk(rng.normal(size=(60, 6))), mk(rng.normal(size=(60, 6))),
     ...                           n_perm=999, n_boot=200, n_resamples=10)
     >>> out.intervals
@@ -61,7 +62,7 @@ Correction = Literal["holm", "fdr_bh"]
 
 #: the per-layer statistics a (family, technique) cell stores, in ``KnowledgeMap.control_stats`` order.
 CONTROL_STATS: tuple[str, ...] = ("effect", "ci_low", "ci_high", "p_adj", "effect_twin", "twin_low", "twin_high",
-                                  "p_adj_twin", "marked", "robustness")
+                                  "p_adj_twin", "marked", "robustness", "mde")
 
 
 class NoScores(MedinterpError):
@@ -85,6 +86,10 @@ class ControlMarking:
         smallest_p_adj: the smallest corrected p-value these item counts can give at any layer
             (:func:`medinterp.stats.smallest_p`, times the number of layers for Holm); above ``alpha`` no
             layer can be marked, whatever the data.
+        mde: ``[n_layers]`` minimum detectable effect over the control family (80% power at
+            ``alpha / n_layers``, :func:`medinterp.stats.minimum_detectable_effect`) on the compared items;
+            inf where the item counts cannot reach alpha.
+        balance: the control's :class:`medinterp.maps.balance.Balance` (None: not checked).
     """
 
     effect: np.ndarray
@@ -103,15 +108,26 @@ class ControlMarking:
     n_control: int
     n_twin: int
     smallest_p_adj: float = 0.0
+    mde: np.ndarray | None = None
+    balance: Any = None
+
+    @property
+    def comparable(self) -> bool:
+        """Whether the control family passed the balance check (True when it was not checked)."""
+        return self.balance is None or bool(self.balance.comparable)
 
     def stats_array(self) -> Float[np.ndarray, "n_stats n_layers"]:
         """The :data:`CONTROL_STATS` rows stacked (``marked`` as 0/1)."""
-        return np.stack([np.asarray(getattr(self, k), dtype=float) for k in CONTROL_STATS])
+        n = len(self.effect)
+        return np.stack([np.asarray(getattr(self, k) if getattr(self, k) is not None else np.full(n, np.nan),
+                                    dtype=float) for k in CONTROL_STATS])
 
 
 # ============================================================================ cleaning and pairing
 def clean(scores: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(values, units, templates)`` of a :class:`UnitScores` without the prompts that have NaN values.
+
+    The kept rows' covariates are :func:`clean_covariates`.
 
     Raises:
         NoScores: not a UnitScores, all values NaN (the reason names the scores' description), or < 2 items.
@@ -129,6 +145,13 @@ def clean(scores: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if len(np.unique(units)) < 2:
         raise NoScores(f"{what}: fewer than 2 items with finite scores")
     return v, units, tmpl
+
+
+def clean_covariates(scores: Any) -> dict[str, np.ndarray]:
+    """The covariates of the rows :func:`clean` keeps (finite values), as ``{name: array}``."""
+    cov = getattr(scores, "covariates", None) or {}
+    ok = np.isfinite(np.asarray(scores.values, dtype=float)).all(axis=1)
+    return {k: np.asarray(v, float)[ok] for k, v in cov.items()}
 
 
 def _order_in_unit(units: np.ndarray) -> np.ndarray:
@@ -173,6 +196,17 @@ class _Data:
     tw_t: np.ndarray | None
 
 
+def _subset(d: _Data, med_units: np.ndarray, ctrl_units: np.ndarray) -> _Data:
+    """``d`` restricted to the given medicine and control items (twin rows follow the medicine items)."""
+    m = np.isin(d.med_u, med_units)
+    c = np.isin(d.ctrl_u, ctrl_units)
+    if d.tw is None:
+        return _Data(d.med[m], d.med_u[m], d.med_t[m], d.ctrl[c], d.ctrl_u[c], d.ctrl_t[c], None, None, None, None)
+    t = np.isin(d.tw_u, med_units)
+    return _Data(d.med[m], d.med_u[m], d.med_t[m], d.ctrl[c], d.ctrl_u[c], d.ctrl_t[c],
+                 d.tw_med[t], d.tw[t], d.tw_u[t], d.tw_t[t])
+
+
 def _prepare(medicine: UnitScores, control: UnitScores, twin: UnitScores | None) -> _Data:
     med, mu, mt = clean(medicine, "medicine")
     ctrl, cu, ct = clean(control, "control family")
@@ -189,17 +223,18 @@ def _prepare(medicine: UnitScores, control: UnitScores, twin: UnitScores | None)
     return _Data(med, mu, mt, ctrl, cu, ct, med[ia], tw[ib], mu[ia], mt[ia])
 
 
-def _mark(d: _Data, *, alpha: float, correction: str, min_run: int, n_perm: int, n_boot: int, seed: int):
+def _mark(d: _Data, *, alpha: float, correction: str, min_run: int, n_perm: int, n_boot: int, seed: int,
+          exact: bool = True):
     """Steps 1-4 of the module docstring: ``(vs control, vs twin, p_adj both, marked mask)``."""
     vs_c = stats.layer_effects(d.med, d.ctrl, medicine_units=d.med_u, control_units=d.ctrl_u,
-                               n_boot=n_boot, n_perm=n_perm, seed=seed)
+                               n_boot=n_boot, n_perm=n_perm, seed=seed, exact=exact)
     pc = stats.adjust(vs_c.p, correction)
     if d.tw is None:  # control family only: one corrected test per layer, FWER <= alpha still
         marked = stats.mark_layers(pc, alpha=alpha, min_run=min_run, effect=vs_c.effect, direction="greater")
         return vs_c, None, pc, np.full_like(pc, np.nan), marked
     # paired: per-item means of matched rows, in the same (sorted) item order for both
     vs_t = stats.layer_effects(stats.unit_means(d.tw_med, d.tw_u), stats.unit_means(d.tw, d.tw_u), paired=True,
-                               n_boot=n_boot, n_perm=n_perm, seed=seed + 1)
+                               n_boot=n_boot, n_perm=n_perm, seed=seed + 1, exact=exact)
     pt = stats.adjust(vs_t.p, correction)
     marked = stats.mark_layers(np.maximum(pc, pt), alpha=alpha, min_run=min_run,
                                effect=np.minimum(vs_c.effect, vs_t.effect), direction="greater")
@@ -248,8 +283,18 @@ def effect_over_control(
     n_boot: int = 2000,
     n_resamples: int = 20,
     seed: int = 0,
+    balance: bool = True,
+    max_smd: float = 0.25,
+    caliper: float = 0.5,
 ) -> ControlMarking:
     """Per-layer effect of medicine over its control family and over the random twin, and the marks.
+
+    With ``balance`` (the map's default) the control family must first be **comparable**
+    (:func:`medinterp.maps.balance.match_units` on the scores' covariates): medicine and control items
+    are matched (exact on token counts, caliper on the continuous covariates) and the tests run on the
+    matched items only; a control that cannot be balanced (|SMD| > ``max_smd`` after matching, too few
+    matched items, or no covariates recorded) gives a marking whose effect is shown on all items and
+    that is never marked (``comparable`` is False; ``balance.reason`` says why).
 
     Args:
         medicine: the model's unit scores on the family.
@@ -266,6 +311,9 @@ def effect_over_control(
         n_boot: bootstrap resamples for the CIs on the full data (resamples use 100: their CIs are unused).
         n_resamples: robustness resamples.
         seed: seed of every test, bootstrap and resample.
+        balance: check and match the covariates of medicine and control (False: all items, unchecked).
+        max_smd: the largest |SMD| after matching of a comparable control.
+        caliper: matching caliper in pooled SDs of the continuous covariates.
 
     Returns:
         A :class:`ControlMarking`.
@@ -281,15 +329,29 @@ def effect_over_control(
                              f"(got {alpha}, {robustness}, {min_run})")
     d = _prepare(medicine, control, twin)
     kw = dict(alpha=alpha, correction=correction, min_run=min_run, n_perm=n_perm)
+    bal = None
+    if balance:
+        from medinterp.maps.balance import match_units
+
+        bal = match_units(clean_covariates(medicine), d.med_u, clean_covariates(control), d.ctrl_u,
+                          max_smd=max_smd, caliper=caliper)
+        if bal.comparable:
+            d = _subset(d, bal.medicine_units, bal.control_units)
+            if d.tw_u is not None and len(np.unique(d.tw_u)) < 2:
+                raise NoScores("random twin: fewer than 2 matched items paired with the twin")
     vs_c, vs_t, pc, pt, sig = _mark(d, n_boot=n_boot, seed=seed, **kw)
     n_layers = d.med.shape[1]
+    if bal is not None and not bal.comparable:
+        sig = np.zeros(n_layers, dtype=bool)  # never marked: the control is not comparable
     if robustness > 0 and n_resamples > 0 and sig.any():
         def one(rng: np.random.Generator) -> Bool[np.ndarray, "n_layers"]:
             r = _resample(d, rng)
             tw_items = len(np.unique(r.tw_u)) if r.tw_u is not None else 2
             if min(len(np.unique(r.med_u)), len(np.unique(r.ctrl_u)), tw_items) < 2:
                 return np.zeros(n_layers, dtype=bool)
-            return _mark(r, n_boot=100, seed=int(rng.integers(2**31)), **kw)[-1]
+            # Monte Carlo p-values in the resamples (exact enumeration of 65,536 sign flips per resample
+            # would dominate the map's marking time); 1/(n_perm + 1) stays far below alpha / n_layers
+            return _mark(r, n_boot=100, seed=int(rng.integers(2**31)), exact=False, **kw)[-1]
 
         rob = stats.robustness(one, n_resamples, marked=sig, threshold=robustness, seed=seed)
         fraction, marked = rob.fraction, rob.stable
@@ -301,20 +363,25 @@ def effect_over_control(
     if vs_t is not None:
         floor = max(floor, stats.smallest_p(vs_t.n_medicine, vs_t.n_medicine, paired=True, n_perm=n_perm))
     smallest_adj = min(1.0, floor * n_layers) if correction == "holm" else floor  # BH: the smallest stays p
+    level = alpha / n_layers if correction == "holm" else alpha  # Holm's first step: a conservative power bound
+    mde = stats.minimum_detectable_effect(stats.unit_means(d.med, d.med_u), stats.unit_means(d.ctrl, d.ctrl_u),
+                                          alpha=level)
+    if smallest_adj > alpha:
+        mde = np.full(n_layers, np.inf)
     return ControlMarking(
         effect=vs_c.effect, ci_low=vs_c.ci_low, ci_high=vs_c.ci_high, p_adj=pc,
         effect_twin=vs_t.effect if vs_t is not None else nan, twin_low=vs_t.ci_low if vs_t is not None else nan,
         twin_high=vs_t.ci_high if vs_t is not None else nan, p_adj_twin=pt,
         significant=sig, robustness=fraction, marked=marked, intervals=stats.intervals_from_mask(marked),
         n_items=vs_c.n_medicine, n_control=vs_c.n_control, n_twin=vs_t.n_medicine if vs_t is not None else 0,
-        smallest_p_adj=float(smallest_adj),
+        smallest_p_adj=float(smallest_adj), mde=np.asarray(mde, float), balance=bal,
     )
 
 
 # ============================================================================ the map's use
 def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, twin, twin_status, *,
              controls: bool, notes: dict | None = None, twin_skipped: dict | None = None,
-             **marking: Any) -> tuple[dict, dict]:
+             balance_out: dict | None = None, **marking: Any) -> tuple[dict, dict]:
     """Effect over control of every (row, technique) of a map run.
 
     Args:
@@ -330,6 +397,8 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
         twin_skipped: ``{(row, technique): reason}`` of cells whose twin was not run because it could not
             change the map (:func:`twin_not_needed`): the effect over the control family is computed and
             shown, never marked, and the reason is the cell's status.
+        balance_out: a dict that receives ``balance_out[row][technique]``: the control's balance table
+            (:meth:`medinterp.maps.balance.Balance.to_dict`) and the cell's minimum detectable effect.
         **marking: keyword arguments of :func:`effect_over_control`.
 
     Returns:
@@ -357,7 +426,9 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                 else:
                     m = dataclasses.replace(m, marked=np.zeros_like(m.marked), intervals=[])
                     out[f][t] = m.stats_array()
-                    status[f][t] = f"too few items to mark: {m.n_items} items, {m.n_control} control items; {skip}"
+                    _record_balance(balance_out, f, t, m)
+                    status[f][t] = (m.balance.reason if not m.comparable else
+                                    f"too few items to mark: {m.n_items} items, {_ctrl_count(m)}; {skip}")
             elif twin_status.get(key) != "ok":
                 status[f][t] = f"random twin {twin_status.get(key, 'not run')}"
             else:
@@ -380,16 +451,39 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                     status[f][t] = f"failed: {e}"[:300]
                 else:
                     out[f][t] = m.stats_array()
+                    _record_balance(balance_out, f, t, m)
                     status[f][t] = "ok"
                     alpha = float(marking.get("alpha", 0.05))
-                    if m.smallest_p_adj > alpha:  # "no interval" would claim a test that could not reject
-                        status[f][t] = (f"too few items to mark: {m.n_items} items, {m.n_control} control items"
+                    if not m.comparable:  # never marked; the effect on all items is still shown
+                        status[f][t] = m.balance.reason
+                    elif m.smallest_p_adj > alpha:  # "no interval" would claim a test that could not reject
+                        status[f][t] = (f"too few items to mark: {m.n_items} items, {_ctrl_count(m)}"
                                         + (f", {m.n_twin} paired with the twin" if m.n_twin else "")
                                         + f"; the smallest attainable corrected p is {m.smallest_p_adj:.3g} "
                                         f"> α = {alpha:g} (a larger preset or more items)")
                     if tw_reason and notes is not None and status[f][t] == "ok":  # only on a markable cell
                         notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
     return out, status
+
+
+def _record_balance(out: dict | None, f: str, t: str, m: ControlMarking) -> None:
+    if out is None:
+        return
+    d = m.balance.to_dict() if m.balance is not None else {"comparable": None, "reason": "balance not checked"}
+    mde = np.asarray(m.mde, float) if m.mde is not None else np.full(len(m.effect), np.nan)
+    fin = mde[np.isfinite(mde)]
+    d["mde_min"] = round(float(fin.min()), 4) if len(fin) else None
+    d["mde_median"] = round(float(np.median(fin)), 4) if len(fin) else None
+    d["n_items_compared"], d["n_control_compared"] = int(m.n_items), int(m.n_control)
+    out.setdefault(f, {})[t] = d
+
+
+def _ctrl_count(m: ControlMarking) -> str:
+    """"N control items" (and how many there were before matching)."""
+    b = m.balance
+    if b is not None and b.comparable and b.n_control != m.n_control:
+        return f"{m.n_control} matched control items (of {b.n_control})"
+    return f"{m.n_control} control items"
 
 
 def _paired_floor(n: int, n_layers: int, *, correction: str, n_perm: int) -> float:

@@ -304,7 +304,7 @@ def knowledge_map(
     correction: str = "holm",
     min_run: int = 2,
     robustness: float = 0.8,
-    n_perm: int = 1000,
+    n_perm: int = 20000,
     n_boot: int = 2000,
     n_resamples: int = 20,
     twin_seed: int = 0,
@@ -424,8 +424,10 @@ def knowledge_map(
                 gc.collect()
     t0 = time.perf_counter()
     notes: dict = {}
+    balance: dict = {}
     cstats, cstatus = mark_all(fams, techniques, main, main_status, ctrl_res, ctrl_status, ctrl_fams, twin_res,
-                               twin_status, controls=controls, notes=notes, twin_skipped=twin_skipped, **marking_kw)
+                               twin_status, controls=controls, notes=notes, twin_skipped=twin_skipped,
+                               balance_out=balance, **marking_kw)
     run.timing["marking"] = round(time.perf_counter() - t0, 2)
     run.timing["total"] = round(time.perf_counter() - t_start, 2)
     cparams = {"alpha": alpha, "correction": correction, "min_run": min_run, "robustness": robustness,
@@ -440,7 +442,7 @@ def knowledge_map(
         run.curves, n_layers=n_layers, cis=run.cis, techniques=techniques, status=run.status,
         labels={f: fams[f].label or f for f in fams}, model_name=model_name, provenance=prov,
         rules=interval_rules(techniques), rule=rule, control_stats=cstats, control_status=cstatus,
-        control_params=cparams, control_notes=notes, **params,
+        control_params=cparams, control_notes=notes, control_balance=balance, **params,
     )
     km.curve_names.update(run.curve_names)
     km.result_dirs.update(run.result_dirs)
@@ -550,16 +552,17 @@ def map_from_work_dir(
     controls = bool(side[CONTROL_SUFFIX][0] or side[TWIN_SUFFIX][0])
     main = {(k.rsplit("/", 1)[0], k.rsplit("/", 1)[1]): r for k, r in run.results.items()}
     notes: dict = {}
+    balance: dict = {}
     tw_res, tw_st = side[TWIN_SUFFIX]
     skipped = _twin_skips(main, {k: "ok" for k in main}, list(main), marking or {})
     cstats, cstatus = mark_all(families, techniques, main, {k: "ok" for k in main}, *side[CONTROL_SUFFIX],
                                {f: True for f in families}, tw_res, tw_st, controls=controls, notes=notes,
-                               twin_skipped=skipped, **dict(marking or {}))
+                               twin_skipped=skipped, balance_out=balance, **dict(marking or {}))
     km = KnowledgeMap.from_curves(curves, n_layers=run.n_layers, cis=run.cis, techniques=techniques,
                                   status=run.status, model_name=model_name, provenance={"work_dir": str(work)},
                                   rules=interval_rules(techniques), rule="controls" if controls else "paper",
                                   control_stats=cstats, control_status=cstatus, control_params=dict(marking or {}),
-                                  control_notes=notes,
+                                  control_notes=notes, control_balance=balance,
                                   **params)
     km.curve_names.update(run.curve_names)
     km.result_dirs.update(run.result_dirs)

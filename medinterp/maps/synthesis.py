@@ -138,6 +138,9 @@ class KnowledgeMap(Result):
         control_params: alpha, correction, min_run, robustness, n_perm, n_boot of the marking.
         control_notes: ``control_notes[concept][technique]``: how a cell's marking departs from the rule
             (e.g. "vs control family only: random twin not known by the model: ...").
+        control_balance: ``control_balance[concept][technique]``: the control family's balance table
+            (covariate means and SMDs before and after matching, :mod:`medinterp.maps.balance`), whether it
+            is comparable, and the cell's minimum detectable effect (``mde_min`` / ``mde_median``).
     """
 
     kind = "knowledge_map"
@@ -162,6 +165,7 @@ class KnowledgeMap(Result):
     control_status: dict = dataclasses.field(default_factory=dict)
     control_params: dict = dataclasses.field(default_factory=dict)
     control_notes: dict = dataclasses.field(default_factory=dict)
+    control_balance: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.concepts = [str(c) for c in self.concepts]
@@ -181,6 +185,10 @@ class KnowledgeMap(Result):
         cshape = shape[:2] + (len(CONTROL_STATS), shape[2])
         self.control_stats = (np.full(cshape, np.nan) if self.control_stats is None
                               else np.asarray(self.control_stats, dtype=np.float64))
+        if self.control_stats.ndim == 4 and self.control_stats.shape[2] == len(CONTROL_STATS) - 1:
+            # a map saved before "mde" was added (0.2.x): its minimum detectable effect is unknown
+            pad = np.full(self.control_stats.shape[:2] + (1, self.control_stats.shape[3]), np.nan)
+            self.control_stats = np.concatenate([self.control_stats, pad], axis=2)
         if self.control_stats.shape != cshape:
             raise MedinterpError(f"KnowledgeMap: control_stats has shape {self.control_stats.shape}, expected {cshape}")
         if self.rule not in MAP_RULES:
@@ -224,6 +232,7 @@ class KnowledgeMap(Result):
         control_status: Mapping[str, Mapping[str, str]] | None = None,
         control_params: Mapping[str, Any] | None = None,
         control_notes: Mapping[str, Mapping[str, str]] | None = None,
+        control_balance: Mapping[str, Mapping[str, Any]] | None = None,
         **params: Any,
     ) -> "KnowledgeMap":
         """Build a map from ``curves[concept][technique] = array[n_layers]`` (missing = not run).
@@ -282,6 +291,7 @@ class KnowledgeMap(Result):
             control_status={c: dict(v) for c, v in (control_status or {}).items()},
             control_params=dict(control_params or {}),
             control_notes={c: dict(v) for c, v in (control_notes or {}).items()},
+            control_balance={c: dict(v) for c, v in (control_balance or {}).items()},
         )
 
     def rethreshold(self, **params: Any) -> "KnowledgeMap":
@@ -436,12 +446,16 @@ class KnowledgeMap(Result):
                                     np.nan, np.nan)
                         else:
                             vals = (kind[0], *(st[k[n], l] for n in kind[1:]), st[k["robustness"], l])
+                        fam_row = kind is not None and kind[0] == "control family"
+                        bal = (self.control_balance.get(c) or {}).get(t) or {}
                         rows.append({"family": c, "technique": t, "layer": l, "curve": self.curves[i, j, l],
                                      "effect": vals[1], "control": vals[0], "ci_low": vals[2], "ci_high": vals[3],
-                                     "p_adj": vals[4], "marked": bool(marks[i, j, l]), "robustness": vals[5],
-                                     "rule": self.rule})
+                                     "p_adj": vals[4], "marked": bool(marks[i, j, l]) and (kind is None or fam_row),
+                                     "robustness": vals[5], "mde": st[k["mde"], l] if fam_row else np.nan,
+                                     "comparable": bal.get("comparable") if fam_row else None,
+                                     "status": self.control_status.get(c, {}).get(t, ""), "rule": self.rule})
         cols = ["family", "technique", "layer", "curve", "effect", "control", "ci_low", "ci_high", "p_adj", "marked",
-                "robustness", "rule"]
+                "robustness", "mde", "comparable", "status", "rule"]
         return pd.DataFrame(rows, columns=cols)
 
     def save(self, path: str | os.PathLike) -> "KnowledgeMap":  # type: ignore[override]

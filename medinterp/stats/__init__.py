@@ -21,6 +21,9 @@ from medinterp.stats.layers import (
     mark_layers,
     robustness,
     smallest_p,
+    minimum_detectable_effect,
+    n_assignments,
+    EXACT_LIMIT,
 )
 from medinterp.stats.resampling import (
     BootstrapResult,
@@ -35,5 +38,5 @@ __all__ = [
     "BootstrapResult", "LayerEffects", "LayerMarking", "Robustness", "adjust", "cluster_bootstrap",
     "grouped_r2", "intervals_from_mask", "item_permutation_null", "item_permutations", "layer_effects",
     "mark_layer_effects", "mark_layers", "permutation_pvalue", "probe_balanced_accuracy", "robustness",
-    "smallest_p", "unit_means",
+    "smallest_p", "unit_means", "minimum_detectable_effect", "n_assignments", "EXACT_LIMIT",
 ]

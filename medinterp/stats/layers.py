@@ -117,6 +117,7 @@ def layer_effects(
     ci: float = 0.95,
     alternative: Alternative = "greater",
     seed: int = 0,
+    exact: bool = True,
 ) -> LayerEffects:
     """Effect over control per layer with an item-level CI and a permutation p-value.
 
@@ -143,6 +144,8 @@ def layer_effects(
         ci: confidence level.
         alternative: "greater" (medicine above control), "less" or "two-sided".
         seed: seed for both the bootstrap and the permutations.
+        exact: enumerate every assignment when there are at most :data:`EXACT_LIMIT` (default); False:
+            ``n_perm`` random draws whatever the count (robustness resamples, where speed matters more).
 
     Returns:
         A :class:`LayerEffects`.
@@ -164,6 +167,11 @@ def layer_effects(
         raise MedinterpError(f"layer_effects: paired needs equal shapes, got {medicine.shape} vs {control.shape}")
     rng = np.random.default_rng(seed)
     boot_rng, perm_rng = rng.spawn(2)
+    # Exact enumeration whenever the assignments are few (METHOD §0b): scipy's permutation_test enumerates
+    # them all when n_resamples covers them (np.inf), so the p-value has no Monte Carlo error and can reach
+    # 1/distinct; 1,000 random draws of 1,024 sign flips (10 items) could not reliably pass alpha / 18.
+    if exact and n_assignments(len(medicine), len(control), paired=paired) <= EXACT_LIMIT:
+        n_perm = np.inf
     if paired:
         diff = medicine - control
         effect = diff.mean(axis=0)
@@ -187,21 +195,67 @@ def layer_effects(
     )
 
 
+#: at most this many distinct assignments (sign flips / splits) are enumerated exactly, not sampled
+EXACT_LIMIT = 65_536
+
+
+def n_assignments(n_medicine: int, n_control: int, *, paired: bool) -> int:
+    """Distinct permutations of the test: ``2**n`` sign flips (paired) or ``C(n + m, n)`` splits.
+
+    Example:
+        >>> n_assignments(10, 10, paired=True), n_assignments(4, 4, paired=False)
+        (1024, 70)
+    """
+    return 2 ** int(n_medicine) if paired else math.comb(int(n_medicine) + int(n_control), int(n_medicine))
+
+
+def minimum_detectable_effect(
+    medicine: Float[np.ndarray, "n_items n_layers"],
+    control: Float[np.ndarray, "n_ctrl n_layers"],
+    *,
+    alpha: float,
+    power: float = 0.8,
+    paired: bool = False,
+) -> Float[np.ndarray, "n_layers"]:
+    """Per layer, the smallest true effect the test would detect with ``power`` at level ``alpha``.
+
+    Normal approximation of the difference of item means (Welch's standard error; paired: the SD of the
+    per-item differences over sqrt(n)): ``MDE = (z[1 - alpha] + z[power]) * SE``. Pass the *corrected*
+    level (``alpha / n_layers`` for Holm's first step, a conservative bound). Rows are items.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> a, b = rng.normal(size=(400, 1)), rng.normal(size=(400, 1))
+        >>> round(float(minimum_detectable_effect(a, b, alpha=0.05)[0]), 1)  # (1.645 + 0.842) * sqrt(2/400)
+        0.2
+    """
+    a = np.asarray(medicine, float)
+    b = np.asarray(control, float)
+    z = scipy.stats.norm.ppf(1 - alpha) + scipy.stats.norm.ppf(power)
+    if paired:
+        d = a - b
+        se = d.std(axis=0, ddof=1) / np.sqrt(len(d))
+    else:
+        se = np.sqrt(a.var(axis=0, ddof=1) / len(a) + b.var(axis=0, ddof=1) / len(b))
+    return z * se
+
+
 def smallest_p(n_medicine: int, n_control: int, *, paired: bool, n_perm: int) -> float:
     """The smallest p-value :func:`layer_effects` can return for these group sizes.
 
     scipy's ``permutation_test`` is exact when ``n_perm`` covers every distinct permutation (paired:
     ``2**n`` sign flips; unpaired: ``C(n_medicine + n_control, n_medicine)`` splits), and its p-value then
     counts the observed one, so it is at least ``1 / distinct``; otherwise (Monte Carlo) at least
-    ``1 / (n_perm + 1)``. With few items no layer can reach a corrected α: the map says so instead of
+    ``1 / (n_perm + 1)``. :func:`layer_effects` enumerates exactly whenever ``distinct <= EXACT_LIMIT``.
+    With few items no layer can reach a corrected α: the map says so instead of
     showing "no interval".
 
     Example:
         >>> smallest_p(3, 3, paired=True, n_perm=1000), smallest_p(20, 20, paired=False, n_perm=999)
         (0.125, 0.001)
     """
-    distinct = 2 ** int(n_medicine) if paired else math.comb(int(n_medicine) + int(n_control), int(n_medicine))
-    return 1.0 / distinct if n_perm >= distinct else 1.0 / (int(n_perm) + 1)
+    distinct = n_assignments(n_medicine, n_control, paired=paired)
+    return 1.0 / distinct if (n_perm >= distinct or distinct <= EXACT_LIMIT) else 1.0 / (int(n_perm) + 1)
 
 
 def adjust(pvals: Float[np.ndarray, "n_layers"], method: Correction = "holm") -> Float[np.ndarray, "n_layers"]:

@@ -26,7 +26,8 @@ N_LAYERS = 6
 def _scores(values, n_items, n_templates, prefix="item"):
     units = [f"{prefix}{i}" for i in range(n_items) for _ in range(n_templates)]
     tmpl = [t for _ in range(n_items) for t in range(n_templates)]
-    return UnitScores(values, units, tmpl, description="toy")
+    # families of identical token structure: a balanced covariate (the balance gate has its own tests)
+    return UnitScores(values, units, tmpl, description="toy", covariates={"subject_tokens": np.ones(len(units))})
 
 
 # ---------------------------------------------------------------- (a) pure noise, the map's own code path
@@ -88,9 +89,16 @@ def test_smallest_attainable_p_matches_scipy_on_the_most_extreme_data():
     for n, paired, n_perm in ((3, True, 1000), (5, False, 1000), (12, True, 999), (4, False, 10)):
         med, ctrl = np.arange(n, dtype=float) + 100.0, np.arange(n, dtype=float)  # medicine above every control
         kind = "samples" if paired else "independent"
+        # layer_effects enumerates exactly up to EXACT_LIMIT assignments: scipy's exact test is the reference
+        exact = stats.n_assignments(n, n, paired=paired) <= stats.EXACT_LIMIT
         p = scipy.stats.permutation_test((med, ctrl), lambda a, b: a.mean() - b.mean(), permutation_type=kind,
-                                         n_resamples=n_perm, alternative="greater", rng=0).pvalue
+                                         n_resamples=np.inf if exact else n_perm, alternative="greater", rng=0).pvalue
+        ours = stats.layer_effects(med[:, None], ctrl[:, None], paired=paired, n_perm=n_perm, n_boot=50).p[0]
+        assert ours == pytest.approx(p)
         assert p == pytest.approx(stats.smallest_p(n, n, paired=paired, n_perm=n_perm)), (n, paired, n_perm)
+    # beyond EXACT_LIMIT: Monte Carlo, floor 1 / (n_perm + 1)
+    assert stats.smallest_p(17, 17, paired=True, n_perm=999) == pytest.approx(1 / 1000)
+    assert stats.smallest_p(16, 16, paired=True, n_perm=999) == pytest.approx(2.0 ** -16)
 
 
 def test_too_few_items_to_mark_is_said_not_shown_as_no_interval(toys):
@@ -158,7 +166,8 @@ class ToyScores(TechniqueResult):
         return c - 0.1, c + 0.1
 
     def unit_scores(self):
-        return UnitScores(self.values, self.units, self.templates, description="toy evidence")
+        return UnitScores(self.values, self.units, self.templates, description="toy evidence",
+                          covariates={"subject_tokens": np.ones(len(self.units))})
 
 
 @dataclasses.dataclass
@@ -270,8 +279,13 @@ def test_map_marks_planted_layers_saves_all_runs_and_resumes(tmp_path, toys):
     df = pd.read_csv(tmp_path / "w" / "map" / "curves.csv")
     assert {"family", "technique", "layer", "effect", "control", "ci_low", "ci_high", "p_adj", "marked",
             "robustness"} <= set(df.columns)
-    sel = df[(df.family == "drugs") & (df.technique == "toy_planted") & (df.control == "random twin")]
+    sel = df[(df.family == "drugs") & (df.technique == "toy_planted") & (df.control == "control family")]
     assert sorted(sel[sel.marked].layer) == [2, 3] and len(sel) == N_LAYERS
+    assert sel.comparable.all() and np.isfinite(sel.mde).all() and (sel.status == "ok").all()
+    twin_rows = df[(df.family == "drugs") & (df.technique == "toy_planted") & (df.control == "random twin")]
+    assert len(twin_rows) == N_LAYERS and not twin_rows.marked.any()  # the mark is the cell's, said once
+    bal = km.control_balance["drugs"]["toy_planted"]
+    assert bal["comparable"] and bal["table"][0]["covariate"] == "subject_tokens" and bal["mde_median"] > 0
     # rerun: everything loads (the twin is not even built)
     calls = []
     orig = REGISTRY["toy_planted"]
@@ -355,6 +369,7 @@ def test_twin_is_not_run_where_its_paired_test_can_never_reject(tmp_path, toys, 
     few, ctrl_few = maps.run.family_specs(fams)["few"], maps.run.control_specs(fams)["few"]
     alone = effect_over_control(_planted(model, few).unit_scores(), _planted(model, ctrl_few).unit_scores(), None,
                                 n_perm=999, n_boot=100, n_resamples=10)
+    assert alone.n_control == 40  # 1:10 matching keeps every control item
     assert alone.marked.any()
     assert [(iv["concept"], iv["start"], iv["end"]) for iv in km.intervals] == [("drugs", 2, 3)]
     # the rule itself: 4 items never, 20 items can
