@@ -1,0 +1,567 @@
+"""Write the six matched non-medical control concept sets (``medinterp/concepts/data/*_control.yaml``).
+
+The controls are built so that geometry can compare like with like (issue 20, item 3): for every scored
+labelling the control has at least the medical set's class count and, class by class (sorted), at least as
+many items; the same number of templates in frames of the same token length around the item (wherever
+grammar allows); items whose token counts cover the medical items' on both offline tokenizers; factual,
+common-knowledge labels. ``scripts/control_structure.py`` prints the comparison.
+
+The data live here (one tuple per row) so a reviewer can read a whole set at once; run
+
+    .venv/bin/python scripts/build_control_sets.py
+
+to rewrite the YAML files (they are the shipped data; this script is how they were made).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1] / "medinterp" / "concepts" / "data"
+VERSION = "3.0.0"
+
+
+def q(s: object) -> str:
+    """A YAML double-quoted scalar (JSON string syntax is valid YAML)."""
+    return json.dumps(str(s), ensure_ascii=False)
+
+
+def row(d: dict) -> str:
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, bool) or v is None:
+            raise ValueError(f"{k}: {v!r}")
+        parts.append(f"{k}: {v if isinstance(v, (int, float)) else q(v)}")
+    return "  - {" + ", ".join(parts) + "}"
+
+
+def header(name: str, comment: str, description: str, provenance: str, item: str, labels: dict, columns: list,
+           templates: list) -> list[str]:
+    out = [f"# {comment}", f"name: {name}", "kind: concepts", f'version: "{VERSION}"', "description: >"]
+    out += ["  " + description.strip(), "provenance: >", "  " + provenance.strip(), f"item: {item}", "labels:"]
+    for lab, spec in labels.items():
+        out.append(f"  {lab}:")
+        out.append(f"    type: {spec['type']}")
+        if spec.get("values"):
+            out.append("    values: [" + ", ".join(q(v) for v in spec["values"]) + "]")
+    out.append("columns: [" + ", ".join(columns) + "]")
+    out.append("templates:")
+    for t in templates:
+        if isinstance(t, tuple):
+            out.append(f"  - text: {q(t[0])}")
+            out.append(f"    answer: {t[1]}")
+        else:
+            out.append(f"  - text: {q(t)}")
+    out.append("items:")
+    return out
+
+
+def write(name: str, lines: list[str]) -> None:
+    (DATA / f"{name}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ drugs
+# Control for `drugs` (152 drugs; specialty 15 classes; mechanism 90 classes): named food ingredients, each
+# with the cuisine it belongs to (like specialty) and what kind of food it is (like mechanism: a kind spans
+# cuisines, a cuisine holds many kinds). Names are single foreign words or short phrases, split into
+# several sub-words like drug names. (ingredient, cuisine, kind, use)
+INGREDIENTS = [
+    # Italian
+    ("pancetta", "Italian", "cured pork", " pasta"),
+    ("prosciutto", "Italian", "dry-cured ham", " sandwiches"),
+    ("guanciale", "Italian", "cured pork", " carbonara"),
+    ("mortadella", "Italian", "pork sausage", " sandwiches"),
+    ("nduja", "Italian", "pork sausage", " pizza"),
+    ("mozzarella", "Italian", "fresh cheese", " pizza"),
+    ("burrata", "Italian", "fresh cheese", " salads"),
+    ("ricotta", "Italian", "whey cheese", " lasagne"),
+    ("mascarpone", "Italian", "cream cheese", " tiramisu"),
+    ("parmesan", "Italian", "hard cheese", " pasta"),
+    ("Pecorino Romano", "Italian", "hard cheese", " pasta"),
+    ("gorgonzola", "Italian", "blue cheese", " sauces"),
+    ("taleggio", "Italian", "semi-soft cheese", " risotto"),
+    ("fontina", "Italian", "semi-soft cheese", " fondue"),
+    ("arborio rice", "Italian", "short-grain rice", " risotto"),
+    ("pesto", "Italian", "herb sauce", " pasta"),
+    ("balsamic vinegar", "Italian", "vinegar", " salads"),
+    ("passata", "Italian", "tomato puree", " sauces"),
+    ("semolina", "Italian", "durum wheat flour", " pasta"),
+    ("orzo", "Italian", "pasta", " soups"),
+    ("limoncello", "Italian", "fruit liqueur", " cocktails"),
+    ("amaretto", "Italian", "nut liqueur", " cocktails"),
+    ("grappa", "Italian", "brandy", " drinking"),
+    ("cannellini beans", "Italian", "beans", " soups"),
+    ("Grana Padano", "Italian", "hard cheese", " pasta"),
+    ("Pecorino Sardo", "Italian", "hard cheese", " pasta"),
+    ("stracciatella", "Italian", "fresh cheese", " salads"),
+    ("San Marzano tomatoes", "Italian", "plum tomatoes", " pizza"),
+    ("colatura di alici", "Italian", "fish sauce", " pasta"),
+    ("finocchiona", "Italian", "pork sausage", " sandwiches"),
+    ("soppressata", "Italian", "pork sausage", " pizza"),
+    ("pangrattato", "Italian", "breadcrumbs", " pasta"),
+    ("Castelvetrano olives", "Italian", "olives", " antipasti"),
+    ("caciocavallo", "Italian", "stretched-curd cheese", " grilling"),
+    ("pasta", "Italian", "pasta", " dinner"),
+    # Japanese
+    ("miso", "Japanese", "fermented soybean paste", " soup"),
+    ("mirin", "Japanese", "rice wine", " teriyaki"),
+    ("sake", "Japanese", "rice wine", " drinking"),
+    ("dashi", "Japanese", "fish stock", " soup"),
+    ("nori", "Japanese", "seaweed", " sushi"),
+    ("kombu", "Japanese", "seaweed", " stock"),
+    ("wasabi", "Japanese", "rhizome", " sushi"),
+    ("panko", "Japanese", "breadcrumbs", " frying"),
+    ("katsuobushi", "Japanese", "dried fish flakes", " stock"),
+    ("soba", "Japanese", "noodles", " soup"),
+    ("udon", "Japanese", "noodles", " soup"),
+    ("matcha", "Japanese", "green tea powder", " lattes"),
+    ("umeboshi", "Japanese", "pickled fruit", " rice"),
+    ("ponzu", "Japanese", "dipping sauce", " dipping"),
+    ("shiitake", "Japanese", "mushroom", " soups"),
+    ("shichimi togarashi", "Japanese", "spice blend", " noodles"),
+    ("yuzu", "Japanese", "citrus fruit", " dressings"),
+    ("shiso", "Japanese", "fresh herb", " sushi"),
+    ("somen", "Japanese", "noodles", " soup"),
+    ("sushi rice", "Japanese", "short-grain rice", " rolls"),
+    # Indian
+    ("garam masala", "Indian", "spice blend", " curry"),
+    ("tandoori masala", "Indian", "spice blend", " chicken"),
+    ("chaat masala", "Indian", "spice blend", " snacks"),
+    ("panch phoron", "Indian", "whole spice mix", " vegetables"),
+    ("ghee", "Indian", "clarified butter", " frying"),
+    ("paneer", "Indian", "fresh cheese", " curry"),
+    ("basmati rice", "Indian", "long-grain rice", " biryani"),
+    ("asafoetida", "Indian", "plant resin", " curry"),
+    ("fenugreek", "Indian", "seed spice", " curry"),
+    ("ajwain", "Indian", "seed spice", " bread"),
+    ("amchur", "Indian", "ground spice", " chutney"),
+    ("curry leaves", "Indian", "fresh herb", " tempering"),
+    ("chana dal", "Indian", "split pulses", " curry"),
+    ("urad dal", "Indian", "split pulses", " dosa"),
+    ("jaggery", "Indian", "unrefined sugar", " sweets"),
+    ("mustard oil", "Indian", "plant oil", " frying"),
+    ("nigella seeds", "Indian", "seed spice", " naan"),
+    # Chinese
+    ("hoisin sauce", "Chinese", "fermented bean sauce", " duck"),
+    ("oyster sauce", "Chinese", "seafood sauce", " stir-frying"),
+    ("XO sauce", "Chinese", "seafood sauce", " noodles"),
+    ("black bean sauce", "Chinese", "fermented bean sauce", " stir-frying"),
+    ("doubanjiang", "Chinese", "fermented bean paste", " tofu"),
+    ("Shaoxing wine", "Chinese", "rice wine", " braising"),
+    ("five-spice powder", "Chinese", "spice blend", " pork"),
+    ("Sichuan pepper", "Chinese", "pepper", " seasoning"),
+    ("bok choy", "Chinese", "leafy cabbage", " stir-frying"),
+    ("char siu", "Chinese", "roast pork", " buns"),
+    ("lap cheong", "Chinese", "pork sausage", " rice"),
+    ("wonton wrappers", "Chinese", "wrappers", " dumplings"),
+    ("chilli oil", "Chinese", "flavoured oil", " dumplings"),
+    ("century eggs", "Chinese", "preserved eggs", " congee"),
+    ("Chinkiang vinegar", "Chinese", "vinegar", " dumplings"),
+    # Mexican
+    ("masa harina", "Mexican", "corn flour", " tortillas"),
+    ("chipotle", "Mexican", "dried chilli", " salsa"),
+    ("ancho chilli", "Mexican", "dried chilli", " sauces"),
+    ("jalapeño", "Mexican", "fresh chilli", " nachos"),
+    ("tomatillo", "Mexican", "husk tomato", " salsa"),
+    ("queso fresco", "Mexican", "fresh cheese", " tacos"),
+    ("cotija", "Mexican", "hard cheese", " tacos"),
+    ("epazote", "Mexican", "fresh herb", " beans"),
+    ("mole poblano", "Mexican", "chilli sauce", " chicken"),
+    ("tequila", "Mexican", "agave spirit", " margaritas"),
+    ("mezcal", "Mexican", "agave spirit", " cocktails"),
+    ("corn tortillas", "Mexican", "flatbread", " tacos"),
+    ("refried beans", "Mexican", "beans", " burritos"),
+    ("guajillo", "Mexican", "dried chilli", " sauces"),
+    ("habanero", "Mexican", "fresh chilli", " salsa"),
+    # French
+    ("crème fraîche", "French", "cream", " sauces"),
+    ("Dijon mustard", "French", "mustard", " vinaigrette"),
+    ("herbes de Provence", "French", "dried herb blend", " roasting"),
+    ("brie", "French", "soft cheese", " baking"),
+    ("camembert", "French", "soft cheese", " baking"),
+    ("Roquefort", "French", "blue cheese", " salads"),
+    ("comté", "French", "hard cheese", " fondue"),
+    ("brioche", "French", "bread", " toast"),
+    ("cognac", "French", "brandy", " cocktails"),
+    ("Calvados", "French", "brandy", " drinking"),
+    ("fleur de sel", "French", "sea salt", " seasoning"),
+    ("crème de cassis", "French", "fruit liqueur", " cocktails"),
+    ("Puy lentils", "French", "lentils", " salads"),
+    ("Bayonne ham", "French", "dry-cured ham", " sandwiches"),
+    ("Brillat-Savarin", "French", "soft cheese", " cheeseboards"),
+    # Spanish
+    ("chorizo", "Spanish", "pork sausage", " stews"),
+    ("sobrasada", "Spanish", "pork sausage", " toast"),
+    ("morcilla", "Spanish", "offal sausage", " stews"),
+    ("jamón serrano", "Spanish", "dry-cured ham", " tapas"),
+    ("manchego", "Spanish", "hard cheese", " tapas"),
+    ("pimentón", "Spanish", "ground spice", " paella"),
+    ("bomba rice", "Spanish", "short-grain rice", " paella"),
+    ("sherry vinegar", "Spanish", "vinegar", " gazpacho"),
+    ("membrillo", "Spanish", "fruit paste", " cheese"),
+    ("cava", "Spanish", "wine", " celebrations"),
+    # Greek
+    ("feta", "Greek", "brined cheese", " salads"),
+    ("kefalotyri", "Greek", "hard cheese", " saganaki"),
+    ("graviera", "Greek", "hard cheese", " pies"),
+    ("kasseri", "Greek", "semi-hard cheese", " saganaki"),
+    ("filo pastry", "Greek", "pastry", " baklava"),
+    ("Kalamata olives", "Greek", "olives", " salads"),
+    ("tzatziki", "Greek", "yoghurt dip", " gyros"),
+    ("ouzo", "Greek", "spirit", " drinking"),
+    ("retsina", "Greek", "wine", " drinking"),
+    ("mastic", "Greek", "plant resin", " desserts"),
+    # Thai
+    ("nam pla", "Thai", "fish sauce", " curry"),
+    ("galangal", "Thai", "rhizome", " curry"),
+    ("lemongrass", "Thai", "fresh herb", " curry"),
+    ("makrut lime leaves", "Thai", "citrus leaves", " curry"),
+    ("palm sugar", "Thai", "unrefined sugar", " desserts"),
+    ("jasmine rice", "Thai", "long-grain rice", " curry"),
+    ("shrimp paste", "Thai", "fermented seafood", " curry"),
+    ("green curry paste", "Thai", "chilli paste", " chicken"),
+    ("nam prik pao", "Thai", "chilli paste", " soups"),
+    ("bird's eye chillies", "Thai", "fresh chilli", " sauces"),
+    # Korean
+    ("gochujang", "Korean", "fermented chilli paste", " bibimbap"),
+    ("gochugaru", "Korean", "dried chilli", " kimchi"),
+    ("doenjang", "Korean", "fermented soybean paste", " stew"),
+    ("ssamjang", "Korean", "fermented soybean paste", " wraps"),
+    ("kimchi", "Korean", "fermented vegetables", " stews"),
+    ("soju", "Korean", "spirit", " drinking"),
+    ("makgeolli", "Korean", "rice wine", " drinking"),
+    ("perilla leaves", "Korean", "fresh herb", " wraps"),
+    ("dangmyeon", "Korean", "noodles", " japchae"),
+    ("tteok", "Korean", "rice cake", " soups"),
+    ("cheonggukjang", "Korean", "fermented soybean paste", " stew"),
+    ("maesil cheong", "Korean", "syrup", " tea"),
+    ("kkakdugi", "Korean", "fermented vegetables", " rice"),
+    ("saeujeot", "Korean", "fermented seafood", " kimchi"),
+    ("dotorimuk", "Korean", "acorn jelly", " salads"),
+    ("yuja cheong", "Korean", "syrup", " tea"),
+    # Middle Eastern
+    ("tahini", "Middle Eastern", "seed paste", " hummus"),
+    ("sumac", "Middle Eastern", "ground spice", " salads"),
+    ("za'atar", "Middle Eastern", "spice blend", " bread"),
+    ("baharat", "Middle Eastern", "spice blend", " lamb"),
+    ("pomegranate molasses", "Middle Eastern", "syrup", " dressings"),
+    ("bulgur", "Middle Eastern", "wheat grain", " tabbouleh"),
+    ("freekeh", "Middle Eastern", "wheat grain", " salads"),
+    ("labneh", "Middle Eastern", "strained yoghurt", " dips"),
+    ("nabulsi cheese", "Middle Eastern", "brined cheese", " knafeh"),
+    # British
+    ("Marmite", "British", "yeast extract", " toast"),
+    ("Stilton", "British", "blue cheese", " crackers"),
+    ("Cheddar", "British", "hard cheese", " sandwiches"),
+    ("Worcestershire sauce", "British", "fermented fish sauce", " marinades"),
+    ("clotted cream", "British", "cream", " scones"),
+    ("Branston pickle", "British", "vegetable chutney", " sandwiches"),
+    ("golden syrup", "British", "syrup", " baking"),
+    ("suet", "British", "animal fat", " dumplings"),
+    # German
+    ("sauerkraut", "German", "fermented vegetables", " sausages"),
+    ("bratwurst", "German", "pork sausage", " grilling"),
+    ("Leberwurst", "German", "offal sausage", " sandwiches"),
+    ("pumpernickel", "German", "bread", " sandwiches"),
+    ("quark", "German", "fresh cheese", " cheesecake"),
+    ("kirsch", "German", "brandy", " desserts"),
+    ("Riesling", "German", "wine", " drinking"),
+    # North African
+    ("harissa", "North African", "chilli paste", " tagines"),
+    ("ras el hanout", "North African", "spice blend", " tagines"),
+    ("preserved lemons", "North African", "pickled fruit", " tagines"),
+    ("couscous", "North African", "pasta", " stews"),
+    ("merguez", "North African", "lamb sausage", " grilling"),
+    ("argan oil", "North African", "plant oil", " salads"),
+    # Vietnamese
+    ("rice paper", "Vietnamese", "wrappers", " rolls"),
+    ("nuoc cham", "Vietnamese", "dipping sauce", " rolls"),
+    ("nuoc mam", "Vietnamese", "fish sauce", " dipping"),
+    ("banh pho", "Vietnamese", "noodles", " soup"),
+    ("rau ram", "Vietnamese", "fresh herb", " salads"),
+    # longer names, added so that the item token counts cover the drug names' on both tokenizers
+    ("tonkatsu sauce", "Japanese", "brown sauce", " pork"),
+    ("gyoza wrappers", "Japanese", "wrappers", " dumplings"),
+    ("tsukemono", "Japanese", "pickled vegetables", " rice"),
+    ("yuzu kosho", "Japanese", "chilli paste", " noodles"),
+    ("shio koji", "Japanese", "fermented rice seasoning", " marinades"),
+    ("kamaboko", "Japanese", "fish cake", " ramen"),
+    ("shirataki", "Japanese", "noodles", " sukiyaki"),
+    ("sansho pepper", "Japanese", "pepper", " eel"),
+    ("kabocha squash", "Japanese", "winter squash", " tempura"),
+    ("kasuri methi", "Indian", "dried herb", " curry"),
+    ("pav bhaji masala", "Indian", "spice blend", " vegetables"),
+    ("Kashmiri chilli", "Indian", "dried chilli", " curry"),
+    ("sambar powder", "Indian", "spice blend", " lentils"),
+    ("masoor dal", "Indian", "split pulses", " soup"),
+    ("moong dal", "Indian", "split pulses", " curry"),
+    ("kewra water", "Indian", "flower water", " biryani"),
+    ("tianmianjiang", "Chinese", "fermented bean sauce", " noodles"),
+    ("Jinhua ham", "Chinese", "dry-cured ham", " soups"),
+    ("zha cai", "Chinese", "pickled vegetables", " congee"),
+    ("achiote paste", "Mexican", "seed paste", " pork"),
+    ("piloncillo", "Mexican", "unrefined sugar", " desserts"),
+    ("huitlacoche", "Mexican", "edible fungus", " quesadillas"),
+    ("chicharrón", "Mexican", "fried pork rind", " snacking"),
+    ("saucisson sec", "French", "pork sausage", " aperitifs"),
+    ("Saint-Nectaire", "French", "semi-soft cheese", " cheeseboards"),
+    ("Reblochon", "French", "soft cheese", " tartiflette"),
+    ("Époisses", "French", "soft cheese", " cheeseboards"),
+    ("andouillette", "French", "offal sausage", " grilling"),
+    ("Mimolette", "French", "hard cheese", " cheeseboards"),
+    ("Pedro Ximénez", "Spanish", "fortified wine", " desserts"),
+    ("salsa romesco", "Spanish", "nut sauce", " vegetables"),
+    ("Idiazábal", "Spanish", "hard cheese", " tapas"),
+    ("Torta del Casar", "Spanish", "soft cheese", " bread"),
+    ("lomo embuchado", "Spanish", "cured pork", " tapas"),
+    ("chistorra", "Spanish", "pork sausage", " breakfast"),
+    ("avgotaraho", "Greek", "cured fish roe", " meze"),
+    ("taramasalata", "Greek", "fish roe dip", " bread"),
+    ("kritharaki", "Greek", "pasta", " stews"),
+    ("Kefalograviera", "Greek", "hard cheese", " saganaki"),
+    ("tsipouro", "Greek", "brandy", " drinking"),
+    ("prik nam pla", "Thai", "dipping sauce", " rice"),
+    ("sriracha sauce", "Thai", "chilli sauce", " noodles"),
+    ("massaman curry paste", "Thai", "chilli paste", " beef"),
+    ("Caerphilly", "British", "hard cheese", " sandwiches"),
+    ("Leberkäse", "German", "baked meat loaf", " sandwiches"),
+    ("Schupfnudeln", "German", "noodles", " sauerkraut"),
+    ("Mettwurst", "German", "pork sausage", " bread"),
+]
+CUISINES = ["Italian", "Japanese", "Indian", "Chinese", "Mexican", "French", "Spanish", "Greek", "Thai", "Korean",
+            "Middle Eastern", "British", "German", "North African", "Vietnamese"]
+
+
+def drugs_control() -> None:
+    from collections import Counter
+
+    n_cui, n_kind = Counter(r[1] for r in INGREDIENTS), Counter(r[2] for r in INGREDIENTS)
+    lines = header(
+        "drugs_control", "Non-medical control for `drugs`: named food ingredients with two cross-cutting labellings.",
+        f"Control for `drugs`: {len(INGREDIENTS)} named food ingredients, each labelled with the cuisine it belongs "
+        f"to (like specialty: {len(CUISINES)} cuisines, {min(n_cui.values())}-{max(n_cui.values())} ingredients "
+        f"each) and the kind of food it is (like mechanism: {len(n_kind)} kinds, most of them one or two "
+        "ingredients; several kinds span cuisines, e.g. hard cheese, pork sausage, rice wine, spice blend). `use` is "
+        "a one-word answer for \"The ingredient {ingredient} is used for\" (like a drug's indication). Ingredient "
+        "names are foreign words or short phrases that split into several sub-words, like drug names.",
+        "Non-medical control written for medinterp (v3.0.0, rebuilt so that its class structure and item token "
+        "counts can be matched to `drugs`, issue 20). Labels are common culinary knowledge (the cuisine an "
+        "ingredient is best known from; its kind as a cookbook glossary would give it), written from general "
+        "knowledge, not copied from a source; ingredients shared by many cuisines were left out so that each "
+        "cuisine label is defensible.",
+        "ingredient",
+        {"cuisine": {"type": "categorical", "values": CUISINES}, "kind": {"type": "categorical"}},
+        ["use", "source", "reviewed"],
+        [("The ingredient {ingredient} is used for", "use"),
+         "The kitchen was stocked with {ingredient}",
+         "Food shopping list: {ingredient}",
+         "She was served {ingredient}.",
+         "The shop dispensed {ingredient} today.",
+         "Current ingredient: {ingredient}",
+         "The chef recommended {ingredient}.",
+         "His recipe includes {ingredient}.",
+         "Food name: {ingredient}"])
+    for name, cuisine, kind, use in sorted(INGREDIENTS, key=lambda r: CUISINES.index(r[1])):  # stable
+        assert cuisine in CUISINES, name
+        lines.append(row({"ingredient": name, "cuisine": cuisine, "kind": kind, "use": use,
+                          "source": "common culinary knowledge", "reviewed": ""}))
+    write("drugs_control", lines)
+
+
+# Control for `symptoms` (77 symptoms, 12 body systems): signs of car and household faults, each under the part or
+# system it points to (13 parts). {part: [sign, ...]}
+SIGNS = {
+    "brakes": [
+        "grinding", "squealing when braking", "a spongy pedal", "pulling to one side when braking",
+        "judder when slowing down", "a pedal that sinks to the floor", "a burning smell after a steep hill",
+        "longer stopping distances", "scored discs", "worn pads", "pedal fade",
+    ],
+    "engine": [
+        "knocking", "tapping", "hesitation", "rough idling", "loss of power", "blue smoke on starting",
+        "misfires under load", "a rattle on a cold start", "oil on the drive", "oil leaks", "rough running",
+        "poor economy",
+    ],
+    "electrics": [
+        "sparking", "buzzing", "a flat battery", "dim headlights", "flickering lights", "blown fuses",
+        "dead sockets", "lights that dim when the kettle is on", "a car that will not start on cold mornings",
+        "dim lights", "burnt plugs", "loose sockets", "faulty wiring", "weak battery", "loose wiring",
+    ],
+    "cooling": [
+        "overheating", "steam", "coolant puddles", "a temperature gauge in the red",
+        "a sweet smell from under the bonnet", "a hissing radiator", "the fan running all the time",
+        "a cracked radiator hose", "low coolant", "boiling radiator", "leaking radiator", "split hoses", "noisy fan",
+    ],
+    "tyres": [
+        "punctures", "bald patches", "a bulge in the sidewall", "uneven wear on the edges", "a slow puncture",
+        "low pressure warnings", "vibration at motorway speeds", "cracks in the rubber", "worn tread",
+        "uneven tread",
+    ],
+    "exhaust": [
+        "backfiring", "a loud rumble", "a blowing noise under the car", "fumes inside the car",
+        "a rattling heat shield", "a hole in the silencer", "a droning noise at speed",
+        "black soot around the tailpipe",
+    ],
+    "gearbox": [
+        "slipping", "crunching gears", "a whining noise in reverse", "difficulty finding first gear",
+        "jumping out of gear", "a burning clutch smell", "a clutch pedal that bites very high",
+        "a clunk when selecting drive", "stiff gears", "worn clutch",
+    ],
+    "suspension": [
+        "bouncing", "clunking over bumps", "leaning in corners", "a sagging corner",
+        "a knocking noise over potholes", "a car that dives forward when stopping", "uneven ride height",
+        "a creaking noise over speed bumps", "broken springs", "leaking shocks", "worn bushes", "body roll",
+    ],
+    "steering": [
+        "wandering", "stiffness", "a heavy wheel at low speed", "a steering wheel that is off centre",
+        "play in the wheel", "a groan when turning", "a whine from the pump when turning",
+        "a wheel that shakes at speed",
+    ],
+    "plumbing": [
+        "leaks", "flooding", "dripping taps", "low water pressure", "gurgling drains", "a toilet that keeps running",
+        "banging pipes when a tap is turned off", "water stains under the sink", "a slow-draining bath",
+        "burst pipes", "frozen pipes", "blocked drains", "leaking taps", "noisy pipes",
+    ],
+    "boiler": [
+        "soot", "kettling", "no hot water", "lukewarm radiators", "a pilot light that keeps going out",
+        "a pressure gauge below one bar", "a yellow flame instead of blue", "error codes on the display",
+        "noisy pump",
+    ],
+    "roof": [
+        "slipped tiles", "missing slates", "water dripping through the ceiling", "daylight visible in the loft",
+        "a sagging ridge line", "moss on the tiles", "cracked flashing around the chimney", "blocked gutters",
+        "cracked tiles",
+    ],
+    "damp": [
+        "condensation", "mould", "a musty smell", "peeling wallpaper", "tide marks on the walls",
+        "black spots on the ceiling", "crumbling plaster at the base of the walls", "flaking paint", "black mould",
+        "wet walls",
+    ],
+}
+
+# Control for `diseases` (90 diseases, 13 specialties): named faults of houses, cars and computers, each under the
+# trade that deals with it (14 trades). {trade: [fault, ...]}
+FAULTS = {
+    "plumber": [
+        "limescale", "airlocks", "water hammer", "burst pipes", "frozen pipes", "corroded stopcocks",
+        "low water pressure", "leaking compression joints", "backflow", "blocked waste traps", "leaks", "flooding",
+        "sticking thermostatic shower valves", "corroded galvanised steel pipes",
+    ],
+    "electrician": [
+        "short circuits", "earth faults", "power surges", "overloaded circuits", "faulty wiring",
+        "reversed polarity", "arcing", "voltage drop", "nuisance tripping", "loose terminal connections",
+        "non-functioning extractor fans",
+    ],
+    "roofer": [
+        "slipped tiles", "nail sickness", "ponding", "failed flashing", "blistered felt", "a sagging ridge",
+        "blocked valleys", "wind uplift", "cracked ridge tiles", "moss", "dislodged lead flashing",
+        "perished EPDM membranes", "delaminating fibreglass flat roofs",
+    ],
+    "joiner": [
+        "warped doors", "sticking sashes", "squeaky floorboards", "loose balusters", "rotten window sills",
+        "swollen door frames", "creaking stairs", "split skirting boards", "sticking sliding wardrobe doors",
+        "woodworm-damaged floor joists",
+    ],
+    "bricklayer": [
+        "spalling", "efflorescence", "cracked lintels", "bowing walls", "failed pointing", "wall tie failure",
+        "frost-damaged bricks", "leaning garden walls", "spalled sandstone blocks",
+    ],
+    "plasterer": [
+        "blown plaster", "hairline cracks", "crazing", "popped nail heads", "crumbling render", "hollow render",
+        "bulging ceilings", "cracked coving", "cracked Artex ceilings",
+    ],
+    "glazier": [
+        "misted double glazing", "failed seals", "cracked panes", "thermal stress cracks", "rotten putty",
+        "condensation between panes", "draughty windows", "broken sash cords", "cracked uPVC window frames",
+    ],
+    "heating engineer": [
+        "kettling", "radiator sludge", "pump failure", "frozen condensate pipes", "pilot light failure",
+        "low boiler pressure", "faulty thermocouples", "diverter valve failure", "trapped air",
+        "thermostatic radiator valve failure", "underfloor heating manifold leaks", "blocked condensate traps",
+    ],
+    "pest controller": [
+        "woodworm", "termites", "cockroaches", "rats", "mice", "bedbugs", "fleas", "wasp nests", "clothes moths",
+        "silverfish", "infestations of carpet beetles", "grey squirrels in the loft",
+    ],
+    "mechanic": [
+        "blown head gaskets", "worn brake pads", "slipping clutches", "flat batteries", "seized calipers",
+        "timing belt failure", "worn CV joints", "cracked exhaust manifolds", "rust", "overheating",
+        "misfiring spark plugs", "clogged diesel particulate filters", "leaking power-steering racks",
+    ],
+    "IT technician": [
+        "malware", "ransomware", "spyware", "corrupted files", "dead pixels", "memory leaks", "boot loops",
+        "disk failure", "driver conflicts", "phishing", "crashes", "freezes", "intermittent Wi-Fi dropouts",
+    ],
+    "damp specialist": [
+        "rising damp", "penetrating damp", "dry rot", "wet rot", "black mould", "condensation",
+        "bridged damp courses", "salt contamination", "rot", "mildew", "failed damp-proof membranes",
+    ],
+    "chimney sweep": [
+        "soot build-up", "creosote deposits", "blocked flues", "bird nests", "cracked chimney pots", "down draughts",
+        "smoke staining", "crumbling flue liners", "jackdaw nests in chimney pots",
+    ],
+    "locksmith": [
+        "snapped keys", "seized locks", "worn cylinders", "jammed deadbolts", "misaligned strike plates",
+        "lost keys", "frozen padlocks", "broken door handles", "failed multipoint locking mechanisms",
+    ],
+}
+
+
+def symptoms_control() -> None:
+    lines = header(
+        "symptoms_control", "Non-medical control for `symptoms`: signs of car and household faults by the part they point to.",
+        f"Control for `symptoms`: {sum(map(len, SIGNS.values()))} signs of car and household faults in plain English, each "
+        f"labelled with the part or system it most directly points to ({len(SIGNS)} parts, "
+        f"{min(map(len, SIGNS.values()))}-{max(map(len, SIGNS.values()))} signs each), in the frames of the symptom "
+        "templates. Like the symptoms, they run from one word (\"overheating\") to a whole clause.",
+        "Non-medical control written for medinterp (v3.0.0, rebuilt so that its class structure and item token "
+        "counts can be matched to `symptoms`, issue 20). Common knowledge of car and household faults (what a "
+        "mechanic or a householder would say a sign points to), written from general knowledge; signs that point "
+        "to several parts were left out or worded so that one part is the obvious one.",
+        "sign", {"part": {"type": "categorical", "values": list(SIGNS)}}, ["source", "reviewed"],
+        ["The owner complains of {sign}.",
+         "Main complaint: {sign}",
+         "She reports {sign} for the past week.",
+         "He asked for a repair because of {sign}.",
+         "Reported fault: {sign}",
+         "The main problem today is {sign}.",
+         "Over the last few days she has noticed {sign}.",
+         "History of reported fault: {sign}",
+         "He describes {sign}"])
+    for part, signs in SIGNS.items():
+        for x in signs:
+            lines.append(row({"sign": x, "part": part, "source": "common knowledge (car and household faults)", "reviewed": ""}))
+    write("symptoms_control", lines)
+
+
+def diseases_control() -> None:
+    lines = header(
+        "diseases_control", "Non-medical control for `diseases`: named faults by the trade that deals with them.",
+        f"Control for `diseases`: {sum(map(len, FAULTS.values()))} named faults of houses, cars and computers, each "
+        f"labelled with the trade that deals with it ({len(FAULTS)} trades, {min(map(len, FAULTS.values()))}-"
+        f"{max(map(len, FAULTS.values()))} faults each), in the frames of the disease templates. Like disease names "
+        "they run from one word (\"limescale\") to long technical phrases.",
+        "Non-medical control written for medinterp (v3.0.0, rebuilt so that its class structure and item token "
+        "counts can be matched to `diseases`, issue 20). Common knowledge of which tradesperson a householder or "
+        "driver would call for each fault, written from general knowledge; faults that several trades fix were "
+        "left out or worded so that one trade is the obvious one.",
+        "fault", {"trade": {"type": "categorical", "values": list(FAULTS)}}, ["source", "reviewed"],
+        ["The building was inspected for {fault}.",
+         "Past repair history: {fault}",
+         "Finding: {fault}",
+         "The repair report lists {fault}.",
+         "The engineer confirmed {fault}.",
+         "Issue list: {fault}",
+         "The notes record a finding of {fault}.",
+         "It is being treated for {fault}.",
+         "Working hypothesis: {fault}"])
+    for trade, faults in FAULTS.items():
+        for x in faults:
+            lines.append(row({"fault": x, "trade": trade, "source": "common knowledge (trades)", "reviewed": ""}))
+    write("diseases_control", lines)
+
+
+if __name__ == "__main__":
+    drugs_control()
+    symptoms_control()
+    diseases_control()
