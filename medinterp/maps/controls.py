@@ -60,6 +60,10 @@ from medinterp.techniques.base import UnitScores
 
 Correction = Literal["holm", "fdr_bh"]
 
+#: permutations per test inside a robustness resample: its smallest p, 1/2,000, stays far below alpha / n_layers
+#: for the map's layer counts (0.05 / 80 = 6e-4 for an 80-layer model), and resamples ask only "still marked?"
+RESAMPLE_N_PERM = 2000
+
 #: the per-layer statistics a (family, technique) cell stores, in ``KnowledgeMap.control_stats`` order.
 CONTROL_STATS: tuple[str, ...] = ("effect", "ci_low", "ci_high", "p_adj", "effect_twin", "twin_low", "twin_high",
                                   "p_adj_twin", "marked", "robustness", "mde")
@@ -351,7 +355,8 @@ def effect_over_control(
                 return np.zeros(n_layers, dtype=bool)
             # Monte Carlo p-values in the resamples (exact enumeration of 65,536 sign flips per resample
             # would dominate the map's marking time); 1/(n_perm + 1) stays far below alpha / n_layers
-            return _mark(r, n_boot=100, seed=int(rng.integers(2**31)), exact=False, **kw)[-1]
+            kw_r = {**kw, "n_perm": min(int(kw["n_perm"]), RESAMPLE_N_PERM)}
+            return _mark(r, n_boot=100, seed=int(rng.integers(2**31)), exact=False, **kw_r)[-1]
 
         rob = stats.robustness(one, n_resamples, marked=sig, threshold=robustness, seed=seed)
         fraction, marked = rob.fraction, rob.stable
