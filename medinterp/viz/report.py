@@ -104,7 +104,8 @@ def _rule_note(km: "KnowledgeMap", model: dict) -> str:
     if km.rule == "controls":
         return head + (
             "A layer is marked only where the technique's per-item evidence beats <b>both</b> the matched "
-            "non-medical control family (unpaired, items resampled) and the random-init twin of the model (paired "
+            "non-medical control family (unpaired, on items matched on token counts, answer prior and baseline "
+            "confidence; a control that cannot be balanced is never used) and the random-init twin of the model (paired "
             f"on item and template), after {escape(cp.get('correction', 'holm'))} correction across layers at "
             f"α = {escape(cp.get('alpha', 0.05))}, in runs of ≥ {escape(cp.get('min_run', 2))} layers, kept when marked "
             f"in ≥ {escape(format(100 * float(cp.get('robustness', 0.8)), '.0f'))}% of item × template × seed "
@@ -128,7 +129,47 @@ def _cell(km: "KnowledgeMap", c: str, t: str) -> str:
     layers = [l for iv in km.intervals if iv["concept"] == c and iv["technique"] == t
               for l in range(iv["start"], iv["end"] + 1)]
     note = (km.control_notes or {}).get(c, {}).get(t)
+    if not layers and km.rule == "controls":
+        bal = (km.control_balance or {}).get(c, {}).get(t) or {}
+        mde = bal.get("mde_min")
+        return "no interval" + (f" (could have seen an effect ≥ {mde:.3g})" if mde is not None else "")
     return (_ranges_text(layers) if layers else "no interval") + (f" ({note})" if note else "")
+
+
+def _balance_section(km: "KnowledgeMap") -> str:
+    """Per cell: is the control comparable, its covariates before and after matching, and the smallest
+    effect the cell could detect (METHOD §0b)."""
+    bal = km.control_balance or {}
+    if not any(bal.values()):
+        return ""
+    out = ["<h2 id='balance'>Balance of each cell's control</h2>",
+           "<p class='note'>A cell is compared on matched items (exact on token counts, a caliper on the other "
+           "covariates) and is never marked when a covariate's standardized mean difference stays above 0.25 after "
+           "matching (“control not comparable”). MDE: the smallest effect over control the cell would detect with "
+           "80% power at α / layers.</p>"]
+    rows = []
+    for c in km.concepts:
+        for t in km.techniques:
+            b = (bal.get(c) or {}).get(t)
+            if not b:
+                continue
+            comp = {True: "yes", False: "no", None: "not checked"}[b.get("comparable")]
+            rows.append((km.label(c), t, comp, f"{b.get('n_items_compared', '')} / {b.get('n_control_compared', '')}",
+                         "; ".join(f"{r['covariate']} {_num(r['medicine'])} vs {_num(r['control'])} "
+                                   f"(SMD {_num(r['smd_before'])} → {_num(r['smd_after'])})" for r in b.get("table") or []),
+                         _num(b.get("mde_min")), b.get("reason") or ""))
+    out.append(_table(rows, ["concept", "technique", "comparable", "items / control items compared",
+                             "covariate: medicine vs control (SMD before → after matching)", "MDE (min)", "why not"]))
+    return "".join(out)
+
+
+def _num(x: Any) -> str:
+    if x is None:
+        return "–"
+    try:
+        return f"{float(x):.3g}"
+    except (TypeError, ValueError):
+        return str(x)
 
 
 def _technique_result_figures(km: "KnowledgeMap", technique: str, max_figs: int = 12) -> list[str]:
@@ -196,6 +237,7 @@ def render_report(
     parts.append(_table([(km.label(c), summ[c]) for c in km.concepts], ["concept", "where"]))
     parts.append(_table([[km.label(c)] + [_cell(km, c, t) for t in km.techniques] for c in km.concepts],
                         ["concept"] + list(km.techniques)))
+    parts.append(_balance_section(km))
     missing = [(km.label(c), t, s) for c in km.concepts for t, s in km.status[c].items() if s != "ok"]
     if missing:
         parts.append("<p class='missing'>Techniques missing from this map (no numbers are shown for them):</p>")
