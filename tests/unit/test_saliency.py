@@ -491,3 +491,228 @@ def test_unit_scores_of_a_pair_set_and_the_technique_reads_the_pairs(model):
     assert us.templates == [0, 1] and res.targets == [" aspirin", " angina"]
     np.testing.assert_allclose(us.values.sum(1), 1.0)
     assert TECHNIQUE.params("full")["max_prompts"] >= TECHNIQUE.params("quick")["max_prompts"]
+
+
+# ---------------------------------------------------------------------------------------- batched backward (0.3)
+# prompts of 4 to 9 tokens: every batch is padded
+RAGGED = PROMPTS + [("Asthma causes", "wheezing"), ("A child with a rash and fever after a new drug has", "infection")]
+
+
+def _assert_same_per_prompt(a, b, rtol=1e-5):
+    for f in ("values", "outer_values", "param_values", "loss", "share", "covariates"):
+        x, y = np.asarray(getattr(a, f), float), np.asarray(getattr(b, f), float)
+        assert x.shape == y.shape, f
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=f)
+        np.testing.assert_allclose(x[~np.isnan(x)], y[~np.isnan(y)], rtol=rtol, atol=0, err_msg=f)
+    assert a.param_names == b.param_names and a.targets == b.targets
+
+
+@pytest.mark.parametrize("arch", [None, "gemma3", "gemma_like"])
+@pytest.mark.parametrize("outer", [True, False])
+def test_batched_backward_equals_one_prompt_at_a_time_on_a_padded_batch(arch, outer):
+    """Per-prompt numbers of a padded batch (prompts of different lengths, batches of 3 and a ragged
+    last one) equal the one-backward-per-prompt path: GPT-2-style (LN, biases, W_pos), a Gemma-3 tiny
+    (GQA with one KV head, QK-norm, post-norms, sliding window, soft-cap) and the Gemma-like RMS model."""
+    m = gemma_like() if arch == "gemma_like" else tiny_model(n_layers=3, seed=2, arch=arch)
+    kw = dict(progress=False, n_boot=20, include_embed=outer, include_unembed=outer, track_memory=False)
+    one = saliency(m, RAGGED, batch_size=1, **kw)
+    lens = [build_target(m, p, a).tokens.shape[0] for p, a in RAGGED]
+    assert len(set(lens)) >= 4  # really ragged
+    many = saliency(m, RAGGED, batch_size=3, **kw)
+    assert one.params["batch_size"] == 1 and many.params["batch_size"] == 3
+    _assert_same_per_prompt(one, many)
+    assert np.all(many.values[:, :, :, 0] > 0)  # every block gets a gradient: nothing vacuous
+    if outer:
+        assert np.all(many.outer_values[:, :, 0] > 0)
+    else:
+        assert np.all(np.isnan(many.outer_values))
+
+
+def test_padding_and_batch_order_do_not_leak_into_a_prompt(model, monkeypatch):
+    """A prompt's numbers do not depend on the prompts it is batched with, their order, or the pad token."""
+    from medinterp.techniques.saliency import batched
+
+    kw = dict(progress=False, n_boot=10, track_memory=False)
+    short = [RAGGED[0]]
+    alone = saliency(model, short, batch_size=2, **kw)
+    order = [RAGGED[5], RAGGED[0], RAGGED[2]]  # the short prompt between two longer ones
+    mixed = saliency(model, order, batch_size=3, **kw)
+    for f in ("values", "outer_values", "param_values", "loss"):
+        np.testing.assert_allclose(getattr(mixed, f)[1], getattr(alone, f)[0], rtol=1e-5, err_msg=f)
+    rev = saliency(model, order[::-1], batch_size=3, **kw)
+    np.testing.assert_allclose(rev.values[::-1], mixed.values, rtol=1e-5)
+    # another pad id (a real word): the pads are still never read
+    orig = batched.pad_batch
+
+    def other_pad(m, targets):
+        tokens, mask, lengths = orig(m, targets)
+        return torch.where(mask.bool(), tokens, torch.full_like(tokens, m.to_single_token("angina"))), mask, lengths
+
+    monkeypatch.setattr(batched, "pad_batch", other_pad)
+    repad = saliency(model, order, batch_size=3, **kw)
+    np.testing.assert_allclose(repad.values, mixed.values, rtol=1e-5)
+    np.testing.assert_allclose(repad.outer_values, mixed.outer_values, rtol=1e-5)
+
+
+def test_batched_path_without_the_attention_mask_would_leak(model, monkeypatch):
+    """The check above can fail: left padding (pads before the prompt, mask dropped) changes the numbers."""
+    from medinterp.techniques.saliency import batched
+
+    order = [RAGGED[5], RAGGED[0]]
+    kw = dict(progress=False, n_boot=10, track_memory=False, include_embed=False, include_unembed=False)
+    ref = saliency(model, order, batch_size=1, **kw)
+    orig = batched.pad_batch
+
+    def no_mask(m, targets):
+        tokens, mask, lengths = orig(m, targets)
+        return tokens, torch.ones_like(mask), lengths
+
+    monkeypatch.setattr(batched, "pad_batch", no_mask)
+    # right padding + causal attention: a real position never reads a pad, even without a mask
+    same = saliency(model, order, batch_size=2, **kw)
+    np.testing.assert_allclose(same.values, ref.values, rtol=1e-5)
+
+    def left_pad(m, targets):  # what a batch without a correct mask and position handling would do
+        tokens, mask, lengths = orig(m, targets)
+        T = tokens.shape[1]
+        out = torch.stack([torch.roll(tokens[b], T - n) for b, n in enumerate(lengths)])
+        return out, torch.ones_like(mask), [T] * len(lengths)
+
+    monkeypatch.setattr(batched, "pad_batch", left_pad)
+    wrong = saliency(model, order, batch_size=2, **kw)  # the short prompt's rows are now read at the wrong places
+    np.testing.assert_allclose(wrong.values[0], ref.values[0], rtol=1e-5)  # the longest prompt has no pads
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(wrong.values[1], ref.values[1], rtol=1e-3)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batched_run_restores_model_state(model, batch_size):
+    model.blocks[0].attn.W_Q.requires_grad_(False)
+    old_grad = torch.randn_like(model.blocks[2].mlp.W_in)
+    model.blocks[2].mlp.W_in.grad = old_grad.clone()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    saliency(model, RAGGED[:4], batch_size=batch_size, progress=False, n_boot=10)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert torch.equal(model.blocks[2].mlp.W_in.grad, old_grad)
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "blocks.2.mlp.W_in")
+    for mod in model.modules():
+        assert not mod._forward_hooks and not mod._forward_pre_hooks, type(mod).__name__
+
+
+def test_batch_size_choice_and_errors(model):
+    res = saliency(model, PROMPTS[:2], params="all", progress=False, n_boot=10)
+    assert res.params["batch_size"] == 1  # biases and norms: the one-prompt path
+    with pytest.raises(MedinterpError, match="params='all' runs per prompt"):
+        saliency(model, PROMPTS[:2], params="all", batch_size=2, progress=False)
+    with pytest.raises(MedinterpError, match="fast_outer"):
+        saliency(model, PROMPTS[:2], fast_outer=False, batch_size=2, progress=False)
+    with pytest.raises(MedinterpError, match="batch_size=0"):
+        saliency(model, PROMPTS[:2], batch_size=0, progress=False)
+    from medinterp.techniques.saliency.run import DEFAULT_BATCH
+
+    assert saliency(model, PROMPTS[:2], progress=False, n_boot=10).params["batch_size"] == DEFAULT_BATCH
+
+
+def test_batched_path_never_forms_parameter_gradients(model):
+    """No parameter requires grad during the batched backward: no dense summed gradient is formed."""
+    from medinterp.techniques.saliency import batched
+
+    seen = []
+    orig = batched._SampleStats.add_linear
+
+    def spy(self, name, x, d, w):
+        seen.append(all(not p.requires_grad and p.grad is None for p in model.parameters()))
+        return orig(self, name, x, d, w)
+
+    batched._SampleStats.add_linear = spy
+    try:
+        saliency(model, RAGGED[:3], batch_size=3, progress=False, n_boot=10)
+    finally:
+        batched._SampleStats.add_linear = orig
+    assert len(seen) == 4 * model.cfg.n_layers * 1 + 2 * model.cfg.n_layers and all(seen)  # Q K V O, in out
+
+
+# ---------------------------------------------------------------------------------------- covariates (0.3)
+def _toy_pairs():
+    from medinterp.concepts import PairSet, PromptPair
+
+    return PairSet(name="toy_pairs", version="1", description="", pairs=[
+        PromptPair("The patient takes aspirin for", "The patient takes insulin for", " pain", " diabetes",
+                   meta={"template": 0}),
+        PromptPair("A man with chest pain has", "A man with a cough has", " angina", " asthma", meta={"template": 1}),
+        PromptPair("The patient takes aspirin for", "The patient takes heparin for", " pain", " stroke",
+                   meta={"template": 0}),
+        PromptPair("A woman with severe chronic fever has", "A woman with cough has", " pneumonia", " asthma",
+                   meta={"template": 1}),
+    ])
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_covariates_of_a_pair_set_match_brute_force(model, batch_size):
+    from medinterp.covariates import COVARIATES
+    from medinterp.techniques.saliency.run import SALIENCY_COVARIATES
+
+    ps = _toy_pairs()
+    res = saliency(model, ps, batch_size=batch_size, progress=False, n_boot=10, include_embed=False,
+                   include_unembed=False)
+    assert res.covariate_names == list(SALIENCY_COVARIATES) and set(SALIENCY_COVARIATES) <= set(COVARIATES)
+    cov = dict(zip(res.covariate_names, res.covariates.T))
+    # the prompts: pairs 0, 1, 3 (pair 2 repeats pair 0's clean prompt)
+    # "The patient takes aspirin for": BOS + 5 words; the item (aspirin) is 1 token, 1 token after it
+    # "A man with chest pain has" vs "A man with a cough has": positions 4-5 differ, 1 after
+    # "A woman with severe chronic fever has" vs "A woman with cough has": lengths differ -> NaN span
+    np.testing.assert_array_equal(cov["prompt_tokens"], [5, 6, 7])
+    np.testing.assert_array_equal(cov["subject_tokens"][:2], [1, 2])
+    np.testing.assert_array_equal(cov["tokens_after_subject"][:2], [1, 1])
+    assert np.isnan(cov["subject_tokens"][2]) and np.isnan(cov["tokens_after_subject"][2])
+    bos = torch.tensor([[model.tokenizer.bos_token_id]])
+    with torch.no_grad():
+        prior = torch.log_softmax(model(bos)[0, -1], -1)
+    for i, (clean, ans, foil) in enumerate([("The patient takes aspirin for", " pain", " diabetes"),
+                                             ("A man with chest pain has", " angina", " asthma"),
+                                             ("A woman with severe chronic fever has", " pneumonia", " asthma")]):
+        toks = model.to_tokens(clean)
+        with torch.no_grad():
+            logits = model(toks)[0, -1]
+        a, f = model.to_single_token(ans), model.to_single_token(foil)
+        assert cov["answer_prior"][i] == pytest.approx(float(prior[a]), rel=1e-5)
+        assert cov["intact_logp"][i] == pytest.approx(float(torch.log_softmax(logits, -1)[a]), rel=1e-4)
+        assert cov["intact_ld"][i] == pytest.approx(float(logits[a] - logits[f]), rel=1e-4, abs=1e-5)
+    us = res.unit_scores()
+    assert set(us.covariates) == set(SALIENCY_COVARIATES)
+    np.testing.assert_array_equal(us.covariates["intact_ld"], cov["intact_ld"])
+
+
+def test_covariates_without_pairs_are_nan_where_undefined(model):
+    res = saliency(model, PROMPTS[:3], progress=False, n_boot=10)
+    cov = res.unit_scores().covariates
+    for k in ("subject_tokens", "tokens_after_subject", "prompt_tokens", "intact_ld"):
+        assert np.all(np.isnan(cov[k])), k
+    assert np.all(np.isfinite(cov["answer_prior"])) and np.all(cov["intact_logp"] < 0)
+    np.testing.assert_allclose(cov["intact_logp"][0], -res.loss[0], rtol=1e-5)  # single-token answer
+
+
+def test_results_saved_without_covariates_still_load(model, tmp_path):
+    import json
+
+    res = saliency(model, _toy_pairs(), progress=False, n_boot=10, include_embed=False, include_unembed=False)
+    res.save(tmp_path / "new")
+    back = Result.load(tmp_path / "new")
+    np.testing.assert_array_equal(back.covariates, res.covariates)
+    assert back.covariate_names == res.covariate_names
+    np.testing.assert_array_equal(back.unit_scores().covariates["prompt_tokens"], [5, 6, 7])
+    old = dataclasses.replace(res, covariates=None, covariate_names=[])
+    old.save(tmp_path / "old")
+    man = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    assert "covariates" not in json.dumps(man.get("arrays", [])) and not man.get("fields", {}).get("covariate_names")
+    back = Result.load(tmp_path / "old")
+    assert back.covariates is None and back.unit_scores().covariates == {}
+
+
+def test_presets_give_the_map_enough_prompts():
+    from medinterp.techniques.saliency import TECHNIQUE
+
+    full, quick = TECHNIQUE.params("full"), TECHNIQUE.params("quick")
+    assert full["max_prompts"] is None or full["max_prompts"] >= 30
+    assert quick["max_prompts"] is not None and quick["max_prompts"] <= 8
+    assert not full["include_embed"] and not full["include_unembed"]  # the map reads block shares only

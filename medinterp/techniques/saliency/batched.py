@@ -43,7 +43,7 @@ from medinterp.models.backends import backend_of
 from medinterp.readout import Target, final_logits
 from medinterp.techniques.saliency.engine import _Accumulator, _embed_is_plain_lookup, _shares_storage
 
-#: elements of one per-prompt gradient chunk ``[prompts, d_in, d_out]`` (64 MB in float32)
+#: elements of one chunk of per-prompt gradients ``[prompts, d_in, d_out]`` (64 MB in float32)
 _SAMPLE_CHUNK = 1 << 24
 _ATTN_TYPES = ("Attention", "GroupedQueryAttention")
 _MLP_TYPES = ("MLP", "GatedMLP")
@@ -104,22 +104,33 @@ class _SampleStats:
         """Per-prompt sums of ``G_b = x_bᵀ d_b`` against ``weight`` (``[d_in, d_out]``, a view in any layout).
 
         ``x``: ``[B, T, d_in]``, ``d``: ``[B, T, d_out]`` (pad rows of ``d`` already zero).
+        ``Σ G_b²`` comes from the Gram matrices, ``Σ_{t,s} (x_t·x_s)(δ_t·δ_s)`` (no ``G_b`` needed);
+        ``Σ|G_b|`` and ``Σ|G_b ⊙ W|`` from ``G_b`` formed in the weight's memory order (``Gᵀ = δᵀx``
+        for weights stored transposed), made absolute in place, summed, multiplied in place by ``|W|``
+        and summed again: two reads and two in-place passes, no temporary of its size.
         """
         i = self.index[name]
         B = x.shape[0]
-        per = max(1, _SAMPLE_CHUNK // max(1, weight.numel()))
-        xt = x.transpose(1, 2).to(d.dtype)
+        x = x.to(d.dtype)
+        l2 = (torch.bmm(x, x.transpose(1, 2)).double() * torch.bmm(d, d.transpose(1, 2)).double()).sum((1, 2))
+        if weight.dim() == 2 and weight.T.is_contiguous():
+            left, right, w = d.transpose(1, 2), x, weight.T  # Gᵀ: [B, d_out, d_in]
+        else:
+            left, right, w = x.transpose(1, 2), d, weight.contiguous()  # G: [B, d_in, d_out]
+        absw = w.abs()
+        per = max(1, _SAMPLE_CHUNK // max(1, w.numel()))
+        l1, gw = [], []
         for s in range(0, B, per):
-            G = torch.bmm(xt[s : s + per], d[s : s + per])  # [b, d_in, d_out]
-            l1 = torch.sum(torch.abs(G), dim=(1, 2))
-            l2 = torch.sum(G * G, dim=(1, 2))
-            gw = torch.sum(G.mul_(weight).abs_(), dim=(1, 2))
-            for j, b in enumerate(range(s, min(B, s + per))):
-                a = self.accs[b]
-                a.l1[i] += float(l1[j])
-                a.l2sq[i] += float(l2[j])
-                a.gw[i] += float(gw[j])
-                a.seen[i] = True
+            G = torch.bmm(left[s : s + per], right[s : s + per]).abs_()
+            l1.append(G.sum((1, 2)))
+            gw.append(G.mul_(absw).sum((1, 2)))
+        sums = zip(torch.cat(l1).tolist(), l2.tolist(), torch.cat(gw).tolist())
+        for b, (a1, a2, a3) in enumerate(sums):
+            acc = self.accs[b]
+            acc.l1[i] += a1
+            acc.l2sq[i] += a2
+            acc.gw[i] += a3
+            acc.seen[i] = True
 
 
 class per_sample_hooks:
@@ -219,8 +230,9 @@ class per_sample_hooks:
     def _proj_hook(self, l: int, key: str, name: str, module: Any, args: tuple, out: torch.Tensor) -> None:
         # out: [B, T, heads, d_head] = x @ W[h] (+ b), W: [heads, d_model, d_head]
         x = self.inputs[(l, key)]
-        W = self._w(name).permute(1, 0, 2)  # [d_model, heads, d_head], aligned with G = xᵀ·δ
-        self._on_grad(out, lambda d: self.stats.add_linear(name, x, d.flatten(2), W.reshape(W.shape[0], -1)))
+        W = self._w(name)  # [heads, d_model, d_head]; [d_model, heads·d_head] as the transpose of a (heads·d_head, d_model) view
+        W2 = W.permute(0, 2, 1).reshape(-1, W.shape[1]).T
+        self._on_grad(out, lambda d: self.stats.add_linear(name, x, d.flatten(2), W2))
 
     # -------------------------------------------------------------- MLP
     def _hook_mlp(self, l: int, mlp: Any) -> None:
