@@ -561,7 +561,139 @@ def diseases_control() -> None:
     write("diseases_control", lines)
 
 
+# ------------------------------------------------------------------------------------------------ dosage
+# Control for `dosage_drugs` (89 drugs; dose_range: 9 under 10 mg, 27 from 10 to 99 mg, 53 of 100 mg or more):
+# things with a defined or regulation weight in grams: coins (the issuing mint's specification), balls and
+# throwing implements (the governing body's rule; the midpoint of its range, rounded), units of weight and
+# volumes of water (by definition). (thing, grams, source)
+_MINT = {"US": "US Mint specification", "UK": "Royal Mint specification", "EU": "euro coin specification (ECB)",
+         "CA": "Royal Canadian Mint specification", "AU": "Royal Australian Mint specification",
+         "JP": "Japan Mint specification", "CH": "Swissmint specification", "NZ": "Reserve Bank of New Zealand specification"}
+WEIGHTS = [
+    ("US penny", "2.5", _MINT["US"]), ("US nickel", "5", _MINT["US"]), ("US dime", "2.268", _MINT["US"]),
+    ("US quarter", "5.67", _MINT["US"]), ("US half dollar", "11.34", _MINT["US"]), ("US dollar coin", "8.1", _MINT["US"]),
+    ("UK 1p coin", "3.56", _MINT["UK"]), ("British 2p coin", "7.12", _MINT["UK"]),
+    ("British 5p coin", "3.25", _MINT["UK"]), ("British ten-pence coin", "6.5", _MINT["UK"]),
+    ("British twenty-pence coin", "5", _MINT["UK"]), ("British fifty-pence coin", "8", _MINT["UK"]),
+    ("British pound coin", "8.75", _MINT["UK"]), ("UK £2 coin", "12", _MINT["UK"]),
+    ("1 cent euro coin", "2.3", _MINT["EU"]), ("two-cent euro coin", "3.06", _MINT["EU"]),
+    ("five-cent euro coin", "3.92", _MINT["EU"]), ("ten-cent euro coin", "4.1", _MINT["EU"]),
+    ("twenty-cent euro coin", "5.74", _MINT["EU"]), ("fifty-cent euro coin", "7.8", _MINT["EU"]),
+    ("1 euro coin", "7.5", _MINT["EU"]), ("two-euro coin", "8.5", _MINT["EU"]),
+    ("Canadian nickel", "3.95", _MINT["CA"]), ("Canadian dime", "1.75", _MINT["CA"]), ("Canadian quarter", "4.4", _MINT["CA"]),
+    ("Canadian loonie", "6.27", _MINT["CA"]), ("Canadian toonie", "6.92", _MINT["CA"]),
+    ("Australian five-cent coin", "2.83", _MINT["AU"]), ("Australian ten-cent coin", "5.65", _MINT["AU"]),
+    ("Australian twenty-cent coin", "11.3", _MINT["AU"]), ("Australian fifty-cent coin", "15.55", _MINT["AU"]),
+    ("Australian $1 coin", "9", _MINT["AU"]), ("Australian $2 coin", "6.6", _MINT["AU"]),
+    ("1 yen coin", "1", _MINT["JP"]), ("five-yen coin", "3.75", _MINT["JP"]),
+    ("ten-yen coin", "4.5", _MINT["JP"]), ("fifty-yen coin", "4", _MINT["JP"]),
+    ("hundred-yen coin", "4.8", _MINT["JP"]),
+    ("Swiss five-centime coin", "1.8", _MINT["CH"]), ("Swiss ten-centime coin", "3", _MINT["CH"]),
+    ("Swiss twenty-centime coin", "4", _MINT["CH"]), ("Swiss half-franc coin", "2.2", _MINT["CH"]),
+    ("Swiss franc coin", "4.4", _MINT["CH"]), ("Swiss two-franc coin", "8.8", _MINT["CH"]),
+    ("Swiss five-franc coin", "13.2", _MINT["CH"]),
+    ("New Zealand ten-cent coin", "3.3", _MINT["NZ"]), ("New Zealand twenty-cent coin", "4", _MINT["NZ"]),
+    ("New Zealand fifty-cent coin", "5", _MINT["NZ"]), ("NZ $1 coin", "8", _MINT["NZ"]),
+    ("NZ $2 coin", "10", _MINT["NZ"]),
+    ("table tennis ball", "2.7", "ITTF rule"), ("badminton shuttlecock", "5", "BWF rule (4.74-5.50 g)"),
+    ("A4 sheet", "5", "ISO 216 A4 (0.0625 m2) at 80 g/m2"), ("US dollar bill", "1", "US Bureau of Engraving and Printing (about 1 g)"),
+    ("carat", "0.2", "definition of the metric carat"), ("troy grain", "0.0648", "definition of the grain (64.79891 mg)"),
+    ("troy pennyweight", "1.555", "definition (24 grains)"), ("avoirdupois dram", "1.772", "definition of the avoirdupois dram (1/16 oz)"),
+    ("scruple", "1.296", "definition of the apothecaries' scruple (20 grains)"),
+    ("millilitre of water", "1", "definition of the gram (1 ml of water, approximately)"),
+    ("teaspoon of water", "5", "metric teaspoon (5 ml) of water"),
+    ("golf ball", "45.93", "R&A / USGA rule (not more than 45.93 g)"), ("tennis ball", "58", "ITF rule (56.0-59.4 g)"),
+    ("squash ball", "24", "World Squash rule (23-25 g)"), ("competition racquetball", "40", "USA Racquetball rule (1.4 oz)"),
+    ("pickleball", "24", "USA Pickleball rule (22.1-26.5 g)"), ("avoirdupois ounce", "28.35", "definition of the avoirdupois ounce"),
+    ("troy ounce", "31.1", "definition of the troy ounce"), ("Indian tola", "11.66", "definition of the tola (180 grains)"),
+    ("tablespoon of water", "15", "metric tablespoon (15 ml) of water"),
+    ("competition football", "430", "IFAB Law 2 (410-450 g)"), ("competition basketball", "600", "FIBA size 7 (567-650 g)"),
+    ("competition volleyball", "270", "FIVB rule (260-280 g)"), ("competition netball", "425", "World Netball rule (400-450 g)"),
+    ("competition rugby ball", "435", "World Rugby Law 2 (410-460 g)"), ("handball", "450", "IHF size 3 (425-475 g)"),
+    ("water polo ball", "425", "World Aquatics rule (400-450 g)"), ("competition baseball", "145", "MLB rule (5-5.25 oz)"),
+    ("softball", "188", "fastpitch softball rule (178-198 g)"), ("competition cricket ball", "160", "MCC Law 4 (155.9-163 g)"),
+    ("field hockey ball", "160", "FIH rule (156-163 g)"), ("competition lacrosse ball", "145", "World Lacrosse rule (140-149 g)"),
+    ("ice hockey puck", "163", "IIHF rule (156-170 g)"), ("croquet ball", "454", "croquet rule (1 lb)"),
+    ("competition American football", "411", "NFL rule (14-15 oz)"), ("men's shot put", "7260", "World Athletics rule"),
+    ("women's shot put", "4000", "World Athletics rule"), ("men's discus", "2000", "World Athletics rule"),
+    ("women's discus", "1000", "World Athletics rule"), ("men's javelin", "800", "World Athletics rule"),
+    ("women's javelin", "600", "World Athletics rule"), ("men's hammer", "7260", "World Athletics rule"),
+    ("women's hammer", "4000", "World Athletics rule"), ("avoirdupois pound", "453.59", "definition of the avoirdupois pound"),
+    ("imperial stone", "6350.29", "definition of the stone (14 lb)"), ("kilogram", "1000", "definition"),
+    ("litre of water", "1000", "1 l of water (approximately)"), ("UK pint of water", "568", "imperial pint (568 ml) of water"),
+    ("US gallon of water", "3785", "US gallon (3.785 l) of water"),
+    ("long hundredweight", "50802.35", "definition (112 lb)"), ("troy pound", "373.24", "definition (12 troy ounces)"),
+    ("Japanese momme", "3.75", "definition of the momme"), ("quarter-pound", "113.4", "definition (4 oz)"),
+    ("half-pound", "226.8", "definition (8 oz)"), ("half-kilogram", "500", "definition"),
+    ("padel ball", "58", "FIP rule (56.0-59.4 g)"), ("futsal ball", "420", "FIFA Futsal Law 2 (400-440 g)"),
+    ("ultimate frisbee disc", "175", "WFDF rule (175 g disc)"),
+    ("men's barbell", "20000", "IWF rule (20 kg men's bar)"), ("women's barbell", "15000", "IWF rule (15 kg women's bar)"),
+    ("red bumper plate", "25000", "IWF colour code (red 25 kg)"), ("blue bumper plate", "20000", "IWF colour code (blue 20 kg)"),
+    ("yellow bumper plate", "15000", "IWF colour code (yellow 15 kg)"), ("green bumper plate", "10000", "IWF colour code (green 10 kg)"),
+    ("cubic metre of water", "1000000", "1 m3 of water (approximately)"), ("US quart of water", "946", "US quart (946 ml) of water"),
+    ("UK gallon of water", "4546", "imperial gallon (4.546 l) of water"), ("US pint of water", "473", "US pint (473 ml) of water"),
+    ("decilitre of water", "100", "1 dl of water (approximately)"), ("centilitre of water", "10", "1 cl of water (approximately)"),
+    ("US fluid ounce of water", "29.57", "US fluid ounce (29.57 ml) of water"),
+    ("UK quart of water", "1136.5", "imperial quart (1.1365 l) of water"),
+    ("metric quintal", "100000", "definition (100 kg)"), ("Russian pood", "16380", "definition of the pood (16.38 kg)"),
+    ("women's cricket ball", "145.5", "MCC Law 4, women's ball (140-151 g)"),
+]
+
+
+def _shift(x: str, places: int) -> str:
+    """A decimal string times 10**places, written without trailing zeros (exact: no float rounding)."""
+    from decimal import Decimal
+
+    d = Decimal(x).scaleb(places).normalize()
+    s = format(d, "f")
+    return s
+
+
+def _range(g: float) -> str:
+    return "under 10 g" if g < 10 else ("10 to 99 g" if g < 100 else "100 g or more")
+
+
+def dosage_control() -> None:
+    from collections import Counter
+
+    n = Counter(_range(float(g)) for _, g, _ in WEIGHTS)
+    lines = header(
+        "dosage_drugs_control", "Non-medical control for `dosage_drugs`: things with a defined or regulation weight in grams.",
+        f"Control for `dosage_drugs`: {len(WEIGHTS)} things with a defined or regulation weight in grams (coins, "
+        "balls and throwing implements, units of weight, volumes of water), labelled by weight range "
+        f"({n['under 10 g']} under 10 g, {n['10 to 99 g']} from 10 to 99 g, {n['100 g or more']} of 100 g or more; "
+        "like dose_range) and by weight (continuous, like dose_mg). `amount` is the whole weight string, "
+        "`amount_x10` / `amount_div10` its tenfold foils, `answer` its leading digit. The templates put \"one\" "
+        "before the item where the medical frame has an adjective (\"adult\"), so the item needs no article.",
+        "Non-medical control written for medinterp (v3.0.0, rebuilt so that its class structure and item token "
+        "counts can be matched to `dosage_drugs`, issue 20). Coin weights are the issuing mints' published "
+        "specifications, ball and implement weights the governing bodies' rules (the midpoint of the allowed range, "
+        "rounded, where the rule gives a range), units and volumes of water follow from their definitions; written "
+        "from general knowledge of those sources, each row names its source in `source` for a reviewer to check.",
+        "thing",
+        {"amount_range": {"type": "categorical", "values": ["under 10 g", "10 to 99 g", "100 g or more"]},
+         "amount_g": {"type": "continuous"}},
+        ["answer", "amount", "amount_x10", "amount_div10", "source", "reviewed"],
+        [("The standard weight of one {thing} is ", "answer"),
+         ("Standard weight per item: {thing} ", "answer"),
+         "She lifts one {thing} by hand.",
+         ("A standard weight of one {thing} is ", "answer"),
+         ("The official weight of one {thing} is ", "answer"),
+         "The referee then weighed exactly one {thing}.",
+         "Stock item: {thing} only",
+         "She was given one {thing}.",
+         "Weight check for one {thing}"])
+    for thing, g, src in WEIGHTS:
+        amount = _shift(g, 0)
+        lines.append(row({"thing": thing, "amount_g": float(g) if "." in amount else int(amount),
+                          "amount_range": _range(float(g)), "answer": amount[0], "amount": f"{amount} g",
+                          "amount_x10": f"{_shift(g, 1)} g", "amount_div10": f"{_shift(g, -1)} g",
+                          "source": src, "reviewed": ""}))
+    write("dosage_drugs_control", lines)
+
+
 if __name__ == "__main__":
     drugs_control()
     symptoms_control()
     diseases_control()
+    dosage_control()
