@@ -270,6 +270,13 @@ def test_headline_end_to_end_with_matched_labels_age_and_progression(tiny):
     steps = res.table[res.table.metric == "age_step_ratio"]
     assert len(steps) == len(res.layers) and (steps.n == 2).all()  # 27->28 and 37->38 matched
     assert res.curve_label.endswith("grouped R²")
+    # issue 20: the units are the CV groups (the age: both sexes and both templates of an age are one unit)
+    us = res.unit_scores()
+    assert sorted(set(us.units), key=float) == [str(a) for a in range(14, 41)] and len(us.units) == 2 * len(ages)
+    assert np.isnan(us.covariates["n_classes"]).all()  # continuous: no class structure
+    pi = res.probe_inputs()
+    assert pi.continuous and pi.embedding is not None and pi.features.shape[:2] == (tiny.cfg.n_layers, 2 * len(ages))
+    np.testing.assert_array_equal(pi.groups, np.asarray(us.units))
 
     prog = [{"item": f"{d} stage {s}", "disease": d, "stage": s} for d in ("gout", "asthma") for s in range(6)]
     pset = _FakeSet("toy_progression", prog, ["disease"], ["stage"], templates=("{item}", "Patient: {item}"))
@@ -322,3 +329,175 @@ def test_probe_with_every_class_smaller_than_the_folds_uses_grouped_folds():
     Xn = rng.normal(size=(60, 30))
     _, ba0 = probe_unit_scores(Xn, y, groups, n_splits=5, seed=0)
     assert ba0 < 0.2
+
+
+# ------------------------------------------------------------------ issue 20: inference that refits the probe
+from medinterp.stats.cv import grouped_folds, out_of_fold_ridge, ridge_fold_operator  # noqa: E402
+from medinterp.techniques.geometry import inference as GI  # noqa: E402
+
+#: the shipped class structures of issue 20 (classes / items), drugs and its control at the time
+DRUGS, DRUGS_CONTROL = (15, 152), (10, 63)
+
+
+def _structure_family(rng, k, n_items, n_tpl=2, d=8, n_layers=2, signal=None, class_means=None):
+    """Items spread over ``k`` classes as evenly as possible; per item a Gaussian vector shared by its
+    templates plus per-prompt noise; ``signal[l]`` adds that multiple of ``class_means`` at layer l."""
+    per = np.full(k, n_items // k)
+    per[: n_items % k] += 1
+    cls = np.repeat(np.arange(k), per)
+    groups = np.repeat(np.arange(n_items), n_tpl)
+    y = cls[groups]
+    X = rng.normal(size=(n_layers, n_items, d))[:, groups] + 0.5 * rng.normal(size=(n_layers, n_items * n_tpl, d))
+    if signal is not None:
+        for l, s in enumerate(signal):
+            X[l] += s * class_means[y]
+    return X, y, groups, np.tile(np.arange(n_tpl), n_items)
+
+
+def test_fold_operator_and_refit_statistic_equal_the_headline_probe():
+    from medinterp.stats.cv import _ridge_fold, weighted_ridge_fold
+
+    rng = np.random.default_rng(0)
+    X, y, groups, tpl = _structure_family(rng, 4, 40, n_layers=2, d=6)
+    X[1, :, 0] += 1.5 * (y == 1)
+    folds = grouped_folds([str(v) for v in y], groups, False, n_splits=5, seed=0)
+    for train, test in folds:  # the closed-form operator is the fold's StandardScaler -> Ridge
+        M = ridge_fold_operator(X[0, train], X[0, test])
+        Y = rng.normal(size=(len(train), 3))
+        np.testing.assert_allclose(M @ Y + Y.mean(0), _ridge_fold(X[0, train], Y, X[0, test], 1.0), atol=1e-9)
+    M = ridge_fold_operator(X[0, :5], X[0, 5:9])  # dual form (fewer rows than features)
+    Y = rng.normal(size=(5, 2))
+    np.testing.assert_allclose(M @ Y + Y.mean(0), _ridge_fold(X[0, :5], Y, X[0, 5:9], 1.0), atol=1e-9)
+    # the refit statistic of the observed labels is the headline's level on the same folds
+    r = GI.permutation_levels(X, y, groups, continuous=False, n_perm=9, splits=folds, templates=tpl)
+    for l in range(2):
+        s, _ = G.probe_unit_scores(X[l], y, groups, splits=folds)
+        assert r.statistic[l] == pytest.approx(s.mean(), abs=1e-12)
+    yc = groups.astype(float)
+    rc = GI.permutation_levels(X, yc, groups, continuous=True, n_perm=9, n_splits=5, fold_seed=0)
+    _, r2 = G.ridge_unit_scores(X[0], yc, groups, n_splits=5, seed=0)
+    assert rc.statistic[0] == pytest.approx(r2, abs=1e-10)
+    # a bootstrap refit with integer weights is the refit on repeated rows
+    w = rng.integers(0, 3, size=60).astype(float)
+    rep = np.repeat(np.arange(60), w.astype(int))
+    Yw = rng.normal(size=(60, 2))
+    np.testing.assert_allclose(weighted_ridge_fold(X[0, :60], w, Yw, X[0, 60:]),
+                               _ridge_fold(X[0, :60][rep], Yw[rep], X[0, 60:], 1.0), atol=1e-9)
+    # and the bootstrap is seeded: same inputs and seed, bit-identical replicates
+    b1 = GI.bootstrap_levels(X, y, groups, continuous=False, n_boot=5, seed=3)
+    np.testing.assert_array_equal(b1, GI.bootstrap_levels(X, y, groups, continuous=False, n_boot=5, seed=3))
+
+
+def test_c_refit_null_at_the_shipped_class_structure_holds_and_the_item_level_test_does_not():
+    """Issue 20 8(c): pure-noise families at drugs' structure (15 classes / 152 items, 2 templates), real
+    out-of-fold probes, 500 runs x 2 layers. The refit permutation test rejects at its nominal rate (an exact
+    test: with n_perm = 39, p <= .05 in 2/40 of runs under H0); the old item-level permutation of out-of-fold
+    scores (medicine vs a noise control of the control's structure, ``stats.layer_effects``) rejects far
+    more (first 100 runs)."""
+    from medinterp import stats
+
+    rng0 = np.random.default_rng(0)
+    _, y, g, tpl = _structure_family(rng0, *DRUGS)
+    _, yc, gc, _ = _structure_family(rng0, *DRUGS_CONTROL)
+    folds = grouped_folds([str(v) for v in y], g, False, n_splits=5, seed=0)  # folds depend on labels only
+    folds_c = grouped_folds([str(v) for v in yc], gc, False, n_splits=5, seed=0)
+    new, old = [], []
+    for run in range(500):
+        rng = np.random.default_rng(1000 + run)
+        X = _structure_family(rng, *DRUGS)[0]
+        r = GI.permutation_levels(X, y, g, continuous=False, n_perm=39, seed=run, splits=folds, templates=tpl)
+        new.append(r.p <= 0.05)
+        if run < 100:
+            Xc = _structure_family(rng, *DRUGS_CONTROL)[0]
+            med = np.stack([G.probe_unit_scores(X[l], y, g, splits=folds)[0] for l in range(2)], 1)
+            ctl = np.stack([G.probe_unit_scores(Xc[l], yc, gc, splits=folds_c)[0] for l in range(2)], 1)
+            le = stats.layer_effects(med, ctl, medicine_units=g, control_units=gc, n_perm=199, n_boot=10, seed=run)
+            old.append(le.p <= 0.05)
+    rate_new, rate_old = float(np.mean(new)), float(np.mean(old))
+    print(f"per-layer rejection at .05: refit {rate_new:.3f}, item-level on out-of-fold scores {rate_old:.3f}")
+    # 1,000 layer tests of an exact 5% test: SE 0.007
+    assert rate_new <= 0.05 + 2 * 0.0069, rate_new
+    assert rate_old > 0.08 and rate_old > rate_new + 0.03, (rate_old, rate_new)
+
+
+def test_refit_permutation_test_finds_a_planted_class_signal_at_its_layer():
+    rng = np.random.default_rng(1)
+    means = rng.normal(size=(DRUGS[0], 8))
+    found = []
+    for run in range(10):
+        X, y, g, tpl = _structure_family(np.random.default_rng(run), *DRUGS, signal=[0.0, 0.6], class_means=means)
+        stat, null, p = GI.geometry_permutation_test(X, y, g, n_perm=199, seed=run, templates=tpl)
+        assert null.shape == (199, 2)
+        found.append((p[1] <= 0.01, p[0] <= 0.01))
+    found = np.asarray(found)
+    assert found[:, 0].mean() >= 0.9 and found[:, 1].mean() <= 0.2
+
+
+def test_bootstrap_se_of_the_excess_is_calibrated_where_the_permutation_null_is_too_narrow():
+    """Two families of identical construction with a real class signal (so the permutation null, which has
+    none, is the wrong spread): the refit bootstrap SE of "level minus lexical" matches the run-to-run SD of
+    that excess, and the two-family test's z has variance about 1 (rejects at about its nominal rate)."""
+    k, n = 8, 48
+    means = np.random.default_rng(7).normal(size=(k, 6))
+    ex, se, perm_sd, z = [], [], [], []
+    for run in range(30):
+        fam = []
+        for f in range(2):
+            rng = np.random.default_rng(100 * run + f)
+            X, y, g, tpl = _structure_family(rng, k, n, d=6, n_layers=1, signal=[0.6], class_means=means)
+            lex = X[0][:, ::-1] * 0.5 + rng.normal(size=X[0].shape)  # a weaker "lexical" read of the same items
+            inp = GI.ProbeInputs(layers=[0], features=X, lexical=lex, embedding=None, y=y, groups=g.astype(str),
+                                 templates=tpl, continuous=False)
+            fam.append(GI.family_levels(inp, n_perm=99, n_boot=40, seed=run))
+        c = GI.contrast_families(*fam)
+        ex.append(fam[0].excess[0])
+        se.append(fam[0].excess_se[0])
+        z.append(c.z[0])
+    ex, se, z = np.asarray(ex), np.asarray(se), np.asarray(z)
+    ratio = se.mean() / ex.std(ddof=1)
+    assert 0.75 < ratio < 1.5, ratio
+    assert np.mean(z ** 2) < 1.6 and np.mean(z > 1.645) <= 0.15
+
+
+def test_geometry_cell_detects_a_medicine_excess_and_reports_embedding_gain():
+    k, n = 6, 36
+    means = np.random.default_rng(3).normal(size=(k, 6))
+
+    def family(seed, s):
+        rng = np.random.default_rng(seed)
+        X, y, g, tpl = _structure_family(rng, k, n, d=6, n_layers=3, signal=[0.0, s, s], class_means=means)
+        emb = rng.normal(size=X[0].shape)  # the embedding layer carries no class signal
+        lex = rng.normal(size=X[0].shape)
+        return GI.ProbeInputs(layers=[0, 1, 2], features=X, lexical=lex, embedding=emb, y=y.astype(str),
+                              groups=g.astype(str), templates=tpl, continuous=False)
+
+    cell = GI.geometry_cell(family(0, 1.0), family(1, 0.0), n_perm=199, n_boot=60, seed=0)
+    assert cell.structure == (6, 6)
+    assert cell.p[0] > 0.05 and (cell.p[1:] < 0.005).all()
+    med = cell.medicine
+    assert (med.p_level[1:] < 0.01).all() and med.p_level[0] > 0.01
+    assert (med.over_embedding[1:] > 0.3).all() and (med.p_over_embedding[1:] < 0.01).all()
+    assert np.isfinite(cell.se).all() and "lexical baseline" in cell.null
+
+
+def test_class_structure_subsampling_and_covariates():
+    y = ["a"] * 8 + ["b"] * 6 + ["c"] * 2
+    g = [f"i{j}" for j in range(16)]
+    assert GI.class_structure(y, g) == {"a": 8, "b": 6, "c": 2}
+    assert GI.common_structure({"a": 8, "b": 6, "c": 2}, {"p": 5, "q": 5, "r": 5}) == (2, 5)
+    assert GI.common_structure({"a": 3, "b": 3, "c": 3}, {"p": 9, "q": 9, "r": 9, "s": 9}) == (3, 3)
+    keep = GI.subsample_structure(y, g, 2, 5, seed=0)
+    assert sorted(GI.class_structure(np.asarray(y)[keep], np.asarray(g)[keep]).values()) == [5, 5]
+    np.testing.assert_array_equal(keep, GI.subsample_structure(y, g, 2, 5, seed=0))  # seeded
+    with pytest.raises(MedinterpError, match="classes have >= 7"):
+        GI.subsample_structure(y, g, 2, 7)
+    with pytest.raises(MedinterpError, match="no common class structure"):
+        GI.common_structure({"a": 1}, {"b": 1})
+    cov = GI.structure_covariates(y, g, continuous=False)
+    assert cov["n_classes"].tolist() == [3.0] * 16 and cov["items_per_class"][[0, 8, 15]].tolist() == [8, 6, 2]
+    with pytest.raises(MedinterpError, match="different labels"):
+        GI.permutation_levels([np.zeros((6, 2))], list("abaabb"), list("xxyzuv"), continuous=False)
+    with pytest.raises(MedinterpError, match="at least 4 CV groups"):
+        GI.permutation_levels([np.zeros((4, 2))], list("abab"), list("xxyz"), continuous=False)
+    with pytest.raises(MedinterpError, match="must be \\[n, d\\]"):
+        GI.bootstrap_levels([np.zeros((4, 2))], list("ababa"), list("vwxyz"), continuous=False)

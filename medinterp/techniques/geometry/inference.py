@@ -227,7 +227,8 @@ def permutation_levels(
         seed: permutation seed.
         n_splits, fold_seed: the folds (:func:`medinterp.stats.cv.grouped_folds`, as the headline's) when
             ``splits`` is None.
-        splits: ready ``(train, test)`` pairs (grouped).
+        splits: ready ``(train, test)`` pairs (grouped). Otherwise the folds are ``grouped_folds`` of ``y``
+            and ``groups`` *as passed* (their sort order decides the shuffled folds: pass the headline's).
         templates: template per row: groups only swap labels with groups of the same template set.
         strata: an extra stratum per row (e.g. the disease of a progression stage).
         alpha: ridge L2 strength (the headline's probe: 1.0).
@@ -237,6 +238,7 @@ def permutation_levels(
         :class:`PermutationLevels`; ``statistic`` equals the mean of the headline's per-prompt scores on the
         same folds (up to rounding).
     """
+    groups_raw = np.asarray(groups)
     Xs, y, groups = _check_inputs(X_by_layer, y, groups)
     if n_perm < 1:
         raise MedinterpError(f"permutation_levels: n_perm must be >= 1; got {n_perm}")
@@ -244,8 +246,8 @@ def permutation_levels(
     st = np.asarray([str(s) for s in strata]) if strata is not None else None
     gt = _group_table(y, groups, continuous, tpl, st)
     if splits is None:
-        splits = grouped_folds(y if continuous else [str(v) for v in y], groups, continuous, n_splits=n_splits,
-                               seed=fold_seed)
+        splits = grouped_folds(y.astype(float) if continuous else [str(v) for v in y], groups_raw, continuous,
+                               n_splits=n_splits, seed=fold_seed)
     splits = [(np.asarray(a), np.asarray(b)) for a, b in splits]
     fold = _fold_of_group(gt, splits)
     labels, n_cells = _permuted_labels(gt, fold, n_perm, seed)  # [P+1, G]
@@ -275,7 +277,12 @@ def permutation_levels(
 def _perm_fold(Xs: list[np.ndarray], gt: _Groups, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
                stat: np.ndarray, alpha: float, chunk: int, continuous: bool, var: float | None,
                wclass: np.ndarray | None) -> None:
-    """Add one fold's summed test-row scores of every permutation and feature set to ``stat`` [P+1, L]."""
+    """Add one fold's summed test-row scores of every permutation and feature set to ``stat`` [P+1, L].
+
+    Per feature set the fold's ridge is ``pred = M @ Y_train + mean(Y_train)`` (:func:`ridge_fold_operator`),
+    ``M`` summed over each training group's rows; every permutation's ``Y`` (-1/+1 class columns for the
+    classes present in training, the same in every within-fold permutation) is one more column of one
+    matrix product. (A gather + segment sum of ``M`` per class was 2-3x slower than this BLAS product.)"""
     g_tr, inv_tr = np.unique(gt.row_group[train], return_inverse=True)
     Gm = np.zeros((len(train), len(g_tr)))
     Gm[np.arange(len(train)), inv_tr] = 1.0
@@ -578,7 +585,8 @@ class ProbeInputs:
         embedding: ``[n, d]`` the same read of the embedding output (layer -1), or None.
         y: label per row; groups: CV group per row (:func:`cv_groups`); templates: template per row.
         continuous: grouped ridge R² (True) or balanced accuracy (False).
-        n_splits, fold_seed: the headline's folds.
+        n_splits, fold_seed: the headline's folds; ``splits`` the headline's ``(train, test)`` pairs
+            themselves (None: computed from these; a subset recomputes them).
     """
 
     layers: list[int]
@@ -591,6 +599,7 @@ class ProbeInputs:
     continuous: bool
     n_splits: int = 5
     fold_seed: int = 0
+    splits: list | None = None
 
     def subset(self, keep: np.ndarray) -> "ProbeInputs":
         """The same inputs on the rows ``keep`` (boolean mask)."""
@@ -598,7 +607,8 @@ class ProbeInputs:
         return dataclasses.replace(
             self, features=self.features[:, keep], lexical=None if self.lexical is None else self.lexical[keep],
             embedding=None if self.embedding is None else self.embedding[keep], y=self.y[keep],
-            groups=self.groups[keep], templates=None if self.templates is None else self.templates[keep])
+            groups=self.groups[keep], templates=None if self.templates is None else self.templates[keep],
+            splits=None)
 
     def structure(self) -> dict[str, int]:
         """``{class: items}`` (CV groups per class); ``{}`` for a continuous label."""
@@ -666,7 +676,8 @@ def family_levels(inp: ProbeInputs, *, n_perm: int = 1000, n_boot: int = 200, se
     if has_emb:
         sets.append(inp.embedding)
     pl = permutation_levels(sets, inp.y, inp.groups, continuous=inp.continuous, n_perm=n_perm, seed=seed,
-                            n_splits=inp.n_splits, fold_seed=inp.fold_seed, templates=inp.templates, alpha=alpha)
+                            n_splits=inp.n_splits, fold_seed=inp.fold_seed, splits=inp.splits,
+                            templates=inp.templates, alpha=alpha)
     bt = bootstrap_levels(sets, inp.y, inp.groups, continuous=inp.continuous, n_boot=n_boot, seed=seed + 1,
                           n_splits=inp.n_splits, alpha=alpha)
     boot = np.full((n_boot, L + 2), np.nan)

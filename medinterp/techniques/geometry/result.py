@@ -225,6 +225,7 @@ class GeometryResult(TechniqueResult):
             MedinterpError: the result has no stored features (saved by an older version), or ``read`` is
                 not the read they were stored for.
         """
+        from medinterp.stats.cv import grouped_folds
         from medinterp.techniques.geometry.inference import ProbeInputs, present_mask
 
         if self.probe_features is None:
@@ -243,10 +244,14 @@ class GeometryResult(TechniqueResult):
         lex = np.asarray(self.lexical_features)[keep] if self.lexical_features is not None else None
         tpl = np.asarray([str(t) for t in self.template_ids])[keep] if self.template_ids else None
         yk = y[keep].astype(float) if cont else np.asarray([str(v) for v in y[keep]])
+        groups = np.asarray(self._units())[keep]
+        n_splits, seed = int(self.params.get("n_splits", 5)), int(self.params.get("seed", 0))
+        # the headline's folds exactly (headline._groups: the age as a number, else the item id string)
+        fold_groups = groups.astype(float) if cont and lab == "age" else groups
+        splits = grouped_folds(yk if cont else list(yk), fold_groups, cont, n_splits=n_splits, seed=seed)
         return ProbeInputs(layers=[int(x) for x in layers[blocks]], features=F[blocks][:, keep], lexical=lex,
-                           embedding=emb, y=yk, groups=np.asarray(self._units())[keep], templates=tpl,
-                           continuous=cont, n_splits=int(self.params.get("n_splits", 5)),
-                           fold_seed=int(self.params.get("seed", 0)))
+                           embedding=emb, y=yk, groups=groups, templates=tpl, continuous=cont, n_splits=n_splits,
+                           fold_seed=seed, splits=splits)
 
     def lexical_baseline(self, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
         """(mean, low, high) of the lexical baseline's per-prompt scores (cluster bootstrap over items)."""
