@@ -117,3 +117,30 @@ def test_cli_writes_manifest_tables_and_html(tmp_path):
     assert "progression" in summary["sets"] and not math.isnan(summary["total_s"])
     bad = CliRunner().invoke(app, ["geometry", "--concepts", "no_such_set", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0
+
+
+def test_refit_inference_on_real_reads(results):
+    """Issue 20: the refit tests run on the stored reads of a real run. The age units are the ages; the
+    refit statistic of the observed labels is the map's level; drugs' specialty (4 classes) is decodable
+    at some block by the refit permutation test, and every contrast has a finite SE."""
+    import time
+
+    from medinterp.techniques.geometry import inference as GI
+
+    age = results["age"]
+    us = age.unit_scores()
+    assert set(us.units) == {str(a) for a in range(10, 41)}  # 31 ages, both sexes x 4 templates each
+    drugs = results["drugs"]
+    inp = drugs.probe_inputs()
+    assert inp.embedding is not None and inp.lexical is not None
+    t0 = time.perf_counter()
+    fam = GI.family_levels(inp, n_perm=200, n_boot=100, seed=0)
+    seconds = time.perf_counter() - t0
+    np.testing.assert_allclose(fam.level, drugs.layer_curve(), atol=1e-6)
+    assert fam.p_level.min() <= 0.01 and np.isfinite(fam.excess_se).all() and np.isfinite(fam.over_embedding).all()
+    a_inp = age.probe_inputs()
+    a_fam = GI.family_levels(a_inp, n_perm=100, n_boot=30, seed=0)
+    np.testing.assert_allclose(a_fam.level, age.layer_curve(), atol=1e-6)
+    print(f"drugs (4 specialties, {len(inp.y)} prompts): {seconds:.1f} s; level {np.round(fam.level, 2)}; "
+          f"p_level {np.round(fam.p_level, 3)}; excess over lexical {np.round(fam.excess, 2)} (lexical {fam.lexical:.2f}); "
+          f"over embedding {np.round(fam.over_embedding, 2)} (embedding {fam.embedding:.2f})")

@@ -296,6 +296,13 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
     np.testing.assert_allclose(back.layer_curve(**back.paper_primary), curve)
     np.testing.assert_allclose(back.layer_curve(), res.layer_curve())
     np.testing.assert_allclose(back.unit_scores().values, res.unit_scores().values)
+    # issue 20: the probe features, CV groups and structure covariates survive a save, so the refit tests
+    # need no model
+    np.testing.assert_array_equal(back.probe_features, res.probe_features)
+    assert back.probe_features.shape[:2] == (n_layers + 1, n) and back.cv_groups == res.cv_groups
+    assert back.unit_scores().covariates["n_classes"].tolist() == [3.0] * n
+    pi = back.probe_inputs()
+    assert pi.embedding is not None and pi.features.shape[0] == n_layers and pi.splits is not None
     assert back.concept_set == "toy_drugs" and back.curve_label.startswith("item-grouped probe")
     text = back.summary()
     assert isinstance(text, str) and text.startswith("[toy_drugs] layer curve: item-grouped probe")

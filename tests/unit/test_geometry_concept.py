@@ -501,3 +501,22 @@ def test_class_structure_subsampling_and_covariates():
         GI.permutation_levels([np.zeros((4, 2))], list("abab"), list("xxyz"), continuous=False)
     with pytest.raises(MedinterpError, match="must be \\[n, d\\]"):
         GI.bootstrap_levels([np.zeros((4, 2))], list("ababa"), list("vwxyz"), continuous=False)
+
+
+def test_paired_contrast_finds_the_model_over_its_twin_and_not_a_twin_over_itself():
+    k, n = 6, 36
+    means = np.random.default_rng(3).normal(size=(k, 6))
+    rng = np.random.default_rng(5)
+    X, y, g, tpl = _structure_family(rng, k, n, d=6, n_layers=2, signal=[0.0, 1.0], class_means=means)
+    twin = rng.normal(size=X.shape)  # the random-init twin's reads: no class structure
+
+    def inp(F):
+        return GI.ProbeInputs(layers=[0, 1], features=F, lexical=None, embedding=None, y=y.astype(str),
+                              groups=g.astype(str), templates=tpl, continuous=False)
+
+    c = GI.paired_contrast(inp(X), inp(twin), n_boot=60, seed=0)
+    assert c.p[1] < 0.001 and c.p[0] > 0.01 and c.effect[1] > 0.3
+    same = GI.paired_contrast(inp(X), inp(X), n_boot=20, seed=0)
+    np.testing.assert_allclose(same.effect, 0.0, atol=1e-12)
+    with pytest.raises(MedinterpError, match="same prompts"):
+        GI.paired_contrast(inp(X), inp(X[:, :10]))

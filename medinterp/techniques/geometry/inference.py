@@ -406,14 +406,21 @@ def bootstrap_levels(
     out = np.full((n_boot, len(Xs)), np.nan)
     order = np.argsort(gt.row_group, kind="stable")
     starts = np.searchsorted(gt.row_group[order], np.arange(G))
+    equal = bool((gt.size == gt.size[0]).all())
     with _one_blas_thread():
         for idx_all in widths.values():
             for c0 in range(0, len(idx_all), layer_chunk):
                 idx = idx_all[c0: c0 + layer_chunk]
                 X = np.stack([Xs[j] for j in idx])  # [l, n, d]
-                s1 = np.add.reduceat(X[:, order], starts, axis=1)  # [l, G, d] per-group sums
-                s2 = np.stack([np.add.reduceat(np.einsum("ri,rj->rij", Xl[order], Xl[order]), starts, axis=0)
-                               for Xl in X])  # [l, G, d, d] per-group second moments
+                Xo = X[:, order]
+                if equal:  # every group has the same rows: one batched product
+                    Xg = Xo.reshape(len(idx), G, int(gt.size[0]), X.shape[2])
+                    s1 = Xg.sum(2)  # [l, G, d] per-group sums
+                    s2 = np.matmul(Xg.transpose(0, 1, 3, 2), Xg)  # [l, G, d, d] per-group second moments
+                else:
+                    s1 = np.add.reduceat(Xo, starts, axis=1)
+                    s2 = np.stack([np.add.reduceat(np.einsum("ri,rj->rij", Xl, Xl), starts, axis=0) for Xl in Xo])
+                del Xo
                 for b, (m, fold) in enumerate(designs):
                     out[b, idx] = _boot_levels_one(X, s1, s2, m, fold, gt, n_splits, continuous, alpha)
     return out
@@ -657,7 +664,13 @@ class FamilyLevels:
 
 
 def _sf(z: np.ndarray) -> np.ndarray:
+    """One-sided ``1 - Phi(z)``; NaN where ``z`` is not finite (e.g. a zero SE)."""
     return np.where(np.isfinite(z), sps.norm.sf(np.where(np.isfinite(z), z, 0.0)), np.nan)
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(a, float) / np.asarray(b, float)
 
 
 def family_levels(inp: ProbeInputs, *, n_perm: int = 1000, n_boot: int = 200, seed: int = 0,
@@ -691,14 +704,14 @@ def family_levels(inp: ProbeInputs, *, n_perm: int = 1000, n_boot: int = 200, se
         lex, lex_ch, p_lex = float(pl.statistic[L]), float(pl.null_mean[L]), float(pl.p[L])
         excess = (level - chance) - (lex - lex_ch)
         se_x = np.nanstd(bt[:, :L] - bt[:, [L]], axis=0, ddof=1)
-        p_x = _sf(excess / se_x)
+        p_x = _sf(_ratio(excess, se_x))
     if has_emb:
         e = L + int(has_lex)
         boot[:, L + 1] = bt[:, e]
         emb, p_emb = float(pl.statistic[e]), float(pl.p[e])
         over = level - emb
         se_o = np.nanstd(bt[:, :L] - bt[:, [e]], axis=0, ddof=1)
-        p_o = _sf(over / se_o)
+        p_o = _sf(_ratio(over, se_o))
     struct = inp.structure()
     return FamilyLevels(
         layers=list(inp.layers), level=level, p_level=pl.p[:L], chance=chance, lexical=lex, lexical_chance=lex_ch,
@@ -753,12 +766,12 @@ def contrast_families(med: FamilyLevels, ctrl: FamilyLevels, *, ci: float = 0.95
         raise MedinterpError(f"contrast_families: layer counts differ ({len(med.level)} vs {len(ctrl.level)})")
     eff = med.excess - ctrl.excess
     se = np.sqrt(med.excess_se ** 2 + ctrl.excess_se ** 2)
-    z = eff / se
+    z = _ratio(eff, se)
     q = sps.norm.ppf(0.5 + ci / 2)
     o_eff = med.over_embedding - ctrl.over_embedding
     o_se = np.sqrt(med.over_embedding_se ** 2 + ctrl.over_embedding_se ** 2)
     return GeometryContrast(effect=eff, se=se, z=z, p=_sf(z), ci_low=eff - q * se, ci_high=eff + q * se,
-                            over_embedding=o_eff, over_embedding_se=o_se, p_over_embedding=_sf(o_eff / o_se),
+                            over_embedding=o_eff, over_embedding_se=o_se, p_over_embedding=_sf(_ratio(o_eff, o_se)),
                             medicine=med, control=ctrl, structure=structure, null=NULL_TWO_FAMILY)
 
 
@@ -787,3 +800,52 @@ def geometry_cell(medicine: Any, control: Any, *, match_structure: bool = True, 
     med = family_levels(a, n_perm=n_perm, n_boot=n_boot, seed=seed)
     ctrl = family_levels(b, n_perm=n_perm, n_boot=n_boot, seed=seed + 7)
     return contrast_families(med, ctrl, ci=ci, structure=structure)
+
+
+@dataclasses.dataclass
+class PairedContrast:
+    """Level of one set of features minus another's on the same prompts, labels and folds, per block
+    (:func:`paired_contrast`; e.g. the model against its random-init twin).
+
+    Attributes:
+        effect: ``[L]`` ``level_a - level_b``; se: refit-bootstrap SE (same draws and folds for both);
+        z, p: ``effect / se`` and one-sided ``1 - Phi(z)``; ci_low, ci_high: normal CI;
+        level_a, level_b: ``[L]`` the two levels on the headline's folds.
+    """
+
+    effect: np.ndarray
+    se: np.ndarray
+    z: np.ndarray
+    p: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    level_a: np.ndarray
+    level_b: np.ndarray
+
+
+def paired_contrast(a: Any, b: Any, *, n_boot: int = 200, seed: int = 0, ci: float = 0.95) -> PairedContrast:
+    """``level(a) - level(b)`` per block for two feature sets of the *same* prompts (e.g. the model and its
+    random-init twin: the twin's geometry result on the family), with a paired refit-bootstrap SE.
+
+    Both probes are refitted on every replicate with the same group draws and folds, so the SE holds the
+    out-of-fold dependence and the pairing. ``a``, ``b``: GeometryResults or :class:`ProbeInputs` with the
+    same labels and groups (row for row) and the same block count.
+    """
+    A = a.probe_inputs() if hasattr(a, "probe_inputs") else a
+    B = b.probe_inputs() if hasattr(b, "probe_inputs") else b
+    if A.features.shape[:2] != B.features.shape[:2] or not np.array_equal(A.groups, B.groups) \
+            or not np.array_equal(np.asarray(A.y, str), np.asarray(B.y, str)):
+        raise MedinterpError("paired_contrast: the two feature sets must cover the same prompts (labels, groups, "
+                             f"block count); got {A.features.shape[:2]} and {B.features.shape[:2]}")
+    L = A.features.shape[0]
+    sets = [A.features[j] for j in range(L)] + [B.features[j] for j in range(L)]
+    pl = permutation_levels(sets, A.y, A.groups, continuous=A.continuous, n_perm=1, seed=seed, n_splits=A.n_splits,
+                            fold_seed=A.fold_seed, splits=A.splits)
+    bt = bootstrap_levels(sets, A.y, A.groups, continuous=A.continuous, n_boot=n_boot, seed=seed + 1,
+                          n_splits=A.n_splits)
+    eff = pl.statistic[:L] - pl.statistic[L:]
+    se = np.nanstd(bt[:, :L] - bt[:, L:], axis=0, ddof=1)
+    z = _ratio(eff, se)
+    q = sps.norm.ppf(0.5 + ci / 2)
+    return PairedContrast(effect=eff, se=se, z=z, p=_sf(z), ci_low=eff - q * se, ci_high=eff + q * se,
+                          level_a=pl.statistic[:L], level_b=pl.statistic[L:])
