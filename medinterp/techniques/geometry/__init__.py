@@ -52,9 +52,17 @@ A layer where every prompt gives the same vector (up to float32 rounding; e.g. t
 when all prompts end on one token) is not embedded: its metrics are NaN (residual norm and mean
 cosine kept) and the run emits a :class:`ConstantLayerWarning`, also listed in ``result.warnings``.
 
+**Inference (``inference``; issue 20).** Out-of-fold scores of one fold's probe are not independent
+units, so the map's geometry tests refit the probe: :func:`permutation_levels` (the level's exact null:
+group labels permuted within test folds, the probe refitted in closed form on every permutation),
+:func:`bootstrap_levels` (refit cluster bootstrap: SEs of level differences), :func:`family_levels`
+(level, excess over the lexical baseline, gain over the embedding layer), :func:`geometry_cell`
+(medicine's excess minus the control's, at a common class structure) and :func:`paired_contrast` (the
+model against its twin on the same prompts). Units are the CV groups (the age for age).
+
 Layout: ``bootstrap`` (resampling weights, percentile CIs), ``metrics`` (the metric functions on
 numpy arrays), ``embedding`` (PCA, kNN, UMAP, alignment, worker pool), ``layer`` (label roles, all
-metrics of one layer), ``result`` (:class:`GeometryResult`), ``run`` (:func:`geometry`,
+metrics of one layer), ``inference`` (the refit tests), ``result`` (:class:`GeometryResult`), ``run`` (:func:`geometry`,
 :func:`geometry_many`, the ``TECHNIQUE`` adapter). Figures: ``medinterp.viz.geometry``.
 
 Metric functions work on plain numpy arrays and are usable on their own; :func:`geometry` runs the
@@ -90,6 +98,21 @@ from medinterp.techniques.geometry.concept import (
     probe_unit_scores,
     ridge_unit_scores,
     template_centre,
+)
+from medinterp.techniques.geometry.inference import (
+    FamilyLevels,
+    GeometryContrast,
+    PairedContrast,
+    ProbeInputs,
+    bootstrap_levels,
+    common_structure,
+    cv_groups,
+    family_levels,
+    geometry_cell,
+    geometry_permutation_test,
+    paired_contrast,
+    permutation_levels,
+    subsample_structure,
 )
 from medinterp.techniques.geometry.questions import age_step, paired_item_difference, progression_order
 from medinterp.techniques.geometry.result import GeometryResult
@@ -139,4 +162,17 @@ __all__ = [
     "TABLE_COLUMNS",
     "SHIPPED_GEOMETRY_SETS",
     "TECHNIQUE",
+    "ProbeInputs",
+    "FamilyLevels",
+    "GeometryContrast",
+    "PairedContrast",
+    "permutation_levels",
+    "geometry_permutation_test",
+    "bootstrap_levels",
+    "family_levels",
+    "geometry_cell",
+    "paired_contrast",
+    "cv_groups",
+    "common_structure",
+    "subsample_structure",
 ]

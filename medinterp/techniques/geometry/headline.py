@@ -134,7 +134,8 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
         y = [v for v, ok in zip(inp.labels[lab], sel) if ok]
         s, raw = unit_scores_for(lex[sel], y, _groups(inp, lab)[sel], lab in inp.continuous, n_splits=n_splits,
                                  seed=seed, splits_cache=folds)
-        bs = cluster_bootstrap(s, units=units[sel], n_boot=n_boot, ci=ci, seed=seed)
+        lex_units = np.asarray([_fmt(g) for g in _groups(inp, lab)])[sel]  # the CV groups
+        bs = cluster_bootstrap(s, units=lex_units, n_boot=n_boot, ci=ci, seed=seed)
         findings["lexical"][lab] = {"value": float(bs.estimate), "ci_low": float(bs.low), "ci_high": float(bs.high),
                                     "raw": raw}
         if lab == probe_labels[0]:
@@ -200,9 +201,10 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                     for m in ("spearman", "csfs", "csls"):
                         prog_rows.append({"layer": layer, "space": read, "group": dname, "metric": m,
                                           "value": d[m], "ci_low": math.nan, "ci_high": math.nan, "n": 1})
-        for lab, S in per_label.items():
+        for lab, S in per_label.items():  # CIs resample the CV groups (the units: the age for age)
             sel = ~np.isnan(S[:, 0])
-            _ci_rows(rows, inp.layers, read, "probe", lab, S[sel], units[sel], n_boot, ci, seed)
+            cv_units = np.asarray([_fmt(g) for g in _groups(inp, lab)])
+            _ci_rows(rows, inp.layers, read, "probe", lab, S[sel], cv_units[sel], n_boot, ci, seed)
         unit[read] = per_label[probe_labels[0]]
         feat_out[read] = feats
         if inp.matched and read == main:

@@ -254,10 +254,10 @@ class GeometryResult(TechniqueResult):
                            fold_seed=seed, splits=splits)
 
     def lexical_baseline(self, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-        """(mean, low, high) of the lexical baseline's per-prompt scores (cluster bootstrap over items)."""
+        """(mean, low, high) of the lexical baseline's per-prompt scores (cluster bootstrap over the CV groups)."""
         s = np.asarray(self.lexical_scores, float)
         ok = np.isfinite(s)
-        bs = cluster_bootstrap(s[ok], units=np.asarray(self.unit_ids)[ok], n_boot=n_boot, ci=ci, seed=seed)
+        bs = cluster_bootstrap(s[ok], units=np.asarray(self._units())[ok], n_boot=n_boot, ci=ci, seed=seed)
         return float(bs.estimate), float(bs.low), float(bs.high)
 
     @property
