@@ -692,8 +692,179 @@ def dosage_control() -> None:
     write("dosage_drugs_control", lines)
 
 
+# ------------------------------------------------------------------------------------------------ progression
+# Control for `progression` (6 diseases x 10 stages): 8 everyday processes x 10 ordered stages (0 = start .. 9 = end),
+# written as descriptions of the same lengths in tokens as the clinical ones (several with numbers, like eGFR or
+# FEV1 values); none is circular. {process: [stage 0, ..., stage 9]}
+PROCESSES = {
+    "house construction": [
+        "an empty plot of land with planning permission just granted",
+        "the site cleared and surveyed, the foundations marked out with string lines and pegs",
+        "trenches dug one metre deep and the concrete foundations poured",
+        "the ground floor slab laid and the first courses of brick above ground",
+        "the ground floor walls built up to ceiling height with scaffolding around them",
+        "the upper floor walls finished and the roof timbers lifted into place",
+        "the roof tiled, windows and doors fitted and the shell watertight",
+        "first fix done: wiring, plumbing and heating pipes run, walls plastered",
+        "second fix done, with kitchen and bathrooms fitted, sockets live and the rooms painted",
+        "the finished house signed off by the building inspector, the scaffolding gone, the garden turfed and the keys handed to the new owners",
+    ],
+    "tomato plant growth": [
+        "a dry seed still in its packet",
+        "the seed swelling in damp compost on a warm windowsill",
+        "a pale shoot breaking through the soil",
+        "a seedling 3 cm tall with its first leaves",
+        "a young plant with four true leaves, repotted",
+        "a leafy plant 60 cm tall tied to a bamboo cane",
+        "the first yellow flowers opening on the truss",
+        "small green fruits forming where flowers were",
+        "full-sized fruits swelling and slowly turning from green to orange",
+        "ripe red tomatoes ready to pick from a plant two metres tall",
+    ],
+    "bread making": [
+        "500 g of flour, water, yeast and salt weighed out on the counter",
+        "the ingredients mixed into a shaggy dough",
+        "the dough kneaded for ten minutes until smooth and stretchy",
+        "the dough left in a covered bowl to rise for an hour",
+        "the dough doubled in size and knocked back",
+        "the dough shaped into a loaf and placed in a greased tin",
+        "the loaf proving for 45 minutes until puffy and domed above the tin",
+        "the loaf slashed on top and put into an oven at 220 degrees",
+        "the crust browning, the loaf sounding hollow and the kitchen smelling of fresh bread",
+        "the baked loaf cooling on a rack, ready to slice",
+    ],
+    "marathon race": [
+        "runners gathering at the start line before the gun",
+        "the first kilometre, runners packed together",
+        "5 km passed in 25 minutes, settled into a steady, even pace",
+        "10 km reached, with the pack spreading out along the road",
+        "the halfway mark at 21 km, still running comfortably and drinking well",
+        "30 km passed, legs heavy and the pace starting to slow",
+        "hitting the wall at 33 km, every step forced and the legs close to cramping",
+        "35 km with cramp in both calves, walking through the water station at the roadside",
+        "the last two kilometres with the finish in sight",
+        "across the finish line after 42.2 km in just under four hours, wrapped in a foil blanket with a medal round the neck",
+    ],
+    "car ageing": [
+        "a brand-new car in the showroom, never driven on a road",
+        "a one-year-old car with 10,000 miles and its first service done",
+        "three years old, 35,000 miles, passing its first MOT with no advisories",
+        "five years old with 60,000 miles and the original tyres replaced",
+        "seven years old, 80,000 miles, small rust spots on the wheel arches",
+        "nine years old with 100,000 miles, needing a new clutch and timing belt",
+        "twelve years old with 130,000 miles, an oil leak and worn suspension",
+        "fifteen years old, failing its MOT on rusty brake pipes",
+        "eighteen years old with 190,000 miles, smoking badly and rarely starting",
+        "a twenty-year-old wreck towed away to the scrapyard and crushed",
+    ],
+    "phone battery ageing": [
+        "a new phone battery at 100% health, lasting two full days on a charge",
+        "battery health 98% after a few months, the phone still lasting all day long",
+        "battery health 93% after a year, needing a charge every single evening",
+        "battery health 88%, running low by late afternoon",
+        "battery health 84% after two years, charged twice a day",
+        "battery health 79%, with a service warning shown in the settings",
+        "battery health 74%, with the phone slowing itself down to save power",
+        "battery health 68%, shutting down in the cold at 20% charge left",
+        "battery health 61%, lasting two hours and running hot while charging",
+        "a swollen battery pushing the screen out of the case, the phone no longer turning on and the battery sent away for safe recycling",
+    ],
+    "long-haul flight": [
+        "passengers queueing at the gate to board",
+        "everyone seated, the doors closed and the aircraft pushed back from the stand",
+        "the wheels leaving the runway on take-off",
+        "climbing through 10,000 feet with the seatbelt signs still on",
+        "cruising at 38,000 feet, the first meal served",
+        "the middle of the flight, six hours out over the Atlantic Ocean, the cabin lights dimmed and most passengers asleep",
+        "breakfast served about two hours before landing",
+        "the descent begun, the seatbelt signs back on, tray tables stowed and seats upright",
+        "the final approach with the landing gear down, the flaps fully extended and the bright runway lights straight ahead in the dark night",
+        "parked at the arrival gate with the doors open and passengers leaving",
+    ],
+    "candle burning": [
+        "a new candle, never lit, with a straight white cotton wick",
+        "the wick just lit, a small flame and a little melted wax around it",
+        "burning for ten minutes, a pool of melted wax around the wick",
+        "an hour in, the candle a whole centimetre shorter than when it was first lit",
+        "burning steadily, about a quarter of the wax now gone",
+        "half the candle burnt away after four hours",
+        "wax dripping down the sides, two-thirds of the candle gone",
+        "only a short stub left, the flame flickering in a deep pool of wax",
+        "the last centimetre of wax, the flame sputtering",
+        "burnt out, leaving a blackened wick in a puddle of hard wax",
+    ],
+}
+
+
+def progression_control() -> None:
+    lines = header(
+        "progression_control", "Non-medical control for `progression`: everyday processes in 10 ordered stages.",
+        f"Control for `progression`: {len(PROCESSES)} everyday processes ({', '.join(PROCESSES)}), each in 10 "
+        "ordered stages from the start (stage 0) to the end (stage 9), written as short descriptions like the "
+        "clinical stage descriptions (some with numbers: kilometres, miles, battery health, feet). Continuous "
+        "label `stage`, categorical `process` (like `disease`).",
+        "Non-medical control written for medinterp (v3.0.0, rebuilt so that it has at least as many items per stage "
+        "as `progression` and description lengths in tokens that cover the clinical ones on Gemma 3 and SmolLM2, "
+        "issue 20). The order of stages is common knowledge; the stage index is a position within this file, not a "
+        "measured quantity.",
+        "description",
+        {"process": {"type": "categorical", "values": list(PROCESSES)}, "stage": {"type": "continuous"}},
+        ["source", "reviewed"],
+        ["Field note: {description}.",
+         "Findings at this visit: {description}.",
+         "Assessment: {description}.",
+         "On review today: {description}.",
+         "Summary of the notes: {description}.",
+         "Current status: {description}.",
+         "Latest progress report: {description}.",
+         "The observer wrote: {description}.",
+         "Progress note: {description}"])
+    for process, stages in PROCESSES.items():
+        for i, d in enumerate(stages):
+            lines.append(row({"process": process, "stage": i, "description": d, "source": "written for medinterp",
+                              "reviewed": ""}))
+    write("progression_control", lines)
+
+
+# ------------------------------------------------------------------------------------------------ age
+# Control for `age` (ages 1..100 x male/female, 9 templates): the age of a building, 1..100 years, of two materials
+# (wooden / stone play the part of male / female: one-token adjectives in the same slots), in templates that copy
+# the age templates word for word where the medical word has a non-medical counterpart.
+AGE_TEMPLATES = [
+    "Building age: {age} years. Material: {thing}. Presenting problem:",
+    "The building, {thing}, aged {age}, stands beside",
+    "Age {age}, {thing}. History of present repairs:",
+    "Material: {thing}. Age: {age}",
+    "The {thing} building is aged {age}",
+    "Renovation letter: {thing} building aged {age} years.",
+    "Site survey record: material {thing}, age {age}, seen on site.",
+    "Consultation about a {thing} building that is {age} years old.",
+    "Survey note. Material {thing}; age in years: {age}",
+]
+
+
+def age_control() -> None:
+    lines = header(
+        "age_control", "Non-medical control for `age`: the age of a wooden or stone building, every year from 1 to 100.",
+        "Control for `age`: the age of a building, every year from 1 to 100, for two materials (wooden, stone: 200 "
+        "rows), in the frames of the age templates (`thing` plays the part of `sex`: a one-token adjective in the "
+        "same slot). Continuous label `age`, categorical `thing`.",
+        "Non-medical control written for medinterp (v3.0.0: the same ages and the same template structure as `age`, "
+        "frames of the same token length before and after the age on Gemma 3 and SmolLM2, issue 20). No facts: "
+        "every age is a plausible building age.",
+        "age", {"age": {"type": "continuous"}, "thing": {"type": "categorical", "values": ["wooden", "stone"]}},
+        ["source", "reviewed"], AGE_TEMPLATES)
+    for thing in ("wooden", "stone"):
+        for age in range(1, 101):
+            lines.append(row({"age": age, "thing": thing, "source": "written for medinterp (age and material only)",
+                              "reviewed": ""}))
+    write("age_control", lines)
+
+
 if __name__ == "__main__":
     drugs_control()
     symptoms_control()
     diseases_control()
     dosage_control()
+    progression_control()
+    age_control()
