@@ -254,7 +254,7 @@ INGREDIENTS = [
     ("Marmite", "British", "yeast extract", " toast"),
     ("Stilton", "British", "blue cheese", " crackers"),
     ("Cheddar", "British", "hard cheese", " sandwiches"),
-    ("Worcestershire sauce", "British", "fermented fish sauce", " marinades"),
+    ("Worcestershire sauce", "British", "condiment sauce", " marinades"),
     ("clotted cream", "British", "cream", " scones"),
     ("Branston pickle", "British", "vegetable chutney", " sandwiches"),
     ("golden syrup", "British", "syrup", " baking"),

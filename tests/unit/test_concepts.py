@@ -554,3 +554,116 @@ def test_item_placeholder_alias_and_ends_on_item_must_agree(tmp_path):
                  '    ends_on_item: true\nitems:\n  - {symptom: rash}\n', encoding="utf-8")
     with pytest.raises(ConceptFileError, match=r"a.yaml, line 5, column 'templates'.*ends_on_item"):
         load_concepts(f)
+
+
+# ----------------------------------------------------------------------------- matched controls (issue 20)
+# A control family can be matched to its medical family only if it has at least the medical class structure
+# (the map subsamples the control down to it), the same template frames and items whose token counts cover
+# the medical ones. scripts/control_structure.py prints the comparison; these tests hold the floor.
+
+
+def _class_sizes(s, label):
+    vals = [str(it[label]) for it in s.items if it.get(label) not in (None, "") and str(it[label]) != "ungrouped"]
+    return sorted(Counter(vals).values(), reverse=True)
+
+
+def _dominates(ctl, med):
+    """The control's classes can be subsampled to the medical structure: as many classes, and the k-th largest
+    control class at least as large as the k-th largest medical one for every k."""
+    c, m = sorted(ctl, reverse=True), sorted(med, reverse=True)
+    return len(c) >= len(m) and all(a >= b for a, b in zip(c, m))
+
+
+def test_dominance_check_known_answers():
+    assert _dominates([5, 5, 5], [5, 4, 1]) and _dominates([9, 2, 2, 1], [2, 2, 2])
+    assert not _dominates([5, 5], [5, 4, 1])  # too few classes
+    assert not _dominates([9, 3, 1], [4, 4, 1])  # a size cannot be matched, though the totals can
+    # a shipped control cut below its medical family is caught: drop all but 4 signs of each symptoms_control part
+    ctl = load_concepts("symptoms_control")
+    kept = Counter()
+    cut = [it for it in ctl.items if (kept.update([it["part"]]) or kept[it["part"]] <= 4)]
+    assert not _dominates(Counter(it["part"] for it in cut).values(), _class_sizes(load_concepts("symptoms"), "system"))
+
+
+@pytest.mark.parametrize("row", ["age", "symptoms", "diseases", "progression", "drugs", "dosage"])
+def test_control_class_structure_and_templates_at_least_the_medical_ones(row):
+    fam = CONCEPT_FAMILIES[row]
+    med, ctl = load_concepts(fam["concepts"]), load_concepts(fam["control"])
+    assert len(fam["control_labels"]) == len(fam["labels"]), row
+    for lm, lc in zip(fam["labels"], fam["control_labels"]):
+        sm, sc = _class_sizes(med, lm), _class_sizes(ctl, lc)
+        assert _dominates(sc, sm), (row, lm, lc, sm, sc)
+    # the same frames: as many templates (>= 8), each of the same kind (ends on the item or not, has an answer or not)
+    assert len(ctl.templates) == len(med.templates) >= 8, row
+    assert ctl.template_ends_on_item == med.template_ends_on_item, row
+    assert [a is not None for a in ctl.template_answers] == [a is not None for a in med.template_answers], row
+    for lab in med.continuous_labels:  # age: the same ages; progression: the same stages
+        if lab in ctl.continuous_labels:
+            assert {float(v) for v in med.label(lab)} == {float(v) for v in ctl.label(lab)}, (row, lab)
+    assert ctl.version.split(".")[0] >= "3", row  # rebuilt for matching (v3)
+
+
+def test_controls_have_no_leaks_misfits_or_duplicates():
+    from medinterp.concepts.checks import answer_leaks, duplicates, template_misfits
+
+    for fam in CONCEPT_FAMILIES.values():
+        ctl = load_concepts(fam["control"])
+        assert not answer_leaks(ctl) and not template_misfits(ctl) and not duplicates(ctl), ctl.name
+
+
+def _cached_builtin_tokenizers():
+    """Tokenizers of the two offline models from medinterp's converted-model cache (no conversion is started:
+    a model that is not converted yet is missing here)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from medinterp.models._cache import _cache_is_valid, cache_dir
+
+    out = {}
+    for folder in sorted((cache_dir() / "converted").glob("m-*")):
+        if not _cache_is_valid(folder) or not (folder / "config.json").is_file():
+            continue
+        cfg = json.loads((folder / "config.json").read_text())
+        arch = (cfg.get("architectures") or [""])[0]
+        if arch.startswith("Gemma3") and cfg.get("hidden_size") == 640:
+            out["gemma-3-270m"] = AutoTokenizer.from_pretrained(str(folder))
+        elif arch.startswith("Llama") and cfg.get("hidden_size") == 576 and cfg.get("num_hidden_layers") == 30:
+            out["smollm2-135m"] = AutoTokenizer.from_pretrained(str(folder))
+    return out
+
+
+@pytest.fixture(scope="module")
+def builtin_tokenizers():
+    toks = _cached_builtin_tokenizers()
+    if not toks:
+        pytest.skip("no converted built-in model in the medinterp cache (run medinterp.load_model once)")
+    return toks
+
+
+def _n_tokens(tok, text):
+    return len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
+def _frames(tok, s):
+    """Per template: the set of (tokens before the item, tokens after it) over the set's prompts."""
+    out = []
+    for t in range(len(s.templates)):
+        seen = set()
+        for p in s.prompts(templates=[t]):
+            pre = p.text[:p.span[0]]
+            seen.add((_n_tokens(tok, pre[:-1] if pre.endswith(" ") else pre), _n_tokens(tok, p.text[p.span[1]:])))
+        out.append(seen)
+    return out
+
+
+@pytest.mark.parametrize("row", ["age", "symptoms", "diseases", "progression", "drugs", "dosage"])
+def test_control_items_cover_medical_token_counts_and_frames_match(builtin_tokenizers, row):
+    fam = CONCEPT_FAMILIES[row]
+    med, ctl = load_concepts(fam["concepts"]), load_concepts(fam["control"])
+    for name, tok in builtin_tokenizers.items():
+        hm = Counter(_n_tokens(tok, " " + x) for x in {str(it[med.item_key]) for it in med.items})
+        hc = Counter(_n_tokens(tok, " " + x) for x in {str(it[ctl.item_key]) for it in ctl.items})
+        short = {k: (v, hc.get(k, 0)) for k, v in hm.items() if hc.get(k, 0) < v}
+        assert not short, (row, name, "token count: (medical, control) items", short)
+        assert _frames(tok, ctl) == _frames(tok, med), (row, name)
