@@ -19,6 +19,13 @@ Usage::
     python benchmarks/lesion_speed.py                      # Gemma 3 270M, drugs concept set
     python benchmarks/lesion_speed.py --model tiny --n-prompts 32
     python benchmarks/lesion_speed.py --modes skip,mlp_mean --repeats 3 --json out.json
+    python benchmarks/lesion_speed.py --pair-sets --threads 1 --modes skip   # the map's preset on every family
+
+``--pair-sets`` measures what the map's lesion preset costs instead: for each family's medical and control
+pair set (``CONCEPT_FAMILIES``), ``lesion(..., only_known=True)`` on every distinct clean prompt, with the
+known prompts, the CPU seconds of the known pass (intact clean + corrupted runs) and of the lesions (process
+time: less sensitive than wall-clock to other load on a shared machine), and the spread of LD_clean and of the
+fraction lost.
 """
 
 from __future__ import annotations
@@ -107,12 +114,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--gen-tokens", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--pair-sets", action="store_true", help="time the map preset on every family's pair sets")
+    ap.add_argument("--families", default=None, help="with --pair-sets: comma-separated families (default all)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     model = load(args.model)
+    if args.pair_sets:
+        return pair_sets(model, args.modes.split(","), args.families, args.json)
     print(f"model {args.model}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, d_vocab {model.cfg.d_vocab} "
           f"(loaded in {time.perf_counter() - t0:.1f} s); torch threads {torch.get_num_threads()}")
     items = prompts_for(model, args.concepts, args.n_prompts)
@@ -204,6 +215,41 @@ def main(argv=None) -> dict:
     }
     if args.json:
         with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+def pair_sets(model, modes, families, json_path) -> dict:
+    """CPU seconds of ``lesion(..., only_known=True)`` (the map preset) on every family's pair sets."""
+    import types
+
+    import medinterp.techniques.lesion.run as R
+    from medinterp.concepts import CONCEPT_FAMILIES
+    from medinterp.techniques.lesion import lesion
+
+    R.time = types.SimpleNamespace(perf_counter=time.process_time)  # the run's stage timings in CPU seconds
+    rows = []
+    try:
+        for fam in families.split(",") if families else list(CONCEPT_FAMILIES):
+            for key in ("pairs", "control_pairs"):
+                c = time.process_time()
+                r = lesion(model, CONCEPT_FAMILIES[fam][key], modes=modes, only_known=True, n_continuations=0,
+                           n_boot=200, progress=False, batch_size=16)
+                ld = r.clean_ld[r.known]
+                fr = r.values("ld_frac", modes[0])[r.known]
+                rows.append(dict(family=fam, set=CONCEPT_FAMILIES[fam][key], prompts=r.n_prompts, known=r.n_known,
+                                 cpu_s=round(time.process_time() - c, 2), known_pass_cpu_s=round(r.timings["known_s"], 2),
+                                 lesions_cpu_s=round(r.timings["lesions_s"], 2),
+                                 ld_clean_min_q10_median=[round(float(x), 2) for x in np.quantile(ld, [0, .1, .5])] if len(ld) else None,
+                                 ld_frac_absmax=round(float(np.nanmax(np.abs(fr))), 2) if len(ld) else None))
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        R.time = time
+    out = {"modes": modes, "threads": torch.get_num_threads(), "sets": rows,
+           "total_cpu_s": round(sum(r["cpu_s"] for r in rows), 1), "total_known": sum(r["known"] for r in rows)}
+    print(f"total: {out['total_cpu_s']} CPU-s, {out['total_known']} known of {sum(r['prompts'] for r in rows)} prompts")
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(out, f, indent=2)
     return out
 

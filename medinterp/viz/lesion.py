@@ -63,7 +63,9 @@ def lesion_figures(result: Any, mode: str | None = None, group_by: str | None = 
     ))
     fig.update_layout(
         title=f"Damage when each block is lesioned ({escape(mode)}): {escape(result.concept_set)}, "
-        f"{result.n_prompts} prompts, {int(result.ci * 100)}% bootstrap CI in hover",
+        f"{result.n_prompts} prompts"
+        + (f" ({result.n_known} known)" if getattr(result, "known", None) is not None else "")
+        + f", {int(result.ci * 100)}% bootstrap CI in hover",
         xaxis_title="block", template="plotly_white", height=180 + 45 * len(rows),
     )
     figs.append(fig)
@@ -76,8 +78,10 @@ def lesion_figures(result: Any, mode: str | None = None, group_by: str | None = 
                       template="plotly_white", height=160 + 40 * len(result.modes))
     figs.append(fig)
 
-    # 3. curves per mode with CI bands: log-prob drop (the map's curve), accuracy drop and KL
-    for metric in [m for m in ("logp_drop", "acc_drop", "kl") if m in result.metric_names]:
+    # 3. curves per mode with CI bands: the map's metric (pair sets: fraction of the clean logit difference lost,
+    #    on the known prompts), log-prob drop, accuracy drop and KL
+    first = getattr(result, "default_metric", "logp_drop")
+    for metric in [m for m in dict.fromkeys((first, "logp_drop", "acc_drop", "kl")) if m in result.metric_names]:
         curves = {m: (result.layer_curve(metric, m), *result.layer_curve_ci(metric, m)) for m in result.modes}
         figs.append(layer_curve_figure(
             curves, title=f"{METRIC_TITLES[metric]} per lesioned block (mean, {int(result.ci * 100)}% CI)",

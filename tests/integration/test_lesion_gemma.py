@@ -21,7 +21,8 @@ def res(gemma):
 
 def test_lesion_drugs_end_to_end(res, gemma, tmp_path):
     n = gemma.cfg.n_layers
-    assert res.metrics.shape == (8, 2, n, 4) and np.isfinite(res.metrics).all()
+    assert res.metrics.shape == (8, 2, n, 6) and np.isfinite(res.metrics[..., :4]).all()
+    assert np.isnan(res.metrics[..., 4:]).all() and res.default_metric == "logp_drop"  # a concept set has no foil
     kl = res.metrics[..., 0]
     assert (kl > -1e-4).all()
     assert (kl[:, 0] > 1e-6).all()  # removing any whole block changes the next-token distribution
@@ -80,8 +81,39 @@ def test_map_lesion_on_drug_pairs_reads_the_answer(gemma):
     from medinterp.techniques.base import Family
     from medinterp.techniques.lesion import TECHNIQUE
 
-    res = TECHNIQUE.run(gemma, Family("drugs", pairs="drug_pairs"), progress=False, max_prompts=4, modes=["skip"],
+    res = TECHNIQUE.run(gemma, Family("drugs", pairs="drug_pairs"), progress=False, max_prompts=6, modes=["skip"],
                         n_boot=100)
     us = res.unit_scores()
-    assert us.values.shape == (4, gemma.cfg.n_layers) and np.isfinite(us.values).all()
-    assert all(t.startswith(" ") for t in res.targets) and len(set(us.units)) == 4
+    assert us.values.shape == (6, gemma.cfg.n_layers) and res.default_metric == "ld_frac"
+    assert res.n_known >= 1 and np.isfinite(us.values[res.known]).all() and np.isnan(us.values[~res.known]).all()
+    assert np.isfinite(res.values("logp_drop")).all()
+    assert all(t.startswith(" ") for t in res.targets) and len(set(us.units)) == 6
+    assert set(us.covariates) == {"subject_tokens", "tokens_after_subject", "prompt_tokens", "answer_prior",
+                                  "intact_logp", "intact_ld"}
+    assert np.all(us.covariates["subject_tokens"] >= 1) and np.all(us.covariates["answer_prior"] < 0)
+
+
+def test_ld_fraction_on_gemma_equals_a_hooked_forward(gemma):
+    """The fraction of the clean logit difference lost, from the prefix path, equals a plain forward of Gemma with
+    a hook that makes one block the identity, for a known drug pair."""
+    from medinterp.concepts import load_concepts
+    from medinterp.techniques.lesion import lesion
+
+    res = lesion(gemma, "drug_pairs", modes=["skip"], layers=[0, 6, 12], max_prompts=6, only_known=True,
+                 n_continuations=0, n_boot=50, progress=False)
+    i = int(np.flatnonzero(res.known)[0])
+    pair = load_concepts("drug_pairs").pairs[res.labels["pair"][i]]
+    toks = gemma.to_tokens(pair.clean)
+    a = int(gemma.to_tokens(pair.clean_answer, prepend_bos=False)[0, 0])
+    f = int(gemma.to_tokens(pair.corrupted_answer, prepend_bos=False)[0, 0])
+    with torch.no_grad():
+        lg = gemma(toks)[0, -1].double()
+        ld = float(lg[a] - lg[f])
+        assert res.clean_ld[i] == pytest.approx(ld, abs=2e-3)
+        for l in (0, 6, 12):
+            slot = {}
+            hooks = [(f"blocks.{l}.hook_resid_pre", lambda x, hook: slot.__setitem__("x", x.clone())),
+                     (f"blocks.{l}.hook_resid_post", lambda x, hook: slot["x"])]
+            lg_l = gemma.run_with_hooks(toks, fwd_hooks=hooks)[0, -1].double()
+            want = (ld - float(lg_l[a] - lg_l[f])) / ld
+            assert res.values("ld_frac")[i, l] == pytest.approx(want, rel=2e-3, abs=2e-3)

@@ -133,7 +133,8 @@ def test_mean_ablation_per_position_and_last(rot):
 
 
 def test_mean_ablation_with_own_prompt_as_reference_changes_nothing(rot):
-    res = lesion(rot, [PROMPTS[1]], modes=["attn_mean", "mlp_mean"], n_continuations=0, n_boot=10, progress=False)
+    res = lesion(rot, [PROMPTS[1]], modes=["attn_mean", "mlp_mean"], reference=[PROMPTS[1]], n_continuations=0,
+                 n_boot=10, progress=False)
     assert np.abs(res.metrics[..., 0]).max() < 1e-5  # KL
     assert np.abs(res.metrics[..., 1]).max() < 1e-4  # log-prob drop
     assert res.metrics[..., 2].min() == 1.0
@@ -222,8 +223,11 @@ def test_pair_set_gives_its_clean_prompts_with_their_answers_once(rot):
     res = lesion(rot, ps, modes=["skip"], n_continuations=0, n_boot=10, progress=False)
     us = res.unit_scores()
     assert us.values.shape == (2, rot.cfg.n_layers) and us.units == ["The patient takes", "Chest pain suggests"]
-    assert us.templates is None
-    np.testing.assert_array_equal(us.values, res.metrics[:, 0, :, 1])
+    assert us.templates is None and res.default_metric == "ld_frac"
+    np.testing.assert_array_equal(us.values, res.values("ld_frac"))  # the map's metric (NaN where not known)
+    np.testing.assert_array_equal(res.unit_scores(metric="logp_drop").values, res.metrics[:, 0, :, 1])
+    assert res.known.shape == (2,) and res.covariate_names == ["subject_tokens", "tokens_after_subject", "prompt_tokens",
+                                                               "answer_prior", "intact_logp", "intact_ld"]
 
 
 def test_kl_and_agreement_are_consistent(rot):
@@ -353,7 +357,7 @@ def test_cli_lesion(monkeypatch, tmp_path):
     assert r.exit_code == 0, r.output
     assert {"manifest.json", "arrays.safetensors", "table.csv", "lesion.html"} <= {p.name for p in out.iterdir()}
     res = Result.load(out)
-    assert res.concept_set == "drugs" and res.n_prompts == 4 and res.metrics.shape == (4, 2, 2, 4)
+    assert res.concept_set == "drugs" and res.n_prompts == 4 and res.metrics.shape == (4, 2, 2, 6)
     assert {"specialty", "mechanism", "item"} <= set(res.labels)
     assert "top blocks by kl" in r.output
     bad = CliRunner().invoke(app, ["lesion", "-c", "drugs", "-o", str(out), "--modes", "skip,cut"])
@@ -385,7 +389,8 @@ def test_metrics_equal_a_hand_computed_kl_and_logp_drop(rot):
             drop = float(lp[pos, toks[0, read + 1:]].sum() - lq[pos, toks[0, read + 1:]].sum())
             agree = float(lp[read].argmax() == lq[read].argmax())
             acc = float(lp[read].argmax() == toks[0, read + 1]) - float(lq[read].argmax() == toks[0, read + 1])
-            np.testing.assert_allclose(res.metrics[0, 0, l], [kl, drop, agree, acc], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(res.metrics[0, 0, l, :4], [kl, drop, agree, acc], rtol=1e-4, atol=1e-5)
+            assert np.isnan(res.metrics[0, 0, l, 4:]).all()  # no foil: no logit difference
             assert abs(drop) > 1e-3  # a flipped sign would be caught
             n_reversed += abs(kl - kl_rev) > 1e-3
     assert n_reversed >= rot.cfg.n_layers - 1  # a reversed KL would be caught
@@ -395,7 +400,7 @@ def test_checkpoint_resumes_an_interrupted_run_with_the_same_numbers(rot, tmp_pa
     from medinterp import store
     from medinterp.techniques.lesion import run as les_run
 
-    kw = dict(modes=["skip", "mlp_mean"], n_continuations=0, batch_size=2, n_boot=30, progress=False)
+    kw = dict(modes=["skip", "mlp_mean"], reference=PROMPTS, n_continuations=0, batch_size=2, n_boot=30, progress=False)
     ref = lesion(rot, PROMPTS, **kw)
     calls = {"intact": 0, "save": 0}
     orig_intact, orig_save = les_run.intact_run, store.Checkpoint.save
@@ -469,7 +474,8 @@ def test_block_mean_prefix_equals_full_and_own_mean_is_no_lesion(rot):
     b = lesion(rot, PROMPTS, modes=["block_mean"], n_continuations=0, n_boot=10, progress=False, method="full")
     np.testing.assert_allclose(a.metrics, b.metrics, atol=1e-5, equal_nan=True)
     assert np.nanmax(a.metrics[..., 0]) > 1e-3  # it does something on a set of different prompts
-    one = lesion(rot, PROMPTS[:1], modes=["block_mean"], n_continuations=0, n_boot=10, progress=False)
+    one = lesion(rot, PROMPTS[:1], modes=["block_mean"], reference=PROMPTS[:1], n_continuations=0, n_boot=10,
+                 progress=False)
     assert np.abs(one.metrics[..., 0]).max() < 1e-6 and np.abs(one.metrics[..., 1]).max() < 1e-5
 
 
@@ -568,3 +574,187 @@ def test_stacked_lesions_equal_one_lesion_at_a_time(rot, monkeypatch, rows_per_c
     last = rot.cfg.n_layers - 1
     assert torch.equal(got[0], cache[f"blocks.{last}.hook_resid_pre"])
     assert not torch.allclose(got[last][real], cache["blocks.0.hook_resid_pre"][real])
+
+
+# ---------------------------------------------------------------------------------------- logit difference on known prompts
+_SUBJECTS = [("chest pain", "back pain"), ("fever", "rash"), ("cough", "tremor"), ("nausea", "headache"),
+             ("wheezing", "fatigue"), ("stroke", "asthma")]
+_CANDIDATES = ("angina pneumonia asthma diabetes hypertension stroke migraine infection cancer aspirin insulin "
+               "warfarin heparin metformin ibuprofen omeprazole parkinson copd").split()
+
+
+def _last_logits(model, text):
+    with torch.no_grad():
+        return model(model.to_tokens(text))[0, -1].double()
+
+
+def _known_pairs(model, n_known=4, swap=()):
+    """Pairs on a random model chosen by brute force so that the model 'knows' them: for each (clean, corrupted)
+    prompt, the (answer, foil) among the candidate words maximising min(LD_clean, -LD_corrupted); pair ``i`` in
+    ``swap`` gets its answer and foil swapped (LD_clean < 0: not known)."""
+    from medinterp.concepts import PromptPair
+
+    ids = [int(model.to_tokens(w, prepend_bos=False)[0, 0]) for w in _CANDIDATES]
+    pairs = []
+    for i, (a, b) in enumerate(_SUBJECTS[:n_known]):
+        clean, corrupted = f"The patient with {a} has", f"The patient with {b} has"
+        lc, lx = _last_logits(model, clean)[ids], _last_logits(model, corrupted)[ids]
+        dc, dx = lc[:, None] - lc[None, :], lx[:, None] - lx[None, :]
+        score = torch.minimum(dc, -dx).fill_diagonal_(-float("inf"))
+        j, k = divmod(int(score.argmax()), len(ids))
+        ans, foil = (" " + _CANDIDATES[j], " " + _CANDIDATES[k])
+        if i in swap:
+            ans, foil = foil, ans
+        pairs.append(PromptPair(clean, corrupted, ans, foil))
+    return pairs
+
+
+def _pairset(pairs, name="toy"):
+    from medinterp.concepts import PairSet
+
+    return PairSet(name=name, version="1", description="", pairs=list(pairs))
+
+
+def _skip_block_logits(model, tokens, layer):
+    """Brute force: the model run with a hook that makes block ``layer`` the identity (resid_post = resid_pre)."""
+    slot = {}
+
+    def keep(x, hook):
+        slot["pre"] = x.clone()
+
+    def skip(x, hook):
+        return slot["pre"]
+
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", keep),
+                                                       (f"blocks.{layer}.hook_resid_post", skip)])[0, -1].double()
+
+
+def test_ld_fraction_equals_brute_force_and_unknown_prompts_are_nan(rot):
+    from medinterp.techniques.patching.tracing import known_mask
+
+    pairs = _known_pairs(rot, 4, swap=(2,))
+    res = lesion(rot, _pairset(pairs), modes=["skip"], n_continuations=0, n_boot=20, progress=False, min_margin=0.2)
+    # the known rule by hand: LD on the clean and on the corrupted prompt, intact model
+    tok = lambda w: int(rot.to_tokens(w.strip(), prepend_bos=False)[0, 0])  # noqa: E731
+    cl = np.array([float(_last_logits(rot, p.clean)[tok(p.clean_answer)] - _last_logits(rot, p.clean)[tok(p.corrupted_answer)]) for p in pairs])
+    xl = np.array([float(_last_logits(rot, p.corrupted)[tok(p.clean_answer)] - _last_logits(rot, p.corrupted)[tok(p.corrupted_answer)]) for p in pairs])
+    want_known, _ = known_mask(cl, xl, 0.2)
+    assert want_known.tolist() == [True, True, False, True]  # the brute-force choice made 0, 1, 3 known
+    np.testing.assert_array_equal(res.known, want_known)
+    np.testing.assert_allclose(res.clean_ld, cl, atol=1e-4)
+    np.testing.assert_allclose(res.corrupted_ld, xl, atol=1e-4)
+    us = res.unit_scores()
+    assert res.default_metric == "ld_frac" and us.values.shape == (4, rot.cfg.n_layers)
+    assert np.isnan(us.values[2]).all() and np.isfinite(us.values[[0, 1, 3]]).all()
+    for i, p in enumerate(pairs):
+        toks = rot.to_tokens(p.clean)
+        for layer in range(rot.cfg.n_layers):
+            lg = _skip_block_logits(rot, toks, layer)
+            ld_l = float(lg[tok(p.clean_answer)] - lg[tok(p.corrupted_answer)])
+            assert res.values("ld_drop")[i, layer] == pytest.approx(cl[i] - ld_l, abs=1e-4)
+            if want_known[i]:
+                assert us.values[i, layer] == pytest.approx((cl[i] - ld_l) / cl[i], rel=1e-4, abs=1e-5)
+    # the raw log-prob drop stays a saved metric, for every prompt
+    assert np.isfinite(res.values("logp_drop")).all()
+    # only_known: the same numbers on the known prompts, nothing lesioned on the other
+    ok = lesion(rot, _pairset(pairs), modes=["skip"], n_continuations=0, n_boot=20, progress=False, min_margin=0.2,
+                only_known=True)
+    np.testing.assert_allclose(ok.metrics[[0, 1, 3]], res.metrics[[0, 1, 3]], rtol=1e-4, atol=1e-5)
+    assert np.isnan(ok.metrics[2]).all() and ok.n_known == 3 and ok.params["n_lesioned"] == 3
+    np.testing.assert_allclose(ok.intact_logp, res.intact_logp, atol=1e-6)
+    assert ok.unavailable() is None and "3 of 4" in ok.summary()
+
+
+def test_a_model_that_knows_nothing_is_unavailable_and_costs_no_lesion(rot, monkeypatch):
+    from medinterp.techniques.lesion import BlockCriticality
+    from medinterp.techniques.lesion import run as les_run
+
+    pairs = _known_pairs(rot, 4, swap=(0, 1, 2, 3))  # every answer is the model's less likely token
+    called = []
+    monkeypatch.setattr(les_run, "lesioned_metrics", lambda *a, **k: called.append(1))
+    res = lesion(rot, _pairset(pairs), modes=["skip", "block_mean"], n_continuations=2, n_boot=20, progress=False,
+                 only_known=True)
+    assert not called and res.n_known == 0
+    assert res.unavailable() == ("not known by the model: 0 of 4 prompts (LD_clean > 0 > LD_corrupted, margin >= 1 "
+                                 "logit; at least 1 needed)")
+    assert np.isnan(res.unit_scores().values).all() and np.isnan(res.layer_curve()).all()
+    assert res.covariates.shape == (4, 6) and np.isfinite(res.covariates).all()
+    assert "not known by the model" in res.summary()
+    with pytest.raises(MedinterpError, match="no lesioned prompt"):
+        BlockCriticality.from_lesions([res])
+    # a model that knows them (the same pairs unswapped) is available
+    good = lesion(rot, _pairset(_known_pairs(rot, 4)), modes=["skip"], n_continuations=0, n_boot=20, progress=False,
+                  only_known=True, min_margin=0.2)
+    assert good.n_known == 4 and good.unavailable() is None
+
+
+def test_covariates_equal_hand_counted_tokens(rot, tmp_path):
+    from medinterp.concepts import PromptPair
+    from medinterp.covariates import COVARIATES, answer_prior
+
+    # word tokenizer, BOS first: "The patient with chest pain on exertion has" = 8 words
+    pairs = [PromptPair("The patient with chest pain on exertion has", "The patient with lung cancer on exertion has",
+                        " angina", " asthma"),
+             PromptPair("The patient with fever has", "The patient with rash has", " pneumonia", " asthma")]
+    for p in pairs:
+        assert rot.tokenizer.unk_token_id not in rot.to_tokens(p.clean)[0].tolist() + rot.to_tokens(p.corrupted)[0].tolist()
+    res = lesion(rot, _pairset(pairs), modes=["skip"], n_continuations=0, n_boot=20, progress=False)
+    cov = res.unit_scores().covariates
+    assert set(cov) == {"subject_tokens", "tokens_after_subject", "prompt_tokens", "answer_prior", "intact_logp",
+                        "intact_ld"} <= set(COVARIATES) | set(cov)
+    assert cov["subject_tokens"].tolist() == [2, 1]  # "chest pain" / "lung cancer"; "fever" / "rash"
+    assert cov["tokens_after_subject"].tolist() == [3, 1]  # "on exertion has"; "has"
+    assert cov["prompt_tokens"].tolist() == [8, 5]
+    ids = [int(rot.to_tokens(w, prepend_bos=False)[0, 0]) for w in ("angina", "pneumonia")]
+    with torch.no_grad():
+        bos_logp = torch.log_softmax(rot(torch.tensor([[rot.tokenizer.bos_token_id]]))[0, -1].double(), -1)
+    np.testing.assert_allclose(cov["answer_prior"], bos_logp[ids].numpy(), atol=1e-5)
+    np.testing.assert_allclose(cov["answer_prior"], answer_prior(rot, ids), atol=1e-9)
+    for i, p in enumerate(pairs):
+        lp = torch.log_softmax(_last_logits(rot, p.clean), -1)
+        assert cov["intact_logp"][i] == pytest.approx(float(lp[ids[i]]), abs=1e-5)
+        assert cov["intact_ld"][i] == pytest.approx(float(lp[ids[i]] - lp[rot.to_tokens("asthma", prepend_bos=False)[0, 0]]), abs=1e-5)
+    # saved and loaded; an old save without the fields still loads (defaults None / [])
+    res.save(tmp_path / "r")
+    back = Result.load(tmp_path / "r")
+    np.testing.assert_array_equal(back.covariates, res.covariates)
+    assert back.covariate_names == res.covariate_names and back.known.dtype == bool
+    import json
+
+    man = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    new_fields = ("covariate_names", "known", "clean_ld", "corrupted_ld", "covariates", "min_margin", "min_known")
+    assert {"known", "clean_ld", "corrupted_ld", "covariates"} <= set(man["arrays"])
+    man["arrays"] = [a for a in man["arrays"] if a not in new_fields]
+    man["fields"] = {k: v for k, v in man["fields"].items() if k not in new_fields}
+    man["fields"]["metric_names"] = ["kl", "logp_drop", "top1_agree", "acc_drop"]
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(man))
+    old = Result.load(tmp_path / "r")
+    assert old.known is None and old.covariates is None and old.covariate_names == []
+    assert old.default_metric == "logp_drop" and old.unit_scores().covariates == {} and old.unavailable() is None
+    np.testing.assert_array_equal(old.unit_scores().values, res.values("logp_drop"))
+
+
+def test_crossfit_means_exclude_own_prompts(rot):
+    from medinterp.techniques.lesion.run import crossfit_folds
+
+    folds = crossfit_folds(["a", "b", "a", "c", "d", "b"], 3)
+    assert folds[0] == folds[2] and folds[1] == folds[5]  # an item's prompts stay together
+    assert sorted(np.bincount(folds[[0, 1, 3, 4]]).tolist()) == [2, 2]  # the 4 items are dealt 2 and 2
+    assert crossfit_folds(["a", "b", "c", "d"], 3).tolist() == crossfit_folds(["a", "b", "c", "d"], 3).tolist()
+    with pytest.raises(MedinterpError, match="2 or pass reference"):
+        crossfit_folds(["a", "a"], 0)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[3], PROMPTS[4], ("Chest pain suggests", " angina")]
+    kw = dict(n_continuations=0, n_boot=10, progress=False)
+    res = lesion(rot, prompts, modes=["block_mean", "mlp_mean", "attn_mean"], seed=5, **kw)
+    fold = np.array(res.params["crossfit_fold"])
+    assert set(fold.tolist()) == {0, 1} and "cross-fitted" in res.params["reference"]
+    for i, p in enumerate(prompts):
+        others = [q for q, f in zip(prompts, fold) if f != fold[i]]
+        assert p not in others
+        alone = lesion(rot, [p], modes=["block_mean", "mlp_mean", "attn_mean"], reference=others, **kw)
+        np.testing.assert_allclose(res.metrics[i], alone.metrics[0], rtol=1e-5, atol=1e-6)
+    # the prompt's own activations would make a mean ablation of a one-prompt reference a no-op; cross-fitted it is not
+    own = lesion(rot, [prompts[1]], modes=["block_mean"], reference=[prompts[1]], **kw)
+    assert np.abs(own.values("logp_drop", "block_mean")).max() < 1e-4
+    assert np.abs(res.values("logp_drop", "block_mean")[1]).max() > 1e-3

@@ -6,7 +6,9 @@ Lesion modes (see :mod:`medinterp.hooks`):
 * ``attn_zero``  / ``mlp_zero``: the block's attention / MLP output (what it adds to the residual
   stream, after Gemma's post-norms) is set to zero;
 * ``attn_mean``  / ``mlp_mean``: that output is replaced by its mean over a reference set of prompts
-  (default: the lesioned prompts themselves). ``mean_over="position"`` (default) uses the mean at the
+  (default: **cross-fitted**, never the prompt's own activations: the prompts are split by item into two
+  seeded halves and each half is ablated with the mean of the other, :func:`crossfit_folds`; the split is
+  saved in ``params["crossfit_fold"]``). ``mean_over="position"`` (default) uses the mean at the
   same absolute position (position 0 is the BOS token, so the BOS row is left as it is; positions
   longer than every reference prompt get the mean over all non-BOS positions); ``"overall"`` one
   vector, the mean over every non-BOS position; ``"last"`` one vector, the mean at the reference
@@ -17,9 +19,18 @@ Lesion modes (see :mod:`medinterp.hooks`):
 
 Metrics, per prompt × mode × layer, against the intact model (no judge needed):
 
+* ``ld_frac``     the fraction of the clean logit difference lost, ``(LD_intact − LD_lesioned) / LD_intact``,
+  LD = logit(answer's first token) − logit(foil's first token) at the read position, the foil being the
+  pair's corrupted answer (pair sets only; NaN elsewhere). Scored **only on the prompts the model knows**
+  (patching's rule: ``LD_clean > 0 > LD_corrupted`` and a margin ≥ 1 logit, LD_corrupted read on the pair's
+  corrupted prompt by the intact model); the others are NaN. **The map's curve** (``layer_curve()``,
+  ``unit_scores()``), with ``skip``, on the family's answer prompts; ``unavailable()`` says "not known by
+  the model" when no prompt is known (a random-init twin), and ``only_known=True`` (the map's presets)
+  then runs no lesion at all;
+* ``ld_drop``     LD_intact − LD_lesioned (logits), every lesioned pair-set prompt;
 * ``logp_drop``   log p_intact(target) − log p_lesioned(target), summed over the target's tokens
-  (teacher-forced, nats; positive = the lesion made the target less likely). **The map's curve**
-  (``layer_curve()``, ``unit_scores()``), with ``skip``, on the family's answer prompts;
+  (teacher-forced, nats; positive = the lesion made the target less likely): the curve for inputs without
+  a foil (concept sets, strings), a saved column for pair sets;
 * ``acc_drop``    intact − lesioned correctness (top-1 at the read position == the answer's first token);
 * ``kl``          KL(intact ‖ lesioned) of the next-token distribution at the *read position* (nats):
   generic "block criticality", shown once per model (:func:`block_criticality`), not per family;
@@ -45,6 +56,12 @@ Targets and the read position (always *after* the item, METHOD.md §0):
   after it and is left out (``NothingAfterItemWarning``);
 * a plain string: next-token metrics read at its last token and the target is the string's own tokens
   after the first (its LM log-likelihood).
+
+Covariates per prompt (:mod:`medinterp.covariates`, ``result.covariates`` / ``covariate_names``, passed in
+``unit_scores()``): for a pair set ``subject_tokens``, ``tokens_after_subject``, ``prompt_tokens`` (where the
+clean and corrupted prompts differ), ``answer_prior`` (log p(answer's first token | BOS)), ``intact_logp``
+(log p(answer's first token | prompt)) and ``intact_ld``; other inputs ``prompt_tokens``, ``answer_prior``,
+``intact_logp``.
 
 Each prompt is a :class:`medinterp.readout.Target` (shared with saliency; ``read_pos`` is the read
 position). Runs checkpoint per batch and resume (``checkpoint_dir=``, see :mod:`.run`).
@@ -79,8 +96,8 @@ Example:
     ...              modes=["skip", "mlp_zero"], n_continuations=1, max_new_tokens=4, n_boot=50, progress=False)
     >>> res.layer_curve().shape
     (3,)
-    >>> res.metrics.shape   # prompts × modes × layers × (kl, logp_drop, top1_agree, acc_drop)
-    (2, 2, 3, 4)
+    >>> res.metrics.shape   # prompts × modes × layers × (kl, logp_drop, top1_agree, acc_drop, ld_drop, ld_frac)
+    (2, 2, 3, 6)
 """
 
 import dataclasses
@@ -106,7 +123,7 @@ from medinterp.techniques.lesion.engine import (
 )
 from medinterp.techniques.lesion.inputs import LesionItem, items_from_inputs
 from medinterp.techniques.lesion.result import METRIC_TITLES, LesionResult, lesion_table
-from medinterp.techniques.lesion.run import TECHNIQUE as _RUN_TECHNIQUE, lesion
+from medinterp.techniques.lesion.run import TECHNIQUE as _RUN_TECHNIQUE, crossfit_folds, lesion
 from medinterp.techniques.lesion.criticality import BlockCriticality, block_criticality, criticality_extras
 
 # the registry entry: the run's technique plus the block-criticality strip it feeds the map
@@ -114,7 +131,7 @@ TECHNIQUE = dataclasses.replace(_RUN_TECHNIQUE, extras=criticality_extras)
 
 __all__ = [
     "BlockCriticality", "MODES", "block_criticality", "block_mean_hooks", "compute_block_means", "mode_hooks",
-    "CONT_METRICS", "LesionItem", "LesionResult", "MEAN_OVER", "METHODS", "METRICS", "METRIC_TITLES", "TECHNIQUE",
+    "CONT_METRICS", "crossfit_folds", "LesionItem", "LesionResult", "MEAN_OVER", "METHODS", "METRICS", "METRIC_TITLES", "TECHNIQUE",
     "Target", "compare", "continuation_metrics", "greedy_continuations", "intact_run", "items_from_inputs", "lesion",
     "lesion_table", "lesioned_resid", "lesioned_run", "make_batch", "readout_logits", "readout_resid",
 ]

@@ -104,11 +104,13 @@ def _continuations(
     cmodes: list[str],
     n_cont: int,
     L: int,
-    means: dict[str, MeanActivation] | None,
+    means: dict[str, MeanActivation] | Sequence[dict[str, MeanActivation] | None] | None,
     mean_over: str,
     judge: Callable | None,
     progress: bool,
 ) -> dict[str, Any]:
+    """Greedy continuations of an evenly spread subset of ``items`` (``means``: one dict for all, or one per
+    item, e.g. the cross-fitted half each item is ablated with; prompts sharing a dict run together)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -116,7 +118,7 @@ def _continuations(
         "cont_index": [], "cont_modes": [], "cont_metrics": None, "cont_tokens": None, "intact_cont_tokens": None,
         "intact_continuations": [], "lesioned_continuations": {}, "judge_scores": None, "seconds": 0.0,
     }
-    if not cmodes or n_cont == 0:
+    if not cmodes or n_cont == 0 or not items:
         return empty
     n = len(items)
     pick = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n_cont, n))})
@@ -129,10 +131,17 @@ def _continuations(
     texts: dict[str, list[list[str]]] = {m: [] for m in cmodes}
     intact_texts = [_decode(model, intact[k]) for k in range(K)]
     bar = tqdm(total=len(cmodes) * len(layers), desc="continuations", disable=not progress)
+    per_item = means if isinstance(means, (list, tuple)) else [means] * n
+    groups: dict[int, list[int]] = {}
+    for k, i in enumerate(pick):
+        groups.setdefault(id(per_item[i]), []).append(k)
     for mi_, mode in enumerate(cmodes):
         for li, l in enumerate(layers):
-            fn = lambda pos, l=l, mode=mode: mode_hooks(l, mode, means=means, how=mean_over, position_ids=pos)  # noqa: E731
-            out = greedy_continuations(model, contexts, L, fn).cpu().numpy()
+            out = np.zeros((K, L), dtype=np.int64)
+            for ks in groups.values():
+                mk = per_item[pick[ks[0]]]
+                fn = lambda pos, l=l, mode=mode, mk=mk: mode_hooks(l, mode, means=mk, how=mean_over, position_ids=pos)  # noqa: E731
+                out[ks] = greedy_continuations(model, [contexts[k] for k in ks], L, fn).cpu().numpy()
             toks[:, mi_, li] = out
             row = []
             for k in range(K):

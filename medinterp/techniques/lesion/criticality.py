@@ -83,11 +83,12 @@ class BlockCriticality(TechniqueResult):
                      seed: int = 0) -> "BlockCriticality":
         """Pool the skip-lesion KL of lesion results that were already computed (e.g. the map's families).
 
-        Units are ``"<concept_set>/<unit>"`` so items of different sets never merge.
+        Units are ``"<concept_set>/<unit>"`` so items of different sets never merge. Prompts that were not
+        lesioned (``only_known`` runs: the prompts the model does not know) are left out.
 
         Raises:
-            MedinterpError: no results, a result without the ``skip`` mode or with a block subset, or
-                results of models with different depths.
+            MedinterpError: no results, a result without the ``skip`` mode or with a block subset,
+                results of models with different depths, or no lesioned prompt at all.
         """
         results = list(results)
         if not results:
@@ -100,9 +101,14 @@ class BlockCriticality(TechniqueResult):
             if "skip" not in r.modes or list(r.layers) != list(range(r.n_layers)):
                 raise MedinterpError(f"BlockCriticality.from_lesions: {r.concept_set!r} needs the skip mode on every "
                                      f"block (has modes {r.modes}, blocks {r.layers})")
-            kl.append(r.values("kl", "skip"))
-            units += [f"{r.concept_set}/{u}" for u in units_of(r.labels, r.n_prompts)[0]]
-            prompts += list(r.prompts)
+            v = r.values("kl", "skip")
+            rows = ~np.isnan(v).all(axis=1)  # prompts not lesioned (only_known runs) have no KL
+            kl.append(v[rows])
+            units += [f"{r.concept_set}/{u}" for u, k in zip(units_of(r.labels, r.n_prompts)[0], rows) if k]
+            prompts += [p for p, k in zip(r.prompts, rows) if k]
+        if not units:
+            raise MedinterpError("BlockCriticality.from_lesions: no lesioned prompt in "
+                                 f"{[r.concept_set for r in results]} (e.g. a model that knows none of the pairs)")
         return _build(np.concatenate(kl), units, prompts, "+".join(dict.fromkeys(r.concept_set for r in results)),
                       n_boot=n_boot, ci=ci, seed=seed, params={"pooled_from": [r.concept_set for r in results]},
                       timings={}, provenance=dict(results[0].provenance))

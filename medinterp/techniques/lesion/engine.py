@@ -18,7 +18,12 @@ from medinterp.hooks import LESION_MODES, FwdHooks, MeanActivation, compute_mean
 from medinterp.models.backends import capabilities, run_from_layer
 from medinterp.readout import Target, final_logits, unembed_at
 
-METRICS: tuple[str, ...] = ("kl", "logp_drop", "top1_agree", "acc_drop")
+#: per prompt x mode x layer: the first four from :func:`compare`; ``ld_drop`` (LD_intact - LD_lesioned, logits,
+#: LD = logit(answer's first token) - logit(foil's first token) at the read position) and ``ld_frac``
+#: (``ld_drop / LD_intact``, the fraction of the clean logit difference lost) need a foil (pair sets), else NaN
+METRICS: tuple[str, ...] = ("kl", "logp_drop", "top1_agree", "acc_drop", "ld_drop", "ld_frac")
+#: the metrics :func:`compare` returns
+COMPARE_METRICS: tuple[str, ...] = METRICS[:4]
 METHODS: tuple[str, ...] = ("prefix", "full")
 MEAN_OVER: tuple[str, ...] = ("position", "overall", "last")
 #: the sub-layer lesions of :mod:`medinterp.hooks` and ``block_mean``: the block's whole output (what it
@@ -90,10 +95,15 @@ class _Batch:
     tgt_ids: torch.Tensor  # [N] the target token there
     tgt_owner: torch.Tensor  # [N] batch row it belongs to
     read_answer: torch.Tensor  # [B] the target token right after the read position, -1 if there is none
+    foil: torch.Tensor | None = None  # [B] the foil's first token (pair sets), -1 if there is none
 
 
-def make_batch(items: Sequence[Target], index: Sequence[int], pad_id: int, device: Any) -> _Batch:
-    """Right-pad ``items`` and list the positions whose logits the metrics need."""
+def make_batch(items: Sequence[Target], index: Sequence[int], pad_id: int, device: Any,
+               foils: Sequence[int] | None = None) -> _Batch:
+    """Right-pad ``items`` and list the positions whose logits the metrics need.
+
+    ``foils``: per item the foil's first token id (the pair's corrupted answer; -1: none), for the logit
+    difference (:func:`answer_ld`)."""
     tokens, mask, _ = right_pad([it.tokens for it in items], pad_id=pad_id)
     rows, cols, read_idx, tgt_idx, tgt_ids, owner, read_answer = [], [], [], [], [], [], []
     for b, it in enumerate(items):
@@ -111,8 +121,30 @@ def make_batch(items: Sequence[Target], index: Sequence[int], pad_id: int, devic
             tgt_ids.append(int(it.tokens[p + 1]))
             owner.append(b)
     lt = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+    foil = lt([-1] * len(items) if foils is None else [int(f) for f in foils])
+    if foil.shape[0] != len(items):
+        raise MedinterpError(f"make_batch: {foil.shape[0]} foils for {len(items)} items")
     return _Batch(list(index), tokens.to(device), mask.to(device), lt(rows), lt(cols), lt(read_idx), lt(tgt_idx), lt(tgt_ids), lt(owner),
-                  lt(read_answer))
+                  lt(read_answer), foil)
+
+
+def answer_ld(read: Float[torch.Tensor, "B V"], batch: _Batch) -> Float[torch.Tensor, "B"]:
+    """``log p(answer's first token) - log p(foil's first token)`` at each read position (= the logit
+    difference: both log-probs share the normaliser), float64; NaN where an item has no answer or no foil."""
+    B = read.shape[0]
+    ans = batch.read_answer.to(read.device)
+    foil = batch.foil.to(read.device) if batch.foil is not None else torch.full_like(ans, -1)
+    ok = (ans >= 0) & (foil >= 0)
+    r = read.double()
+    ld = r.gather(1, ans.clamp(min=0)[:, None])[:, 0] - r.gather(1, foil.clamp(min=0)[:, None])[:, 0]
+    return torch.where(ok, ld, torch.full((B,), float("nan"), dtype=torch.float64, device=read.device))
+
+
+def answer_logp(read: Float[torch.Tensor, "B V"], batch: _Batch) -> Float[torch.Tensor, "B"]:
+    """``log p(answer's first token)`` at each read position, float64; NaN where there is no answer there."""
+    ans = batch.read_answer.to(read.device)
+    lp = read.double().gather(1, ans.clamp(min=0)[:, None])[:, 0]
+    return torch.where(ans >= 0, lp, torch.full_like(lp, float("nan")))
 
 
 def _from_logprobs(logp: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,6 +188,16 @@ def compare(intact: tuple[torch.Tensor, ...], lesioned: tuple[torch.Tensor, ...]
     kl = (a.exp() * (a - b)).sum(-1).double()
     agree = (lp_i.argmax(-1) == lp_l.argmax(-1)).double()
     return torch.stack([kl, t_i - t_l, agree, c_i - c_l], dim=-1).cpu().numpy()
+
+
+def _all_metrics(intact: tuple[torch.Tensor, ...], lesioned: tuple[torch.Tensor, ...], batch: _Batch,
+                 ld_i: torch.Tensor) -> np.ndarray:
+    """:data:`METRICS` of one lesion: :func:`compare`, then ``ld_drop`` and ``ld_frac`` (NaN without a foil)."""
+    ld_l = answer_ld(lesioned[0], batch)
+    drop = (ld_i - ld_l).cpu().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = drop / ld_i.cpu().numpy()
+    return np.concatenate([compare(intact, lesioned), drop[:, None], frac[:, None]], axis=1)
 
 
 # ============================================================================ forward passes
@@ -312,8 +354,9 @@ def lesioned_metrics(
     mean_over: str = "position",
     method: str = "prefix",
     on_step: Any = None,
-) -> Float[np.ndarray, "B modes layers 4"]:
-    """:func:`compare` of every (mode, layer) lesion of one batch against ``intact``.
+) -> Float[np.ndarray, "B modes layers 6"]:
+    """:data:`METRICS` of every (mode, layer) lesion of one batch against ``intact``: :func:`compare` and
+    the logit-difference columns (:func:`answer_ld`; NaN without a foil).
 
     With ``method="prefix"`` the read rows of all lesions are unembedded together, in calls of up to
     :data:`READ_ROWS_PER_CALL` rows (one unembedding per lesion read the whole vocabulary matrix once per
@@ -321,11 +364,12 @@ def lesioned_metrics(
     """
     B = batch.tokens.shape[0]
     out = np.full((B, len(modes), len(layers), len(METRICS)), np.nan)
+    ld_i = answer_ld(intact[0], batch)
     if method == "full":
         for mi_, mode in enumerate(modes):
             for li, l in enumerate(layers):
-                out[:, mi_, li] = compare(intact, lesioned_run(model, batch, l, mode, cache=cache, means=means,
-                                                               mean_over=mean_over, method=method))
+                out[:, mi_, li] = _all_metrics(intact, lesioned_run(model, batch, l, mode, cache=cache, means=means,
+                                                                    mean_over=mean_over, method=method), batch, ld_i)
                 if on_step is not None:
                     on_step()
         return out
@@ -352,5 +396,5 @@ def lesioned_metrics(
                 on_step()
         logp = torch.log_softmax(final_logits(model, torch.cat(reads)).float(), dim=-1)
         for j, (mi_, li) in enumerate(chunk):
-            out[:, mi_, li] = compare(intact, _from_logprobs(logp[j * R : (j + 1) * R], batch))
+            out[:, mi_, li] = _all_metrics(intact, _from_logprobs(logp[j * R : (j + 1) * R], batch), batch, ld_i)
     return out

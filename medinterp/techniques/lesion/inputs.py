@@ -59,3 +59,41 @@ def reference_tokens(model: Any, reference: Any) -> list[torch.Tensor]:
         return [tokens_of(model, x, bos=True) for x in reference]
     its, _, _ = items_from_inputs(model, reference)
     return [it.tokens for it in its]
+
+
+def pair_set_of(inputs: Any) -> Any:
+    """The ``PairSet`` behind ``inputs`` (a pair-set name or object), else None (concept sets, lists, mappings)."""
+    from medinterp.prompt_inputs import _is_pair_set
+
+    if isinstance(inputs, str):
+        names = {d["name"] for d in list_concepts()}
+        if inputs not in names:
+            return None
+        inputs = load_concepts(inputs)
+    return inputs if _is_pair_set(inputs) else None
+
+
+def pair_contexts(model: Any, pairs: Any, items: Sequence[Target], pair_index: Sequence[int]) -> dict[str, Any]:
+    """What the logit difference and the token covariates need from each answer prompt's pair.
+
+    Args:
+        model: the model (its tokenizer).
+        pairs: the ``PairSet``; items: the answer prompts' targets (their clean prompts with clean answers);
+        pair_index: per item the index of its pair (the ``pair`` label: the first pair of its clean prompt).
+
+    Returns:
+        ``foil``: per item the first token of the pair's corrupted answer, tokenized after the clean
+        prompt as the clean answer is (``make_target``); ``answer``: the clean answer's first token;
+        ``clean``, ``corrupted``: the clean and corrupted prompt tokens (BOS by the model's rule).
+    """
+    from medinterp.readout import make_target
+
+    out: dict[str, list] = {"foil": [], "answer": [], "clean": [], "corrupted": []}
+    for it, j in zip(items, pair_index):
+        p = pairs.pairs[int(j)]
+        foil = make_target(model, p.clean, answer=p.corrupted_answer, where=f"pair {j} foil")
+        out["foil"].append(int(foil.tokens[foil.n_context]))
+        out["answer"].append(int(it.tokens[it.n_context]))
+        out["clean"].append(it.tokens[: it.n_context])
+        out["corrupted"].append(tokens_of(model, p.corrupted, bos=True))
+    return out

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 from jaxtyping import Float
 
+from medinterp.covariates import from_matrix
 from medinterp.errors import MedinterpError
 from medinterp.results import bootstrap_ci
 from medinterp.prompt_inputs import unit_ci, units_of
@@ -21,6 +22,8 @@ METRIC_TITLES = {
     "logp_drop": "drop in log p(target), nats",
     "top1_agree": "top-1 agreement",
     "acc_drop": "drop in accuracy (top-1 == answer)",
+    "ld_drop": "drop in the logit difference answer - foil, logits",
+    "ld_frac": "fraction of the clean logit difference (answer - foil) lost",
     "first_diff": "first differing token of the greedy continuation",
     "overlap": "continuation positions unchanged (fraction)",
     "bag_overlap": "continuation token overlap (fraction)",
@@ -59,13 +62,19 @@ def lesion_table(
     stat = _nanmean0
     kw = dict(n_boot=n_boot, ci=ci, seed=seed)
     units = list(range(metrics.shape[0])) if units is None else units
-    est, lo, hi = bootstrap_ci(metrics, stat, **kw) if np.isnan(metrics).any() else (None, None, None)
+    est, lo, hi = (np.full(metrics.shape[1:], np.nan) for _ in range(3))
     for k in range(metrics.shape[-1]):
-        if not np.isnan(metrics[..., k]).any():
-            e, l_, h = unit_ci(metrics[..., k], units, **kw)
-            if est is None:
-                est, lo, hi = (np.empty(metrics.shape[1:]) for _ in range(3))
-            est[..., k], lo[..., k], hi[..., k] = e, l_, h
+        m = metrics[..., k]
+        rows = ~np.isnan(m).reshape(m.shape[0], -1).all(axis=1)  # prompts not scored (not lesioned, not known)
+        if not rows.any():
+            continue
+        sub = m[rows]
+        if not np.isnan(sub).any():
+            est[..., k], lo[..., k], hi[..., k] = unit_ci(sub, [u for u, r in zip(units, rows) if r], **kw)
+        else:  # NaN inside scored rows (acc_drop of prompts without an answer): a NaN-aware prompt bootstrap
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                est[..., k], lo[..., k], hi[..., k] = bootstrap_ci(sub, stat, **kw)
     cols: dict[str, list] = {"mode": [], "layer": []}
     names = list(METRICS)
     cont = cont_metrics is not None and len(cont_modes) > 0
@@ -94,6 +103,7 @@ def lesion_table(
                         cols[name + suf].append(np.nan if ci_ is None else arr[ci_, li, k])
     df = pd.DataFrame(cols)
     df["n_prompts"] = metrics.shape[0]
+    df["n_scored"] = int((~np.isnan(metrics).reshape(metrics.shape[0], -1).all(axis=1)).sum())
     df["n_continuations"] = [len(cont_index) if m in cont_modes else 0 for m in df["mode"]]
     return df
 
@@ -119,6 +129,14 @@ class LesionResult(TechniqueResult):
             ``lesioned_continuations[mode][layer index][prompt]``.
         judge_scores: ``[n_cont, n_cont_modes, n_layers]`` or None.
         timings: wall-clock seconds by stage (intact runs, lesions, continuations, total).
+        known: pair sets: ``[n_prompts]`` whether the model knows the prompt (``LD_clean > 0 > LD_corrupted``,
+            margin >= ``min_margin`` logits: patching's rule); None for other inputs (no foil).
+        clean_ld, corrupted_ld: pair sets: ``[n_prompts]`` intact LD = logit(clean answer's first token) -
+            logit(foil's first token), on the clean prompt (at the read position) and on the pair's corrupted one.
+        min_margin, min_known: the known rule's margin and the known prompts :meth:`unavailable` needs.
+        covariates, covariate_names: ``[n_prompts, k]`` per-prompt covariates
+            (:data:`medinterp.covariates.COVARIATES`; pair sets: ``subject_tokens``, ``tokens_after_subject``,
+            ``prompt_tokens``, ``answer_prior``, ``intact_logp``, ``intact_ld``); None / [] in older results.
 
     Figures: :mod:`medinterp.viz.lesion` (``result.figure()`` once ``medinterp.viz`` is imported).
     """
@@ -152,12 +170,21 @@ class LesionResult(TechniqueResult):
     n_boot: int = 1000
     ci: float = 0.95
     seed: int = 0
+    known: np.ndarray | None = None
+    clean_ld: np.ndarray | None = None
+    corrupted_ld: np.ndarray | None = None
+    min_margin: float = 1.0
+    min_known: int = 1
+    covariates: np.ndarray | None = None
+    covariate_names: list = dataclasses.field(default_factory=list)
 
     _legacy_fields: ClassVar[dict] = {"timing": "timings"}
 
     def _after_load(self) -> None:
         self.metrics = np.asarray(self.metrics, dtype=float)
         self.layers = [int(l) for l in self.layers]
+        if self.known is not None:
+            self.known = np.asarray(self.known, dtype=bool)
 
     # ------------------------------------------------------------------ access
     @property
@@ -165,17 +192,46 @@ class LesionResult(TechniqueResult):
         return int(self.metrics.shape[0])
 
     @property
+    def n_known(self) -> int | None:
+        """Prompts the model knows (pair sets), else None."""
+        return None if self.known is None else int(np.asarray(self.known, bool).sum())
+
+    @property
+    def default_metric(self) -> str:
+        """The map's metric: ``ld_frac`` (fraction of the clean logit difference lost, known prompts) for a
+        pair set, ``logp_drop`` for inputs without a foil and for results saved before it existed."""
+        return "ld_frac" if self.known is not None and "ld_frac" in self.metric_names else "logp_drop"
+
+    @property
     def curve_label(self) -> str:
         """What :meth:`layer_curve` measures (the map shows it)."""
+        if self.default_metric == "ld_frac":
+            return ("fraction of the clean logit difference (answer - foil) lost when the block is removed (skip), "
+                    "on the prompts the model knows")
         return "drop in log p(answer) when the block is removed (skip), read after the item"
 
-    def unit_scores(self, mode: str = "skip", metric: str = "logp_drop") -> UnitScores:
-        """Per prompt and block: the drop in log p(answer) (nats) when the block is lesioned by ``mode``
-        (higher = the block matters more for the answer); units are the items (``item`` label, else the
-        prompt index). Blocks not lesioned are NaN."""
+    def unavailable(self) -> str | None:
+        """"not known by the model: K of N prompts ..." when fewer than ``min_known`` prompts are known
+        (pair sets; the unit scores are then all NaN), else None."""
+        if self.known is None or self.n_known >= int(self.min_known):
+            return None
+        return (f"not known by the model: {self.n_known} of {self.n_prompts} prompts (LD_clean > 0 > LD_corrupted, "
+                f"margin >= {self.min_margin:g} logit; at least {self.min_known} needed)")
+
+    def unit_scores(self, mode: str = "skip", metric: str | None = None) -> UnitScores:
+        """Per prompt and block: the damage when the block is lesioned by ``mode`` (higher = the block matters
+        more for the answer), with the per-prompt covariates; units are the items (``item`` label, else the
+        prompt index). Blocks not lesioned are NaN.
+
+        The default ``metric`` is :attr:`default_metric`: for a pair set the fraction of the clean logit
+        difference lost, ``(LD_intact - LD_lesioned) / LD_intact``, on the prompts the model knows (the other
+        rows are NaN; the map drops them); otherwise the drop in log p(answer) (nats).
+        """
+        metric = metric or self.default_metric
         units, templates = units_of(self.labels, self.n_prompts)
         return UnitScores(values=self.values(metric, mode), units=units, templates=templates,
-                          description=f"{METRIC_TITLES.get(metric, metric)} when the block is lesioned ({mode})")
+                          description=f"{METRIC_TITLES.get(metric, metric)} when the block is lesioned ({mode})",
+                          covariates=from_matrix(self.covariates, self.covariate_names))
 
     def _check(self, metric: str, mode: str) -> tuple[int, int]:
         if mode not in self.modes:
@@ -207,19 +263,20 @@ class LesionResult(TechniqueResult):
         out[..., self.layers] = v
         return out
 
-    def layer_curve(self, metric: str = "logp_drop", mode: str = "skip", where: Mapping[str, Any] | None = None) -> Float[np.ndarray, "n_layers"]:
-        """Mean over prompts per block (default: drop in log p(answer) when the block is skipped; higher =
-        more damage).
+    def layer_curve(self, metric: str | None = None, mode: str = "skip", where: Mapping[str, Any] | None = None) -> Float[np.ndarray, "n_layers"]:
+        """Mean over the scored prompts per block (default :attr:`default_metric` with ``skip``; higher = more
+        damage).
 
         For ``top1_agree`` higher means *less* damage; use ``1 - curve`` for the map.
         """
-        return _nanmean0(self.values(metric, mode, where))
+        return _nanmean0(self.values(metric or self.default_metric, mode, where))
 
     def layer_curve_ci(
-        self, metric: str = "logp_drop", mode: str = "skip", where: Mapping[str, Any] | None = None
+        self, metric: str | None = None, mode: str = "skip", where: Mapping[str, Any] | None = None
     ) -> tuple[Float[np.ndarray, "n_layers"], Float[np.ndarray, "n_layers"]]:
         """Bootstrap ``(low, high)`` of :meth:`layer_curve`: from the table (cluster bootstrap over items)
         unless ``where`` filters (then a prompt bootstrap of the selection)."""
+        metric = metric or self.default_metric
         self._check(metric, mode)
         if where:
             _, lo, hi = bootstrap_ci(self.values(metric, mode, where), _nanmean0,
@@ -243,8 +300,9 @@ class LesionResult(TechniqueResult):
             raise MedinterpError(f"continuation metric {metric!r}; expected one of {self.cont_metric_names} or 'judge'")
         return self._full(_nanmean0(self.cont_metrics[:, mi_, :, self.cont_metric_names.index(metric)]))
 
-    def top_layers(self, k: int = 3, metric: str = "logp_drop", mode: str = "skip") -> list[int]:
+    def top_layers(self, k: int = 3, metric: str | None = None, mode: str = "skip") -> list[int]:
         """The ``k`` blocks whose lesion does the most damage by ``metric`` (least agreement for top-1)."""
+        metric = metric or self.default_metric
         c = self.layer_curve(metric, mode)
         c = -c if metric == "top1_agree" else c
         order = [int(i) for i in np.argsort(-np.nan_to_num(c, nan=-np.inf))]
@@ -257,7 +315,13 @@ class LesionResult(TechniqueResult):
             f"lesion ({mode}) of {self.concept_set}: {self.n_prompts} prompts, {len(self.layers)} blocks, "
             f"intact mean log p(target) {np.mean(self.intact_logp):.3f} nats"
         ]
-        for metric in ("logp_drop", "kl"):
+        if self.known is not None:
+            lines.append(f"  known by the model: {self.n_known} of {self.n_prompts} prompts (LD_clean > 0 > LD_corrupted, "
+                         f"margin >= {self.min_margin:g} logit)")
+        if self.unavailable():
+            lines.append(f"  {self.unavailable()}")
+            return "\n".join(lines)
+        for metric in dict.fromkeys((self.default_metric, "logp_drop", "kl")):
             cur = self.layer_curve(metric, mode)
             lo, hi = self.layer_curve_ci(metric, mode)
             tops = ", ".join(f"{l}: {cur[l]:.3g} [{lo[l]:.3g}, {hi[l]:.3g}]" for l in self.top_layers(k, metric, mode))
@@ -266,7 +330,9 @@ class LesionResult(TechniqueResult):
         if np.isfinite(acc).any():
             lines.append(f"  accuracy drop (top-1 == answer): max {np.nanmax(acc):.2f} (block {int(np.nanargmax(acc))})")
         agree = self.layer_curve("top1_agree", mode)
-        lines.append(f"  top-1 agreement: min {np.nanmin(agree):.2f} (block {int(np.nanargmin(agree))}), median {np.nanmedian(agree):.2f}")
+        if np.isfinite(agree).any():
+            lines.append(
+                f"  top-1 agreement: min {np.nanmin(agree):.2f} (block {int(np.nanargmin(agree))}), median {np.nanmedian(agree):.2f}")
         if self.cont_metrics is not None and mode in self.cont_modes:
             ov = self.continuation_curve("overlap", mode)
             lines.append(f"  continuation overlap: min {np.nanmin(ov):.2f} (block {int(np.nanargmin(ov))}), median {np.nanmedian(ov):.2f}")
