@@ -71,7 +71,7 @@ CONCEPT_FAMILIES: dict[str, dict[str, Any]] = {
     "drugs": {"concepts": "drugs", "pairs": "drug_pairs", "labels": ["specialty", "mechanism"],
               "matched_labels": ["mechanism_class", "specialty_matched"],
               "control": "drugs_control", "control_pairs": "drug_pairs_control",
-              "control_labels": ["industry", "material_class"]},
+              "control_labels": ["cuisine", "kind"]},
     "dosage": {"concepts": "dosage_drugs", "pairs": "dosage", "labels": ["dose_range"],
                "control": "dosage_drugs_control", "control_pairs": "dosage_control", "control_labels": ["amount_range"]},
 }
