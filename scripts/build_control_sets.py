@@ -562,7 +562,7 @@ def diseases_control() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ dosage
-# Control for `dosage_drugs` (89 drugs; dose_range: 9 under 10 mg, 27 from 10 to 99 mg, 53 of 100 mg or more):
+# Control for `dosage_drugs` (89 drugs; dose_range: 9 under 10 mg, 53 from 10 to 99 mg, 27 of 100 mg or more):
 # things with a defined or regulation weight in grams: coins (the issuing mint's specification), balls and
 # throwing implements (the governing body's rule; the midpoint of its range, rounded), units of weight and
 # volumes of water (by definition). (thing, grams, source)
