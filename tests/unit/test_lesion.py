@@ -683,6 +683,9 @@ def test_a_model_that_knows_nothing_is_unavailable_and_costs_no_lesion(rot, monk
     assert "not known by the model" in res.summary()
     with pytest.raises(MedinterpError, match="no lesioned prompt"):
         BlockCriticality.from_lesions([res])
+    from medinterp.techniques.lesion import TECHNIQUE
+
+    assert TECHNIQUE.extras(rot, res) == {}  # no block-criticality strip from a family the model does not know
     # a model that knows them (the same pairs unswapped) is available
     good = lesion(rot, _pairset(_known_pairs(rot, 4)), modes=["skip"], n_continuations=0, n_boot=20, progress=False,
                   only_known=True, min_margin=0.2)

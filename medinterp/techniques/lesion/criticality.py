@@ -155,8 +155,11 @@ def block_criticality(
 
 def criticality_extras(model: Any, res: LesionResult) -> dict[str, Any]:
     """The map's block-criticality strip: next-token KL when each block is skipped, from this run's
-    skip lesions (no extra forward passes), item-level CI."""
+    skip lesions (no extra forward passes), item-level CI; nothing when no prompt was lesioned (a family
+    the model does not know, run with ``only_known``)."""
     del model
+    if not np.isfinite(res.values("kl", "skip")).any():  # nothing lesioned: the model knows none of the prompts
+        return {}
     bc = BlockCriticality.from_lesions([res])
     return {"block_criticality": {"curve": bc.layer_curve().tolist(), "ci_low": np.asarray(bc.ci_low).tolist(),
                                   "ci_high": np.asarray(bc.ci_high).tolist(), "label": bc.curve_label}}

@@ -407,9 +407,9 @@ TECHNIQUE = Technique(
         # time; benchmarks/lesion_speed.py --pair-sets) the 12 medical + control pair sets have 304 prompts,
         # 158 known, and cost 173 CPU-s (~0.6 s per known prompt, ~0.2 s per prompt for the known pass),
         # est. ~110 s wall on 2 quiet cores (not measured: the machine was shared). block_mean (cross-fitted)
-        # adds ~1 CPU-s per known prompt (diagnosis_pairs: lesions 22.7 CPU-s skip alone, 51.3 with block_mean,
-        # its two half means included), est. +90 s on 2 cores: over the ~120 s budget, so the map runs skip
-        # only; `medinterp lesion` still offers it.
+        # adds 0.4-1.0 CPU-s per known prompt (lesions of diagnosis_pairs / its control: 22.7 / 11.0 CPU-s
+        # skip alone, 51.3 / 19.8 with block_mean, the two half means included), est. +40-95 s on 2 cores:
+        # over the ~120 s budget, so the map runs skip only; `medinterp lesion` still offers it.
         # The quick map: 5 prompts (a curve preview: too few items to mark). Greedy continuations are left
         # to `medinterp lesion`.
         "full": {"modes": ["skip"], "max_prompts": None, "only_known": True, "n_continuations": 0, "n_boot": 1000,
