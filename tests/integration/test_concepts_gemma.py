@@ -119,3 +119,33 @@ def test_gemma_pair_preferences_medical_and_control(gemma):
         out[name] = (fc, fk)
         print(f"{name}: clean prefers its answer {fc:.0%}, corrupted {fk:.0%} (n={len(ids)})")
     assert min(out["diagnosis_pairs_control"]) >= 0.8, out
+
+
+# Families whose medical pair set Gemma 3 270M knows (>= 20 known pairs, measured): their control must be
+# known as well and matched in token structure (issue 20, item 3; METHOD §0b).
+KNOWN_FAMILIES = ("drugs", "diseases", "symptoms")
+
+
+@pytest.mark.parametrize("family", KNOWN_FAMILIES)
+def test_matched_control_pairs_on_gemma(gemma, family):
+    """v3 controls: >= 20 known pairs, and the frame (tokens after the item) and the item-span token
+    counts balanced against the medical pairs (|SMD| <= 0.25 over the known pairs) on Gemma 3 270M."""
+    from medinterp.concepts.checks import pair_balance
+
+    t = pair_balance(gemma, family)
+    print(t.render())
+    assert t.medicine.n_known >= 20 and t.control.n_known >= 20, t.render()
+    row = {r["covariate"]: r for r in t.rows}
+    assert row["tokens_after_subject"]["medicine"] == row["tokens_after_subject"]["control"], t.render()
+    for cov in ("subject_tokens", "prompt_tokens"):
+        assert abs(row[cov]["smd"]) <= 0.25, t.render()
+
+
+def test_age_control_differs_only_in_the_context_word(gemma):
+    """age_pairs_control is age_pairs with "patient" -> "customer": same ages, answers and token counts."""
+    med, ctl = load_concepts("age_pairs"), load_concepts("age_pairs_control")
+    assert len(med) == len(ctl)
+    for a, b in zip(med.pairs, ctl.pairs):
+        assert (a.clean_answer, a.corrupted_answer) == (b.clean_answer, b.corrupted_answer)
+        assert "patient" in a.clean.lower() and "patient" not in b.clean.lower()
+        assert len(gemma.to_tokens(a.clean)[0]) == len(gemma.to_tokens(b.clean)[0])

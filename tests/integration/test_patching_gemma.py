@@ -95,3 +95,13 @@ def test_causal_trace_on_diagnosis_pairs_quick(gemma):
         # restoring every differing token at the embeddings is the clean run
         np.testing.assert_allclose(r.P[:, 0, 0], 1.0, atol=1e-3)
         assert r.unit_scores().values.shape == (r.n_known, gemma.cfg.n_layers)
+    # covariates of every valid pair (METHOD §0b) and the mover inside the band (METHOD §4)
+    cov = dict(zip(r.covariate_names, r.covariates.T))
+    assert r.covariates.shape == (len(r.all_pairs), 5)
+    np.testing.assert_array_equal(cov["intact_ld"], r.clean_ld)
+    assert (cov["tokens_after_subject"] == 6).all()  # " The most likely diagnosis is" after "."
+    assert np.isfinite(cov["answer_prior"]).all() and (cov["answer_prior"] < 0).all()
+    if r.known_by_model and r.mover is not None:
+        assert any(a <= r.mover <= b for a, b in r.band), (r.band, r.mover)
+        us = r.unit_scores()
+        assert all(len(v) == r.n_known for v in us.covariates.values())
