@@ -53,3 +53,24 @@ def test_gemma_drug_saliency_end_to_end_and_equal_to_plain_grad(gemma, tmp_path)
         gemma.zero_grad(set_to_none=True)
     html = res.save(tmp_path / "s").to_html(tmp_path / "s.html")
     assert "Weight saliency per block" in html
+
+
+def test_gemma_batched_backward_equals_one_prompt_path_with_covariates(gemma):
+    """The map's set-up on the real model (a pair set's answer prompts, block shares only): the
+    batched backward gives the one-prompt path's numbers, and the covariates are filled."""
+    from medinterp.concepts import load_concepts
+    from medinterp.techniques.saliency.run import SALIENCY_COVARIATES
+
+    ps = load_concepts("drug_pairs")
+    kw = dict(max_prompts=5, include_embed=False, include_unembed=False, progress=False, n_boot=50, track_memory=False)
+    one = saliency(gemma, ps, batch_size=1, **kw)
+    many = saliency(gemma, ps, batch_size=5, **kw)
+    assert len({len(p) for p in one.prompts}) > 1  # prompts of different lengths: the batch is padded
+    for f in ("values", "param_values", "loss", "share", "covariates"):
+        np.testing.assert_allclose(getattr(many, f), getattr(one, f), rtol=1e-4, err_msg=f)
+    cov = many.unit_scores().covariates
+    assert list(cov) == list(SALIENCY_COVARIATES)
+    assert np.all(cov["subject_tokens"] >= 1) and np.all(cov["prompt_tokens"] > cov["tokens_after_subject"])
+    assert np.all(cov["answer_prior"] < 0) and np.all(cov["intact_logp"] <= 0)
+    np.testing.assert_allclose(cov["intact_logp"], -many.loss, rtol=1e-4)  # single-token answers
+    assert np.all(np.isfinite(cov["intact_ld"]))

@@ -359,12 +359,14 @@ TECHNIQUE = Technique(
     run_fn=_run_family,
     presets={
         # The map reads the block shares only: the embedding (262k × 640 for Gemma) and unembedding
-        # gradients are skipped. One backward per prompt; sizes measured on Gemma 3 270M (see the report).
-        # full: 10 prompts, the fewest whose paired test against the twin can reach Holm-corrected
-        # alpha = 0.05 over 18+ layers (2**10 sign flips; 6 prompts could never mark a layer)
-        "full": {"max_prompts": 10, "n_boot": 1000, "include_embed": False, "include_unembed": False},
-        # quick: a curve preview (2 prompts can never reach alpha: the map says "too few items to mark")
-        "quick": {"max_prompts": 2, "n_boot": 300, "include_embed": False, "include_unembed": False},
+        # gradients are skipped. Padded batches of 16 with per-prompt statistics from the batched
+        # backward (sizes and times measured on Gemma 3 270M, see benchmarks/saliency_speed.py).
+        # batch_size is left to saliency (DEFAULT_BATCH where the batched path applies, else 1).
+        # full: up to 32 answer prompts per family (>= 30 where the pair set has them: the issue's
+        # power floor), two batches of 16
+        "full": {"max_prompts": 32, "n_boot": 1000, "include_embed": False, "include_unembed": False},
+        # quick: a curve preview, one batch of 4 (too few items to mark: the map says so)
+        "quick": {"max_prompts": 4, "n_boot": 300, "include_embed": False, "include_unembed": False},
     },
     needs=("pairs",),
     description="each block's share of |∂(−log p(answer))/∂w · w| on the family's answer prompts",
