@@ -12,10 +12,11 @@ on both offline tokenizers). The builder
 3. forms every pair of facts with the same prompt token length on both tokenizers and different answer
    tokens, and keeps the pairs that Gemma 3 270M *knows* (causal tracing's rule,
    ``LD_clean > 0 > LD_corrupted``, ``|LD_clean - LD_corrupted| >= 1``);
-4. picks pairs greedily so that the histogram of the item-span size (causal tracing's
-   ``subject_tokens`` on Gemma's tokenizer) follows the medical set's, each fact used at most
-   ``--max-use`` times, preferring pairs known on SmolLM2 too and answers whose prior
-   (``log p(answer | BOS)``) is closest to the medical answers' mean;
+4. picks pairs greedily so that the joint histogram of item-span size and prompt length (causal
+   tracing's ``subject_tokens`` and ``prompt_tokens`` on Gemma's tokenizer) follows the medical set's
+   (a second pass on the span size alone when fewer than 24 pairs are found), each fact used at most
+   ``--max-use`` times, preferring pairs known on SmolLM2 too and, among those, answer prior
+   (``log p(answer | BOS)``) and clean logit difference closest to the medical pairs' means;
 5. writes the YAML file (``--write``) or prints what it would write.
 
 Usage (from the repository root)::
@@ -74,14 +75,21 @@ def measure(model, facts: list[dict]) -> dict:
     return {"toks": toks, "ids": ids, "logits": logits}
 
 
-def medical_span_hist(model, family: str) -> Counter:
+def medical_span_hist(model, family: str) -> tuple[Counter, float, float]:
+    """Histogram of (item-span size, prompt length) of the medical pairs on ``model``'s tokenizer, and the
+    mean and SD of their clean LD over the known pairs (causal tracing's rule)."""
+    from medinterp.techniques.patching.tracing import baselines, known_mask
+
     ps = load_concepts(CONCEPT_FAMILIES[family]["pairs"])
     chk = ps.check(model)
     h = Counter()
     for tp in chk.tokenized:
         d = np.flatnonzero(np.array(tp.clean_tokens) != np.array(tp.corrupted_tokens))
-        h[int(d[-1] - d[0] + 1)] += 1
-    return h
+        h[(int(d[-1] - d[0] + 1), len(tp.clean_tokens))] += 1
+    cl, xl, _ = baselines(model, list(chk.tokenized))
+    known, _ = known_mask(cl, xl)
+    ld = cl[known] if known.sum() >= 2 else cl
+    return h, float(np.mean(ld)), float(np.std(ld) + 1e-9)
 
 
 def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 0) -> tuple[list, dict]:
@@ -100,7 +108,7 @@ def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 
           and _leak(facts[i]["prompt"], facts[i]["answer"]) is None]
     bad = [facts[i]["prompt"] + " |" + facts[i]["answer"] for i in range(len(facts)) if i not in ok]
     prior_g = dict(zip([mg["ids"][i] for i in ok], answer_prior(gemma, [mg["ids"][i] for i in ok])))
-    med_hist = medical_span_hist(gemma, family)
+    med_hist, med_ld, sd_ld = medical_span_hist(gemma, family)
     med = load_concepts(CONCEPT_FAMILIES[family]["pairs"]).check(gemma)
     med_prior = float(np.mean(answer_prior(gemma, [a for a, _ in med.answer_ids])))
     cands = []
@@ -123,7 +131,8 @@ def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 
             continue
         d = np.flatnonzero(np.array(mg["toks"][i]) != np.array(mg["toks"][j]))
         span = int(d[-1] - d[0] + 1)
-        cands.append(dict(i=i, j=j, span=span, smol_known=lds[1][2], gemma_known=lds[0][2], ld=lds[0][0],
+        cands.append(dict(i=i, j=j, span=(span, len(mg["toks"][i])), smol_known=lds[1][2], gemma_known=lds[0][2],
+                          ld=lds[0][0],
                           prior=float(prior_g[mg["ids"][i]])))
     rng = np.random.default_rng(seed)
     rng.shuffle(cands)
@@ -132,8 +141,11 @@ def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 
     use = Counter()
     chosen, seen = [], set()
     got = Counter()
-    # fill quotas: known on SmolLM2 first, then prior closest to the medical mean
-    cands.sort(key=lambda c: (not c["gemma_known"], not c["smol_known"], abs(c["prior"] - med_prior)))
+    # fill the (span, prompt length) quotas: known on Gemma, then on SmolLM2, then answer prior and clean LD
+    # closest to the medical means
+    sd_prior = float(np.std([c["prior"] for c in cands]) + 1e-9) if cands else 1.0
+    cands.sort(key=lambda c: (not c["gemma_known"], not c["smol_known"],
+                              abs(c["prior"] - med_prior) / sd_prior + abs(c["ld"] - med_ld) / sd_ld))
     for c in cands:
         s = c["span"]
         key = frozenset((c["i"], c["j"]))
@@ -144,11 +156,28 @@ def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 
         use[c["i"]] += 1
         use[c["j"]] += 1
         got[s] += 1
-    info = dict(n_facts=len(facts), n_ok=len(ok), bad=bad, n_cands=len(cands), med_hist=dict(sorted(med_hist.items())),
+    # too few for the map (< 24 pairs): a second pass on the span size alone (quota by span, any length)
+    if len(chosen) < 24:
+        span_quota, span_got = Counter(), Counter(s[0] for s in got.elements())
+        for (sp, _), q in quota.items():
+            span_quota[sp] += q
+        for c in cands:
+            sp = c["span"][0]
+            key = frozenset((c["i"], c["j"]))
+            if span_got[sp] >= span_quota[sp] or key in seen or use[c["i"]] >= max_use or use[c["j"]] >= max_use:
+                continue
+            chosen.append(c)
+            seen.add(key)
+            use[c["i"]] += 1
+            use[c["j"]] += 1
+            got[c["span"]] += 1
+            span_got[sp] += 1
+    info = dict(n_facts=len(facts), n_ok=len(ok), n_bad=len(bad), n_cands=len(cands), med_hist=dict(sorted(med_hist.items())),
+                med_ld=med_ld, ctl_ld=float(np.mean([c["ld"] for c in chosen])) if chosen else float("nan"),
                 got=dict(sorted(got.items())), quota=dict(sorted(quota.items())), med_prior=med_prior,
                 ctl_prior=float(np.mean([c["prior"] for c in chosen])) if chosen else float("nan"),
                 smol_known=sum(c["smol_known"] for c in chosen), gemma_known=sum(c["gemma_known"] for c in chosen),
-                cand_hist=dict(sorted(Counter(c["span"] for c in cands).items())))
+                cand_hist=dict(sorted(Counter(c["span"] for c in cands).items())), bad=bad)
     rows = []
     for c in chosen:
         fi, fj = facts[c["i"]], facts[c["j"]]
