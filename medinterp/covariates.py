@@ -82,8 +82,15 @@ def answer_prior(model: Any, token_ids: Sequence[int]) -> Float[np.ndarray, "n"]
     bos = getattr(tok, "bos_token_id", None) if tok is not None else None
     if bos is None or len(ids) == 0:
         return np.full(len(ids), np.nan)
+    from medinterp.readout import final_logits
+
     dev = getattr(model.cfg, "device", None) or "cpu"
-    logits = model(torch.tensor([[int(bos)]], device=dev), return_type="logits")[0, -1].float()
+    toks = torch.tensor([[int(bos)]], device=dev)
+    try:  # one residual and medinterp's readout: TL's own unembedding copies W_U.T on every call (Gemma: 670 MB)
+        resid = model(toks, stop_at_layer=model.cfg.n_layers)
+        logits = final_logits(model, resid[0, -1:])[0].float()
+    except TypeError:  # a backend without stop_at_layer
+        logits = model(toks, return_type="logits")[0, -1].float()
     logp = torch.log_softmax(logits, dim=-1).cpu().numpy().astype(np.float64)
     return logp[ids]
 

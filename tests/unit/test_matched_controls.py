@@ -147,3 +147,23 @@ def test_exact_enumeration_reaches_alpha_over_18_layers_with_10_paired_items():
     p = stats.layer_effects(a, b, paired=True, n_perm=1000, n_boot=20).p
     assert np.allclose(p, 1 / 1024)
     assert stats.adjust(p, "holm").max() <= 0.05 / 2
+
+
+def test_answer_prior_is_the_models_logp_after_bos_alone():
+    import torch
+
+    from medinterp.covariates import answer_prior
+    from medinterp.testing import tiny_model
+
+    m = tiny_model(n_layers=2)
+    got = answer_prior(m, [3, 5, 7])
+    ref = torch.log_softmax(m(torch.tensor([[m.tokenizer.bos_token_id]]))[0, -1], -1)[[3, 5, 7]].detach().numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_span_covariates_count_the_differing_span():
+    from medinterp.covariates import span_covariates
+
+    out = span_covariates([[1, 9, 9, 4, 5, 6], [1, 2, 3]], [[1, 8, 8, 4, 5, 6], [1, 2]], bos=True)
+    assert out["subject_tokens"][0] == 2 and out["tokens_after_subject"][0] == 3 and out["prompt_tokens"][0] == 5
+    assert np.isnan(out["subject_tokens"][1]) and out["prompt_tokens"][1] == 2  # lengths differ: no span
