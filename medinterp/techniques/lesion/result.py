@@ -108,6 +108,10 @@ def lesion_table(
     return df
 
 
+
+#: the map's lesion unit score (fraction of the clean LD lost) is clipped to this range (heavy tails)
+LD_FRAC_CLIP = (-1.0, 2.0)
+
 @dataclasses.dataclass
 class LesionResult(TechniqueResult):
     """Damage per prompt × lesion mode × layer, aggregated with bootstrap CIs, plus continuations.
@@ -229,8 +233,15 @@ class LesionResult(TechniqueResult):
         """
         metric = metric or self.default_metric
         units, templates = units_of(self.labels, self.n_prompts)
-        return UnitScores(values=self.values(metric, mode), units=units, templates=templates,
-                          description=f"{METRIC_TITLES.get(metric, metric)} when the block is lesioned ({mode})",
+        v = self.values(metric, mode)
+        desc = f"{METRIC_TITLES.get(metric, metric)} when the block is lesioned ({mode})"
+        if metric == "ld_frac":
+            # A known prompt's LD_intact can be ~0.1 logit, so the fraction has tails of +-100 that would
+            # dominate a mean-based test; clipped to [-1, 2] as tracing's recovered fraction is (a lesion
+            # that flips the answer scores >= 1 either way).
+            v = np.clip(v, *LD_FRAC_CLIP)
+            desc += f", clipped to [{LD_FRAC_CLIP[0]:g}, {LD_FRAC_CLIP[1]:g}]"
+        return UnitScores(values=v, units=units, templates=templates, description=desc,
                           covariates=from_matrix(self.covariates, self.covariate_names))
 
     def _check(self, metric: str, mode: str) -> tuple[int, int]:
