@@ -8,11 +8,12 @@ never marked when its control cannot be balanced:
 1. per item (the unit of inference), the mean of each per-prompt covariate the technique records
    (:data:`medinterp.covariates.COVARIATES`) in both groups;
 2. the standardized mean difference of each covariate before matching (:func:`smd`);
-3. **matching** (:func:`match_units`): exact strata on the token-count covariates (an item's subject
-   token count and prompt length are integers; medicine and control items are only paired within the
-   same values), then a 1:1 optimal assignment without replacement inside each stratum
-   (:func:`scipy.optimize.linear_sum_assignment`) on the largest standardized difference of the
-   continuous covariates, with a caliper (pairs farther apart than ``caliper`` pooled SDs are dropped);
+3. **matching** (:func:`match_units`): exact strata on the subject token count (and a task's class
+   structure); inside a stratum a 1:k optimal assignment without replacement
+   (:func:`scipy.optimize.linear_sum_assignment`; k = control items // medical items, at least 1) on the
+   root-mean-square standardized difference of the other covariates, with a caliper (pairs farther
+   apart than ``caliper`` pooled SDs are dropped); then trimming: while a covariate's |SMD| is above
+   ``max_smd``, the matched set that tilts it most is dropped;
 4. SMD after matching; a cell is **comparable** when every covariate's |SMD| after matching is <=
    ``max_smd`` (0.25) and at least ``min_units`` items of each group are left.
 
@@ -40,8 +41,7 @@ import scipy.optimize
 from medinterp.covariates import COVARIATES
 
 #: covariates whose values are integer token counts: matched exactly (strata), not by distance
-EXACT_COVARIATES: tuple[str, ...] = ("subject_tokens", "prompt_tokens", "tokens_after_subject", "n_classes",
-                                     "items_per_class")
+EXACT_COVARIATES: tuple[str, ...] = ("subject_tokens", "n_classes", "items_per_class")
 #: the largest |SMD| after matching that a comparable control may keep (METHOD §0b; Stuart 2010's 0.25 rule)
 MAX_SMD = 0.25
 
@@ -145,7 +145,7 @@ def match_units(
     control_units: Sequence[Any],
     *,
     max_smd: float = MAX_SMD,
-    caliper: float = 0.5,
+    caliper: float = 1.0,
     min_units: int = 2,
     exact: Sequence[str] = EXACT_COVARIATES,
 ) -> Balance:
@@ -155,8 +155,8 @@ def match_units(
         medicine, control: covariate -> per-prompt values (rows as ``*_units``).
         medicine_units, control_units: the item of each prompt row.
         max_smd: the largest |SMD| after matching a comparable control may keep.
-        caliper: pairs whose largest standardized difference on a continuous covariate exceeds this many
-            pooled SDs are dropped.
+        caliper: pairs whose root-mean-square standardized difference over the continuous covariates
+            exceeds this many pooled SDs are dropped.
         min_units: fewest matched items per group for a comparable control.
         exact: covariates matched exactly (integer token counts; per-item means are rounded).
 
@@ -187,35 +187,51 @@ def match_units(
     # k control items per medical item where the control family is k times larger (power is kept; the
     # controls of one medical item are its k nearest in the optimal assignment)
     ratio = max(1, int(cok.sum()) // max(1, int(mok.sum())))
-    keep_m, keep_c = [], []
+    groups: dict[int, list[int]] = {}  # medical item -> its matched control items
     for stratum in sorted({mkey[i] for i in range(len(mids)) if mok[i]}):
         mi = [i for i in range(len(mids)) if mok[i] and mkey[i] == stratum]
         ci = [j for j in range(len(cids)) if cok[j] and ckey[j] == stratum]
         if not ci:
             continue
-        if cont:
-            # largest standardized difference over the continuous covariates (0 SD: any difference is far)
-            d = np.zeros((len(mi), len(ci)))
-            for k in cont:
-                diff = np.abs(mcov[k][mi][:, None] - ccov[k][ci][None, :])
-                d = np.maximum(d, diff / sd[k] if sd[k] > 0 else np.where(diff > 0, np.inf, 0.0))
-        else:
-            d = np.zeros((len(mi), len(ci)))
+        # root-mean-square standardized difference over the continuous covariates (0 SD: any difference is far)
+        d = np.zeros((len(mi), len(ci)))
+        for k in cont:
+            diff = np.abs(mcov[k][mi][:, None] - ccov[k][ci][None, :])
+            d += (diff / sd[k]) ** 2 if sd[k] > 0 else np.where(diff > 0, np.inf, 0.0)
+        d = np.sqrt(d / max(1, len(cont)))
         big = 1e6  # linear_sum_assignment needs finite costs; pairs beyond the caliper are dropped below
         # 1:k: each medical item's row repeated k times, each control item used at most once
         cost = np.repeat(np.where(np.isfinite(d), np.minimum(d, big), big), ratio, axis=0)
         r, c = scipy.optimize.linear_sum_assignment(cost)
         for a, b in zip(r, c):
             if d[a // ratio, b] <= caliper:
-                keep_m.append(mi[a // ratio])
-                keep_c.append(ci[b])
-    keep_m = np.asarray(sorted(set(keep_m)), int)
-    keep_c = np.asarray(sorted(set(keep_c)), int)
+                groups.setdefault(mi[a // ratio], []).append(ci[b])
+    # Trim: while a covariate's |SMD| stays above max_smd, drop the matched set (a medical item and its
+    # controls) that pulls it furthest in the imbalanced direction. Matching within a caliper balances
+    # pairs, not means; this removes the few pairs that still tilt a mean, instead of refusing the cell.
+    n_trimmed = 0
+    while groups:
+        km = np.asarray(sorted(groups), int)
+        kc = np.asarray(sorted(c for cs in groups.values() for c in cs), int)
+        cur = {k: smd(mcov[k][km], ccov[k][kc]) for k in names}
+        worst = max(names, key=lambda k: abs(cur[k]) if not np.isnan(cur[k]) else -1.0)
+        if not abs(cur[worst]) > max_smd or len(groups) <= min_units:
+            break
+        sign = np.sign(cur[worst]) if np.isfinite(cur[worst]) else np.sign(np.mean(mcov[worst][km]) - np.mean(ccov[worst][kc]))
+        pull = {i: sign * (mcov[worst][i] - np.mean(ccov[worst][cs])) for i, cs in groups.items()}
+        drop = max(sorted(pull), key=lambda i: pull[i])
+        if pull[drop] <= 0:
+            break
+        del groups[drop]
+        n_trimmed += 1
+    keep_m = np.asarray(sorted(groups), int)
+    keep_c = np.asarray(sorted(c for cs in groups.values() for c in cs), int)
     after_m = {k: float(np.mean(mcov[k][keep_m])) if len(keep_m) else float("nan") for k in names}
     after_c = {k: float(np.mean(ccov[k][keep_c])) if len(keep_c) else float("nan") for k in names}
     smd_a = {k: smd(mcov[k][keep_m], ccov[k][keep_c]) for k in names}
     method = (f"1:{ratio} optimal matching of items without replacement, exact on {', '.join(ex) or 'nothing'}, "
-              f"caliper {caliper:g} pooled SD on {', '.join(cont) or 'nothing'}")
+              f"caliper {caliper:g} pooled SD (RMS) on {', '.join(cont) or 'nothing'}"
+              + (f"; {n_trimmed} matched sets trimmed to balance the means" if n_trimmed else ""))
     reason = None
     if min(len(keep_m), len(keep_c)) < min_units:
         worst = max(names, key=lambda k: abs(smd_b[k]) if np.isfinite(smd_b[k]) or np.isinf(smd_b[k]) else -1)
