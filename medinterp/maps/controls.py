@@ -52,7 +52,7 @@ import dataclasses
 from typing import Any, Literal
 
 import numpy as np
-from jaxtyping import Bool, Float
+from jaxtyping import Bool
 
 from medinterp import stats
 from medinterp.errors import MedinterpError
@@ -64,67 +64,8 @@ Correction = Literal["holm", "fdr_bh"]
 #: for the map's layer counts (0.05 / 80 = 6e-4 for an 80-layer model), and resamples ask only "still marked?"
 RESAMPLE_N_PERM = 2000
 
-#: the per-layer statistics a (family, technique) cell stores, in ``KnowledgeMap.control_stats`` order.
-CONTROL_STATS: tuple[str, ...] = ("effect", "ci_low", "ci_high", "p_adj", "effect_twin", "twin_low", "twin_high",
-                                  "p_adj_twin", "marked", "robustness", "mde")
-
-
-class NoScores(MedinterpError):
-    """A technique's unit scores cannot be compared (the message is the reason the map shows)."""
-
-
-@dataclasses.dataclass
-class ControlMarking:
-    """Effect over control of one (family, technique): both comparisons, the marks, their robustness.
-
-    Attributes:
-        effect, ci_low, ci_high, p_adj: ``[n_layers]`` medicine minus control family (item-level CI,
-            corrected p).
-        effect_twin, twin_low, twin_high, p_adj_twin: ``[n_layers]`` medicine minus random twin (paired).
-        significant: ``[n_layers]`` marked on the full data (both beaten, runs >= ``min_run``).
-        robustness: ``[n_layers]`` fraction of resamples marking each layer (NaN when no resample was
-            run: no layer significant on the full data, or robustness off).
-        marked: ``[n_layers]`` the map's marks: ``significant`` and ``robustness >= threshold``.
-        intervals: inclusive runs of ``marked``; ``[]`` is "no interval".
-        n_items, n_control, n_twin: items in each comparison.
-        smallest_p_adj: the smallest corrected p-value these item counts can give at any layer
-            (:func:`medinterp.stats.smallest_p`, times the number of layers for Holm); above ``alpha`` no
-            layer can be marked, whatever the data.
-        mde: ``[n_layers]`` minimum detectable effect over the control family (80% power at
-            ``alpha / n_layers``, :func:`medinterp.stats.minimum_detectable_effect`) on the compared items;
-            inf where the item counts cannot reach alpha.
-        balance: the control's :class:`medinterp.maps.balance.Balance` (None: not checked).
-    """
-
-    effect: np.ndarray
-    ci_low: np.ndarray
-    ci_high: np.ndarray
-    p_adj: np.ndarray
-    effect_twin: np.ndarray
-    twin_low: np.ndarray
-    twin_high: np.ndarray
-    p_adj_twin: np.ndarray
-    significant: np.ndarray
-    robustness: np.ndarray
-    marked: np.ndarray
-    intervals: list
-    n_items: int
-    n_control: int
-    n_twin: int
-    smallest_p_adj: float = 0.0
-    mde: np.ndarray | None = None
-    balance: Any = None
-
-    @property
-    def comparable(self) -> bool:
-        """Whether the control family passed the balance check (True when it was not checked)."""
-        return self.balance is None or bool(self.balance.comparable)
-
-    def stats_array(self) -> Float[np.ndarray, "n_stats n_layers"]:
-        """The :data:`CONTROL_STATS` rows stacked (``marked`` as 0/1)."""
-        n = len(self.effect)
-        return np.stack([np.asarray(getattr(self, k) if getattr(self, k) is not None else np.full(n, np.nan),
-                                    dtype=float) for k in CONTROL_STATS])
+from medinterp.maps.marking import CONTROL_STATS, ControlMarking, NoScores  # noqa: E402  (re-exported)
+from medinterp.maps.contrast import contrast_marking  # noqa: E402
 
 
 # ============================================================================ cleaning and pairing
@@ -305,7 +246,7 @@ def effect_over_control(
         control: the model's unit scores on the control family (other items).
         twin: the random-init twin's unit scores on the family (same prompts; paired on item + template);
             None: marked against the control family alone (the twin's columns are NaN), for a technique
-            the twin cannot be measured with (e.g. tracing on pairs a random model does not know).
+            the twin cannot be measured with (e.g. pairs a random model does not know, so nothing to restore).
         alpha: significance level after correction.
         correction: "holm" (family-wise) or "fdr_bh" (Benjamini-Hochberg).
         min_run: shortest run of marked layers kept.
@@ -439,9 +380,9 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
             else:
                 try:
                     tw_reason = _unavailable(twin[key])
-                    if hasattr(main[key], "probe_inputs") and getattr(main[key], "probe_features", None) is not None:
-                        # geometry: refit nulls, not item-level tests on out-of-fold scores
-                        m = geometry_marking(main[key], ctrl[key], None if tw_reason else twin[key], **marking)
+                    # a technique whose unit scores are not independent units compares itself (refit nulls)
+                    m = contrast_marking(main[key], ctrl[key], None if tw_reason else twin[key], **marking)
+                    if m is not None:
                         out[f][t] = m.stats_array()
                         _record_balance(balance_out, f, t, m)
                         status[f][t] = "ok"
@@ -452,7 +393,7 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                               None if tw_reason else twin[key].unit_scores()]
                     m = effect_over_control(*scores, **marking)
                     weak = _twin_too_few(m, **marking)
-                    if weak and not tw_reason:  # the twin scores only a few of the model's items (tracing:
+                    if weak and not tw_reason:  # the twin scores only a few of the model's items (restoring:
                         # the pairs a random model gets right by chance), too few for its paired test to
                         # reject: dropped as when it knows none, not a cell that can never be marked
                         tw_reason = weak
@@ -478,102 +419,6 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                     if tw_reason and notes is not None and status[f][t] == "ok":  # only on a markable cell
                         notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
     return out, status
-
-
-def geometry_marking(medicine: Any, control: Any, twin: Any | None, *, alpha: float = 0.05,
-                     correction: Correction = "holm", min_run: int = 2, robustness: float = 0.8,
-                     n_perm: int = 1000, n_boot: int = 200, n_resamples: int = 20, seed: int = 0,
-                     balance: bool = True, **_: Any) -> ControlMarking:
-    """The geometry cell (METHOD §0b): refit nulls instead of item-level tests on out-of-fold scores.
-
-    Out-of-fold probe scores are not independent units, so the generic :func:`effect_over_control` is not
-    used for geometry. Instead (:mod:`medinterp.techniques.geometry.inference`):
-
-    * both categorical tasks are subsampled to their common class structure (equal class count and items
-      per class: the balance of a geometry cell; a continuous label keeps its groups);
-    * **vs control family**: medicine's excess of the probe level over its lexical baseline minus the
-      control's (:func:`~medinterp.techniques.geometry.inference.geometry_cell`; SE from refit cluster
-      bootstraps of both families, one-sided normal p);
-    * **vs twin**: the model's level minus the random twin's on the same prompts (refit paired bootstrap,
-      :func:`~medinterp.techniques.geometry.inference.paired_contrast`);
-    * Holm (or BH) across layers, both rejected, runs of ``min_run``, and robustness: the cell redone with
-      other subsampling / bootstrap seeds (``n_resamples``), a layer kept where marked in >= ``robustness``.
-
-    Args: as :func:`effect_over_control` (``medicine``, ``control``, ``twin``: GeometryResults; ``n_perm``
-    refit permutations of the level, ``n_boot`` refit bootstrap replicates, capped at 200 per family).
-    """
-    from medinterp.maps.balance import Balance
-    from medinterp.techniques.geometry.inference import geometry_cell, paired_contrast
-
-    try:
-        a, b = medicine.probe_inputs(), control.probe_inputs()
-    except MedinterpError as e:
-        raise NoScores(f"geometry: {e}") from None
-    nb = int(min(n_boot, 200))
-    try:
-        # the refit permutations only chance-centre the levels (the mark uses the bootstrap contrast): 200 suffice
-        gc_ = geometry_cell(medicine, control, match_structure=balance, n_perm=200, n_boot=nb, seed=seed)
-    except MedinterpError as e:  # e.g. no common class structure: the control cannot be balanced
-        raise NoScores(f"control not comparable: {e}") from None
-    n_layers = len(gc_.effect)
-    pc = stats.adjust(np.nan_to_num(gc_.p, nan=1.0), correction)
-    pt = np.full(n_layers, np.nan)
-    tw_eff = tw_lo = tw_hi = np.full(n_layers, np.nan)
-    if twin is not None:
-        pcon = paired_contrast(medicine, twin, n_boot=nb, seed=seed + 11)
-        pt = stats.adjust(np.nan_to_num(pcon.p, nan=1.0), correction)
-        tw_eff, tw_lo, tw_hi = pcon.effect, pcon.ci_low, pcon.ci_high
-
-    def marks(g, p_twin, eff_twin):
-        p_c = stats.adjust(np.nan_to_num(g.p, nan=1.0), correction)
-        p = np.maximum(p_c, p_twin) if twin is not None else p_c
-        e = np.minimum(g.effect, eff_twin) if twin is not None else g.effect
-        return stats.mark_layers(p, alpha=alpha, min_run=min_run, effect=np.nan_to_num(e, nan=-np.inf),
-                                 direction="greater")
-
-    sig = marks(gc_, pt, tw_eff)
-    fraction = np.full(n_layers, np.nan)
-    marked = sig.copy()
-    if robustness > 0 and n_resamples > 0 and sig.any():
-        def one(rng: np.random.Generator):
-            s = int(rng.integers(2**31))
-            g = geometry_cell(medicine, control, match_structure=balance, n_perm=100, n_boot=min(nb, 100), seed=s)
-            if twin is None:
-                return marks(g, pt, tw_eff)
-            pc2 = paired_contrast(medicine, twin, n_boot=min(nb, 100), seed=s + 11)
-            return marks(g, stats.adjust(np.nan_to_num(pc2.p, nan=1.0), correction), pc2.effect)
-
-        # 5 resamples (each a full refit of both families, 15-30 s on Gemma 3 270M's full presets)
-        rob = stats.robustness(one, min(int(n_resamples), 5), marked=sig, threshold=robustness, seed=seed)
-        fraction, marked = rob.fraction, rob.stable
-    level = alpha / n_layers if correction == "holm" else alpha
-    import scipy.stats as sps
-
-    mde = (sps.norm.ppf(1 - level) + sps.norm.ppf(0.8)) * np.asarray(gc_.se, float)
-    sa, sb = a.structure(), b.structure()
-    names = ["n_classes", "items_per_class"] if sa and sb else []
-    before_m = {"n_classes": float(len(sa)), "items_per_class": float(min(sa.values()))} if sa else {}
-    before_c = {"n_classes": float(len(sb)), "items_per_class": float(min(sb.values()))} if sb else {}
-    after = ({"n_classes": float(gc_.structure[0]), "items_per_class": float(gc_.structure[1])}
-             if gc_.structure else before_m)
-    from medinterp.maps.balance import smd as _smd  # noqa: F401  (SMD of a constant task size: 0 or inf)
-
-    def _d(x, y):
-        return 0.0 if x == y else float(np.sign(x - y) * np.inf)
-
-    bal = Balance(names, before_m, before_c, after if names else {}, after if names else {},
-                  {k: _d(before_m[k], before_c[k]) for k in names}, {k: 0.0 for k in names},
-                  np.asarray(sorted(set(map(str, a.groups)))), np.asarray(sorted(set(map(str, b.groups)))),
-                  len(set(map(str, a.groups))), len(set(map(str, b.groups))), True, None,
-                  (f"both tasks subsampled to {gc_.structure[0]} classes x {gc_.structure[1]} items (seeded)"
-                   if gc_.structure else "continuous label: all groups"))
-    nan = np.full(n_layers, np.nan)
-    return ControlMarking(
-        effect=gc_.effect, ci_low=gc_.ci_low, ci_high=gc_.ci_high, p_adj=pc, effect_twin=tw_eff if twin is not None else nan,
-        twin_low=tw_lo if twin is not None else nan, twin_high=tw_hi if twin is not None else nan, p_adj_twin=pt,
-        significant=sig, robustness=fraction, marked=marked, intervals=stats.intervals_from_mask(marked),
-        n_items=int(gc_.medicine.n_groups), n_control=int(gc_.control.n_groups),
-        n_twin=int(gc_.medicine.n_groups) if twin is not None else 0, smallest_p_adj=0.0, mde=mde, balance=bal)
 
 
 def _record_balance(out: dict | None, f: str, t: str, m: ControlMarking) -> None:
@@ -650,4 +495,4 @@ def _unavailable(result: Any) -> str | None:
     return fn() if callable(fn) else None
 
 
-__all__ = ["CONTROL_STATS", "geometry_marking", "twin_not_needed", "mark_all", "ControlMarking", "NoScores", "clean", "effect_over_control", "pair_rows"]
+__all__ = ["CONTROL_STATS", "twin_not_needed", "mark_all", "ControlMarking", "NoScores", "clean", "effect_over_control", "pair_rows"]

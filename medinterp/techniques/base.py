@@ -178,6 +178,34 @@ class UnitScores:
 
 
 @dataclasses.dataclass
+class ControlContrast:
+    """A technique's own per-layer comparison with its controls, for a technique whose unit scores are not
+    independent units (e.g. out-of-fold probe scores): the map then marks from this instead of item-level
+    tests (:meth:`TechniqueResult.control_contrast`).
+
+    Fields (``[n_layers]`` arrays; ``p`` values uncorrected and one-sided, "medicine greater"):
+        effect, ci_low, ci_high, se, p: medicine over its control family.
+        effect_twin, twin_low, twin_high, p_twin: medicine over the random twin (None: no twin given).
+        n_items, n_control: units compared.
+        balance: ``{"covariates": [...], "medicine": {...}, "control": {...}, "matched": {...}, "method": str}``
+            (covariate means before matching per group and the common value after; empty: none).
+    """
+
+    effect: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    se: np.ndarray
+    p: np.ndarray
+    n_items: int
+    n_control: int
+    effect_twin: np.ndarray | None = None
+    twin_low: np.ndarray | None = None
+    twin_high: np.ndarray | None = None
+    p_twin: np.ndarray | None = None
+    balance: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class TechniqueResult(Result):
     """Base of every technique's result: same fields, same methods.
 
@@ -212,6 +240,16 @@ class TechniqueResult(Result):
         A technique that does not provide it is drawn with the paper's rules only (``rule="paper"``).
         """
         raise NotImplementedError(f"{type(self).__name__}.unit_scores")
+
+    def control_contrast(self, control: "TechniqueResult", twin: "TechniqueResult | None", *, seed: int = 0,
+                         n_boot: int = 200, balance: bool = True, quick: bool = False) -> "ControlContrast | None":
+        """The technique's own comparison with its control family and twin, or None (the default): the map
+        then tests :meth:`unit_scores` item by item. ``quick``: a cheaper redo for robustness resamples.
+
+        Raises:
+            MedinterpError: the comparison cannot be made (the message is the cell's reason).
+        """
+        return None
 
     def unavailable(self) -> str | None:
         """Why this result has no curve although it ran (e.g. "not known by the model: ..."), else None.

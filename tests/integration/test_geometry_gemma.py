@@ -125,7 +125,10 @@ def test_refit_inference_on_real_reads(results):
     at some block by the refit permutation test, and every contrast has a finite SE."""
     import time
 
-    from medinterp.techniques.geometry import inference as GI
+    import types
+
+    from medinterp.techniques.geometry import contrast as _con, inference as _inf
+    GI = types.SimpleNamespace(**{**vars(_inf), **vars(_con)})
 
     age = results["age"]
     us = age.unit_scores()

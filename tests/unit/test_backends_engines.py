@@ -61,7 +61,7 @@ def test_saliency_same_on_both_backends(pair, family):
 
 
 def test_lesion_same_on_both_backends(pair, family):
-    rh, rb = _both(pair, family, "lesion")
+    rh, rb = _both(pair, family, "lesion", only_known=False)  # a tiny random model knows no pair
     _close(rh.metrics, rb.metrics, "lesion metrics")
     _close(rh.layer_curve(), rb.layer_curve(), "lesion curve")
     assert np.nanmax(np.abs(rh.metrics)) > 1e-3  # skipping a block changes the output
@@ -90,7 +90,8 @@ def test_patching_sweep_same_on_both_backends(pair, site):
 def test_quick_map_each_seed_architecture(arch):
     model = tiny_model(arch=arch, n_layers=3)  # the backend the real seed model gets
     km = knowledge_map(model, ["diseases"], quick=True, progress=False,
-                       technique_kwargs={"geometry": GEOMETRY_SMALL, "patching": TRACE_ALL})
+                       technique_kwargs={"geometry": GEOMETRY_SMALL, "patching": TRACE_ALL,
+                                         "lesion": {"only_known": False}})  # a tiny random model knows no pair
     status = km.status["diseases"]
     assert status == {t: "ok" for t in ("geometry", "saliency", "lesion", "patching")}, (arch, status)
 

@@ -333,7 +333,12 @@ def test_probe_with_every_class_smaller_than_the_folds_uses_grouped_folds():
 
 # ------------------------------------------------------------------ issue 20: inference that refits the probe
 from medinterp.stats.cv import grouped_folds, out_of_fold_ridge, ridge_fold_operator  # noqa: E402
-from medinterp.techniques.geometry import inference as GI  # noqa: E402
+import types  # noqa: E402
+
+from medinterp.techniques.geometry import contrast as _GI_con  # noqa: E402
+from medinterp.techniques.geometry import inference as _GI_inf  # noqa: E402
+
+GI = types.SimpleNamespace(**{**vars(_GI_inf), **vars(_GI_con)})  # the inference API across its two modules
 
 #: the shipped class structures of issue 20 (classes / items), drugs and its control at the time
 DRUGS, DRUGS_CONTROL = (15, 152), (10, 63)

@@ -99,20 +99,22 @@ from medinterp.techniques.geometry.concept import (
     ridge_unit_scores,
     template_centre,
 )
-from medinterp.techniques.geometry.inference import (
+from medinterp.techniques.geometry.contrast import (
     FamilyLevels,
     GeometryContrast,
     PairedContrast,
     ProbeInputs,
-    bootstrap_levels,
     common_structure,
-    cv_groups,
     family_levels,
     geometry_cell,
-    geometry_permutation_test,
     paired_contrast,
-    permutation_levels,
     subsample_structure,
+)
+from medinterp.techniques.geometry.inference import (
+    bootstrap_levels,
+    cv_groups,
+    geometry_permutation_test,
+    permutation_levels,
 )
 from medinterp.techniques.geometry.questions import age_step, paired_item_difference, progression_order
 from medinterp.techniques.geometry.result import GeometryResult

@@ -206,7 +206,7 @@ class GeometryResult(TechniqueResult):
 
     def _covariates(self) -> dict[str, np.ndarray]:
         from medinterp.covariates import from_matrix
-        from medinterp.techniques.geometry.inference import structure_covariates
+        from medinterp.techniques.geometry.contrast import structure_covariates
 
         if self.covariates is not None:
             return from_matrix(self.covariates, self.covariate_names)
@@ -214,6 +214,40 @@ class GeometryResult(TechniqueResult):
         if lab not in self.labels:
             return {}
         return structure_covariates(self.labels[lab], self._units(), self._primary_continuous())
+
+    def control_contrast(self, control: Any, twin: Any | None, *, seed: int = 0, n_boot: int = 200,
+                         balance: bool = True, quick: bool = False):
+        """The map's geometry cell (METHOD §0b): refit nulls, not item-level tests on out-of-fold scores.
+
+        Both categorical tasks are subsampled to their common class structure (the cell's balance); the
+        effect over the control family is medicine's excess of the probe level over its lexical baseline
+        minus the control's (refit cluster-bootstrap SEs, :func:`~medinterp.techniques.geometry.contrast.geometry_cell`);
+        over the twin, the model's level minus the twin's on the same prompts (paired refit bootstrap,
+        :func:`~medinterp.techniques.geometry.contrast.paired_contrast`). ``quick``: 100 permutations and
+        at most 100 bootstrap replicates (robustness resamples).
+        """
+        from medinterp.techniques.base import ControlContrast
+        from medinterp.techniques.geometry.contrast import geometry_cell, paired_contrast
+
+        nb = int(min(n_boot, 100 if quick else 200))
+        # the refit permutations only chance-centre the levels (the contrast uses the bootstrap): 200 suffice
+        cell = geometry_cell(self, control, match_structure=balance, n_perm=100 if quick else 200, n_boot=nb, seed=seed)
+        pc = paired_contrast(self, twin, n_boot=nb, seed=seed + 11) if twin is not None else None
+        sa, sb = self.probe_inputs().structure(), control.probe_inputs().structure()
+        bal: dict = {}
+        if sa and sb:
+            bal = {"covariates": ["n_classes", "items_per_class"],
+                   "medicine": {"n_classes": float(len(sa)), "items_per_class": float(min(sa.values()))},
+                   "control": {"n_classes": float(len(sb)), "items_per_class": float(min(sb.values()))},
+                   "matched": ({"n_classes": float(cell.structure[0]), "items_per_class": float(cell.structure[1])}
+                               if cell.structure else {}),
+                   "method": (f"both tasks subsampled to {cell.structure[0]} classes x {cell.structure[1]} items "
+                              "(seeded)" if cell.structure else "class structures not matched")}
+        return ControlContrast(
+            effect=cell.effect, ci_low=cell.ci_low, ci_high=cell.ci_high, se=cell.se, p=cell.p,
+            n_items=int(cell.medicine.n_groups), n_control=int(cell.control.n_groups),
+            effect_twin=pc.effect if pc is not None else None, twin_low=pc.ci_low if pc is not None else None,
+            twin_high=pc.ci_high if pc is not None else None, p_twin=pc.p if pc is not None else None, balance=bal)
 
     def probe_inputs(self, read: str = "span"):
         """What the refit tests need (:class:`~medinterp.techniques.geometry.inference.ProbeInputs`): the
@@ -226,7 +260,8 @@ class GeometryResult(TechniqueResult):
                 not the read they were stored for.
         """
         from medinterp.stats.cv import grouped_folds
-        from medinterp.techniques.geometry.inference import ProbeInputs, present_mask
+        from medinterp.techniques.geometry.contrast import ProbeInputs
+        from medinterp.techniques.geometry.inference import present_mask
 
         if self.probe_features is None:
             raise MedinterpError(f"geometry result for {self.concept_set!r} has no stored probe features "

@@ -41,7 +41,7 @@ from medinterp.techniques.geometry.embedding import (
 )
 from medinterp.covariates import to_matrix
 from medinterp.techniques.geometry.headline import HeadlineInput, HeadlineOutput, headline
-from medinterp.techniques.geometry.inference import structure_covariates
+from medinterp.techniques.geometry.contrast import structure_covariates
 from medinterp.techniques.geometry.layer import TABLE_COLUMNS, LabelSpec, _present, layer_metrics
 from medinterp.techniques.geometry.result import GeometryResult
 
