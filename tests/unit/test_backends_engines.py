@@ -63,7 +63,8 @@ def test_saliency_same_on_both_backends(pair, family):
 def test_lesion_same_on_both_backends(pair, family):
     rh, rb = _both(pair, family, "lesion", only_known=False)  # a tiny random model knows no pair
     _close(rh.metrics, rb.metrics, "lesion metrics")
-    _close(rh.layer_curve(), rb.layer_curve(), "lesion curve")
+    # a tiny random model knows no pair, so the map's LD-fraction curve is NaN: compare the log-p drops
+    _close(rh.values("logp_drop"), rb.values("logp_drop"), "lesion log-p drops")
     assert np.nanmax(np.abs(rh.metrics)) > 1e-3  # skipping a block changes the output
 
 
@@ -90,10 +91,11 @@ def test_patching_sweep_same_on_both_backends(pair, site):
 def test_quick_map_each_seed_architecture(arch):
     model = tiny_model(arch=arch, n_layers=3)  # the backend the real seed model gets
     km = knowledge_map(model, ["diseases"], quick=True, progress=False,
-                       technique_kwargs={"geometry": GEOMETRY_SMALL, "patching": TRACE_ALL,
-                                         "lesion": {"only_known": False}})  # a tiny random model knows no pair
+                       technique_kwargs={"geometry": GEOMETRY_SMALL, "patching": TRACE_ALL})
     status = km.status["diseases"]
-    assert status == {t: "ok" for t in ("geometry", "saliency", "lesion", "patching")}, (arch, status)
+    # a tiny random model knows no pair: lesion runs its intact pass and says so instead of a curve
+    assert status["lesion"] == "ok" or status["lesion"].startswith("not known by the model"), (arch, status)
+    assert {t: status[t] for t in ("geometry", "saliency", "patching")} == {t: "ok" for t in ("geometry", "saliency", "patching")}, (arch, status)
 
 
 def test_cli_model_options_reach_load_model(monkeypatch):

@@ -654,7 +654,10 @@ def test_ld_fraction_equals_brute_force_and_unknown_prompts_are_nan(rot):
             ld_l = float(lg[tok(p.clean_answer)] - lg[tok(p.corrupted_answer)])
             assert res.values("ld_drop")[i, layer] == pytest.approx(cl[i] - ld_l, abs=1e-4)
             if want_known[i]:
-                assert us.values[i, layer] == pytest.approx((cl[i] - ld_l) / cl[i], rel=1e-4, abs=1e-5)
+                # the map's unit score: the fraction, clipped to [-1, 2] (LD_FRAC_CLIP)
+                frac = (cl[i] - ld_l) / cl[i]
+                assert res.values("ld_frac")[i, layer] == pytest.approx(frac, rel=1e-4, abs=1e-5)
+                assert us.values[i, layer] == pytest.approx(np.clip(frac, -1, 2), rel=1e-4, abs=1e-5)
     # the raw log-prob drop stays a saved metric, for every prompt
     assert np.isfinite(res.values("logp_drop")).all()
     # only_known: the same numbers on the known prompts, nothing lesioned on the other
