@@ -46,15 +46,20 @@ EXACT_COVARIATES: tuple[str, ...] = ("subject_tokens", "n_classes", "items_per_c
 MAX_SMD = 0.25
 
 
-def smd(a: Sequence[float], b: Sequence[float]) -> float:
+def smd(a: Sequence[float], b: Sequence[float], scale: float | None = None) -> float:
     """Standardized mean difference ``(mean(a) - mean(b)) / sqrt((var(a) + var(b)) / 2)`` (ddof 1).
 
     With no spread in either group: 0 when the means are equal, else ±inf (a difference that no scale
-    can call small). NaN values are ignored; NaN when a group is empty.
+    can call small). NaN values are ignored; NaN when a group is empty. ``scale``: the denominator to use
+    instead of these groups' own pooled SD: after matching, the pooled SD of the groups *before* matching
+    (Austin 2011; Stuart 2010), so that a matched subset whose spread shrank is not called imbalanced for a
+    difference that did not grow.
 
     Example:
         >>> round(smd([1, 2, 3], [2, 3, 4]), 3), smd([2, 2], [2, 2]), smd([3, 3], [2, 2])
         (-1.0, 0.0, inf)
+        >>> round(smd([3.1, 3.2], [3.0, 3.1], scale=1.0), 6)   # a 0.1 difference on a scale of 1 SD
+        0.1
     """
     a = np.asarray(a, float)
     b = np.asarray(b, float)
@@ -62,6 +67,8 @@ def smd(a: Sequence[float], b: Sequence[float]) -> float:
     if len(a) == 0 or len(b) == 0:
         return float("nan")
     diff = float(a.mean() - b.mean())
+    if scale is not None and np.isfinite(scale) and scale > 0:
+        return diff / float(scale)
     va = float(a.var(ddof=1)) if len(a) > 1 else 0.0
     vb = float(b.var(ddof=1)) if len(b) > 1 else 0.0
     pooled = np.sqrt((va + vb) / 2)
@@ -172,6 +179,8 @@ def match_units(
     before_m = {k: float(np.nanmean(mcov[k])) for k in names}
     before_c = {k: float(np.nanmean(ccov[k])) for k in names}
     smd_b = {k: smd(mcov[k], ccov[k]) for k in names}
+    # the SMD after matching keeps the denominator of the SMD before (the unmatched groups' pooled SD)
+    scale = {k: _pooled_sd(mcov[k], ccov[k]) for k in names}
     if not names:
         return Balance([], {}, {}, {}, {}, {}, {}, mids, cids, len(mids), len(cids), False,
                        "control not comparable: no covariates recorded, so balance cannot be checked", "none")
@@ -213,7 +222,7 @@ def match_units(
     while groups:
         km = np.asarray(sorted(groups), int)
         kc = np.asarray(sorted(c for cs in groups.values() for c in cs), int)
-        cur = {k: smd(mcov[k][km], ccov[k][kc]) for k in names}
+        cur = {k: smd(mcov[k][km], ccov[k][kc], scale[k]) for k in names}
         worst = max(names, key=lambda k: abs(cur[k]) if not np.isnan(cur[k]) else -1.0)
         if not abs(cur[worst]) > max_smd or len(groups) <= min_units:
             break
@@ -228,7 +237,7 @@ def match_units(
     keep_c = np.asarray(sorted(c for cs in groups.values() for c in cs), int)
     after_m = {k: float(np.mean(mcov[k][keep_m])) if len(keep_m) else float("nan") for k in names}
     after_c = {k: float(np.mean(ccov[k][keep_c])) if len(keep_c) else float("nan") for k in names}
-    smd_a = {k: smd(mcov[k][keep_m], ccov[k][keep_c]) for k in names}
+    smd_a = {k: smd(mcov[k][keep_m], ccov[k][keep_c], scale[k]) for k in names}
     method = (f"1:{ratio} optimal matching of items without replacement, exact on {', '.join(ex) or 'nothing'}, "
               f"caliper {caliper:g} pooled SD (RMS) on {', '.join(cont) or 'nothing'}"
               + (f"; {n_trimmed} matched sets trimmed to balance the means" if n_trimmed else ""))
@@ -245,6 +254,15 @@ def match_units(
                       f"(SMD {smd_a[k]:.2f} > {max_smd:g})")
     return Balance(names, before_m, before_c, after_m, after_c, smd_b, smd_a, mids[keep_m], cids[keep_c],
                    len(mids), len(cids), reason is None, reason, method)
+
+
+def _pooled_sd(a: np.ndarray, b: np.ndarray) -> float:
+    """``sqrt((var(a) + var(b)) / 2)`` over the finite values (ddof 1); NaN with fewer than 2 in a group."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2))
 
 
 def _fmt(x: float) -> str:

@@ -230,7 +230,7 @@ def effect_over_control(
     seed: int = 0,
     balance: bool = True,
     max_smd: float = 0.25,
-    caliper: float = 0.5,
+    caliper: float = 1.0,
 ) -> ControlMarking:
     """Per-layer effect of medicine over its control family and over the random twin, and the marks.
 
@@ -391,7 +391,13 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                         continue
                     scores = [main[key].unit_scores(), ctrl[key].unit_scores(),
                               None if tw_reason else twin[key].unit_scores()]
-                    m = effect_over_control(*scores, **marking)
+                    try:
+                        m = effect_over_control(*scores, **marking)
+                    except NoScores as e:  # the twin scores (knows) fewer than 2 of the matched items: dropped
+                        if scores[2] is None or not str(e).startswith("random twin"):  # as when it knows none
+                            raise
+                        tw_reason = f"scored on fewer than 2 of the matched items ({e})"
+                        m = effect_over_control(scores[0], scores[1], None, **marking)
                     weak = _twin_too_few(m, **marking)
                     if weak and not tw_reason:  # the twin scores only a few of the model's items (restoring:
                         # the pairs a random model gets right by chance), too few for its paired test to

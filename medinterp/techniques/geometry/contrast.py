@@ -152,9 +152,11 @@ class FamilyLevels:
 
     Attributes:
         layers: block indices.
-        level: ``[L]`` the probe's level (the map's curve: chance-corrected balanced accuracy or R²).
+        level: ``[L]`` the probe's level (chance-corrected balanced accuracy, or ``max(R², 0)`` for a continuous
+            label: :func:`information`).
         p_level: ``[L]`` refit permutation p of the level (H0: the block carries no label information).
-        chance: ``[L]`` the level's permutation mean (what no information scores with this structure).
+        chance: ``[L]`` the level's permutation mean (what no information scores with this structure; 0 for a
+            continuous label).
         lexical, lexical_chance, p_lexical: the lexical baseline's level, its permutation mean and p (NaN: none).
         embedding, p_embedding: the embedding layer's level and permutation p (NaN: not read).
         excess, excess_se, p_excess: ``[L]`` ``(level - chance) - (lexical - lexical_chance)``, its refit
@@ -192,6 +194,21 @@ def _sf(z: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(z), sps.norm.sf(np.where(np.isfinite(z), z, 0.0)), np.nan)
 
 
+def information(level: Any, continuous: bool) -> np.ndarray:
+    """What a level says the features carry about the label, on a scale where no information is 0.
+
+    Categorical: the level as it is (chance-corrected balanced accuracy, centred on the refit permutation mean
+    by :func:`family_levels`). Continuous: ``max(R², 0)``: a grouped ridge probe that predicts worse than the
+    training mean carries no information about the label, however negative its R². Out-of-fold R² under
+    label permutations is -1 to -16 on Gemma 3 270M's progression control and -43 for age's lexical baseline
+    (a ridge fitted to noise extrapolates across folds), so centring R² on its permutation mean, or
+    differencing raw negative R², measured the probe's overfitting, not the label (0.3.0's age and
+    progression geometry cells: SEs of 1-7 and "effects" of 3-8).
+    """
+    x = np.asarray(level, float)
+    return np.maximum(x, 0.0) if continuous else x
+
+
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(a, float) / np.asarray(b, float)
@@ -217,22 +234,27 @@ def family_levels(inp: ProbeInputs, *, n_perm: int = 1000, n_boot: int = 200, se
                             templates=inp.templates, alpha=alpha)
     bt = bootstrap_levels(sets, inp.y, inp.groups, continuous=inp.continuous, n_boot=n_boot, seed=seed + 1,
                           n_splits=inp.n_splits, alpha=alpha)
+    cont = bool(inp.continuous)
+    bt = information(bt, cont)
+    stat, null_mean = information(pl.statistic, cont), pl.null_mean
+    if cont:  # max(R², 0) is already 0 without information (see information())
+        null_mean = np.zeros_like(null_mean)
     boot = np.full((n_boot, L + 2), np.nan)
     boot[:, :L] = bt[:, :L]
     nan_L = np.full(L, np.nan)
-    level, chance = pl.statistic[:L], pl.null_mean[:L]
+    level, chance = stat[:L], null_mean[:L]
     lex = lex_ch = p_lex = emb = p_emb = math.nan
     excess = se_x = p_x = over = se_o = p_o = nan_L
     if has_lex:
         boot[:, L] = bt[:, L]
-        lex, lex_ch, p_lex = float(pl.statistic[L]), float(pl.null_mean[L]), float(pl.p[L])
+        lex, lex_ch, p_lex = float(stat[L]), float(null_mean[L]), float(pl.p[L])
         excess = (level - chance) - (lex - lex_ch)
         se_x = np.nanstd(bt[:, :L] - bt[:, [L]], axis=0, ddof=1)
         p_x = _sf(_ratio(excess, se_x))
     if has_emb:
         e = L + int(has_lex)
         boot[:, L + 1] = bt[:, e]
-        emb, p_emb = float(pl.statistic[e]), float(pl.p[e])
+        emb, p_emb = float(stat[e]), float(pl.p[e])
         over = level - emb
         se_o = np.nanstd(bt[:, :L] - bt[:, [e]], axis=0, ddof=1)
         p_o = _sf(_ratio(over, se_o))
@@ -367,9 +389,38 @@ def paired_contrast(a: Any, b: Any, *, n_boot: int = 200, seed: int = 0, ci: flo
                             fold_seed=A.fold_seed, splits=A.splits)
     bt = bootstrap_levels(sets, A.y, A.groups, continuous=A.continuous, n_boot=n_boot, seed=seed + 1,
                           n_splits=A.n_splits)
-    eff = pl.statistic[:L] - pl.statistic[L:]
+    stat, bt = information(pl.statistic, A.continuous), information(bt, A.continuous)
+    eff = stat[:L] - stat[L:]
     se = np.nanstd(bt[:, :L] - bt[:, L:], axis=0, ddof=1)
     z = _ratio(eff, se)
     q = sps.norm.ppf(0.5 + ci / 2)
     return PairedContrast(effect=eff, se=se, z=z, p=_sf(z), ci_low=eff - q * se, ci_high=eff + q * se,
-                          level_a=pl.statistic[:L], level_b=pl.statistic[L:])
+                          level_a=stat[:L], level_b=stat[L:])
+
+
+def shuffled_control(result: Any, *, seed: int = 0) -> Any:
+    """A perfectly matched control for the map's geometry cell (issue 20, 8(f)): the same prompts, features
+    and lexical baseline, with the primary label shuffled across CV groups (class counts kept, so the class
+    structure is identical; every row of a group gets its group's new label).
+
+    Example:
+        >>> from medinterp.techniques.geometry.result import GeometryResult
+        >>> r = GeometryResult(concept_set="toy", labels={"k": ["a", "a", "b", "b", "c", "c"]},
+        ...                    primary={"label": "k"}, unit_ids=["1", "1", "2", "2", "3", "3"])
+        >>> s = shuffled_control(r, seed=1)
+        >>> sorted(s.labels["k"]) == sorted(r.labels["k"]), s.concept_set
+        (True, 'toy (labels shuffled, seed 1)')
+    """
+    lab = result.primary.get("label")
+    if lab not in result.labels:
+        raise MedinterpError(f"shuffled_control: {result.concept_set!r} has no primary label")
+    groups = np.asarray([str(g) for g in result._units()])
+    y = list(result.labels[lab])
+    ug = list(dict.fromkeys(groups.tolist()))
+    first = {g: y[int(np.flatnonzero(groups == g)[0])] for g in ug}
+    perm = np.random.default_rng(seed).permutation(len(ug))
+    new = {g: first[ug[j]] for g, j in zip(ug, perm)}
+    labels = dict(result.labels)
+    labels[lab] = [new[g] for g in groups]
+    return dataclasses.replace(result, labels=labels, covariates=None, covariate_names=[],
+                               concept_set=f"{result.concept_set} (labels shuffled, seed {seed})")
