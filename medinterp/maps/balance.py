@@ -208,9 +208,12 @@ def match_units(
             diff = np.abs(mcov[k][mi][:, None] - ccov[k][ci][None, :])
             d += (diff / sd[k]) ** 2 if sd[k] > 0 else np.where(diff > 0, np.inf, 0.0)
         d = np.sqrt(d / max(1, len(cont)))
-        big = 1e6  # linear_sum_assignment needs finite costs; pairs beyond the caliper are dropped below
+        # pairs beyond the caliper cost more than any set of pairs within it, so the assignment first maximizes
+        # how many medical items find a control within the caliper (a far medical item must not take the
+        # near control of another), then minimizes distance; they are dropped below
+        big = 1e6 * (1 + len(mi))
         # 1:k: each medical item's row repeated k times, each control item used at most once
-        cost = np.repeat(np.where(np.isfinite(d), np.minimum(d, big), big), ratio, axis=0)
+        cost = np.repeat(np.where(np.isfinite(d) & (d <= caliper), d, big), ratio, axis=0)
         r, c = scipy.optimize.linear_sum_assignment(cost)
         for a, b in zip(r, c):
             if d[a // ratio, b] <= caliper:

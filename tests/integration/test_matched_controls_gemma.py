@@ -42,3 +42,21 @@ def test_two_halves_of_one_control_set_are_not_told_apart(gemma):
         marked[name] = out.intervals
     assert all(v == [] or isinstance(v, str) for v in marked.values()), marked
     assert any(isinstance(v, list) for v in marked.values()), marked  # at least one comparison really ran
+
+
+@pytest.mark.integration
+def test_geometry_positive_control_is_marked(gemma):
+    """Item 8(f): progression's stage, which Gemma 3 270M decodes (grouped R² 0.3-0.6, its lexical baseline
+    <= 0), against the same prompts with the stage shuffled across items (a perfectly matched control with no
+    label) is marked by the map's geometry cell; the shuffled family against another shuffle is not."""
+    from medinterp.maps.contrast import contrast_marking
+    from medinterp.techniques import REGISTRY
+    from medinterp.techniques.base import Family
+    from medinterp.techniques.geometry.contrast import shuffled_control
+
+    tech = REGISTRY["geometry"]
+    res = tech.run(gemma, Family("progression", concepts="progression"), **{**tech.params("full"), "progress": False})
+    real = contrast_marking(res, shuffled_control(res, seed=0), None, seed=0)
+    null = contrast_marking(shuffled_control(res, seed=1), shuffled_control(res, seed=0), None, seed=0)
+    assert real.intervals, (np.round(real.effect, 2).tolist(), np.round(real.p_adj, 3).tolist())
+    assert null.intervals == [], np.round(null.p_adj, 3).tolist()

@@ -520,3 +520,28 @@ def test_shipped_rows_keep_their_controls_in_every_input_shape():
         assert ctrl["drugs"].concepts == "drugs_control" and ctrl["drugs"].pairs == "drug_pairs_control"
         assert ctrl["age"].concepts == "age_control"
     assert control_specs({"drugs": {"concepts": ["my own prompt"]}})["drugs"] is None  # a user's own row
+
+
+def test_twin_scored_on_one_item_only_is_dropped_not_a_dead_cell(toys):
+    """The twin knows 1 prompt of the family (Gemma 3 270M's lesion twin on drugs knew 3 of 38, none among
+    the matched items): before 0.3.1 the cell died with "fewer than 2 matched items paired with the twin";
+    it is marked against the control family alone, and says so."""
+    from medinterp.maps.controls import mark_all
+
+    rng = np.random.default_rng(4)
+    units = [f"d{i}" for i in range(20) for _ in range(2)]
+    med = rng.normal(size=(40, N_LAYERS))
+    med[:, 2:4] += 1.5
+    tw = rng.normal(size=(40, N_LAYERS))
+    tw[1:] = np.nan  # one prompt scored
+    mk = lambda v, u: ToyScores(concept_set="x", values=v, units=u, templates=[0, 1] * 20)  # noqa: E731
+    res = {("drugs", "t"): mk(med, units)}
+    ctrl = {("drugs", "t"): mk(rng.normal(size=(40, N_LAYERS)), [f"c{i}" for i in range(20) for _ in range(2)])}
+    twin = {("drugs", "t"): mk(tw, units)}
+    notes: dict = {}
+    ok = {("drugs", "t"): "ok"}
+    out, st = mark_all(["drugs"], ["t"], res, ok, ctrl, ok, {"drugs": True}, twin, ok, controls=True, notes=notes,
+                       n_perm=999, n_boot=50, n_resamples=5)
+    assert st["drugs"]["t"] == "ok", st
+    assert notes["drugs"]["t"].startswith("vs control family only: random twin "), notes
+    assert list(np.flatnonzero(out["drugs"]["t"][CONTROL_STATS.index("marked")])) == [2, 3]
