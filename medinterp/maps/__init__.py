@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from medinterp.maps.controls import CONTROL_STATS, ControlMarking, NoScores, effect_over_control
 from medinterp.maps.findings import Finding, findings_table
+from medinterp.maps.findings_models import ModelContrast, compare_findings
 from medinterp.maps.run import (
     check_techniques,
     control_specs,
@@ -50,7 +51,7 @@ TECHNIQUES: tuple[str, ...] = tuple(_REGISTRY)
 
 __all__ = [
     "CONTROL_STATS", "ControlMarking", "Finding", "MAP_RULES", "NoScores", "control_specs", "effect_over_control",
-    "findings_table",
+    "findings_table", "compare_findings", "ModelContrast",
     "DEFAULT_PARAMS", "KnowledgeMap", "TECHNIQUES", "check_techniques", "compare", "family_specs",
     "input_content", "interval_rules", "job_dir", "job_fingerprint", "knowledge_map", "map_from_work_dir",
     "peak_rss_mb", "percentile_intervals", "registered_techniques", "result_curve", "saved_jobs", "smooth",

@@ -100,38 +100,52 @@ def _by_ci(claim: str, statistic: str, s: Mapping, threshold: float, control: st
 
 
 # ============================================================================ the rules
-def first_half(marks: np.ndarray, families: Sequence[str], n_layers: int, alpha: float = 0.05) -> Finding:
-    """Most marked layers lie in the first half, family by family (exact binomial test over families).
+def first_half(marks: np.ndarray, families: Sequence[str], n_layers: int, alpha: float = 0.05,
+               control_marks: np.ndarray | None = None, *, n_boot: int = 2000, seed: int = 0) -> Finding:
+    """Most marked cells lie in the first half of the layers, beyond each technique's depth bias.
 
-    Per family with marked layers, it counts as "first half" when more than half of its marked
-    (technique, layer) cells have ``layer < n_layers / 2``. Holds when the one-sided binomial test
-    (p = 0.5) rejects towards the first half at ``alpha``, does not hold when it rejects towards the
-    second half; the CI is the Clopper-Pearson interval of the share of families.
+    Statistic: the share ``S`` of marked (family, technique, layer) cells with ``layer < n_layers / 2``
+    (:func:`~medinterp.maps.findings_stats.first_half_test`). Null: each technique's first-half share on
+    the control families (``control_marks``, the same rule applied to the control families' curves), so
+    a technique that marks early layers on any text does not count; the excess ``D = S − E`` is tested
+    by swapping each family's medical and control marks (exact over all swaps up to 4,096). Holds when
+    the one-sided p (towards the first half) <= ``alpha`` and ``S > 0.5``; does not hold when the
+    opposite p <= ``alpha`` or the CI of ``S`` is below 0.5; else inconclusive. Without control marks the
+    depth bias is unknown: inconclusive. CIs: bootstrap over families.
 
     Args:
         marks: ``[n_families, n_techniques, n_layers]`` marked layers (the map's :meth:`marks`).
         families: family names (rows of ``marks``).
         n_layers: blocks of the model.
         alpha: significance level.
+        control_marks: the control families' marks, same shape and order (None: not measured).
+        n_boot, seed: the family bootstrap.
     """
+    from medinterp.maps.findings_stats import first_half_test
+
     claim = "knowledge in the first half of the layers"
-    half = np.arange(n_layers) < n_layers / 2
-    k = n = 0
-    for i in range(len(families)):
-        m = np.asarray(marks[i], bool)
-        if m.any():
-            n += 1
-            k += int(m[:, half].sum() > m.sum() / 2)
-    if n == 0:
-        return Finding(claim, UNSURE, "families mostly marked in the first half", control="marked layers only",
-                       detail="no marked layer")
-    greater = scipy.stats.binomtest(k, n, 0.5, alternative="greater")
-    less = scipy.stats.binomtest(k, n, 0.5, alternative="less")
-    two = scipy.stats.binomtest(k, n, 0.5).proportion_ci(confidence_level=1 - alpha)  # Clopper-Pearson
-    verdict = HOLDS if greater.pvalue <= alpha else FAILS if less.pvalue <= alpha else UNSURE
-    detail = f"{k} of {n} families, binomial p = {min(greater.pvalue, less.pvalue):.3g}"
-    return Finding(claim, verdict, "share of families mostly marked in the first half", k / n,
-                   (float(two.low), float(two.high)), "marked layers only (effect over control)", detail)
+    name = "share of marked cells in the first half"
+    m = np.asarray(marks, bool)[:len(families), :, :n_layers]
+    t = first_half_test(m, None if control_marks is None else np.asarray(control_marks, bool)[:len(families), :, :n_layers],
+                        n_boot=n_boot, seed=seed)
+    if t["n_marked"] == 0:
+        return Finding(claim, UNSURE, name, control="marked layers only", detail="no marked layer")
+    share, ci = t["share"], t["share_ci"]
+    ci = ci if np.isfinite(ci).all() else None
+    if control_marks is None:
+        return Finding(claim, UNSURE, name, share, ci, "none: no control-family marks",
+                       f"{t['n_marked']} marked cells; the techniques' depth bias is not measured")
+    detail = (f"excess over the techniques' depth bias {t['excess']:+.3g} [{t['excess_ci'][0]:.3g}, "
+              f"{t['excess_ci'][1]:.3g}], swap p = {t['p_greater']:.3g} ({'exact' if t['exact'] else 'sampled'}), "
+              f"{t['n_families']} families, {t['n_marked']} marked cells")
+    if t["p_greater"] <= alpha and share > 0.5:
+        verdict = HOLDS
+    elif t["p_less"] <= alpha or (ci is not None and ci[1] < 0.5):
+        verdict = FAILS
+    else:
+        verdict = UNSURE
+    return Finding(claim, verdict, name, share, ci, "each technique's first-half share on the control families",
+                   detail)
 
 
 def age_jump(findings: Mapping[str, Any]) -> Finding:
@@ -182,61 +196,90 @@ def drugs_by_specialty(findings: Mapping[str, Any]) -> Finding:
 
 
 def collapse_mid_depth(findings: Mapping[str, Any]) -> Finding:
-    """Activations collapse at mid depth and recover.
+    """Activations collapse at mid depth and recover: a dip of the participation ratio (PR) in the middle.
 
-    Per family with ``collapse_centred_cosine``: the per-layer centred cosine peaks in the middle half
-    (``n/4 <= argmax < 3n/4``), its lower CI bound at the peak exceeds the upper CI bounds of the first
-    and last layers, and (when given) the per-layer control at the peak. Holds when every measured
-    family collapses; does not hold when the peak of none is in the middle half; else inconclusive.
+    Per family with ``collapse_participation_ratio`` (PR per layer with item-bootstrap CIs;
+    :func:`~medinterp.maps.findings_stats.collapse_dip`): the minimum PR among layers at relative depth
+    0.25-0.75 must lie below both ends beyond the CIs (its upper bound under both ends' lower bounds) and
+    below the control family's and the random twin's PR at that layer (rows ``<family>__control``,
+    ``<family>__twin``, or a ``per_layer_control`` list), when measured. Holds when every measured family
+    collapses; does not hold when no family has a mid-depth dip at all (point estimates); else
+    inconclusive. (The centred mean cosine is not used: for centred vectors it sits near −1/(n−1)
+    whatever the rank and moves only with outliers.)
     """
+    from medinterp.maps.findings_stats import collapse_dip
+
     claim = "activation collapse at mid depth"
-    name = "centred cosine peak, mid depth"
-    fams = [(f, s["collapse_centred_cosine"]) for f, s in (findings or {}).items()
-            if isinstance(s, Mapping) and isinstance(s.get("collapse_centred_cosine"), Mapping)]
+    name = "min participation ratio at mid depth"
+    key = "collapse_participation_ratio"
+    side = ("__control", "__twin")
+    fams = [(f, s[key]) for f, s in (findings or {}).items() if not str(f).endswith(side)
+            and isinstance(s, Mapping) and isinstance(s.get(key), Mapping) and s[key].get("per_layer") is not None]
     if not fams:
         return Finding(claim, UNSURE, name, detail="not measured")
-    verdicts, mids, notes, peak_val, peak_ci = [], [], [], None, None
+
+    def side_stat(f: str, suffix: str, s: Mapping) -> Mapping | None:
+        row = (findings or {}).get(f + suffix)
+        if isinstance(row, Mapping) and isinstance(row.get(key), Mapping):
+            return row[key]
+        if suffix == "__twin" and s.get("per_layer_control") is not None:
+            return {"per_layer": s["per_layer_control"]}
+        return None
+
+    oks, dips, notes, first = [], [], [], None
     for f, s in fams:
-        y = np.asarray(s["per_layer"], float)
-        lo = np.asarray(s.get("per_layer_low", y), float)
-        hi = np.asarray(s.get("per_layer_high", y), float)
-        n = len(y)
-        k = int(np.argmax(y))
-        mid = n / 4 <= k < 3 * n / 4
-        above = lo[k] > max(hi[0], hi[-1])
-        ctrl = s.get("per_layer_control")
-        if ctrl is not None:
-            above = above and lo[k] > float(np.asarray(ctrl, float)[k])
-        verdicts.append(mid and above)
-        mids.append(mid)
-        notes.append(f"{f}: peak at layer {k}" + ("" if above else " (not above the ends/control)"))
-        if peak_val is None:  # no CI shown where none was computed (not [x, x])
-            has_ci = "per_layer_low" in s and "per_layer_high" in s
-            peak_val, peak_ci = float(y[k]), ((float(lo[k]), float(hi[k])) if has_ci else None)
-    verdict = HOLDS if all(verdicts) else FAILS if not any(mids) else UNSURE
-    control = _control(fams[0][1], "first and last layer; control text / random twin where given")
-    return Finding(claim, verdict, name, peak_val, peak_ci, control, "; ".join(notes))
+        d = collapse_dip(s, side_stat(f, "__control", s), side_stat(f, "__twin", s))
+        first = first or d
+        dips.append(d["dip"])
+        if d["layer"] is None:
+            oks.append(False)
+            notes.append(f"{f}: too few layers")
+            continue
+        vs = {k: v for k, v in d["below"].items() if v is not None}
+        ok = d["dip"] and d["beyond_ends"] and all(vs.values())
+        oks.append(ok)
+        why = [] if d["dip"] else ["no dip"]
+        why += [] if not d["dip"] or d["beyond_ends"] else ["within the ends' CIs" if d["has_ci"] else "no CI"]
+        why += [f"not below the {k}" for k, v in vs.items() if not v]
+        why += [f"{k} not measured" for k in ("control", "twin") if k not in vs]
+        notes.append(f"{f}: layer {d['layer']} (depth {d['rel_depth']:.2f}), PR / end {d['ratio']:.3g}"
+                     + (f" ({', '.join(why)})" if why else ""))
+    verdict = HOLDS if all(oks) else FAILS if not any(dips) else UNSURE
+    has_ci = bool(first.get("has_ci")) and first.get("ci") is not None
+    return Finding(claim, verdict, name, first.get("value"), first["ci"] if has_ci else None,
+                   "first and last layer; control family and random twin at that layer", "; ".join(notes))
 
 
-def fragility(block_criticality: Mapping[str, Any] | None, threshold: float = 1.0) -> Finding:
-    """Removing any single block degrades the model: every block's criticality CI above ``threshold``.
+def fragility(block_criticality: Mapping[str, Any] | None, threshold: float = 1.0, *, n_boot: int = 2000,
+              seed: int = 0) -> Finding:
+    """Removing any single block degrades the model: the median block's skip cost is large.
 
-    ``block_criticality`` is the strip's data (``{"curve", "ci_low", "ci_high"}``; e.g. next-token KL
-    in nats when the block is skipped). Holds when the lower CI bound of every block is >= ``threshold``;
-    does not hold when fewer than half of the blocks reach it even at their upper bound; else inconclusive.
+    Statistic: the median over blocks of the mean next-token KL (nats) when that block is skipped, with an
+    item bootstrap over ``block_criticality["unit_kl"]`` (:func:`~medinterp.maps.findings_stats.fragility_stat`);
+    a model where only the first and last blocks matter has a small median. On one model the verdict
+    needs an absolute anchor: holds when the CI is above ``threshold`` (1 nat: the median block's
+    removal changes the next-token distribution by a nat), does not hold when below, else inconclusive.
+    The paper's claim compares models: see :func:`medinterp.maps.findings_models.compare_findings`.
+    Without ``unit_kl`` (maps saved before 0.3.1) the CI is the median of the per-block CI bounds.
     """
+    from medinterp.maps.findings_stats import fragility_stat
+
     claim = "fragile to single-layer removal"
-    name = f"blocks whose removal costs >= {threshold:g}"
+    name = "median block skip KL (nats)"
     if not block_criticality or block_criticality.get("curve") is None:
         return Finding(claim, UNSURE, name, detail="not measured")
     y = np.asarray(block_criticality["curve"], float)
-    lo = np.asarray(block_criticality.get("ci_low", y), float)
-    hi = np.asarray(block_criticality.get("ci_high", y), float)
-    share = float((lo >= threshold).mean())
-    verdict = HOLDS if share == 1.0 else FAILS if (hi >= threshold).mean() < 0.5 else UNSURE
+    if block_criticality.get("unit_kl") is not None and len(block_criticality["unit_kl"]) >= 2:
+        st = fragility_stat(block_criticality["unit_kl"], n_boot=n_boot, seed=seed)
+        value, ci, how = st["value"], (st["ci_low"], st["ci_high"]), f"item bootstrap, {st['n_items']} items"
+    else:
+        lo = np.asarray(block_criticality.get("ci_low", y), float)
+        hi = np.asarray(block_criticality.get("ci_high", y), float)
+        value, ci, how = float(np.median(y)), (float(np.median(lo)), float(np.median(hi))), "per-block CIs"
+    verdict = HOLDS if ci[0] >= threshold else FAILS if ci[1] < threshold else UNSURE
     label = str(block_criticality.get("label") or "block criticality")
-    return Finding(claim, verdict, f"share of {name}", share, None, f"{label}; min {y.min():.3g}, median "
-                   f"{np.median(y):.3g}", f"{int((lo >= threshold).sum())} of {len(y)} blocks")
+    return Finding(claim, verdict, name, value, ci, f"{label}; threshold {threshold:g} nat",
+                   f"{len(y)} blocks, min {y.min():.3g}, max {y.max():.3g} ({how})")
 
 
 def findings_table(km: Any, alpha: float | None = None) -> list[Finding]:
@@ -244,9 +287,12 @@ def findings_table(km: Any, alpha: float | None = None) -> list[Finding]:
     alpha = float(alpha if alpha is not None else (km.control_params or {}).get("alpha", 0.05))
     found = (km.extras or {}).get("findings") or {}
     crit = block_criticality(km)
-    head = first_half(km.marks(), km.concepts, km.n_layers, alpha)
-    if km.rule != "controls":
-        head.detail = (head.detail + "; " if head.detail else "") + "paper rules, not effect over control"
+    from medinterp.maps.findings_stats import first_half_marks
+
+    marks, ctrl_marks = first_half_marks(km)
+    head = first_half(marks, km.concepts, km.n_layers, alpha, ctrl_marks)
+    if ctrl_marks is not None:  # both sides under one rule: the control families have no control of their own
+        head.detail = (head.detail + "; " if head.detail else "") + "paper-rule marks on medical and control curves"
     return [head, age_jump(found), circular_progression(found, alpha), drugs_by_specialty(found),
             collapse_mid_depth(found), fragility(crit)]
 

@@ -34,6 +34,7 @@ from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
     job_fingerprint,
     saved_jobs,
 )
+from medinterp.maps.side_extras import add_side_extras
 from medinterp.maps.synthesis import MAP_RULES, KnowledgeMap, interval_rules, registered_techniques, validate_params
 from medinterp.models.twin import random_twin
 from medinterp.results import Result, _jsonable, make_provenance
@@ -448,6 +449,7 @@ def knowledge_map(
     km.result_dirs.update(run.result_dirs)
     km._results = run.results
     _add_extras(model, km, run.results)
+    add_side_extras(model, km, ctrl_res, twin_res, result_curve)  # what the findings rules compare with
     if work is not None:
         km.save(work / "map")
     return km

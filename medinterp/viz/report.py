@@ -293,6 +293,18 @@ def render_report(
     return page(title, "\n".join(parts), extra_head=circuitsvis_tag() if needs_cv else "")
 
 
+def _compare_findings_html(maps: Sequence["KnowledgeMap"], names: Sequence[str]) -> str:
+    """The cross-model findings table (:func:`medinterp.maps.compare_findings`), every cell escaped."""
+    from medinterp.maps.findings_models import N_CONTRASTS, compare_findings
+
+    rows = [r.as_row() for r in compare_findings(maps, names)]
+    return ("<h2 id='findings-models'>Findings that compare models</h2>"
+            f"<p class='note'>Each model against the first. CIs of a pair's {N_CONTRASTS} contrasts at level "
+            f"1 − 0.05/{N_CONTRASTS} (Bonferroni); “holds” = the CI of A − B above 0, “does not hold” = below 0. "
+            "Rules in <code>medinterp.maps.findings_models</code>.</p>"
+            + _table(rows, ["contrast", "statistic", "model A", "model B", "A − B [CI]", "verdict"]))
+
+
 def render_compare(maps: Sequence["KnowledgeMap"], names: Sequence[str] | None = None, *, title: str = "medinterp model comparison") -> str:
     """Two or more maps side by side on a relative-depth axis, with per-concept summaries."""
     from medinterp.viz.figures import compare_figure, consensus_compare_figure
@@ -303,6 +315,7 @@ def render_compare(maps: Sequence["KnowledgeMap"], names: Sequence[str] | None =
                  "depth line up.</p>")
     parts.append(figure_div(compare_figure(maps, names), div_id="knowledge-map"))
     parts.append(figure_div(consensus_compare_figure(maps, names)))
+    parts.append(_compare_findings_html(maps, names))
     for m, nm in zip(maps, names):
         parts.append(f"<h2>{escape(nm)} ({m.n_layers} layers)</h2>")
         s = m.summary()

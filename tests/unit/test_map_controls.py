@@ -461,23 +461,29 @@ def test_findings_rules_known_answers():
     assert F.circular_progression(by).verdict == F.UNSURE  # Holm across the two: .06, .06
     by["progression"]["progression_circularity"]["by_disease"] = {"parkinson": {"p": .01}, "copd": {"p": .02}}
     assert F.circular_progression(by).verdict == F.HOLDS
-    bump = np.r_[0.1, 0.1, 0.2, 0.6, 0.7, 0.6, 0.2, 0.1]
-    col = lambda y, **k: {"geo": {"collapse_centred_cosine": {"per_layer": list(y), "per_layer_low": list(y - .05),
-                                                              "per_layer_high": list(y + .05), **k}}}
-    assert F.collapse_mid_depth(col(bump)).verdict == F.HOLDS
-    assert F.collapse_mid_depth(col(np.linspace(0, 1, 8))).verdict == F.FAILS  # peak at the end: no collapse
-    assert F.collapse_mid_depth(col(bump, per_layer_control=list(bump))).verdict == F.UNSURE  # twin collapses too
-    assert np.allclose(F.collapse_mid_depth(col(bump)).ci, (0.65, 0.75))
-    no_ci = F.collapse_mid_depth({"geo": {"collapse_centred_cosine": {"per_layer": list(bump)}}})
-    assert no_ci.value == 0.7 and no_ci.ci is None and "[" not in no_ci.as_row()[2]  # no [x, x] pseudo-interval
+    dip = np.r_[9.0, 9.0, 8.0, 3.0, 2.0, 3.0, 8.0, 9.0]  # participation ratio per layer (0.3.1)
+    col = lambda y, **k: {"geo": {"collapse_participation_ratio": {"per_layer": list(y), "per_layer_low": list(y - .5),
+                                                                   "per_layer_high": list(y + .5), **k}}}
+    assert F.collapse_mid_depth(col(dip)).verdict == F.HOLDS
+    assert F.collapse_mid_depth(col(np.linspace(9, 1, 8))).verdict == F.FAILS  # lowest at the end: no collapse
+    assert F.collapse_mid_depth(col(dip, per_layer_control=list(dip))).verdict == F.UNSURE  # twin collapses too
+    twin = {"geo__twin": {"collapse_participation_ratio": {"per_layer": [9.0] * 8}}}
+    assert F.collapse_mid_depth({**col(dip), **twin}).verdict == F.HOLDS
+    assert np.allclose(F.collapse_mid_depth(col(dip)).ci, (1.5, 2.5))
+    no_ci = F.collapse_mid_depth({"geo": {"collapse_participation_ratio": {"per_layer": list(dip)}}})
+    assert no_ci.value == 2.0 and no_ci.ci is None and no_ci.verdict == F.UNSURE and "[" not in no_ci.as_row()[2]
     assert F.fragility({"curve": [3, 2, 4], "ci_low": [2, 1.5, 3], "ci_high": [4, 3, 5]}).verdict == F.HOLDS
     assert F.fragility({"curve": [3, .1, .1], "ci_low": [2, 0, 0], "ci_high": [4, .2, .3]}).verdict == F.FAILS
     assert F.fragility(None).detail == "not measured"
     marks = np.zeros((6, 2, 10), bool)
     marks[:, 0, 1:3] = True
-    assert F.first_half(marks, list("abcdef"), 10).verdict == F.HOLDS  # 6 of 6: binomial p = 1/64
-    assert F.first_half(marks[:3], list("abc"), 10).verdict == F.UNSURE  # 3 of 3: p = 1/8
-    assert F.first_half(marks[:, :, ::-1], list("abcdef"), 10).verdict == F.FAILS
+    ctrl = np.zeros((6, 2, 10), bool)
+    ctrl[:, 0, 6:8] = True  # the same technique marks late layers on control text
+    assert F.first_half(marks, list("abcdef"), 10, control_marks=ctrl).verdict == F.HOLDS  # swap p = 1/64
+    assert F.first_half(marks[:3], list("abc"), 10, control_marks=ctrl[:3]).verdict == F.UNSURE  # p = 1/8
+    assert F.first_half(marks, list("abcdef"), 10, control_marks=marks).verdict == F.UNSURE  # depth bias alone
+    assert F.first_half(marks[:, :, ::-1], list("abcdef"), 10, control_marks=ctrl[:, :, ::-1]).verdict == F.FAILS
+    assert F.first_half(marks, list("abcdef"), 10).verdict == F.UNSURE  # no control marks: depth bias unknown
     assert F.first_half(np.zeros((2, 2, 10), bool), list("ab"), 10).detail == "no marked layer"
 
 

@@ -76,4 +76,8 @@ def findings_extras(model: Any, res: GeometryResult) -> dict[str, Any]:
             y = rows["value"].to_numpy(float)
             out[key] = {"value": float(np.nanmax(y)) if np.isfinite(y).any() else float("nan"),
                         "per_layer": y.tolist(), "control": "first and last layer (no CI)"}
+            lo, hi = (rows[c].to_numpy(float) if c in rows else np.full(len(y), np.nan) for c in ("ci_low", "ci_high"))
+            if np.isfinite(lo).all() and np.isfinite(hi).all():  # item-bootstrap CIs (participation ratio)
+                out[key].update(per_layer_low=lo.tolist(), per_layer_high=hi.tolist(),
+                                control="first and last layer, control family and random twin (item-bootstrap CIs)")
     return {"findings": out} if out else {}

@@ -32,6 +32,7 @@ import pandas as pd
 
 from medinterp.errors import MedinterpError
 from medinterp.stats import cluster_bootstrap
+from medinterp.stats.spectrum import bootstrap_counts, participation_ratio_ci
 from medinterp.techniques.geometry.concept import (
     collapse_stats,
     cosine_distances,
@@ -114,6 +115,8 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
     L = len(inp.layers)
     n = len(inp.item_ids)
     units = np.asarray([str(u) for u in inp.item_ids])
+    uniq, unit_of = np.unique(units, return_inverse=True)  # PR CIs: resample items with all their prompts
+    pr_draws = bootstrap_counts(len(uniq), min(n_boot, 200), seed)[:, unit_of]
     tpl = np.asarray([str(t) for t in inp.templates])
     if not inp.scored:
         raise MedinterpError("geometry headline: no labelling to score")
@@ -180,7 +183,11 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                 rows.append(_row(layer, "silhouette_cos", read, lab, "", {"value": float(bs.estimate),
                                  "ci_low": float(bs.low), "ci_high": float(bs.high), "n": int(sel.sum())}))
             for m, v in collapse_stats(raw_X).items():
-                rows.append(_row(layer, m, read, "", "", {"value": v, "n": n}))
+                d = {"value": v, "n": n}
+                if m == "participation_ratio" and not constant and len(uniq) >= 3:  # item bootstrap, same draws per layer
+                    pr = participation_ratio_ci(raw_X, n_boot=0, draws=pr_draws)
+                    d.update(ci_low=pr["ci_low"], ci_high=pr["ci_high"])
+                rows.append(_row(layer, m, read, "", "", d))
             if read == main and inp.age:
                 ages = np.asarray(inp.labels[inp.age], float)
                 if jump[0] in ages and jump[1] in ages and len(matched_steps(ages, jump)) >= 2:

@@ -26,6 +26,7 @@ from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
 from medinterp.prompt_inputs import unit_ci, units_of
+from medinterp.stats import unit_means
 from medinterp.techniques.base import TechniqueResult, UnitScores
 from medinterp.techniques.lesion.engine import METRICS
 from medinterp.techniques.lesion.result import LesionResult
@@ -162,4 +163,6 @@ def criticality_extras(model: Any, res: LesionResult) -> dict[str, Any]:
         return {}
     bc = BlockCriticality.from_lesions([res])
     return {"block_criticality": {"curve": bc.layer_curve().tolist(), "ci_low": np.asarray(bc.ci_low).tolist(),
-                                  "ci_high": np.asarray(bc.ci_high).tolist(), "label": bc.curve_label}}
+                                  "ci_high": np.asarray(bc.ci_high).tolist(), "label": bc.curve_label,
+                                  # per-item mean KL [n_items, n_blocks]: the fragility rule's item bootstrap
+                                  "unit_kl": np.round(unit_means(bc.kl, np.asarray(bc.units)), 5).tolist()}}
