@@ -9,11 +9,12 @@ come from the techniques through documented keys, never guessed:
   per-layer statistics ``"per_layer"`` (list), ``"per_layer_low"``, ``"per_layer_high"``,
   ``"per_layer_control"``. The keys read (see :data:`FINDING_KEYS`):
 
-  - ``age_step_ratio`` (family ``age``): the 17→18 step over the mean matched x7→x8 step, CI;
+  - ``age_step_ratio`` (families ``age``, ``age_words``, control ``age_control``): the 17→18 step over
+    the median two-digit step, ``p`` = its percentile p among all two-digit steps;
   - ``progression_circularity`` (family ``progression``): circularity with a stage-permutation
-    ``p``; optionally ``"by_disease": {name: {"value", "p"}}`` (Parkinson's, COPD);
-  - ``specialty_minus_mechanism`` (family ``drugs``): paired difference (specialty − mechanism) at
-    equal class count and size, CI;
+    ``p``; optionally ``"by_disease": {name: {"value", "p", "null_median"}}`` (Parkinson's, COPD);
+  - ``specialty_minus_mechanism`` (family ``drugs``): (specialty − its lexical level) − (mechanism −
+    its lexical level) at equal class count and size, CI;
   - ``collapse_centred_cosine`` (any family): centred mean pairwise cosine per layer
     (``per_layer`` + CI, ``per_layer_control`` e.g. the random twin's); ``collapse_participation_ratio``
     is shown beside it.
@@ -25,7 +26,8 @@ come from the techniques through documented keys, never guessed:
 When a statistic is absent the row says ``inconclusive: not measured`` (nothing is invented).
 
 Example:
-    >>> age_jump({"age": {"age_step_ratio": {"value": 2.0, "ci_low": 1.4, "ci_high": 2.9}}}).verdict
+    >>> age_jump({"age": {"age_step_ratio": {"value": 3.0, "p": 0.011}},
+    ...           "age_control": {"age_step_ratio": {"value": 1.0, "p": 0.5}}}).verdict
     'holds'
     >>> age_jump({}).detail
     'not measured'
@@ -148,37 +150,78 @@ def first_half(marks: np.ndarray, families: Sequence[str], n_layers: int, alpha:
                    detail)
 
 
-def age_jump(findings: Mapping[str, Any]) -> Finding:
-    """Age is non-linear with a 17→18 jump: the 17→18 step over matched x7→x8 steps, CI above 1."""
-    got = _stat(findings, "age", "age_step_ratio")
-    claim = "age non-linear, with a 17→18 jump"
-    if got is None:
-        return Finding(claim, UNSURE, "17→18 step / matched x7→x8 steps", detail="not measured")
-    return _by_ci(claim, "17→18 step / matched x7→x8 steps", got[1], 1.0, _control(got[1], "matched x7→x8 steps"))
+def age_jump(findings: Mapping[str, Any], alpha: float = 0.05) -> Finding:
+    """Age has a 17→18 jump: the 17→18 step is extreme among all two-digit steps, and not in the control.
+
+    Reads ``age_step_ratio`` of ``age`` and, where measured, ``age_words`` (``value`` = the 17→18 step /
+    the median two-digit a→a+1 step at mid depth, ``p`` = its percentile p among the 88 other two-digit
+    steps) and of the control family ``age_control`` (the age of a building; also looked up as
+    ``age__control``). Holds when every measured medical family has ``p <= alpha`` and the control family
+    is measured, has ``p > alpha`` and a smaller ratio (the excess over the control is positive); a
+    control with the same jump makes it inconclusive (not medicine). Does not hold when the step lies
+    within the bulk of the steps in every measured medical family (``p > 0.5``); else inconclusive.
+    """
+    key, claim = "age_step_ratio", "age non-linear, with a 17→18 jump"
+    name = "17→18 step / median two-digit step"
+    med = [(f, g[1]) for f in ("age", "age_words") if (g := _stat(findings, f, key)) is not None]
+    if not med:
+        return Finding(claim, UNSURE, name, detail="not measured")
+    if any(s.get("p") is None for _, s in med):
+        return Finding(claim, UNSURE, name, float(med[0][1]["value"]), _ci(med[0][1]),
+                       _control(med[0][1], "all two-digit steps"), "no p-value")
+    ctrl = next((g[1] for f in ("age_control", "age__control") if (g := _stat(findings, f, key)) is not None), None)
+    notes = [f"{f}: ratio {float(s['value']):.3g}, p = {float(s['p']):.3g}" for f, s in med]
+    control = "all two-digit steps; control family (building ages) "
+    control += "not measured" if ctrl is None else f"ratio {float(ctrl['value']):.3g}, p = {float(ctrl.get('p', np.nan)):.3g}"
+    ps = np.array([float(s["p"]) for _, s in med])
+    value = float(med[0][1]["value"])
+    if (ps > 0.5).all():
+        verdict, why = FAILS, "the 17→18 step lies within the bulk of the two-digit steps"
+    elif not (ps <= alpha).all():
+        verdict, why = UNSURE, f"not every medical family has p <= {alpha:g}"
+    elif ctrl is None:
+        verdict, why = UNSURE, "no control family measured"
+    elif not float(ctrl.get("p", 0.0)) > alpha or float(ctrl["value"]) >= min(float(s["value"]) for _, s in med):
+        verdict, why = UNSURE, "the control family (building ages) shows the same jump"
+    else:
+        verdict, why = HOLDS, ""
+    return Finding(claim, verdict, name, value, None, control, "; ".join(([why] if why else []) + notes))
 
 
-def circular_progression(findings: Mapping[str, Any], alpha: float = 0.05) -> Finding:
-    """Progression is circular: the stage-permutation p of circularity <= alpha (Holm across diseases).
+def _disease_key(name: str) -> str:
+    return str(name).lower().replace("'s disease", "").replace(" disease", "").strip()
 
-    With ``"by_disease"`` every named disease must be significant after Holm across them; a p-value
-    without an interval can say "holds" or "inconclusive", never "does not hold" (absence of
-    evidence is not evidence of absence).
+
+def circular_progression(findings: Mapping[str, Any], alpha: float = 0.05,
+                         named: Sequence[str] = ("Parkinson's disease", "COPD")) -> Finding:
+    """Progression is circular in the named diseases: circularity beyond the stage-permutation null.
+
+    ``by_disease`` holds per disease the circularity (Spearman of the stage-mean distances with the
+    circular stage order minus with the linear one, mid depth), its one-sided stage-permutation ``p``
+    and ``null_median``. The diseases the paper names (``named``; all measured ones when none of them
+    is measured) are tested with Holm across them. Holds when every one rejects at ``alpha``; does not
+    hold when none is above its null median (no more circular than a random stage order); else
+    inconclusive. Without ``by_disease`` a single ``p`` can say "holds" or "inconclusive" only.
     """
     got = _stat(findings, "progression", "progression_circularity")
     claim = "circular disease progression (Parkinson's, COPD)"
-    name = "circularity vs stage-permutation null"
+    name = "circular − linear stage order vs stage-permutation null"
     if got is None:
         return Finding(claim, UNSURE, name, detail="not measured")
     s = got[1]
     control = _control(s, "stage-permutation null")
     by = s.get("by_disease")
     if isinstance(by, Mapping) and by:
-        names = list(by)
+        want = {_disease_key(n) for n in named}
+        names = [d for d in by if _disease_key(d) in want] or list(by)
         p = stats.adjust(np.array([float(by[d]["p"]) for d in names]), "holm")
-        ok = p <= alpha
+        med = [by[d].get("null_median") for d in names]
+        below = all(m is not None and np.isfinite(float(m)) and float(by[d].get("value", np.nan)) <= float(m)
+                    for d, m in zip(names, med))
+        verdict = HOLDS if (p <= alpha).all() else FAILS if below else UNSURE
         detail = ", ".join(f"{d} p_holm = {pv:.3g}" for d, pv in zip(names, p))
-        return Finding(claim, HOLDS if ok.all() else UNSURE, name, float(s.get("value", np.nan)), _ci(s), control,
-                       detail)
+        value = float(np.mean([float(by[d].get("value", np.nan)) for d in names]))
+        return Finding(claim, verdict, name, value, _ci(s), control, detail)
     if s.get("p") is None:
         return Finding(claim, UNSURE, name, float(s["value"]), _ci(s), control, "no p-value")
     p = float(s["p"])
@@ -186,13 +229,19 @@ def circular_progression(findings: Mapping[str, Any], alpha: float = 0.05) -> Fi
 
 
 def drugs_by_specialty(findings: Mapping[str, Any]) -> Finding:
-    """Drugs cluster by specialty over mechanism: the paired difference's CI above 0."""
+    """Drugs are organised by specialty over mechanism, beyond the drug names: the difference's CI above 0.
+
+    ``specialty_minus_mechanism`` = (specialty level − its lexical level) − (mechanism level − its
+    lexical level) at mid depth, equal class count and size, CI from refit-bootstrap SEs (the lexical
+    baselines read the item strings, so shared name stems count for neither). Holds when the CI is
+    above 0, does not hold when below, else inconclusive.
+    """
     got = _stat(findings, "drugs", "specialty_minus_mechanism")
     claim = "drugs organised by specialty over mechanism"
-    name = "specialty − mechanism (equal class count and size)"
+    name = "(specialty − lexical) − (mechanism − lexical)"
     if got is None:
         return Finding(claim, UNSURE, name, detail="not measured")
-    return _by_ci(claim, name, got[1], 0.0, _control(got[1], "mechanism labelling, matched classes"))
+    return _by_ci(claim, name, got[1], 0.0, _control(got[1], "each labelling's lexical baseline, matched classes"))
 
 
 def collapse_mid_depth(findings: Mapping[str, Any]) -> Finding:

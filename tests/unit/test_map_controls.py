@@ -445,9 +445,11 @@ def test_random_model_vs_its_twin_gives_no_interval(toys):
 def test_findings_rules_known_answers():
     from medinterp.maps import findings as F
 
-    assert F.age_jump({"age": {"age_step_ratio": {"value": 2, "ci_low": 1.3, "ci_high": 2.8}}}).verdict == F.HOLDS
-    assert F.age_jump({"age": {"age_step_ratio": {"value": .8, "ci_low": .6, "ci_high": .95}}}).verdict == F.FAILS
-    assert F.age_jump({"age": {"age_step_ratio": {"value": 1.1, "ci_low": .7, "ci_high": 1.6}}}).verdict == F.UNSURE
+    ctl = {"age_control": {"age_step_ratio": {"value": 1.0, "p": .5}}}
+    assert F.age_jump({"age": {"age_step_ratio": {"value": 2, "p": .011}}, **ctl}).verdict == F.HOLDS
+    assert F.age_jump({"age": {"age_step_ratio": {"value": 2, "p": .011}}}).verdict == F.UNSURE  # no control
+    assert F.age_jump({"age": {"age_step_ratio": {"value": .8, "p": .7}}, **ctl}).verdict == F.FAILS
+    assert F.age_jump({"age": {"age_step_ratio": {"value": 1.1, "p": .2}}, **ctl}).verdict == F.UNSURE
     assert F.age_jump({"drugs": {"age_step_ratio": {"value": 2, "ci_low": 1.3, "ci_high": 2.8}}}).detail == "not measured"
     d = {"drugs": {"specialty_minus_mechanism": {"value": .1, "ci_low": .05, "ci_high": .15}}}
     assert F.drugs_by_specialty(d).verdict == F.HOLDS and F.drugs_by_specialty({}).verdict == F.UNSURE

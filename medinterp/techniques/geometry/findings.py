@@ -25,11 +25,11 @@ def _rows(res: GeometryResult, metric: str, space: str | None = None):
     return t[sel].sort_values("layer")
 
 
-def _at_mid(rows) -> dict[str, Any] | None:
+def _at_mid(rows, mid: int | None = None) -> dict[str, Any] | None:
     if rows is None or not len(rows):
         return None
     layers = rows["layer"].to_numpy()
-    mid = int(layers.max() + 1) // 2
+    mid = int(layers.max() + 1) // 2 if mid is None else mid
     r = rows[rows["layer"] == mid]
     if not len(r):
         return None
@@ -48,26 +48,34 @@ def findings_extras(model: Any, res: GeometryResult) -> dict[str, Any]:
     del model  # the statistics are in the result
     space = "span" if res.table is not None and (res.table["space"] == "span").any() else None
     out: dict[str, Any] = {}
-    age = _at_mid(_rows(res, "age_step_ratio", space))
-    if age is not None:
-        age["control"] = f"matched x7→x8 steps, layer {age['layer']} (mid depth)"
+    age = _at_mid(_rows(res, "age_jump", space))
+    if age is not None:  # p = the 17→18 step's percentile p among all two-digit steps
+        age["control"] = f"all two-digit a→a+1 steps, layer {age['layer']} (mid depth)"
         out["age_step_ratio"] = age
-    closes = _at_mid(_rows(res, "closes", space))
-    if closes is not None:
-        # "closes": the last stage lies nearer the first than the middle stages do; no permutation
-        # p-value exists for it, so the map's rule can only say "inconclusive" (never invented)
-        closes["control"] = f"nearest-stage proxy at layer {closes['layer']} (mid depth); no null"
-        closes.pop("p", None)
-        out["progression_circularity"] = closes
-    diff = _rows(res, "matched_diff", space)
+    circ = _rows(res, "circularity", space)
+    if circ is not None and len(circ):
+        by = {}
+        for dname, rows in circ.groupby("group"):
+            d = _at_mid(rows)
+            if d is not None and np.isfinite(d["value"]):
+                r = rows[rows["layer"] == d["layer"]].iloc[0]
+                by[str(dname)] = {"value": d["value"], "p": d.get("p", float("nan")),
+                                  "null_median": float(r["baseline"]), "layer": d["layer"]}
+        if by:
+            layer = next(iter(by.values()))["layer"]
+            out["progression_circularity"] = {
+                "value": float(np.mean([v["value"] for v in by.values()])), "by_disease": by, "layer": layer,
+                "control": f"stage order permuted among each disease's items, layer {layer} (mid depth)"}
+    diff = _rows(res, "labelling_excess_diff", space)
     if diff is not None and len(diff):
         a, b = str(diff["label"].iloc[0]).split("-", 1)
-        d = _at_mid(diff)
+        d = _at_mid(diff, int(res.table.loc[res.table["layer"] >= 0, "layer"].max() + 1) // 2)  # stored at mid only
         if d is not None and "mechanism" in a and "specialty" in b:  # stored as mechanism − specialty
             d = {"value": -d["value"], "ci_low": -d.get("ci_high", np.nan), "ci_high": -d.get("ci_low", np.nan),
-                 "layer": d["layer"]}
+                 "p": 1 - d["p"] if "p" in d else np.nan, "layer": d["layer"]}
         if d is not None:
-            d["control"] = f"{a} vs {b} at equal class count and size, layer {d['layer']} (mid depth)"
+            d["control"] = (f"each labelling's lexical baseline (item strings), {a} vs {b} at equal class count "
+                            f"and size, layer {d['layer']} (mid depth)")
             out["specialty_minus_mechanism"] = d
     for key, metric in (("collapse_centred_cosine", "mean_cosine_centred"),
                         ("collapse_participation_ratio", "participation_ratio")):

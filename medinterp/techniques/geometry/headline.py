@@ -16,8 +16,14 @@ Table rows (same columns as the paper metrics, ``space`` = the read):
   bootstrapping items on the per-point values;
 * ``resid_norm``, ``mean_cosine``, ``mean_cosine_centred``, ``participation_ratio`` (collapse);
 * drugs (``matched``): ``probe`` rows of both matched labellings and ``matched_diff`` (a − b per item);
-* age: ``age_step_ratio`` (17→18 over matched x7→x8 steps, template-bootstrap CI, rank p);
-* progression: ``stage_spearman`` (baseline = stage-permutation null mean, p from the null), ``closes``.
+* age: ``age_step_ratio`` (17→18 over matched x7→x8 steps, template-bootstrap CI, rank p) and
+  ``age_jump`` (17→18 over the median two-digit step, baseline = that median, p = its percentile among
+  all two-digit steps: :func:`age_jump_test`);
+* progression: ``stage_spearman`` (baseline = stage-permutation null mean, p from the null), ``closes``,
+  and per disease (``group``) ``circularity`` (circular minus linear stage order, baseline = the
+  stage-permutation null median, p from that null);
+* drugs: ``labelling_excess_diff`` at mid depth only: (a − its lexical) − (b − its lexical) with a
+  refit-bootstrap CI (baseline = its SE; :func:`labelling_excess_difference`).
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ from medinterp.techniques.geometry.embedding import is_constant
 from medinterp.techniques.geometry.inference import _fmt
 from medinterp.techniques.geometry.layer import TABLE_COLUMNS, _row
 from medinterp.techniques.geometry.questions import (
+    age_jump_test,
     age_step,
+    labelling_excess_difference,
     matched_steps,
     paired_item_difference,
     progression_order,
@@ -197,6 +205,15 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                     rows.append(_row(layer, "age_step_ratio", read, f"{inp.age}:{jump[0]:g}-{jump[1]:g}", "",
                                      {"value": r["ratio"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                                       "p_value": r["p_rank"], "n": r["n_matched"]}))
+                if jump[0] >= 10 and jump[1] <= 99 and ((ages >= 10) & (ages <= 99)).sum():
+                    try:
+                        r = age_jump_test(Xc, ages, tpl, jump=jump)
+                    except MedinterpError:  # too few two-digit ages: the step is not tested (no row)
+                        r = None
+                    if r is not None:
+                        rows.append(_row(layer, "age_jump", read, f"{inp.age}:{jump[0]:g}-{jump[1]:g}", "",
+                                         {"value": r["ratio"], "baseline": r["median_step"], "p_value": r["p"],
+                                          "n": r["n_steps"]}))
             if read == main and inp.disease and inp.stage:
                 r = progression_order(Xc, inp.labels[inp.disease], np.asarray(inp.labels[inp.stage], float), units,
                                       n_perm=n_null, seed=seed)
@@ -204,6 +221,10 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                                  {"value": r["spearman"], "baseline": r["null_mean"], "baseline_high": r["null_q95"],
                                   "p_value": r["p_value"], "n": r["n_diseases"]}))
                 rows.append(_row(layer, "closes", read, inp.stage, "mean", {"value": r["closes"], "n": r["n_diseases"]}))
+                for dname, d in r["per_disease"].items():  # circular vs linear stage order, permutation p
+                    rows.append(_row(layer, "circularity", read, inp.stage, str(dname),
+                                     {"value": d["circularity"], "baseline": d["circ_null_median"],
+                                      "p_value": d["circ_p"], "n": 1}))
                 for dname, d in r["per_disease"].items():
                     for m in ("spearman", "csfs", "csls"):
                         prog_rows.append({"layer": layer, "space": read, "group": dname, "metric": m,
@@ -222,6 +243,20 @@ def headline(inp: HeadlineInput, *, pca_dims: int = 64, n_splits: int = 5, n_boo
                 rows.append(_row(layer, "matched_diff", read, f"{a}-{b}", "",
                                  {"value": float(d["diff"][j]), "ci_low": float(d["ci_low"][j]),
                                   "ci_high": float(d["ci_high"][j]), "n": d["n_items"]}))
+            mid = (max(inp.layers) + 1) // 2  # mid depth, fixed in advance (as the findings read)
+            if mid in inp.layers and feats is not None:
+                j = inp.layers.index(mid)
+                try:
+                    e = labelling_excess_difference(
+                        feats[j][keep_m], lex[keep_m], np.asarray(inp.labels[a], object)[keep_m],
+                        np.asarray(inp.labels[b], object)[keep_m], units[keep_m], templates=tpl[keep_m],
+                        n_perm=min(n_null, 200), n_boot=min(n_boot, 200), ci=ci, seed=seed)
+                except MedinterpError:  # no common class structure: not measured (no row)
+                    e = None
+                if e is not None:
+                    rows.append(_row(mid, "labelling_excess_diff", read, f"{a}-{b}", "",
+                                     {**{k: e[k] for k in ("value", "ci_low", "ci_high")}, "p_value": e["p"],
+                                      "baseline": e["se"], "n": int(len(np.unique(units[keep_m])))}))
         if age_rows:
             findings.setdefault("age_step", {})[read] = age_rows
         if prog_rows:
