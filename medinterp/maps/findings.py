@@ -15,13 +15,18 @@ come from the techniques through documented keys, never guessed:
     ``p``; optionally ``"by_disease": {name: {"value", "p", "null_median"}}`` (Parkinson's, COPD);
   - ``specialty_minus_mechanism`` (family ``drugs``): (specialty − its lexical level) − (mechanism −
     its lexical level) at equal class count and size, CI;
-  - ``collapse_centred_cosine`` (any family): centred mean pairwise cosine per layer
-    (``per_layer`` + CI, ``per_layer_control`` e.g. the random twin's); ``collapse_participation_ratio``
-    is shown beside it.
+  - ``collapse_participation_ratio`` (any family): participation ratio per layer (``per_layer`` +
+    item-bootstrap ``per_layer_low`` / ``per_layer_high``); the same key in the rows
+    ``<family>__control`` and ``<family>__twin`` (the control family's and the random twin's runs,
+    :mod:`medinterp.maps.side_extras`) is the collapse rule's control (``per_layer_control`` also
+    accepted). ``collapse_centred_cosine`` may be present; no rule reads it.
 * ``Technique.extras`` may return ``{"block_criticality": {"curve": [...], "ci_low": [...],
-  "ci_high": [...], "label": str}}`` (e.g. generic next-token KL when a block is skipped); it is
-  drawn once as a strip for all families and read by the fragility rule.
-* "knowledge in the first half" is read from the map's own marked layers.
+  "ci_high": [...], "label": str, "unit_kl": [[...]]}}`` (e.g. generic next-token KL when a block is
+  skipped; ``unit_kl`` per item and block); it is drawn once as a strip for all families and read by
+  the fragility rule.
+* "knowledge in the first half" is read from the map's marked layers against the same rule's marks on
+  the control families' curves (``km.extras["control_curves"]``; :mod:`medinterp.maps.findings_stats`).
+* Rules comparing models: :mod:`medinterp.maps.findings_models`.
 
 When a statistic is absent the row says ``inconclusive: not measured`` (nothing is invented).
 
