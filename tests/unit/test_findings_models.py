@@ -176,5 +176,25 @@ def test_compare_findings_table_and_page(tmp_path):
     assert [r.verdict for r in rows] == [F.HOLDS, F.HOLDS, F.UNSURE]  # collapse: no PR measured
     assert "not measured" in rows[2].detail
     assert first_half_contrast(b, a, n_boot=500).verdict == F.FAILS
+    table = F.findings_table(a)  # the single-model rows read the same extras (control curves, unit KL)
+    assert table[0].verdict == F.HOLDS and "control curves" in table[0].detail and table[-1].verdict == F.HOLDS
     html = compare([a, b], out=tmp_path / "c.html")
     assert "Findings that compare models" in html and "Gemma &lt;3&gt; 270M" in html and "Gemma <3>" not in html
+
+
+def test_side_extras_bring_control_and_twin_statistics_and_control_curves(monkeypatch):
+    from types import SimpleNamespace
+
+    from medinterp.maps.side_extras import add_side_extras
+    from medinterp.techniques import REGISTRY
+    from medinterp.techniques.base import Technique
+
+    pr = {"per_layer": [9.0, 2.0, 9.0]}
+    extras = lambda model, res: {"findings": {"collapse_participation_ratio": {**pr, "of": res}}, "strip": {"x": 1}}
+    monkeypatch.setitem(REGISTRY, "toy_fm", Technique("toy_fm", lambda *a, **k: None, extras=extras))
+    km = SimpleNamespace(extras={}, n_layers=3)
+    add_side_extras(None, km, {("drugs", "toy_fm"): "ctrl"}, {("drugs", "toy_fm"): "twin"},
+                    lambda res, n: (np.arange(float(n)), None, ""))
+    assert km.extras["findings"]["drugs__control"]["collapse_participation_ratio"]["of"] == "ctrl"
+    assert km.extras["findings"]["drugs__twin"]["collapse_participation_ratio"]["of"] == "twin"
+    assert km.extras["control_curves"] == {"drugs": {"toy_fm": [0.0, 1.0, 2.0]}} and "strip" not in km.extras
