@@ -44,7 +44,6 @@ import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import scipy.stats
 
 from medinterp import stats
 
