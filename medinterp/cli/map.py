@@ -89,7 +89,8 @@ def compare_cmd(
     out: Path = typer.Option(Path("compare.html"), "--out", "-o"),
     names: Optional[str] = typer.Option(None, "--names", help="Comma-separated display names, one per map."),
 ) -> None:
-    """Put two or more models' maps side by side on a relative-depth axis."""
+    """Put two or more models' maps side by side on a relative-depth axis, with a table of the findings that
+    compare models (fragility, first half, collapse by relative depth; each map against the first)."""
     from medinterp.maps import compare
 
     check_out_file(out)
