@@ -116,7 +116,14 @@ from medinterp.techniques.geometry.inference import (
     geometry_permutation_test,
     permutation_levels,
 )
-from medinterp.techniques.geometry.questions import age_step, paired_item_difference, progression_order
+from medinterp.techniques.geometry.questions import (
+    age_jump_test,
+    age_step,
+    circularity_stat,
+    labelling_excess_difference,
+    paired_item_difference,
+    progression_order,
+)
 from medinterp.techniques.geometry.result import GeometryResult
 from medinterp.techniques.geometry.run import (
     TECHNIQUE,
@@ -156,6 +163,9 @@ __all__ = [
     "cosine_silhouette_samples",
     "collapse_stats",
     "age_step",
+    "age_jump_test",
+    "circularity_stat",
+    "labelling_excess_difference",
     "progression_order",
     "paired_item_difference",
     "is_constant",

@@ -9,6 +9,11 @@
 * :func:`paired_item_difference`: mean per-item difference of two per-prompt scores with a cluster
   bootstrap CI over items (drugs: specialty vs mechanism at matched class count and size).
 
+The findings rules (issue 21) read three tests with a null that can reject: :func:`age_jump_test` (17→18
+against all two-digit steps, percentile p), :func:`circularity_stat` inside :func:`progression_order`
+(circular − linear stage order per disease, stage-permutation p) and :func:`labelling_excess_difference`
+(specialty's excess over its lexical baseline minus mechanism's, refit-bootstrap CI).
+
 Example:
     >>> import numpy as np
     >>> ages = np.repeat(np.arange(1, 101), 4); tpl = np.tile(np.arange(4), 100)
@@ -144,6 +149,12 @@ def age_jump_test(
     H0: the jump is exchangeable with the other steps (no boundary at 18). One-sided
     ``p = (1 + #{steps >= jump}) / (n_steps + 1)`` (88 reference steps: p can reach 0.011); ``ratio`` =
     jump / median step; ``percentile`` = share of steps below the jump.
+
+    Args:
+        X: template-centred reads of one block, one row per prompt.
+        ages: age per row; templates: template per row (None: one template).
+        jump: the step tested; span: the ages whose steps form the reference (same digit count).
+        detrend: degree of the polynomial trend removed from the age means (0: none).
 
     Returns:
         dict with ``step``, ``median_step``, ``ratio``, ``p``, ``percentile``, ``n_steps``, ``steps``.
@@ -357,6 +368,14 @@ def labelling_excess_difference(
     ``sqrt(SE_a² + SE_b²)`` from the two labellings' refit cluster bootstraps (probe refitted on every
     replicate); the bootstraps are drawn independently, so for labellings of the same items (positively
     correlated levels) the SE is conservative. CI = normal at ``ci``; ``p`` = one-sided ``1 − Φ(diff/SE)``.
+
+    Args:
+        features: ``[n, d]`` one block's probe features (template-centred, PCA-reduced item reads).
+        lexical: ``[n, k]`` the lexical baseline's features of the same rows.
+        y_a, y_b: the two labellings per row; groups: CV group (item) per row; templates: template per row.
+        match_structure: subsample both to their common class structure first.
+        n_perm, n_boot: refit permutations (chance) and refit bootstrap replicates (SEs) per labelling.
+        ci: CI level; seed: seed of subsampling, permutations and bootstraps.
 
     Returns:
         dict with ``value``, ``se``, ``ci_low``, ``ci_high``, ``p``, ``excess_a``, ``excess_b``,
