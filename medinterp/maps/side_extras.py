@@ -38,7 +38,7 @@ def add_side_extras(model: Any, km: Any, ctrl_res: Mapping[tuple[str, str], Any]
     for suffix, res in ((CONTROL_ROW, ctrl_res), (TWIN_ROW, twin_res)):
         for (fam, t), r in (res or {}).items():
             tech = REGISTRY.get(t)
-            if tech is not None and tech.extras is not None:
+            if tech is not None and tech.extras is not None and getattr(tech, "extras_on_controls", False):
                 try:
                     found = (tech.extras(model, r) or {}).get("findings")
                 except KeyboardInterrupt:

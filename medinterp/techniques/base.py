@@ -88,6 +88,9 @@ class Technique:
         run_many: optional; runs several families at once (shared work), same parameters.
         extras: optional; ``extras(model, result) -> dict`` of report decorations.
         description: one line for listings.
+        extras_on_controls: ``extras`` also runs on the control-family and random-twin results (only its
+            ``"findings"`` are kept there): True for a cheap extras that reads statistics from the result; leave
+            False where extras runs the model (an attention view costs ~2-5 s a family on Gemma 3 270M).
     """
 
     name: str
@@ -98,6 +101,7 @@ class Technique:
     run_many_fn: Callable[..., list["TechniqueResult"]] | None = None
     extras: Callable[[Any, "TechniqueResult"], dict[str, Any]] | None = None
     description: str = ""
+    extras_on_controls: bool = False
 
     def __post_init__(self) -> None:
         bad = [n for n in self.needs if n not in INPUTS]

@@ -191,10 +191,27 @@ def test_side_extras_bring_control_and_twin_statistics_and_control_curves(monkey
 
     pr = {"per_layer": [9.0, 2.0, 9.0]}
     extras = lambda model, res: {"findings": {"collapse_participation_ratio": {**pr, "of": res}}, "strip": {"x": 1}}
-    monkeypatch.setitem(REGISTRY, "toy_fm", Technique("toy_fm", lambda *a, **k: None, extras=extras))
+    monkeypatch.setitem(REGISTRY, "toy_fm", Technique("toy_fm", lambda *a, **k: None, extras=extras, extras_on_controls=True))
     km = SimpleNamespace(extras={}, n_layers=3)
     add_side_extras(None, km, {("drugs", "toy_fm"): "ctrl"}, {("drugs", "toy_fm"): "twin"},
                     lambda res, n: (np.arange(float(n)), None, ""))
     assert km.extras["findings"]["drugs__control"]["collapse_participation_ratio"]["of"] == "ctrl"
     assert km.extras["findings"]["drugs__twin"]["collapse_participation_ratio"]["of"] == "twin"
     assert km.extras["control_curves"] == {"drugs": {"toy_fm": [0.0, 1.0, 2.0]}} and "strip" not in km.extras
+
+
+def test_side_extras_skip_a_technique_whose_extras_runs_the_model(monkeypatch):
+    """An extras that is not marked cheap (``extras_on_controls``; e.g. an attention view that runs the model)
+    is not called on the control-family and twin results: its output there would be thrown away."""
+    from types import SimpleNamespace
+
+    from medinterp.maps.side_extras import add_side_extras
+    from medinterp.techniques import REGISTRY
+    from medinterp.techniques.base import Technique
+
+    calls = []
+    extras = lambda model, res: calls.append(res) or {"findings": {"x": {"value": 1.0}}}  # noqa: E731
+    monkeypatch.setitem(REGISTRY, "toy_costly", Technique("toy_costly", lambda *a, **k: None, extras=extras))
+    km = SimpleNamespace(extras={}, n_layers=3)
+    add_side_extras(None, km, {("drugs", "toy_costly"): "ctrl"}, {("drugs", "toy_costly"): "twin"})
+    assert calls == [] and "findings" not in km.extras

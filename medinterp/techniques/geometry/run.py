@@ -565,6 +565,7 @@ TECHNIQUE = Technique(
     needs=("concepts",),
     interval_rule="rise",
     extras=findings_extras,
+    extras_on_controls=True,  # statistics read from the result: the findings compare control and twin
     description="activation geometry per layer: item-grouped linear probe on template-centred item reads "
                 "(+ lexical baseline, silhouette, collapse, age step, progression order)",
 )
