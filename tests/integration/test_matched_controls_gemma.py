@@ -60,3 +60,34 @@ def test_geometry_positive_control_is_marked(gemma):
     null = contrast_marking(shuffled_control(res, seed=1), shuffled_control(res, seed=0), None, seed=0)
     assert real.intervals, (np.round(real.effect, 2).tolist(), np.round(real.p_adj, 3).tolist())
     assert null.intervals == [], np.round(null.p_adj, 3).tolist()
+
+
+@pytest.mark.integration
+def test_frame_length_alone_is_never_marked(gemma):
+    """Item 8(b) on the real model: one control pair set against itself with a longer frame (same facts, same
+    answers, two more tokens before the answer): lesion and tracing give no mark, and the balance gate names
+    the frame length."""
+    import medinterp as mi
+    from medinterp.techniques import REGISTRY
+    from medinterp.techniques.base import Family
+
+    base = mi.load_concepts("drug_pairs_control")
+    long = dataclasses.replace(base, name=base.name + "_long", pairs=[
+        dataclasses.replace(p, clean=p.clean.replace(" is used for", " is, in practice, used for"),
+                            corrupted=p.corrupted.replace(" is used for", " is, in practice, used for"))
+        for p in base.pairs])
+    assert all(" in practice" in p.clean for p in long.pairs)
+    out = {}
+    for name in ("lesion", "patching"):
+        tech = REGISTRY[name]
+        params = {**tech.params("full"), "progress": False}
+        ra = tech.run(gemma, Family("long", pairs=long), **params)
+        rb = tech.run(gemma, Family("base", pairs=base), **params)
+        try:
+            m = effect_over_control(ra.unit_scores(), rb.unit_scores(), None, n_perm=20000, n_boot=500)
+        except NoScores as e:
+            out[name] = f"no scores: {e}"
+            continue
+        assert m.intervals == [], (name, m.intervals)
+        out[name] = m.balance.reason or "comparable"
+    assert any("prompt_tokens" in str(v) or "tokens_after_subject" in str(v) for v in out.values()), out
