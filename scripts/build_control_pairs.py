@@ -131,8 +131,9 @@ def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 
             continue
         d = np.flatnonzero(np.array(mg["toks"][i]) != np.array(mg["toks"][j]))
         span = int(d[-1] - d[0] + 1)
+        a = mg["ids"][i]
         cands.append(dict(i=i, j=j, span=(span, len(mg["toks"][i])), smol_known=lds[1][2], gemma_known=lds[0][2],
-                          ld=lds[0][0],
+                          ld=lds[0][0], logp=float(torch.log_softmax(mg["logits"][i], -1)[a]),
                           prior=float(prior_g[mg["ids"][i]])))
     rng = np.random.default_rng(seed)
     rng.shuffle(cands)
@@ -146,7 +147,11 @@ def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 
     sd_prior = float(np.std([c["prior"] for c in cands]) + 1e-9) if cands else 1.0
     cands.sort(key=lambda c: (not c["gemma_known"], not c["smol_known"],
                               abs(c["prior"] - med_prior) / sd_prior + abs(c["ld"] - med_ld) / sd_ld))
-    for c in cands:
+    if spec.get("match_dist"):
+        chosen = _match_dist(family, gemma, cands, quota, n_target, max_use, rng)
+        for c in chosen:
+            got[c["span"]] += 1
+    for c in ([] if spec.get("match_dist") else cands):
         s = c["span"]
         key = frozenset((c["i"], c["j"]))
         if got[s] >= quota.get(s, 0) or key in seen or use[c["i"]] >= max_use or use[c["j"]] >= max_use:
@@ -157,7 +162,7 @@ def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 
         use[c["j"]] += 1
         got[s] += 1
     # too few for the map (< 24 pairs): a second pass on the span size alone (quota by span, any length)
-    if len(chosen) < 24:
+    if len(chosen) < 24 and not spec.get("match_dist"):
         span_quota, span_got = Counter(), Counter(s[0] for s in got.elements())
         for (sp, _), q in quota.items():
             span_quota[sp] += q
@@ -176,6 +181,8 @@ def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 
                 med_ld=med_ld, ctl_ld=float(np.mean([c["ld"] for c in chosen])) if chosen else float("nan"),
                 got=dict(sorted(got.items())), quota=dict(sorted(quota.items())), med_prior=med_prior,
                 ctl_prior=float(np.mean([c["prior"] for c in chosen])) if chosen else float("nan"),
+                ctl_logp=float(np.mean([c["logp"] for c in chosen])) if chosen else float("nan"),
+                n_units=len({c["i"] for c in chosen}),
                 smol_known=sum(c["smol_known"] for c in chosen), gemma_known=sum(c["gemma_known"] for c in chosen),
                 cand_hist=dict(sorted(Counter(c["span"] for c in cands).items())), bad=bad)
     rows = []
@@ -183,6 +190,56 @@ def build(family: str, gemma, smol, *, n_target: int, max_use: int, seed: int = 
         fi, fj = facts[c["i"]], facts[c["j"]]
         rows.append((fi, fj))
     return rows, info
+
+
+MATCH_COVS = ("intact_logp", "answer_prior", "intact_ld", "prompt_tokens")
+
+
+def _match_dist(family: str, gemma, cands: list, quota: dict, n_target: int, max_use: int, rng) -> list:
+    """Distribution matching (``spec["match_dist"]``): for each known medical pair in turn (shuffled, cycled
+    until ``n_target`` pairs or no admissible candidate is left), the unused candidate pair nearest to it in
+    intact log p, answer prior, clean LD and prompt length (each in units of the medical SD), with the
+    vignette-span size quota of the medical set (by span alone, any prompt length) and ``max_use`` per fact;
+    candidates known on SmolLM2 too are preferred by a small distance bonus. So the control follows the
+    medical *distribution* of the covariates that the map matches on, not only their means."""
+    from medinterp.concepts.checks import pair_measures
+
+    pm = pair_measures(gemma, CONCEPT_FAMILIES[family]["pairs"])
+    ps = load_concepts(CONCEPT_FAMILIES[family]["pairs"])
+    assert pm.n_valid == len(ps), "medical pairs dropped: cannot align intact log p"
+    mm = measure(gemma, [{"prompt": p.clean, "answer": p.clean_answer} for p in ps.pairs])
+    cov = dict(pm.covariates)
+    cov["intact_logp"] = np.array([float(torch.log_softmax(mm["logits"][n], -1)[a]) for n, a in enumerate(mm["ids"])])
+    T = np.stack([np.asarray(cov[k], float)[pm.known] for k in MATCH_COVS], 1)
+    sd = T.std(0) + 1e-9
+    X = np.array([[c["logp"], c["prior"], c["ld"], c["span"][1] - 1] for c in cands], float)
+    bonus = np.array([0.0 if c["smol_known"] else 0.25 for c in cands])
+    span_quota = Counter()
+    for (sp, _), q in quota.items():
+        span_quota[sp] += q
+    span_got, use, seen, chosen = Counter(), Counter(), set(), []
+    order = rng.permutation(len(T))
+    progress = True
+    while len(chosen) < n_target and progress:
+        progress = False
+        for t in order:
+            if len(chosen) >= n_target:
+                break
+            d = np.abs((X - T[t]) / sd).sum(1) + bonus
+            for k in np.argsort(d):
+                c = cands[k]
+                key = frozenset((c["i"], c["j"]))
+                if (key in seen or span_got[c["span"][0]] >= span_quota[c["span"][0]]
+                        or use[c["i"]] >= max_use or use[c["j"]] >= max_use):
+                    continue
+                chosen.append(c)
+                seen.add(key)
+                use[c["i"]] += 1
+                use[c["j"]] += 1
+                span_got[c["span"][0]] += 1
+                progress = True
+                break
+    return chosen
 
 
 def build_swap(family: str, gemma, smol) -> tuple[list, dict]:

@@ -521,6 +521,71 @@ Old American cars, salsa bars and the Malecon. | Havana
 Tivoli Gardens, Nyhavn harbour and the Little Mermaid. | Copenhagen
 Hollywood, Beverly Hills and the Santa Monica pier. | Los
 Casinos on the Strip, Elvis chapels and the Bellagio. | Las
+Oktoberfest tents, the Hofbrauhaus and the Englischer Garten. | Munich
+Mozart's birthplace, the fortress on the hill and Sound of Music tours. | Salzburg
+Pizza margherita, Vesuvius on the skyline and day trips to Pompeii. | Naples
+The Last Supper fresco, La Scala and the fashion week. | Milan
+The Alcazar, the Giralda tower and flamenco in Triana. | Seville
+The Alhambra, the Generalife gardens and the Albaicin. | Granada
+The Jemaa el-Fnaa square, the souks and the Koutoubia Mosque. | Marrakech
+Wawel Castle, the Cloth Hall and the main market square. | Krakow
+The Chain Bridge, thermal baths and the Parliament on the Danube. | Budapest
+The Vasa Museum, Gamla Stan and the ABBA museum. | Stockholm
+The Viking Ship Museum, Vigeland Park and the fjord. | Oslo
+The Rock Church, Suomenlinna fortress and Senate Square. | Helsinki
+Canals, the Belfry and lace shops in a medieval Flemish town. | Bruges
+The Atomium, the Grand Place and the Manneken Pis. | Brussels
+The Jet d'Eau, the lake and the United Nations offices. | Geneva
+The Freedom Trail, Fenway Park and Harvard across the river. | Boston
+The Liberty Bell, Independence Hall and the Rocky steps. | Philadelphia
+Country music on Broadway, the Grand Ole Opry and honky tonks. | Nashville
+Graceland, Beale Street blues and barbecue ribs. | Memphis
+The Old Port, Mount Royal and bagels in French speaking Canada. | Montreal
+Stanley Park, Granville Island and mountains by the sea. | Vancouver
+The Bund, the Oriental Pearl Tower and Nanjing Road. | Shanghai
+Gyeongbokgung Palace, Gangnam and Myeongdong shopping. | Seoul
+The Red Fort, India Gate and the lanes of Chandni Chowk. | Delhi
+The Taj Mahal at sunrise and the Mughal fort nearby. | Agra
+The Hawa Mahal, the Amber Fort and the pink old city. | Jaipur
+The Old Quarter, Hoan Kiem Lake and Ho Chi Minh's mausoleum. | Hanoi
+Ceviche, the Miraflores cliffs and the capital of Peru. | Lima
+Tango dancers, the Casa Rosada and the colourful La Boca. | Buenos
+Table Mountain, Robben Island and the V&A Waterfront. | Cape
+Dotonbori neon signs, the castle and takoyaki street food. | Osaka
+Victoria Peak, the Star Ferry and dim sum in Kowloon. | Hong
+Laneway coffee, trams and the Australian Open tennis. | Melbourne
+The Golden Gate Bridge, Alcatraz and cable cars. | San
+South Beach, art deco hotels and Little Havana. | Miami
+Motown records, the car factories and the Pistons. | Detroit
+The Beatles, the Cavern Club and the Albert Dock. | Liverpool
+Old Trafford, the Etihad stadium and the Northern Quarter. | Manchester
+The Bodleian Library, Christ Church and the dreaming spires. | Oxford
+King's College chapel, punting on the Cam and the Backs. | Cambridge
+Roman baths, the Royal Crescent and Georgian terraces. | Bath
+The Kelvingrove museum, the Clyde and Celtic Park. | Glasgow
+The Titanic Quarter, the peace walls and the Lagan. | Belfast
+Juliet's balcony and the Roman arena in the old town. | Verona
+The Palio horse race around the Piazza del Campo. | Siena
+Port wine cellars, the Dom Luis bridge and the Ribeira. | Porto
+The Old Port, bouillabaisse and Notre-Dame de la Garde. | Marseille
+The twin spired cathedral on the Rhine and Kolsch beer. | Cologne
+The Reeperbahn, the Elbphilharmonie and the busy port. | Hamburg
+The Frauenkirche, the Zwinger palace and the Elbe. | Dresden
+The Hallgrimskirkja church, Harpa concert hall and the Blue Lagoon nearby. | Reykjavik
+Old city walls on the Adriatic and Game of Thrones sets. | Dubrovnik
+Ghats on the Ganges and the evening aarti ceremony. | Varanasi
+The Kaaba and the millions on the Hajj pilgrimage. | Mecca
+Waikiki Beach, Diamond Head and Pearl Harbor. | Honolulu
+Disney World, Universal Studios and theme parks in Florida. | Orlando
+The Chateau Frontenac, cobbled streets and the old city walls. | Quebec
+The Sky Tower and the harbour of the largest city in New Zealand. | Auckland
+The Coca-Cola museum, CNN Center and the Braves. | Atlanta
+NASA's mission control, the Rockets and the Astros. | Houston
+The Mile High City at the foot of the Rockies. | Denver
+The Grand Place, the Atomium and Belgian waffles. | Brussels
+Mozart's birthplace, Mirabell Gardens and the Hohensalzburg fortress. | Salzburg
+The Ponte Vecchio, the Uffizi and Michelangelo's David. | Florence
+Trams along the Yarra river and the Australian Open. | Melbourne
 """
 
 HAZARD_SCALES = [
@@ -548,12 +613,14 @@ HAZARD_SCALES = [
 
 FAMILIES["diseases"] = {
     "name": "diagnosis_pairs_control",
-    "version": "3.0.0",
+    "version": "3.1.0",
     "frame": "{clue} The most likely city is",
     "subject": "clue",
     "column": "clue",
     "facts": _f("clue", CITY_CLUES),
-    "max_use": 4,
+    "max_use": 3,
+    "n_target": 48,
+    "match_dist": True,
     "description": """
 Control for `diagnosis_pairs`: a short "vignette" of three sights of a city followed by "The most likely
 city is" (the diagnosis frame with "diagnosis" swapped for "city", one token on both offline
@@ -563,7 +630,7 @@ Pantheon." -> Rome). Clean and corrupted vignettes differ over their whole lengt
 Non-medical control written for medinterp 0.3 (issue 20, matched controls); common knowledge (famous
 sights), not from a clinical source. Built by scripts/build_control_pairs.py: pairs with equal prompt
 token length on Gemma 3 and SmolLM2, known by Gemma 3 270M, vignette-span token counts following
-diagnosis_pairs' on Gemma's tokenizer. "Los" and "Las" are the first tokens of Los Angeles and Las Vegas.""",
+diagnosis_pairs' on Gemma's tokenizer. "Los" and "Las" are the first tokens of Los Angeles and Las Vegas. 3.1.0 (issue: diseases control not comparable on Gemma 3 270M): 65 less famous sights / smaller cities added; selection matches the medical distribution of intact log p, answer prior, clean LD and prompt length (match_dist), 48 pairs, each fact used at most 3 times.""",
 }
 
 FAMILIES["progression"] = {
