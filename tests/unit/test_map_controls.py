@@ -315,17 +315,17 @@ def test_twin_that_cannot_be_measured_leaves_the_control_family(tmp_path, toys):
     assert maps.KnowledgeMap.load(tmp_path / "w" / "map").control_notes == km.control_notes
 
 
-def test_twin_scored_on_a_few_items_only_is_dropped_not_a_dead_cell(toys):
-    """Like tracing on a random twin that gets 4 of 20 pairs right by chance: its paired test on 4 items
-    can never reach alpha (p >= 1/16), so the cell is marked against the control family alone."""
+def _mark_with_partial_twin(seed: int, twin_rows: int):
+    """mark_all on one cell (20 items x 2 templates, a planted effect at layers 2-3) whose twin is scored on
+    its first ``twin_rows`` prompts only: ``(marked layers, status, note)``."""
     from medinterp.maps.controls import mark_all
 
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     units = [f"d{i}" for i in range(20) for _ in range(2)]
     med = rng.normal(size=(40, N_LAYERS))
     med[:, 2:4] += 1.5
     tw = rng.normal(size=(40, N_LAYERS))
-    tw[8:] = np.nan  # the twin is scored on 4 items only
+    tw[twin_rows:] = np.nan
     mk = lambda v, u: ToyScores(concept_set="x", values=v, units=u, templates=[0, 1] * 20)  # noqa: E731
     res = {("drugs", "t"): mk(med, units)}
     ctrl = {("drugs", "t"): mk(rng.normal(size=(40, N_LAYERS)), [f"c{i}" for i in range(20) for _ in range(2)])}
@@ -334,10 +334,17 @@ def test_twin_scored_on_a_few_items_only_is_dropped_not_a_dead_cell(toys):
     ok = {("drugs", "t"): "ok"}
     out, st = mark_all(["drugs"], ["t"], res, ok, ctrl, ok, {"drugs": True}, twin, ok, controls=True, notes=notes,
                        n_perm=999, n_boot=50, n_resamples=5)
-    assert st["drugs"]["t"] == "ok"
-    assert notes["drugs"]["t"].startswith("vs control family only: random twin scored on only 4 of the 20")
-    marked = out["drugs"]["t"][CONTROL_STATS.index("marked")]
-    assert list(np.flatnonzero(marked)) == [2, 3]
+    marked = list(np.flatnonzero(out["drugs"]["t"][CONTROL_STATS.index("marked")]))
+    return marked, st["drugs"]["t"], notes.get("drugs", {}).get("t", "")
+
+
+def test_twin_scored_on_a_few_items_only_is_dropped_not_a_dead_cell(toys):
+    """Like tracing on a random twin that gets 4 of 20 pairs right by chance: its paired test on 4 items
+    can never reach alpha (p >= 1/16), so the cell is marked against the control family alone."""
+    marked, status, note = _mark_with_partial_twin(3, 8)  # the twin is scored on 4 items only
+    assert status == "ok"
+    assert note.startswith("vs control family only: random twin scored on only 4 of the 20")
+    assert marked == [2, 3]
 
 
 def test_twin_is_not_run_where_its_paired_test_can_never_reject(tmp_path, toys, monkeypatch):
@@ -534,22 +541,7 @@ def test_twin_scored_on_one_item_only_is_dropped_not_a_dead_cell(toys):
     """The twin knows 1 prompt of the family (Gemma 3 270M's lesion twin on drugs knew 3 of 38, none among
     the matched items): before 0.3.1 the cell died with "fewer than 2 matched items paired with the twin";
     it is marked against the control family alone, and says so."""
-    from medinterp.maps.controls import mark_all
-
-    rng = np.random.default_rng(4)
-    units = [f"d{i}" for i in range(20) for _ in range(2)]
-    med = rng.normal(size=(40, N_LAYERS))
-    med[:, 2:4] += 1.5
-    tw = rng.normal(size=(40, N_LAYERS))
-    tw[1:] = np.nan  # one prompt scored
-    mk = lambda v, u: ToyScores(concept_set="x", values=v, units=u, templates=[0, 1] * 20)  # noqa: E731
-    res = {("drugs", "t"): mk(med, units)}
-    ctrl = {("drugs", "t"): mk(rng.normal(size=(40, N_LAYERS)), [f"c{i}" for i in range(20) for _ in range(2)])}
-    twin = {("drugs", "t"): mk(tw, units)}
-    notes: dict = {}
-    ok = {("drugs", "t"): "ok"}
-    out, st = mark_all(["drugs"], ["t"], res, ok, ctrl, ok, {"drugs": True}, twin, ok, controls=True, notes=notes,
-                       n_perm=999, n_boot=50, n_resamples=5)
-    assert st["drugs"]["t"] == "ok", st
-    assert notes["drugs"]["t"].startswith("vs control family only: random twin "), notes
-    assert list(np.flatnonzero(out["drugs"]["t"][CONTROL_STATS.index("marked")])) == [2, 3]
+    marked, status, note = _mark_with_partial_twin(4, 1)
+    assert status == "ok", status
+    assert note.startswith("vs control family only: random twin "), note
+    assert marked == [2, 3]
