@@ -54,6 +54,31 @@ FINDING_KEYS = ("age_step_ratio", "progression_circularity", "specialty_minus_me
                 "collapse_participation_ratio")
 
 
+#: the paper the findings come from (named above the report's table)
+PAPER = ("Medical Interpretability and Knowledge Maps of Large Language Models (Marinescu et al., "
+         "arXiv 2510.11390)")
+
+#: claim -> the null its rule tests against, in words (the report's "null" column; METHOD "Findings rules")
+NULLS: dict[str, str] = {
+    "knowledge in the first half of the layers":
+        "the first-half share the same techniques give on the matched control families (medical and control marks "
+        "swapped per family, exact swap permutation): each technique's own depth bias",
+    "age non-linear, with a 17→18 jump":
+        "17→18 is one more two-digit step: its rank among all other two-digit steps (10→11 ... 98→99) after a "
+        "smooth cubic age trend, at mid depth; the building-age control must not show it",
+    "circular disease progression (Parkinson's, COPD)":
+        "stage labels permuted among each disease's items (circular − linear stage-order fit), Holm over diseases",
+    "drugs organised by specialty over mechanism":
+        "equal excess of the two labellings over their own lexical baselines (refit cluster bootstrap SEs), at "
+        "equal class count and size, mid depth",
+    "activation collapse at mid depth":
+        "no dip: the mid-depth participation ratio within the item-bootstrap CIs of the first and last layers, or "
+        "not below the control family's and the random twin's at that layer",
+    "fragile to single-layer removal":
+        "the median block's skip KL is below 1 nat (item-bootstrap CI); across models, equal medians",
+}
+
+
 @dataclasses.dataclass
 class Finding:
     """One row of the findings table."""
@@ -66,7 +91,12 @@ class Finding:
     control: str = ""
     detail: str = ""
 
-    def as_row(self) -> tuple[str, str, str, str, str]:
+    @property
+    def null(self) -> str:
+        """What the rule's statistic is tested against, in words (:data:`NULLS`; "" for an unknown claim)."""
+        return NULLS.get(self.claim, "")
+
+    def as_row(self) -> tuple[str, str, str, str]:
         ci = "" if self.ci is None else f"[{self.ci[0]:.3g}, {self.ci[1]:.3g}]"
         val = "" if self.value is None else f"{self.value:.3g}"
         verdict = self.verdict + (f": {self.detail}" if self.detail else "")
@@ -358,5 +388,5 @@ def block_criticality(km: Any) -> Mapping[str, Any] | None:
     return None
 
 
-__all__ = ["FINDING_KEYS", "Finding", "age_jump", "block_criticality", "circular_progression", "collapse_mid_depth",
+__all__ = ["FINDING_KEYS", "NULLS", "PAPER", "Finding", "age_jump", "block_criticality", "circular_progression", "collapse_mid_depth",
            "drugs_by_specialty", "findings_table", "first_half", "fragility"]

@@ -13,7 +13,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
-from medinterp.maps.findings import block_criticality, findings_table
+from medinterp.maps.findings import PAPER, block_criticality, findings_table
 from medinterp.maps.synthesis import _ranges_text
 from medinterp.viz.html import escape
 from medinterp.viz.html import figure_div, page, provenance_block
@@ -90,11 +90,14 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 def _findings_section(km: "KnowledgeMap") -> str:
     """The paper's findings as rows: holds / does not hold / inconclusive, with statistic, CI and control."""
-    rows = [f.as_row() for f in findings_table(km)]
+    rows = [(*f.as_row(), f.null) for f in findings_table(km)]
     return ("<h2 id='findings'>Findings of the paper, tested on this model</h2>"
-            "<p class='note'>Each row is decided by a rule in <code>medinterp.maps.findings</code>; "
-            "a statistic the run did not measure is shown as “inconclusive: not measured”.</p>"
-            + _table(rows, ["finding", "verdict", "statistic [95% CI]", "control"]))
+            f"<p class='note'>The claims of <i>{escape(PAPER)}</i>, each decided by a rule in "
+            "<code>medinterp.maps.findings</code> (docs/METHOD.md, “Findings rules”): <b>holds</b> where its test "
+            "rejects the null in the claim's direction and the control does not explain it, <b>does not hold</b> where "
+            "the data point the other way, else <b>inconclusive</b>; a statistic the run did not measure is shown as "
+            "“inconclusive: not measured”.</p>"
+            + _table(rows, ["finding", "verdict", "statistic [95% CI]", "control", "null"]))
 
 
 def _rule_note(km: "KnowledgeMap", model: dict) -> str:

@@ -215,3 +215,17 @@ def test_side_extras_skip_a_technique_whose_extras_runs_the_model(monkeypatch):
     km = SimpleNamespace(extras={}, n_layers=3)
     add_side_extras(None, km, {("drugs", "toy_costly"): "ctrl"}, {("drugs", "toy_costly"): "twin"})
     assert calls == [] and "findings" not in km.extras
+
+
+def test_every_finding_row_states_its_null_and_the_report_names_the_paper(tmp_path):
+    """Issue 21 item 4: each row says what it is tested against, and the table names the paper."""
+    import medinterp.viz  # noqa: F401  (registers the renderers)
+    from medinterp.maps import KnowledgeMap
+    from medinterp.maps.findings import NULLS, findings_table
+
+    km = KnowledgeMap.from_curves({"drugs": {"peak": np.r_[0, 5, 5, 0, 0, 0.0]}}, model_name="A",
+                                  techniques=["peak"], rules={"peak": "percentile"})
+    rows = findings_table(km)
+    assert len(rows) == 6 and all(f.null and f.claim in NULLS for f in rows), [f.claim for f in rows]
+    html = km.to_html(tmp_path / "r.html")
+    assert "arXiv 2510.11390" in html and "<th>null</th>" in html
