@@ -33,9 +33,12 @@ from medinterp.sites import hook_name as site_hook_name
 from medinterp.errors import MedinterpError, clip
 from medinterp.models.backends import capabilities
 from medinterp.results import Result, make_provenance
+from medinterp.shared_prefix import (padded_tokens, plan_tokens, prefix_plan, run_shared_prefix_batch,
+                                     supports_shared_prefix)
 
 SHORT_SITES = RESID_SITES  # the [batch, pos, d_model] sites of the one site vocabulary
 POSITION_MODES = ("last", "span_mean", "span_last")
+SHARED_PREFIX_MAX_RATIO = 0.85  # use the shared-prefix path when it runs <= this share of the plain path's tokens
 
 
 @dataclasses.dataclass
@@ -251,7 +254,7 @@ def collect_activations(
     if chunk_dir is not None:
         chunk_dir.mkdir(parents=True, exist_ok=True)
     key = _run_key(model, texts, hooks, pos_lists)
-    values = _run_batches(model, texts, hooks, [pos_lists], lengths, batch_size, progress, chunk_dir, key)[0]
+    (values,), padding = _run_batches(model, texts, hooks, [pos_lists], lengths, batch_size, progress, chunk_dir, key)
     n = len(texts)
 
     result = ActivationSet(
@@ -271,7 +274,7 @@ def collect_activations(
             positions=pos_mode,
             include_embed=include_embed,
             batch_size=batch_size,
-            padding_side="left",
+            padding_side=padding,
             n_prompts=n,
         ),
     )
@@ -289,14 +292,28 @@ def left_padded_kwargs(lengths: list[int], width: int, device: Any) -> dict[str,
 
 
 def _run_batches(model: Any, texts: list[str], hooks: list, pos_sets: list[list[list[int]]], lengths: list[int],
-                 batch_size: int, progress: bool, chunk_dir: Path | None = None, key: str = "") -> list[Tensor]:
-    """:func:`_run_batches_in_order` on the prompts sorted by token count (stable), results in input order.
+                 batch_size: int, progress: bool, chunk_dir: Path | None = None,
+                 key: str = "") -> tuple[list[Tensor], str]:
+    """:func:`_run_batches_in_order` on the prompts sorted by token count (stable), results in input order,
+    or, on a HookedTransformer where it runs <= ``SHARED_PREFIX_MAX_RATIO`` of the tokens, the shared-prefix
+    path (:mod:`medinterp.shared_prefix`). Returns the outputs and the path taken (``"left"`` or
+    ``"shared_prefix"``, recorded in provenance as ``padding_side``).
 
     Batches of similar lengths carry little padding: on the concept sets (templates of different
     lengths, items of 1-8 tokens) about a fifth of a length-unsorted batch was padding."""
+    outside = any(not name.startswith("blocks.") for name, _, _ in hooks)
+    if chunk_dir is None and not outside and supports_shared_prefix(model):
+        toks = model.to_tokens(texts, padding_side="right", truncate=False)
+        tokens = [toks[i, : lengths[i]].tolist() for i in range(len(texts))]
+        plan = prefix_plan(tokens, [min(min(ps[i]) for ps in pos_sets) for i in range(len(texts))], batch_size)
+        # worth it only where the prefixes outweigh the extra padding of template-sorted batches
+        # (progression's items come early: 1.06x the plain path's tokens on Gemma 3 270M; the other
+        # families 0.54-0.73x)
+        if plan_tokens(plan, lengths) <= SHARED_PREFIX_MAX_RATIO * padded_tokens(lengths, batch_size):
+            return _run_shared_prefix(model, tokens, hooks, pos_sets, lengths, plan, progress), "shared_prefix"
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     if order == list(range(len(texts))):
-        return _run_batches_in_order(model, texts, hooks, pos_sets, lengths, batch_size, progress, chunk_dir, key)
+        return _run_batches_in_order(model, texts, hooks, pos_sets, lengths, batch_size, progress, chunk_dir, key), "left"
     outs = _run_batches_in_order(model, [texts[i] for i in order], hooks,
                                  [[ps[i] for i in order] for ps in pos_sets], [lengths[i] for i in order],
                                  batch_size, progress, chunk_dir, key + "-by-length")
@@ -306,7 +323,39 @@ def _run_batches(model: Any, texts: list[str], hooks: list, pos_sets: list[list[
         r = torch.empty_like(o)
         r[:, inv] = o
         res.append(r)
-    return res
+    return res, "left"
+
+
+def _run_shared_prefix(model: Any, tokens: list[list[int]], hooks: list, pos_sets: list[list[list[int]]],
+                       lengths: list[int], plan: list, progress: bool) -> list[Tensor]:
+    """As :func:`_run_batches_in_order`, with each batch's shared prefix computed once
+    (:mod:`medinterp.shared_prefix`); results in input order."""
+    from tqdm.auto import tqdm
+
+    stop_at = max(max(l for _, l, _ in hooks), 0) + 1
+    n, d = len(tokens), model.cfg.d_model
+    outs = [torch.zeros(len(hooks), n, d, dtype=torch.float32) for _ in pos_sets]
+    for batch in tqdm(plan, desc="activations", unit="batch", disable=not progress):
+        rows, P = batch.rows, batch.prefix_len
+        width = max(lengths[i] for i in rows) - P
+        weights = torch.zeros(len(pos_sets), len(rows), width)
+        for s_, pos_lists in enumerate(pos_sets):
+            for j, i in enumerate(rows):
+                idx = torch.tensor(pos_lists[i]) - P
+                weights[s_, j, idx] = 1.0 / len(idx)
+        index = torch.tensor(rows)
+
+        def make_hook(row: int):
+            def hook(act: Tensor, hook: Any) -> None:
+                red = torch.einsum("sbp,bpd->sbd", weights.to(act.dtype), act).float().cpu()
+                for s_ in range(len(pos_sets)):
+                    outs[s_][row, index] = red[s_]
+
+            return hook
+
+        run_shared_prefix_batch(model, tokens, batch, [(name, make_hook(r)) for r, (name, _, _) in enumerate(hooks)],
+                                stop_at)
+    return outs
 
 
 def _run_batches_in_order(model: Any, texts: list[str], hooks: list, pos_sets: list[list[list[int]]],
@@ -398,7 +447,7 @@ def collect_reads(
     hooks = resolve_hooks(model, sites, layers, include_embed)
     pos = [token_positions(model, texts, spans, r) for r in reads]
     lengths = pos[0][1]
-    values = _run_batches(model, texts, hooks, [p[0] for p in pos], lengths, batch_size, progress)
+    values, padding = _run_batches(model, texts, hooks, [p[0] for p in pos], lengths, batch_size, progress)
     out = {}
     for r, (pos_lists, _, mode), v in zip(reads, pos, values):
         out[r] = ActivationSet(
@@ -407,7 +456,7 @@ def collect_reads(
             token_positions=pos_lists,
             provenance=make_provenance(model, technique="activations", sites=list(sites) if not isinstance(sites, str)
                                        else [sites], layers=None if layers is None else list(layers), positions=mode,
-                                       include_embed=include_embed, batch_size=batch_size, padding_side="left",
+                                       include_embed=include_embed, batch_size=batch_size, padding_side=padding,
                                        n_prompts=len(texts)),
         )
     return out
