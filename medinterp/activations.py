@@ -335,6 +335,7 @@ def _run_shared_prefix(model: Any, tokens: list[list[int]], hooks: list, pos_set
     stop_at = max(max(l for _, l, _ in hooks), 0) + 1
     n, d = len(tokens), model.cfg.d_model
     outs = [torch.zeros(len(hooks), n, d, dtype=torch.float32) for _ in pos_sets]
+    prefix_cache: dict = {}
     for batch in tqdm(plan, desc="activations", unit="batch", disable=not progress):
         rows, P = batch.rows, batch.prefix_len
         width = max(lengths[i] for i in rows) - P
@@ -354,7 +355,7 @@ def _run_shared_prefix(model: Any, tokens: list[list[int]], hooks: list, pos_set
             return hook
 
         run_shared_prefix_batch(model, tokens, batch, [(name, make_hook(r)) for r, (name, _, _) in enumerate(hooks)],
-                                stop_at)
+                                stop_at, prefix_cache)
     return outs
 
 

@@ -54,24 +54,31 @@ def _lcp(a: Sequence[int], b: Sequence[int], cap: int) -> int:
     return n
 
 
-def prefix_plan(tokens: Sequence[Sequence[int]], first_read: Sequence[int], batch_size: int) -> list[PrefixBatch]:
+def prefix_plan(tokens: Sequence[Sequence[int]], first_read: Sequence[int], batch_size: int,
+                max_tokens: int | None = None) -> list[PrefixBatch]:
     """Batches of prompts that share a token prefix, and the prefix each batch computes once.
 
     Prompts are grouped by their tokens before the first read (one group per template, typically).
-    A group of at least ``batch_size // 2`` prompts is cut into near-equal batches, sorted by length,
-    that share the whole group prefix; the prompts of smaller groups are pooled, sorted by tokens, and
-    batched with the longest prefix common to each batch (at least BOS), so no prompt runs alone for
-    want of a partner.
+    A group of at least ``batch_size // 2`` prompts is cut, sorted by length, into batches that share
+    the whole group prefix (consecutive in the plan, so one prefix forward serves them all) and hold up
+    to ``max_tokens`` suffix positions each: a suffix is a few tokens, and on a CPU a forward of few
+    tokens costs about as much as reading the weights, so fewer, wider batches are faster. The prompts
+    of smaller groups are pooled, sorted by tokens, and batched ``batch_size`` at a time with the longest
+    prefix common to each batch (at least BOS), so no prompt runs alone for want of a partner.
 
     Args:
         tokens: token ids of each prompt (BOS included).
         first_read: the first token index read in each prompt (reads stay out of the cached prefix).
-        batch_size: most prompts per batch.
+        batch_size: prompts per pooled batch; also the smallest group that gets its own batches.
+        max_tokens: most suffix positions (rows x padded width) per batch of a group (default:
+            ``batch_size`` times the median prompt length, what a plain batch holds).
 
     Returns:
         The batches in run order; every prompt is in exactly one.
     """
     caps = [max(0, min(int(r), len(t) - 1)) for r, t in zip(first_read, tokens)]
+    if max_tokens is None:
+        max_tokens = batch_size * max(1, sorted(len(t) for t in tokens)[len(tokens) // 2])
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, t in enumerate(tokens):
         groups.setdefault(tuple(t[: caps[i]]), []).append(i)
@@ -82,9 +89,13 @@ def prefix_plan(tokens: Sequence[Sequence[int]], first_read: Sequence[int], batc
         if len(rows) < max(2, batch_size // 2):
             pool.extend(rows)
             continue
-        k = -(-len(rows) // batch_size)
-        cuts = [round(j * len(rows) / k) for j in range(k + 1)]
-        plan.extend(PrefixBatch(rows[a:b], len(key)) for a, b in zip(cuts[:-1], cuts[1:]))
+        cur: list[int] = []
+        for i in rows:  # sorted by length: the newest row sets the padded width
+            if cur and (len(cur) + 1) * (len(tokens[i]) - len(key)) > max_tokens:
+                plan.append(PrefixBatch(cur, len(key)))
+                cur = []
+            cur.append(i)
+        plan.append(PrefixBatch(cur, len(key)))
     pool.sort(key=lambda i: (list(tokens[i]), i))
     for a in range(0, len(pool), batch_size):
         rows = pool[a: a + batch_size]
@@ -112,11 +123,16 @@ def run_shared_prefix_batch(
     batch: PrefixBatch,
     fwd_hooks: list[tuple[str, Callable]],
     stop_at_layer: int | None,
+    prefix_cache: dict | None = None,
 ) -> None:
     """Run one :class:`PrefixBatch`: the prefix once into a frozen cache, the suffixes right-padded.
 
     The hooks see ``[batch, suffix_len, d]`` activations: row ``j`` is prompt ``batch.rows[j]``, column
     ``c`` its token ``batch.prefix_len + c``; columns past a prompt's end are padding.
+
+    Args:
+        prefix_cache: a dict kept across calls: the last prefix's keys and values are kept there and
+            reused while the next batches share that prefix (the batches of one group).
     """
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -132,15 +148,22 @@ def run_shared_prefix_batch(
         mask[j, : len(s)] = 1
     cache = None
     if P > 0:
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
-        prefix = torch.tensor([list(tokens[rows[0]][:P])], dtype=torch.long, device=device)
-        # explicit mask: TL would otherwise infer one from pad ids, wrong where BOS == pad
-        model(prefix, attention_mask=torch.ones_like(prefix), past_kv_cache=cache, stop_at_layer=stop_at_layer)
+        key = (tuple(tokens[rows[0]][:P]), stop_at_layer)
+        kv = prefix_cache.get(key) if prefix_cache is not None else None
+        if kv is None:
+            one = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
+            prefix = torch.tensor([list(key[0])], dtype=torch.long, device=device)
+            # explicit mask: TL would otherwise infer one from pad ids, wrong where BOS == pad
+            model(prefix, attention_mask=torch.ones_like(prefix), past_kv_cache=one, stop_at_layer=stop_at_layer)
+            kv = [(e.past_keys, e.past_values) for e in one.entries]
+            if prefix_cache is not None:
+                prefix_cache.clear()  # one prefix at a time: the plan runs a group's batches in a row
+                prefix_cache[key] = kv
         b = len(rows)
-        for e in cache.entries:
-            e.past_keys = e.past_keys.expand(b, -1, -1, -1)
-            e.past_values = e.past_values.expand(b, -1, -1, -1)
-        cache.previous_attention_mask = cache.previous_attention_mask.expand(b, -1)
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
+        for e, (k, v) in zip(cache.entries, kv):
+            e.past_keys, e.past_values = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+        cache.previous_attention_mask = torch.ones((b, P), dtype=torch.int, device=device)
         cache.freeze()
     model.run_with_hooks(suffix.to(device), attention_mask=mask.to(device), past_kv_cache=cache,
                          fwd_hooks=fwd_hooks, stop_at_layer=stop_at_layer)

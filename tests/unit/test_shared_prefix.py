@@ -20,9 +20,13 @@ def test_plan_covers_every_prompt_once_and_prefixes_are_shared_and_before_the_re
         item = rng.integers(20, 40, size=rng.integers(1, 4)).tolist()
         tokens.append(t + item + ([3, 4] if i % 2 else [3]))
         first.append(len(t))
-    plan = prefix_plan(tokens, first, batch_size=8)
+    plan = prefix_plan(tokens, first, batch_size=8, max_tokens=40)
     rows = sorted(r for b in plan for r in b.rows)
-    assert rows == list(range(97)) and all(len(b.rows) <= 8 for b in plan)
+    assert rows == list(range(97))
+    # a group's batches hold <= max_tokens suffix positions; consecutive batches share one prefix
+    for b in plan:
+        assert len(b.rows) * max(len(tokens[r]) - b.prefix_len for r in b.rows) <= 40 or len(b.rows) == 1
+    assert len(plan) < 97 / 4
     for b in plan:
         assert all(b.prefix_len <= first[r] for r in b.rows)
         assert all(tokens[r][: b.prefix_len] == tokens[b.rows[0]][: b.prefix_len] for r in b.rows)
@@ -30,6 +34,7 @@ def test_plan_covers_every_prompt_once_and_prefixes_are_shared_and_before_the_re
     assert np.mean([b.prefix_len == first[b.rows[0]] for b in plan]) > 0.8
     lengths = [len(t) for t in tokens]
     assert plan_tokens(plan, lengths) < padded_tokens(lengths, 8)
+    assert len(prefix_plan(tokens, first, batch_size=8, max_tokens=400)) < len(plan)  # wider batches, fewer
     # by hand: two prompts of one template (prefix 3), one of another (prefix 1 = BOS)
     p = prefix_plan([[2, 5, 6, 7], [2, 5, 6, 9, 4], [2, 8, 1]], first_read=[3, 3, 1], batch_size=4)
     assert [(b.rows, b.prefix_len) for b in p] == [([0, 1], 3), ([2], 1)]
