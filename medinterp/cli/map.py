@@ -91,8 +91,16 @@ def compare_cmd(
 ) -> None:
     """Put two or more models' maps side by side on a relative-depth axis, with a table of the findings that
     compare models (fragility, first half, collapse by relative depth; each map against the first)."""
-    from medinterp.maps import compare
+    import medinterp.viz  # noqa: F401  (registers the renderers the comparison page needs)
+    from medinterp.maps import compare, load_maps
+    from medinterp.maps.findings_models import compare_findings
 
     check_out_file(out)
-    compare(maps, split_list(names), out=out)
+    loaded = load_maps(maps)
+    shown = split_list(names)
+    compare(loaded, shown, out=out)
+    typer.echo("findings that compare models (each map against the first):")
+    for row in compare_findings(loaded, shown):
+        claim, stat, a, b, diff, verdict = row.as_row()
+        typer.echo(f"  {claim}: {stat}; {a}, {b}; difference {diff}; {verdict}")
     typer.echo(f"comparison of {len(maps)} maps: {out}")

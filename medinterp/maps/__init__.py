@@ -31,7 +31,7 @@ from medinterp.maps.run import (
     result_curve,
     saved_jobs,
 )
-from medinterp.maps.compare import compare
+from medinterp.maps.compare import compare, load_maps
 from medinterp.maps.synthesis import (
     DEFAULT_PARAMS,
     MAP_RULES,
@@ -52,7 +52,7 @@ TECHNIQUES: tuple[str, ...] = tuple(_REGISTRY)
 __all__ = [
     "CONTROL_STATS", "ControlMarking", "Finding", "MAP_RULES", "NoScores", "control_specs", "effect_over_control",
     "findings_table", "compare_findings", "ModelContrast",
-    "DEFAULT_PARAMS", "KnowledgeMap", "TECHNIQUES", "check_techniques", "compare", "family_specs",
+    "DEFAULT_PARAMS", "KnowledgeMap", "TECHNIQUES", "check_techniques", "compare", "load_maps", "family_specs",
     "input_content", "interval_rules", "job_dir", "job_fingerprint", "knowledge_map", "map_from_work_dir",
     "peak_rss_mb", "percentile_intervals", "registered_techniques", "result_curve", "saved_jobs", "smooth",
     "steepest_rise_window", "technique_intervals", "validate_params",

@@ -35,6 +35,19 @@ def compare(
         >>> "relative depth" in compare([a, b])
         True
     """
+    maps = load_maps(maps_or_paths)
+    if len(maps) < 2:
+        raise MedinterpError(f"compare: need at least two maps, got {len(maps)}")
+    if names is not None and len(names) != len(maps):
+        raise MedinterpError(f"compare: {len(names)} names for {len(maps)} maps")
+    text = renderer_for("knowledge_map_compare_page")(maps, names, title=title)
+    if out is not None:
+        Path(out).write_text(text, encoding="utf-8")
+    return text
+
+
+def load_maps(maps_or_paths: Sequence["KnowledgeMap | str | os.PathLike"]) -> list[KnowledgeMap]:
+    """:class:`KnowledgeMap` objects from maps or saved-map paths (a ``X.map/`` directory or its ``X.html``)."""
     maps: list[KnowledgeMap] = []
     for m in maps_or_paths:
         if isinstance(m, KnowledgeMap):
@@ -44,14 +57,7 @@ def compare(
         if not isinstance(loaded, KnowledgeMap):
             raise MedinterpError(f"{m}: holds a {loaded.kind!r} result, not a knowledge map")
         maps.append(loaded)
-    if len(maps) < 2:
-        raise MedinterpError(f"compare: need at least two maps, got {len(maps)}")
-    if names is not None and len(names) != len(maps):
-        raise MedinterpError(f"compare: {len(names)} names for {len(maps)} maps")
-    text = renderer_for("knowledge_map_compare_page")(maps, names, title=title)
-    if out is not None:
-        Path(out).write_text(text, encoding="utf-8")
-    return text
+    return maps
 
 
 def _map_dir(p: str | os.PathLike) -> Path:
