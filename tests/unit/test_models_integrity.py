@@ -83,3 +83,34 @@ def test_code_running_hub_model_needs_trust_remote_code(tmp_path, monkeypatch, n
 def test_plain_hub_model_needs_no_consent():
     assert hub_risk("gpt2") is None
     assert hub_risk("google/gemma-3-270m") is None
+
+
+def test_gguf_metadata_is_parsed_once_per_conversion(monkeypatch):
+    """Inside a conversion, the three GGUF reads share one reader and one metadata parse; callers get
+    independent copies (they pop keys), and reads with tensors still go to the real loader."""
+    import gguf
+    import transformers.modeling_gguf_pytorch_utils as mgu
+
+    built, parsed = [], []
+
+    class FakeReader:
+        def __init__(self, path):
+            built.append(path)
+
+    def fake_load(path, return_tensors=False, model_to_load=None):
+        parsed.append((path, return_tensors))
+        return {"config": {"vocab": [1, 2, 3]}, "tensors": {"w": 1} if return_tensors else {}}
+
+    monkeypatch.setattr(gguf, "GGUFReader", FakeReader)
+    monkeypatch.setattr(mgu, "load_gguf_checkpoint", fake_load)
+    with cache._gguf_parsed_once():
+        a = mgu.load_gguf_checkpoint("m.gguf", return_tensors=False)
+        a["config"].pop("vocab")  # a caller mutating its copy must not change the next caller's
+        b = mgu.load_gguf_checkpoint("m.gguf", return_tensors=False)
+        w = mgu.load_gguf_checkpoint("m.gguf", return_tensors=True, model_to_load="model")
+        r1, r2, r3 = gguf.GGUFReader("m.gguf"), gguf.GGUFReader("m.gguf"), gguf.GGUFReader("other.gguf")
+    assert b["config"]["vocab"] == [1, 2, 3] and w["tensors"] == {"w": 1}
+    assert parsed == [("m.gguf", False), ("m.gguf", True)]
+    assert r1 is r2 and r1 is not r3 and built == ["m.gguf", "other.gguf"]
+    # outside the block the real functions are back
+    assert gguf.GGUFReader is FakeReader and mgu.load_gguf_checkpoint is fake_load
