@@ -34,6 +34,7 @@ _API = {
     "patch": "medinterp.techniques.patching",
     "path_patch": "medinterp.techniques.patching",
     "attribution_patch": "medinterp.techniques.patching",
+    "validate_band": "medinterp.techniques.validate",
     "REGISTRY": "medinterp.techniques",
     "knowledge_map": "medinterp.maps",
     "KnowledgeMap": "medinterp.maps",

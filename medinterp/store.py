@@ -201,3 +201,134 @@ class Checkpoint:
             p.unlink()
             n += 1
         return n
+
+
+# ---------------------------------------------------------------- saved files and work-dir claims
+def file_checksums(directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory`` (names in ``skip`` and dot-files left out).
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); _ = (d / "a.txt").write_text("x")
+        >>> file_checksums(d)
+        {'a.txt': '2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881'}
+    """
+    root = Path(directory)
+    return {p.relative_to(root).as_posix(): _file_sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in skip and not p.name.startswith(".")}
+
+
+def changed_files(directory: str | os.PathLike, expected: dict[str, str]) -> list[str]:
+    """The files of ``expected`` that are missing under ``directory`` or whose bytes differ (empty: all intact)."""
+    root = Path(directory)
+    return [name for name, sha in sorted(expected.items())
+            if not (root / name).is_file() or _file_sha256(root / name) != sha]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class WorkDirLock:
+    """An atomic claim on a work directory: ``<dir>/.lock`` holds the owner's process id and host.
+
+    A second process that claims the same directory gets a :class:`~medinterp.errors.MedinterpError`
+    naming the process that holds it; the lock of a process that no longer runs (on this host) is taken
+    over, with a log line. Claims are re-entrant within one process (the CLI claims before the model
+    loads, :func:`~medinterp.maps.knowledge_map` again). ``None`` as the directory gives a no-op lock.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> with WorkDirLock(d):
+        ...     (Path(d) / ".lock").is_file()
+        True
+        >>> (Path(d) / ".lock").exists()
+        False
+    """
+
+    _held: dict[str, int] = {}  # resolved path -> claims by this process
+
+    def __init__(self, directory: str | os.PathLike | None):
+        self.dir = Path(directory) if directory is not None else None
+        self.path = self.dir / ".lock" if self.dir is not None else None
+
+    def _key(self) -> str:
+        return str(self.dir.resolve())
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            d = json.loads(self.path.read_text())
+            return d if isinstance(d, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # torn or foreign: treated as stale
+
+    def acquire(self) -> "WorkDirLock":
+        """Claim the directory (see the class docstring)."""
+        if self.dir is None:
+            return self
+        from medinterp.errors import MedinterpError
+
+        key = self._key() if self.dir.exists() else None
+        if key is not None and self._held.get(key):
+            self._held[key] += 1
+            return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        key = self._key()
+        import socket
+        import time
+
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None:
+                    continue  # released in between: try again
+                pid, host = owner.get("pid"), owner.get("host")
+                if isinstance(pid, int) and (host != me["host"] or _pid_alive(pid)):
+                    raise MedinterpError(
+                        f"{self.dir}: in use by process {pid} on {host} (since {owner.get('started', '?')}); "
+                        f"wait for it to finish, or stop it; two runs on one work dir would interleave") from None
+                log.warning("%s: taking over the lock of process %s, which no longer runs", self.dir, pid)
+                try:
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self._held[key] = 1
+            return self
+        raise MedinterpError(f"{self.dir}: could not claim {self.path} (another process keeps taking it)")
+
+    def release(self) -> None:
+        """Drop this claim; the lock file goes with the process's last claim."""
+        if self.dir is None:
+            return
+        key = self._key()
+        n = self._held.get(key, 0) - 1
+        if n > 0:
+            self._held[key] = n
+            return
+        self._held.pop(key, None)
+        owner = self._owner()
+        if owner and owner.get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "WorkDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

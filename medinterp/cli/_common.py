@@ -68,7 +68,17 @@ def model_options(backend: BackendOpt = "auto", dtype: DtypeOpt = "float32", dev
                   no_verify: NoVerifyOpt = False) -> None:
     """Knowledge maps of medical concepts inside LLMs. Model options go before the command
     (``medinterp --backend bridge --dtype bfloat16 map ...``) and apply to every command that loads a model."""
+    from medinterp.models import BACKENDS
+
+    if backend not in BACKENDS:
+        raise MedinterpError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if dtype not in DTYPES:
+        raise MedinterpError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     LOAD_OPTIONS.update(backend=backend, dtype=dtype, device_map=parse_device_map(device_map), verify=not no_verify)
+
+
+#: what ``--dtype`` accepts (the names :func:`medinterp.load_model` takes)
+DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 
 def parse_device_map(text: Optional[str]) -> Any:
@@ -119,10 +129,20 @@ def load_pair_set(spec: str, option: str = "--pairs"):
 
 
 # ---------------------------------------------------------------- output
+def _check_parents(out: Path, option: str) -> None:
+    """Every existing folder above ``out`` must be a folder (not a file), so ``out`` can be made."""
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MedinterpError(f"{option} {out}: {parent} is a file, so nothing can be written under it")
+            return
+
+
 def check_out_dir(out: Path, option: str = "--out") -> Path:
     """``out`` may be absent or a directory (checked before any work)."""
     if out.exists() and not out.is_dir():
         raise MedinterpError(f"{option} {out}: exists and is not a directory")
+    _check_parents(out, option)
     return out
 
 
@@ -132,6 +152,7 @@ def check_out_file(out: Path, suffixes: tuple[str, ...] = (".html", ".htm"), opt
         raise MedinterpError(f"{option} {out}: expected a file name ending in {' or '.join(suffixes)}")
     if out.exists() and out.is_dir():
         raise MedinterpError(f"{option} {out}: is a directory; expected a file name")
+    _check_parents(out, option)
     return out
 
 

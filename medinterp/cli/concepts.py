@@ -131,9 +131,15 @@ def check_command(
     if tokenizer is not None:
         from transformers import AutoTokenizer
 
-        if not tokenizer.exists():
+        if not tokenizer.is_dir():
             raise MedinterpError(f"--tokenizer {tokenizer}: no such folder")
-        target, what = AutoTokenizer.from_pretrained(str(tokenizer)), f"tokenizer {tokenizer.name}"
+        try:
+            target = AutoTokenizer.from_pretrained(str(tokenizer))
+        except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a folder that is no tokenizer
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise MedinterpError(f"--tokenizer {tokenizer}: not a Hugging Face tokenizer folder (expected "
+                                 f"tokenizer.json or tokenizer_config.json with its vocabulary; {first})") from None
+        what = f"tokenizer {tokenizer.name}"
     else:
         from medinterp.cli._common import load_model
 

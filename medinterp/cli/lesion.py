@@ -16,8 +16,9 @@ def lesion_cmd(
     concepts: str = typer.Option(..., "--concepts", "-c", help="Concept set name (e.g. drugs) or path to a concept file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (result manifest, per-layer CSV, HTML figure)."),
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model spec (see `medinterp models`)."),
-    modes: str = typer.Option("skip,attn_zero,attn_mean,mlp_zero,mlp_mean", "--modes",
-                              help="Comma-separated lesion modes: skip, attn_zero, attn_mean, mlp_zero, mlp_mean."),
+    modes: str = typer.Option("skip,attn_zero,attn_mean,mlp_zero,mlp_mean", "--modes", "--mode",
+                              help="Comma-separated lesion modes: skip, attn_zero, attn_mean, mlp_zero, mlp_mean, "
+                                   "block_mean (the map's full preset)."),
     max_prompts: int = typer.Option(64, "--max-prompts", "-n", help="Use at most this many prompts (seeded subset); 0 = all."),
     mean_over: str = typer.Option("position", "--mean-over", help="Mean ablation: position, overall or last."),
     continuations: int = typer.Option(8, "--continuations", help="Prompts that get greedy continuations (0 = none)."),
@@ -34,13 +35,12 @@ def lesion_cmd(
     Writes OUT/manifest.json, OUT/arrays.safetensors, OUT/table.csv (one row per mode and layer, with
     bootstrap CIs) and OUT/lesion.html.
     """
-    from medinterp.hooks import LESION_MODES
-    from medinterp.techniques.lesion import MEAN_OVER, lesion
+    from medinterp.techniques.lesion import MEAN_OVER, MODES, lesion
 
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-    bad = [m for m in mode_list if m not in LESION_MODES]
+    bad = [m for m in mode_list if m not in MODES]
     if bad or not mode_list:
-        raise MedinterpError(f"--modes {modes!r}: expected a comma-separated subset of {', '.join(LESION_MODES)}")
+        raise MedinterpError(f"--modes {modes!r}: expected a comma-separated subset of {', '.join(MODES)}")
     if mean_over not in MEAN_OVER:
         raise MedinterpError(f"--mean-over {mean_over!r}: expected one of {', '.join(MEAN_OVER)}")
     if max_prompts < 0 or continuations < 0 or max_new_tokens < 1 or batch_size < 1 or n_boot < 1:

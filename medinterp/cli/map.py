@@ -10,7 +10,17 @@ from typing import List, Optional
 
 import typer
 
-from medinterp.cli._common import DEFAULT_MODEL, ModelOpt, ProgressOpt, QuickOpt, check_out_file, load_model, split_list
+from medinterp.cli._common import (
+    DEFAULT_MODEL,
+    ModelOpt,
+    ProgressOpt,
+    QuickOpt,
+    check_out_dir,
+    check_out_file,
+    load_model,
+    positive,
+    split_list,
+)
 from medinterp.cli.app import app
 
 
@@ -45,7 +55,9 @@ def map_cmd(
     The map is also saved beside the report as OUT.map/ (for `medinterp compare` and re-thresholding).
     Interrupted (Ctrl-C)? Rerun the same command: finished jobs load from the work dir.
     """
-    from medinterp.maps import check_techniques, family_specs, knowledge_map, peak_rss_mb, saved_jobs, validate_params
+    from medinterp.maps import check_techniques, family_specs, validate_params
+    from medinterp.maps.jobs import planned_jobs
+    from medinterp.store import WorkDirLock
 
     # validate every argument before the model loads
     check_out_file(out)
@@ -57,23 +69,46 @@ def map_cmd(
         raise typer.BadParameter("--rule must be 'controls' (needs --controls) or 'paper'", param_hint="--rule")
     if correction not in ("holm", "fdr_bh") or not 0 < alpha < 1 or not 0 <= robustness <= 1 or min_run < 1:
         raise typer.BadParameter("need --correction holm|fdr_bh, 0 < --alpha < 1, 0 <= --robustness <= 1, --min-run >= 1")
+    positive(n_perm=n_perm)
     work = work_dir or out.with_suffix(".work")
+    check_out_dir(work, "--work-dir" if work_dir else "--out (its work dir)")
+    check_out_dir(out.with_suffix(".map"), "--out (its saved map)")
+    planned = planned_jobs(fams, techs, controls)
+    lock = WorkDirLock(work).acquire()  # a second run on this work dir stops here, before the model loads
+    try:
+        _run_map(locals(), planned, work)
+    finally:
+        lock.release()
+
+
+def _run_map(a: dict, planned: list[str], work: Path) -> None:
+    """The work of ``map`` once every option is checked and the work dir is claimed (``a``: its arguments)."""
+    from medinterp.maps import knowledge_map, peak_rss_mb, saved_jobs
+
+    model, out, controls, rule = a["model"], a["out"], a["controls"], a["rule"]
+    saved = [j for j in saved_jobs(work) if j in set(planned)]
+    if saved and not a["rerun"]:
+        typer.echo(f"resuming: {len(saved)} saved jobs in {work} (of {len(planned)} planned; each is reused only "
+                   "if its inputs, parameters and files match)")
     t0 = time.perf_counter()
     m = load_model(model)
     t_load = time.perf_counter() - t0
     try:
-        km = knowledge_map(m, concepts=fams, techniques=techs, quick=quick, out_dir=work, progress=progress,
-                           rerun=rerun, model_name=model, percentile=percentile, sigma=sigma, controls=controls,
-                           rule=rule, alpha=alpha, correction=correction, min_run=min_run, robustness=robustness,
-                           n_perm=n_perm, twin_seed=twin_seed)
+        km = knowledge_map(m, concepts=a["fams"], techniques=a["techs"], quick=a["quick"], out_dir=work,
+                           progress=a["progress"], rerun=a["rerun"], model_name=model, percentile=a["percentile"],
+                           sigma=a["sigma"], controls=controls, rule=rule, alpha=a["alpha"],
+                           correction=a["correction"], min_run=a["min_run"], robustness=a["robustness"],
+                           n_perm=a["n_perm"], twin_seed=a["twin_seed"])
     except KeyboardInterrupt:
-        n = len(saved_jobs(work))
-        print(f"\ninterrupted: {n} of {len(fams) * len(techs) * (3 if controls else 1)} jobs are saved in {work}; run the same command "
-              "again to resume (saved jobs are loaded, not recomputed)", file=sys.stderr)
+        n = len(set(saved_jobs(work)) & set(planned))
+        of = (f"at most {len(planned)} (random-twin jobs that cannot change the map are not run)" if controls
+              else str(len(planned)))
+        print(f"\ninterrupted: {n} of {of} jobs are saved in {work}; run the same command again to resume "
+              "(saved jobs are loaded, not recomputed)", file=sys.stderr)
         raise typer.Exit(130) from None
     km.provenance.setdefault("timing_s", {})["model_load"] = round(t_load, 2)
     km.save(out.with_suffix(".map"))
-    km.to_html(out, relative_depth=relative_depth)
+    km.to_html(out, relative_depth=a["relative_depth"])
     typer.echo(f"\nKnowledge map of {model} ({km.n_layers} layers; "
                f"{'effect over control family and random twin' if rule == 'controls' else 'paper rules'}):")
     for c, s in km.summary().items():

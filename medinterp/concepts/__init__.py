@@ -95,7 +95,8 @@ def _shipped() -> dict[str, Path]:
 SHIPPED: tuple[str, ...] = tuple(_shipped())
 
 
-def load_concepts(name_or_path: str | Path, *, max_field_chars: int = MAX_FIELD_CHARS) -> ConceptSet | PairSet:
+def load_concepts(name_or_path: str | Path, *, max_field_chars: int = MAX_FIELD_CHARS,
+                  max_rows: int | None = None) -> ConceptSet | PairSet:
     """Load a shipped concept / pair set by name, or a user file with the same schema.
 
     Args:
@@ -106,6 +107,9 @@ def load_concepts(name_or_path: str | Path, *, max_field_chars: int = MAX_FIELD_
             ``.yaml``/``.yml``/``.csv`` file.
         max_field_chars: the longest text a field (item, label, template, answer) may hold; a longer one
             is a :class:`ConceptFileError` naming file, line and column, raised before any model work.
+        max_rows: the most items / pairs the file may hold (default :data:`~medinterp.concepts._files.MAX_ROWS`,
+            10,000, or the environment variable ``MEDINTERP_MAX_ROWS``); a larger file is a
+            :class:`ConceptFileError` that names the cap and how to raise it.
 
     Returns:
         A :class:`ConceptSet`, or a :class:`PairSet` for pair files (``kind: pairs`` or the columns
@@ -124,10 +128,11 @@ def load_concepts(name_or_path: str | Path, *, max_field_chars: int = MAX_FIELD_
     shipped = _shipped()
     key = str(name_or_path)
     if key in shipped:
-        return _load(shipped[key], shown=f"{shipped[key].name} (shipped)", max_field_chars=max_field_chars)
+        return _load(shipped[key], shown=f"{shipped[key].name} (shipped)", max_field_chars=max_field_chars,
+                     max_rows=max_rows)
     p = Path(name_or_path).expanduser()
     if p.suffix.lower() in (".yaml", ".yml", ".csv") or p.exists():
-        return _load(p, shown=str(name_or_path), max_field_chars=max_field_chars)
+        return _load(p, shown=str(name_or_path), max_field_chars=max_field_chars, max_rows=max_rows)
     raise MedinterpError(f"unknown concept set {key!r}: expected a shipped name ({', '.join(shipped)}) "
                          "or a path to a .yaml/.yml/.csv file")
 
@@ -146,8 +151,9 @@ def list_concepts() -> list[dict[str, Any]]:
     return out
 
 
-def _load(path: Path, shown: str, max_field_chars: int = MAX_FIELD_CHARS) -> ConceptSet | PairSet:
-    raw = read_file(path, max_field_chars)
+def _load(path: Path, shown: str, max_field_chars: int = MAX_FIELD_CHARS,
+          max_rows: int | None = None) -> ConceptSet | PairSet:
+    raw = read_file(path, max_field_chars, max_rows)
     raw.path = shown
     check_header_keys(raw)
     h = raw.header

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import string
 from dataclasses import dataclass, field
@@ -59,9 +60,28 @@ def _err(path: str, line: int | None, column: str | None, msg: str) -> ConceptFi
 #: the longest text one field (item, label, template, prompt, answer) may hold, in characters: an item of
 #: megabytes would reach the model as a prompt far over any context (and a multi-GB activation buffer).
 MAX_FIELD_CHARS = 10_000
+#: the most rows (items of a concept set, pairs of a pair set) a file may hold unless raised: the shipped sets
+#: hold at most a few hundred, and every row costs a forward per template in every technique (a 100,000-item
+#: set ran to 9.5 GB). Raise it with ``load_concepts(..., max_rows=N)`` or the environment variable
+#: ``MEDINTERP_MAX_ROWS=N``.
+MAX_ROWS = 10_000
 
 
-def read_file(path: str | Path, max_field_chars: int = MAX_FIELD_CHARS) -> RawFile:
+def max_rows_default() -> int:
+    """:data:`MAX_ROWS`, or ``MEDINTERP_MAX_ROWS`` when set (a clear error when it is not a positive number)."""
+    env = os.environ.get("MEDINTERP_MAX_ROWS", "").strip()
+    if not env:
+        return MAX_ROWS
+    try:
+        n = int(env)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConceptFileError(f"MEDINTERP_MAX_ROWS={env!r}: expected a positive whole number")
+    return n
+
+
+def read_file(path: str | Path, max_field_chars: int = MAX_FIELD_CHARS, max_rows: int | None = None) -> RawFile:
     """Parse a YAML (``.yaml``/``.yml``) or CSV (``.csv``, with or without the ``#`` YAML header) concept or
     pair file, or a JSONL (``.jsonl``) pair file, keeping row line numbers.
 
@@ -70,6 +90,11 @@ def read_file(path: str | Path, max_field_chars: int = MAX_FIELD_CHARS) -> RawFi
             line and column named).
     """
     raw = _read_any(path)
+    cap = max_rows if max_rows is not None else max_rows_default()
+    if len(raw.rows) > cap:
+        raise ConceptFileError(f"{path}: {len(raw.rows):,} rows (items or pairs), over the cap of {cap:,} rows; "
+                               f"every row costs forwards in every technique. To run it anyway, raise the cap: "
+                               f"load_concepts(..., max_rows={len(raw.rows)}) or MEDINTERP_MAX_ROWS={len(raw.rows)}")
     _check_sizes(raw, max_field_chars)
     return raw
 

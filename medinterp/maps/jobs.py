@@ -3,21 +3,29 @@
 Each finished job is saved to ``<work>/<family>/<technique>/`` (control runs: ``<family>__control/``,
 ``<family>__twin/``) with a ``job.json`` holding its fingerprint (:func:`medinterp.store.fingerprint`
 over the *content* of the family's inputs, the technique parameters, the run kind, the model identity
-and the medinterp version). A saved result is loaded only when the fingerprint matches and it loads.
+and the medinterp version) and the sha256 of every file of the saved result. A saved result is loaded
+only when the fingerprint matches, its files are the ones written (not edited, truncated or missing) and
+it loads; otherwise it is recomputed and the log says why. A ``job.json`` without checksums (written
+before medinterp 0.3.1's work-dir checksums) cannot be verified, so its job is recomputed too.
+
+One run at a time per work dir: :func:`claims_work_dir` holds a :class:`~medinterp.store.WorkDirLock`
+while a map runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from medinterp.errors import MedinterpError
 from medinterp.results import Result, _jsonable
-from medinterp.store import fingerprint
+from medinterp.store import WorkDirLock, changed_files, file_checksums, fingerprint
 from medinterp.techniques.base import Family
 
 log = logging.getLogger("medinterp")
@@ -82,12 +90,22 @@ def _load_finished(rdir: Path | None, fp: str, key: str) -> Result | None:
     if rdir is None or not (rdir / "manifest.json").is_file():
         return None
     try:
-        saved = json.loads((rdir / _JOB_FILE).read_text()).get("fingerprint")
+        job = json.loads((rdir / _JOB_FILE).read_text())
+        saved, files = job.get("fingerprint"), job.get("files")
     except (OSError, json.JSONDecodeError, AttributeError):
-        saved = None
+        saved, files = None, None
     if saved != fp:
         log.info("%s: saved result in %s is of other inputs or parameters (fingerprint %s, now %s); recomputing",
                  key, rdir, saved, fp)
+        return None
+    if not isinstance(files, dict) or not files:
+        log.warning("%s: saved result in %s has no file checksums (saved before they were recorded), so it "
+                    "cannot be verified; recomputing", key, rdir)
+        return None
+    bad = changed_files(rdir, files)
+    if bad:
+        log.warning("%s: saved result in %s was changed after it was saved (%s edited, truncated or missing); "
+                    "recomputing", key, rdir, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
         return None
     try:
         return Result.load(rdir)
@@ -102,7 +120,8 @@ def _save_job(res: Result, rdir: Path, fp: str, key: str) -> None:
         job.unlink()  # a half-written result never looks finished
     res.save(rdir)
     tmp = rdir / f".{_JOB_FILE}.tmp"
-    tmp.write_text(json.dumps({"fingerprint": fp, "job": key}))
+    files = file_checksums(rdir, skip=(_JOB_FILE,))
+    tmp.write_text(json.dumps({"fingerprint": fp, "job": key, "files": files}))
     os.chmod(tmp, 0o644)
     os.replace(tmp, job)
 
@@ -122,3 +141,60 @@ def saved_jobs(work_dir: str | os.PathLike) -> list[str]:
     return out
 
 
+
+
+def claims_work_dir(fn: Callable) -> Callable:
+    """Decorator of a map run taking ``out_dir`` (and ``rerun``): holds the work dir's
+    :class:`~medinterp.store.WorkDirLock` for the run, and logs how many saved jobs it may resume."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        bound = sig.bind_partial(*args, **kwargs)
+        work = bound.arguments.get("out_dir")
+        if work is None:
+            return fn(*args, **kwargs)
+        with WorkDirLock(work):
+            n = len(saved_jobs(work))
+            if n and not bound.arguments.get("rerun", False):
+                log.info("resuming: %d saved jobs in %s (each is reused only if its inputs, parameters and files "
+                         "match)", n, work)
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def check_family_inputs(families: Sequence[Family | None]) -> None:
+    """Load every family input that is a file (shipped names are checked by the package's tests), so that a
+    malformed concept or pair file is an error before any job runs, not a failed cell in a finished map."""
+    from medinterp.concepts import SHIPPED, load_concepts
+
+    for fam in families:
+        if fam is None:
+            continue
+        for x in (fam.concepts, fam.pairs):
+            if isinstance(x, (str, os.PathLike)) and str(x) not in SHIPPED:
+                load_concepts(x)
+
+
+def planned_jobs(families: Sequence[str] | None, techniques: Sequence[str], controls: bool) -> list[str]:
+    """The ``row/technique`` keys (as :func:`saved_jobs` names them) of the jobs a map will run at most:
+    main jobs whose inputs exist, the control family's where the row has one, and the random twin's.
+    (A twin job that cannot change the map is skipped at run time, so the count is an upper bound.)"""
+    from medinterp.maps.run import CONTROL_SUFFIX, TWIN_SUFFIX, control_specs, family_specs
+    from medinterp.techniques import REGISTRY
+
+    fams = family_specs(families)
+    ctrl = control_specs(families) if controls else {}
+    out = []
+    for f, fam in fams.items():
+        for t in techniques:
+            runs = [(fam, fam.name)]
+            if controls:
+                runs.append((fam, fam.name + TWIN_SUFFIX))
+                if ctrl.get(f) is not None:
+                    runs.append((ctrl[f], ctrl[f].name))
+            for spec, name in runs:
+                if all(getattr(spec, need) is not None for need in REGISTRY[t].needs):
+                    out.append(f"{name}/{t}")
+    return out

@@ -29,6 +29,8 @@ from medinterp.maps.controls import mark_all, twin_not_needed
 from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
     _load_finished,
     _save_job,
+    check_family_inputs,
+    claims_work_dir,
     input_content,
     job_dir,
     job_fingerprint,
@@ -288,6 +290,7 @@ def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str],
     return results, status
 
 
+@claims_work_dir
 def knowledge_map(
     model: Any,
     concepts: Sequence[str | Family] | Mapping[str, Any] | None = None,
@@ -362,6 +365,9 @@ def knowledge_map(
     if correction not in ("holm", "fdr_bh") or not 0 < alpha < 1 or not 0 <= robustness <= 1 or min_run < 1:
         raise MedinterpError(f"knowledge_map: need correction holm/fdr_bh, 0 < alpha < 1, 0 <= robustness <= 1, "
                              f"min_run >= 1 (got {correction!r}, {alpha}, {robustness}, {min_run})")
+    if min(n_perm, n_boot, n_resamples) < 1:
+        raise MedinterpError(f"knowledge_map: n_perm, n_boot and n_resamples must be >= 1 (got {n_perm}, {n_boot}, "
+                             f"{n_resamples})")
     unknown = sorted(set(technique_kwargs or {}) - set(techniques))
     if unknown:
         raise MedinterpError(f"knowledge_map: technique_kwargs for {unknown}, which are not run ({techniques})")
@@ -371,6 +377,7 @@ def knowledge_map(
     twin_skipped: dict = {}
     fams = family_specs(concepts)
     ctrl_fams = control_specs(concepts) if controls else {}
+    check_family_inputs([*fams.values(), *ctrl_fams.values()])  # a malformed user file: an error now, not a failed cell later
     kw = {t: REGISTRY[t].params(size, (technique_kwargs or {}).get(t)) for t in techniques}
     n_layers = int(model.cfg.n_layers)
     info = getattr(model, "medinterp_info", {}) or {}

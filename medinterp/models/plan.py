@@ -141,7 +141,10 @@ class Gpus:
         m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+(?:\.\d+)?)\s*(GB|GiB|G)?\s*", text)
         if not m:
             raise MedinterpError(f"--gpus: expected COUNTxMEMORY like '4x80GB'; got {text!r}")
-        return cls(int(m.group(1)), float(m.group(2)))
+        n, mem = int(m.group(1)), float(m.group(2))
+        if n < 1 or mem <= 0:
+            raise MedinterpError(f"--gpus {text!r}: expected at least 1 device of more than 0 GB, like '4x80GB'")
+        return cls(n, mem)
 
     @property
     def usable_bytes(self) -> float:
@@ -162,6 +165,18 @@ class Workload:
     patching_pairs: int = 40
     n_families: int = 6
     mfu: float = 0.35
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "n_families"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                opt = "--families" if name == "n_families" else "--" + name.replace("_", "-")
+                raise MedinterpError(f"{opt} {v!r}: expected a positive whole number")
+        for name in ("geometry_prompts", "saliency_prompts", "lesion_prompts", "lesion_modes", "patching_pairs"):
+            if getattr(self, name) < 0:
+                raise MedinterpError(f"Workload.{name} {getattr(self, name)!r}: expected 0 or more")
+        if not 0 < self.mfu <= 1:
+            raise MedinterpError(f"Workload.mfu {self.mfu!r}: expected a fraction in (0, 1]")
 
 
 @dataclass
@@ -301,6 +316,11 @@ def plan_spec(spec: str, gpus: str = "1x80GB", *, dtype: str = "bfloat16", backe
     from .backends import in_hooked_registry
     from .seeds import find_seed
 
+    if backend not in (None, "hooked", "bridge"):
+        raise MedinterpError(f"--backend {backend!r}: expected hooked or bridge (or leave it out)")
+    if dtype not in BYTES:
+        raise MedinterpError(f"--dtype {dtype!r}: expected one of {', '.join(BYTES)}")
+    g = Gpus.parse(gpus)
     seed = find_seed(spec)
     if seed is not None:
         shape = shape_from_config(seed.config, seed.name)
@@ -320,6 +340,5 @@ def plan_spec(spec: str, gpus: str = "1x80GB", *, dtype: str = "bfloat16", backe
             raise MedinterpError(f"{path}, line {e.lineno}: invalid JSON ({e.msg})") from None
         shape = shape_from_config(cfg, path.parent.name)
         auto = "hooked" if in_hooked_registry(str(cfg.get("_name_or_path", ""))) else "bridge"
-    g = Gpus.parse(gpus)
     chosen = backend or ("bridge" if g.n > 1 else auto)
     return plan_model(shape, g, dtype=dtype, backend=chosen, work=work)

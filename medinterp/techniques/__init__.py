@@ -27,6 +27,7 @@ from medinterp.techniques import geometry as _geometry  # noqa: E402
 from medinterp.techniques import lesion as _lesion  # noqa: E402
 from medinterp.techniques import patching as _patching  # noqa: E402
 from medinterp.techniques import saliency as _saliency  # noqa: E402
+from medinterp.techniques import validate as _validate  # noqa: E402,F401  (its result kind; not a map technique)
 
 register(_geometry.TECHNIQUE)
 register(_saliency.TECHNIQUE)

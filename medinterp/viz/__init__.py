@@ -12,6 +12,7 @@ from medinterp.viz import lesion as _lesion  # noqa: F401  (registers its render
 from medinterp.viz import patching as _patching  # noqa: F401  (registers its renderers)
 from medinterp.viz import report as _report
 from medinterp.viz import saliency as _saliency  # noqa: F401  (registers its renderers)
+from medinterp.viz import validate as _validate  # noqa: F401  (registers its renderers)
 from medinterp.viz.html import escape, figures_to_html
 
 register_renderer("page", figures_to_html)

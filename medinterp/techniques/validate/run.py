@@ -1,0 +1,313 @@
+"""``validate_band``: does intervening on a band of layers, as a unit, change what the model knows?
+
+See METHOD.md, "Causal validation of a band", for the statistics and the verdict rules implemented here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from medinterp.errors import MedinterpError
+from medinterp.results import make_provenance
+from medinterp.techniques.validate.engine import (
+    block_means,
+    check_stackable,
+    intact_logp,
+    pair_batch,
+    run_sets,
+)
+from medinterp.techniques.validate.result import BandValidation
+
+#: what the checks are judged at (METHOD.md): one-sided permutation level
+ALPHA = 0.05
+
+
+def band_arg(band: Any, n_layers: int, *, option: str = "band") -> tuple[int, int]:
+    """``(a, b)`` inclusive, ``0 <= a <= b < n_layers``; also parses ``"a-b"``.
+
+    Example:
+        >>> band_arg("5-12", 18), band_arg((3, 3), 4)
+        ((5, 12), (3, 3))
+    """
+    if isinstance(band, str):
+        parts = band.strip().split("-")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            band = (int(parts[0]), int(parts[1]))
+        except ValueError:
+            raise MedinterpError(f"{option} {band!r}: expected A-B, two block indices (e.g. 5-12)") from None
+    try:
+        a, b = (int(x) for x in band)
+    except (TypeError, ValueError):
+        raise MedinterpError(f"{option} {band!r}: expected two block indices (a, b)") from None
+    if a > b:
+        raise MedinterpError(f"{option} {a}-{b}: the first block is after the last; expected A <= B (e.g. {b}-{a})")
+    if a < 0 or b >= n_layers:
+        raise MedinterpError(f"{option} {a}-{b}: the model has blocks 0-{n_layers - 1}")
+    return a, b
+
+
+def null_sets(band: tuple[int, int], n_layers: int, n_random: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """The band, every other contiguous band of its width, and up to ``n_random`` random sets of ``width``
+    blocks (distinct, none equal to a contiguous band; all of them when there are fewer).
+
+    Returns:
+        ``(sets, kind)``: kind 0 the band, 1 contiguous, 2 random set.
+
+    Example:
+        >>> null_sets((1, 2), 4, 10, 0)[1]
+        [0, 1, 1, 2, 2, 2]
+    """
+    a, b = band
+    w = b - a + 1
+    sets = [list(range(a, b + 1))]
+    kind = [0]
+    for s in range(0, n_layers - w + 1):
+        if s != a:
+            sets.append(list(range(s, s + w)))
+            kind.append(1)
+    seen = {tuple(x) for x in sets}
+    rng = np.random.default_rng(seed)
+    from math import comb
+
+    if comb(n_layers, w) - len(seen) <= n_random:
+        pool = [list(c) for c in itertools.combinations(range(n_layers), w) if c not in seen]
+    else:
+        pool = []
+        tries = 0
+        while len(pool) < n_random and tries < 100 * n_random:
+            c = tuple(sorted(rng.choice(n_layers, w, replace=False).tolist()))
+            tries += 1
+            if c not in seen:
+                seen.add(c)
+                pool.append(list(c))
+    sets += pool[:n_random]
+    kind += [2] * len(pool[:n_random])
+    return sets, kind
+
+
+def _unit_sums(num: np.ndarray, den: np.ndarray, units: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    keys = list(dict.fromkeys(units))
+    idx = np.array([keys.index(u) for u in units])
+    U = len(keys)
+    n = np.zeros(num.shape[:-1] + (U,))
+    d = np.zeros(den.shape[:-1] + (U,))
+    for j in range(U):
+        n[..., j] = num[..., idx == j].sum(-1)
+        d[..., j] = den[..., idx == j].sum(-1)
+    return n, d
+
+
+def ratio_boot(num: np.ndarray, den: np.ndarray, units: Sequence[str], n_boot: int, seed: int) -> np.ndarray:
+    """Item-cluster bootstrap draws of ``sum(num) / sum(den)`` (items drawn with replacement, all their pairs)."""
+    n, d = _unit_sums(np.asarray(num, float), np.asarray(den, float), units)
+    U = n.shape[-1]
+    draws = np.random.default_rng(seed).integers(0, U, size=(n_boot, U))
+    return n[draws].sum(-1) / d[draws].sum(-1)
+
+
+def _check(name: str, values: np.ndarray, boot: np.ndarray, ci: float, *, gate: tuple[bool, str] | None = None,
+           alpha: float = ALPHA) -> dict[str, Any]:
+    """Statistic of the band (values[0]) against the random sets (values[1:]): percentile, permutation p,
+    item-bootstrap CI and the verdict by the rule of METHOD.md."""
+    s = float(values[0])
+    null = np.asarray(values[1:], float)
+    null = null[np.isfinite(null)]
+    lo, hi = (float(x) for x in np.nanpercentile(boot, [50 * (1 - ci), 50 * (1 + ci)]))
+    p = float((1 + np.sum(null >= s)) / (1 + len(null))) if len(null) else float("nan")
+    pct = float(100 * (np.sum(null < s) + 0.5 * np.sum(null == s)) / len(null)) if len(null) else float("nan")
+    floor = 1 / (1 + len(null)) if len(null) else 1.0
+    if not np.isfinite(s):
+        verdict, reason = "inconclusive", "not computable"
+    elif hi <= 0:
+        verdict, reason = "does not", f"CI upper end {hi:.3g} <= 0"
+    elif p > 0.5:
+        verdict, reason = "does not", "at or below the median of the random sets"
+    elif gate is not None and not gate[0]:
+        verdict, reason = ("does not" if gate[1].startswith("!") else "inconclusive"), gate[1].lstrip("!")
+    elif floor > alpha:
+        verdict, reason = "inconclusive", f"only {len(null)} random sets: p cannot reach {alpha}"
+    elif p <= alpha and lo > 0:
+        verdict, reason = "supports", f"p = {p:.3g} <= {alpha} and CI above 0"
+    else:
+        verdict, reason = "inconclusive", f"p = {p:.3g}" + ("" if lo > 0 else f", CI lower end {lo:.3g} <= 0")
+    return {"statistic_name": name, "statistic": s, "ci": [lo, hi], "percentile": pct, "p": p, "n_null": int(len(null)),
+            "verdict": verdict, "reason": reason}
+
+
+def _family_inputs(family: Any, control: Any) -> tuple[str, Any, Any]:
+    """``(name, pairs, control pairs or None)`` from a shipped family name, a ``Family``, or pairs."""
+    from medinterp.concepts import CONCEPT_FAMILIES
+    from medinterp.techniques.base import Family
+
+    if isinstance(family, str) and family in CONCEPT_FAMILIES:
+        fam = CONCEPT_FAMILIES[family]
+        return family, fam["pairs"], fam.get("control_pairs") if control is None else control
+    if isinstance(family, Family):
+        if family.pairs is None:
+            raise MedinterpError(f"validate_band: family {family.name!r} has no pair set (the answer metric needs pairs)")
+        return family.name, family.pairs, control
+    return getattr(family, "name", None) or (str(family) if isinstance(family, str) else "pairs"), family, control
+
+
+def _known(model: Any, pairs: Any, max_pairs: int | None, seed: int, min_known: int, min_margin: float, what: str):
+    from medinterp.techniques.patching.common import prepare_pairs
+    from medinterp.techniques.patching.tracing import _item_span, _unit_id, known_mask
+
+    valid, _, name = prepare_pairs(model, pairs, on_bad="drop")
+    valid = [tp for tp in valid if len(tp.clean_tokens) == len(tp.corrupted_tokens)]
+    if not valid:
+        raise MedinterpError(f"validate_band: {what} {name!r} has no valid pair with equal clean / corrupted token length")
+    spans = [_item_span(model, tp, "span") for tp in valid]
+    pb = pair_batch(model, [tp.clean_tokens for tp in valid], [tp.corrupted_tokens for tp in valid], spans,
+                    [tp.clean_id for tp in valid], [tp.corrupted_id for tp in valid])
+    known, _ = known_mask(pb.clean_ld, pb.corrupt_ld, min_margin, True)
+    idx = np.flatnonzero(known)
+    if max_pairs is not None and len(idx) > max_pairs:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_pairs, replace=False))
+    units = [_unit_id(model, valid[i], spans[i], "item") for i in idx]
+    if len(idx) < min_known or len(set(units)) < 2:
+        raise MedinterpError(f"validate_band: {what} {name!r}: {len(idx)} known pairs over {len(set(units))} items "
+                             f"(LD_clean > 0 > LD_corrupted, margin >= {min_margin} logit); at least {min_known} pairs "
+                             "and 2 items needed")
+    kept = [valid[i] for i in idx]
+    pb = pair_batch(model, [tp.clean_tokens for tp in kept], [tp.corrupted_tokens for tp in kept],
+                    [spans[i] for i in idx], [tp.clean_id for tp in kept], [tp.corrupted_id for tp in kept])
+    return name, kept, units, pb, len(valid)
+
+
+def _means(model: Any, pb: Any, units: Sequence[str], layers: Sequence[int], seed: int, batch_size: int):
+    """Cross-fitted per-position mean block outputs: each half of the items gets the other half's mean."""
+    from medinterp.techniques.lesion import compute_block_means, crossfit_folds
+
+    fold = crossfit_folds(units, seed)
+    T = pb.clean.shape[1]
+    lengths = (pb.last + 1).tolist()
+    toks = [pb.clean[i, : lengths[i]].cpu() for i in range(len(lengths))]
+    means = [block_means(compute_block_means(model, [toks[i] for i in np.flatnonzero(fold == 1 - f)], layers,
+                                             batch_size), layers, T, pb.clean.device) for f in (0, 1)]
+    return means, torch.as_tensor(fold)
+
+
+def _lost(ld: np.ndarray, clean_ld: np.ndarray) -> np.ndarray:
+    return (clean_ld - ld).sum(-1) / clean_ld.sum()
+
+
+def validate_band(
+    model: Any,
+    family: Any,
+    band: Any,
+    *,
+    control: Any = None,
+    n_random: int = 100,
+    seed: int = 0,
+    max_pairs: int | None = 48,
+    min_known: int = 4,
+    min_margin: float = 1.0,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    alpha: float = ALPHA,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> BandValidation:
+    """Necessity, selectivity and sufficiency of a band of blocks for a family, against random layer sets.
+
+    Args:
+        model: a hooked model (single blocks are run from a residual).
+        family: a shipped family name (``"drugs"``: its pair set, and its control family's pair set for
+            selectivity), a :class:`medinterp.techniques.base.Family` with pairs, or pairs (a ``PairSet``, a
+            pair-set name or file, a list of 4-tuples).
+        band: ``(a, b)`` inclusive blocks, or ``"a-b"``.
+        control: the matched control's pairs (default: the shipped family's control pairs; None for user pairs).
+        n_random: random sets of ``width`` blocks added to every contiguous band of that width (the null).
+        seed: random sets, the subset of pairs, cross-fitting and the bootstrap.
+        max_pairs: use at most this many known pairs (a seeded subset); None = all.
+        min_known: fewer known pairs than this (or one item only): a :class:`MedinterpError`.
+        min_margin: the known-pair rule of patching (``LD_clean > 0 > LD_corrupted``, margin in logits).
+        n_boot, ci: item-cluster bootstrap of each statistic.
+        alpha: the permutation level of a "supports" verdict.
+        batch_size: prompts per forward of the reference means.
+        progress: unused (kept for the technique contract).
+
+    Returns:
+        A :class:`BandValidation` (``summary()``, ``checks``, ``save``/``load``).
+    """
+    t0 = time.perf_counter()
+    check_stackable(model)
+    n = int(model.cfg.n_layers)
+    a, b = band_arg(band, n)
+    if n_random < 0 or n_boot < 1 or not 0 < ci < 1 or not 0 < alpha < 1:
+        raise MedinterpError(f"validate_band: n_random={n_random}, n_boot={n_boot}, ci={ci}, alpha={alpha}; expected "
+                             "n_random >= 0, n_boot >= 1, 0 < ci < 1, 0 < alpha < 1")
+    fam_name, pairs, ctrl = _family_inputs(family, control)
+    name, kept, units, pb, n_valid = _known(model, pairs, max_pairs, seed, min_known, min_margin, "family")
+    sets, kind = null_sets((a, b), n, n_random, seed)
+    layers = sorted({l for s in sets for l in s})
+    timings = {"intact_s": time.perf_counter() - t0}
+
+    t1 = time.perf_counter()
+    means, fold = _means(model, pb, units, layers, seed, batch_size)
+    ref = intact_logp(model, pb)
+    ld_mean, kl = run_sets(model, pb, sets, "mean", means=means, fold=fold, kl_ref=ref)
+    ld_skip, _ = run_sets(model, pb, sets, "skip")
+    timings["necessity_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    ld_rest, _ = run_sets(model, pb, sets, "restore")
+    timings["sufficiency_s"] = time.perf_counter() - t1
+
+    cl, xl = pb.clean_ld, pb.corrupt_ld
+    lost = np.stack([_lost(ld_mean, cl), _lost(ld_skip, cl)])
+    recovered = (ld_rest - xl).sum(-1) / (cl - xl).sum()
+    boot_mean = ratio_boot(cl - ld_mean[0], cl, units, n_boot, seed)
+    boot_skip = ratio_boot(cl - ld_skip[0], cl, units, n_boot, seed)
+    boot_rest = ratio_boot(ld_rest[0] - xl, cl - xl, units, n_boot, seed)
+
+    control_info: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
+    gate = None
+    t1 = time.perf_counter()
+    if ctrl is not None:
+        try:
+            c_name, _, c_units, c_pb, _ = _known(model, ctrl, max_pairs, seed, min_known, min_margin, "control")
+        except MedinterpError as e:
+            control_info = {"error": str(e)}
+        else:
+            c_means, c_fold = _means(model, c_pb, c_units, list(range(a, b + 1)), seed, batch_size)
+            c_ld, _ = run_sets(model, c_pb, [sets[0]], "mean", means=c_means, fold=c_fold)
+            c_lost = float(_lost(c_ld, c_pb.clean_ld)[0])
+            c_boot = ratio_boot(c_pb.clean_ld - c_ld[0], c_pb.clean_ld, c_units, n_boot, seed + 1)
+            diff = boot_mean - c_boot
+            lo, hi = (float(x) for x in np.nanpercentile(diff, [50 * (1 - ci), 50 * (1 + ci)]))
+            d = float(lost[0, 0] - c_lost)
+            verdict = "supports" if lo > 0 else ("does not" if hi <= 0 else "inconclusive")
+            checks["selectivity"] = {
+                "statistic_name": "family minus control fraction lost", "statistic": d, "ci": [lo, hi],
+                "percentile": None, "p": None, "verdict": verdict,
+                "reason": f"control {c_name!r} loses {c_lost:.3g}" + (": CI above 0" if lo > 0 else ""),
+            }
+            control_info = {"pairs": c_name, "frac_lost": c_lost, "n_known": len(c_units)}
+            gate = (lo > 0, ("!" if hi <= 0 else "") + "the control family loses as much (selectivity CI includes 0)")
+    timings["control_s"] = time.perf_counter() - t1
+    checks["necessity"] = _check("fraction of LD lost (mean-ablation)", lost[0], boot_mean, ci, gate=gate, alpha=alpha)
+    checks["necessity_skip"] = _check("fraction of LD lost (block skip)", lost[1], boot_skip, ci, alpha=alpha)
+    checks["sufficiency"] = _check("fraction of LD recovered (restore at the item span)", recovered, boot_rest, ci,
+                                   alpha=alpha)
+    order = ["necessity", "necessity_skip", "selectivity", "sufficiency"]
+    checks = {k: checks[k] for k in order if k in checks}
+    timings["total_s"] = time.perf_counter() - t0
+    params = dict(band=[a, b], family=fam_name, pairs=name, control=control_info.get("pairs"), n_random=n_random,
+                  seed=seed, max_pairs=max_pairs, min_known=min_known, min_margin=min_margin, n_boot=n_boot, ci=ci,
+                  alpha=alpha, n_valid=n_valid, n_known=len(kept), mean_reference="cross-fitted by item halves")
+    return BandValidation(
+        concept_set=name, params=params, timings=timings, provenance=make_provenance(model, technique="validate", **params),
+        family=fam_name, band=[a, b], n_layers=n, sets=np.array(sets, dtype=np.int64),
+        set_kind=np.array(kind, dtype=np.int64), frac_lost=lost, recovered=recovered, kl=kl.mean(1),
+        ld_ablate=np.stack([ld_mean, ld_skip]), ld_restore=ld_rest, clean_ld=cl, corrupted_ld=xl, units=list(units),
+        control=control_info, checks=checks, pairs=[tp.describe() for tp in kept],
+    )
