@@ -56,7 +56,7 @@ def map_cmd(
     Interrupted (Ctrl-C)? Rerun the same command: finished jobs load from the work dir.
     """
     from medinterp.maps import check_techniques, family_specs, validate_params
-    from medinterp.maps.jobs import planned_jobs
+    from medinterp.maps.planned import planned_jobs
     from medinterp.store import WorkDirLock
 
     # validate every argument before the model loads

@@ -176,25 +176,3 @@ def check_family_inputs(families: Sequence[Family | None]) -> None:
             if isinstance(x, (str, os.PathLike)) and str(x) not in SHIPPED:
                 load_concepts(x)
 
-
-def planned_jobs(families: Sequence[str] | None, techniques: Sequence[str], controls: bool) -> list[str]:
-    """The ``row/technique`` keys (as :func:`saved_jobs` names them) of the jobs a map will run at most:
-    main jobs whose inputs exist, the control family's where the row has one, and the random twin's.
-    (A twin job that cannot change the map is skipped at run time, so the count is an upper bound.)"""
-    from medinterp.maps.run import CONTROL_SUFFIX, TWIN_SUFFIX, control_specs, family_specs
-    from medinterp.techniques import REGISTRY
-
-    fams = family_specs(families)
-    ctrl = control_specs(families) if controls else {}
-    out = []
-    for f, fam in fams.items():
-        for t in techniques:
-            runs = [(fam, fam.name)]
-            if controls:
-                runs.append((fam, fam.name + TWIN_SUFFIX))
-                if ctrl.get(f) is not None:
-                    runs.append((ctrl[f], ctrl[f].name))
-            for spec, name in runs:
-                if all(getattr(spec, need) is not None for need in REGISTRY[t].needs):
-                    out.append(f"{name}/{t}")
-    return out

@@ -186,7 +186,7 @@ def test_cli_says_it_resumes(tiny, toy, tmp_path, monkeypatch, capsys):
 
 
 def test_planned_jobs_count_only_jobs_that_can_run():
-    from medinterp.maps.jobs import planned_jobs
+    from medinterp.maps.planned import planned_jobs
 
     assert planned_jobs(["age"], ["geometry"], controls=False) == ["age/geometry"]
     assert sorted(planned_jobs(["age"], ["geometry"], controls=True)) == [
