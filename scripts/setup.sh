@@ -12,7 +12,8 @@ with_tests=0
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+# setuptools >= 77 reads pyproject's SPDX license string (Python 3.11's venv brings 65); the wheel test builds with it
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77"
 .venv/bin/python -m pip install -q "torch==2.13.0"
 if [ "$with_tests" = 1 ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
