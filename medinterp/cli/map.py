@@ -111,8 +111,9 @@ def _run_map(a: dict, planned: list[str], work: Path) -> None:
     km.to_html(out, relative_depth=a["relative_depth"])
     typer.echo(f"\nKnowledge map of {model} ({km.n_layers} layers; "
                f"{'effect over control family and random twin' if rule == 'controls' else 'paper rules'}):")
-    for c, s in km.summary().items():
-        typer.echo(f"  {km.label(c):<12} {s}")
+    from medinterp.maps.cells import cell_table_text
+
+    typer.echo(cell_table_text(km))  # one table (code and closest miss per cell), then one plain reason per cell
     total = time.perf_counter() - t0
     typer.echo(f"\nreport: {out}\nmap:    {out.with_suffix('.map')}\nwork:   {work}")
     typer.echo(f"time {total:.0f} s (model load {t_load:.0f} s); peak RSS {peak_rss_mb():.0f} MB")

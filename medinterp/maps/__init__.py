@@ -26,11 +26,11 @@ from medinterp.maps.run import (
     job_dir,
     job_fingerprint,
     knowledge_map,
-    map_from_work_dir,
     peak_rss_mb,
     result_curve,
     saved_jobs,
 )
+from medinterp.maps.rebuild import map_from_work_dir
 from medinterp.maps.compare import compare, load_maps
 from medinterp.maps.synthesis import (
     DEFAULT_PARAMS,

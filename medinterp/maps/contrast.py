@@ -48,7 +48,8 @@ def contrast_marking(medicine: Any, control: Any, twin: Any | None, *, alpha: fl
         c = fn(control, twin, seed=seed, n_boot=n_boot, balance=balance)
     except MedinterpError as e:
         msg = str(e)
-        raise NoScores(msg if msg.startswith("control not comparable") else f"control not comparable: {msg}") from None
+        raise NoScores(msg if msg.startswith("control not comparable") else f"control not comparable: {msg}",
+                       "control_not_comparable", "control family") from None
     if c is None:
         return None
     n_layers = len(c.effect)

@@ -78,17 +78,17 @@ def clean(scores: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         NoScores: not a UnitScores, all values NaN (the reason names the scores' description), or < 2 items.
     """
     if not isinstance(scores, UnitScores):
-        raise NoScores(f"{what}: unit_scores() returned a {type(scores).__name__}, expected UnitScores")
+        raise NoScores(f"{what}: unit_scores() returned a {type(scores).__name__}, expected UnitScores", "failed", what)
     v = np.asarray(scores.values, dtype=float)
     units = np.asarray([str(u) for u in scores.units])
     tmpl = np.asarray([str(t) for t in scores.templates]) if scores.templates is not None else _order_in_unit(units)
     ok = np.isfinite(v).all(axis=1)
     if not ok.any():
         desc = f" ({scores.description})" if scores.description else ""
-        raise NoScores(f"{what}: no finite unit scores{desc}")
+        raise NoScores(f"{what}: no finite unit scores{desc}", "no_scores", what)
     v, units, tmpl = v[ok], units[ok], tmpl[ok]
     if len(np.unique(units)) < 2:
-        raise NoScores(f"{what}: fewer than 2 items with finite scores")
+        raise NoScores(f"{what}: fewer than 2 items with finite scores", "too_few_items", what)
     return v, units, tmpl
 
 
@@ -164,7 +164,8 @@ def _prepare(medicine: UnitScores, control: UnitScores, twin: UnitScores | None)
         raise NoScores(f"layer counts differ: medicine {med.shape[1]}, control {ctrl.shape[1]}, twin {tw.shape[1]}")
     ia, ib = pair_rows(mu, mt, tu, tt)
     if len(np.unique(mu[ia])) < 2:
-        raise NoScores(f"random twin: fewer than 2 items matched on (item, template) with the model ({len(ia)} prompts)")
+        raise NoScores(f"random twin: fewer than 2 items matched on (item, template) with the model ({len(ia)} prompts)",
+                       "too_few_items", "random twin")
     return _Data(med, mu, mt, ctrl, cu, ct, med[ia], tw[ib], mu[ia], mt[ia])
 
 
@@ -283,7 +284,8 @@ def effect_over_control(
         if bal.comparable:
             d = _subset(d, bal.medicine_units, bal.control_units)
             if d.tw_u is not None and len(np.unique(d.tw_u)) < 2:
-                raise NoScores("random twin: fewer than 2 matched items paired with the twin")
+                raise NoScores("random twin: fewer than 2 matched items paired with the twin", "too_few_items",
+                               "random twin")
     vs_c, vs_t, pc, pt, sig = _mark(d, n_boot=n_boot, seed=seed, **kw)
     n_layers = d.med.shape[1]
     if bal is not None and not bal.comparable:
@@ -327,13 +329,14 @@ def effect_over_control(
 # ============================================================================ the map's use
 def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, twin, twin_status, *,
              controls: bool, notes: dict | None = None, twin_skipped: dict | None = None,
-             balance_out: dict | None = None, **marking: Any) -> tuple[dict, dict]:
+             balance_out: dict | None = None, cells_out: dict | None = None, **marking: Any) -> tuple[dict, dict]:
     """Effect over control of every (row, technique) of a map run.
 
     Args:
         fams: the map rows; techniques: the columns.
         main, ctrl, twin: results keyed by ``(row, technique)`` of the model, the control family, the twin.
-        main_status, ctrl_status, twin_status: ``"ok"`` or why the job has no result, same keys.
+        main_status, ctrl_status, twin_status: ``"ok"`` or why the job has no result, same keys (a
+            :func:`medinterp.maps.cells.said` text carries its code; a plain text counts as ``not_run``).
         ctrl_fams: the control family of each row (None: none).
         controls: whether the control runs were made.
         notes: a dict that receives ``notes[row][technique]`` for cells marked against the control family
@@ -345,86 +348,116 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
             shown, never marked, and the reason is the cell's status.
         balance_out: a dict that receives ``balance_out[row][technique]``: the control's balance table
             (:meth:`medinterp.maps.balance.Balance.to_dict`) and the cell's minimum detectable effect.
+        cells_out: a dict that receives ``cells_out[row][technique]``: the cell's
+            :class:`medinterp.maps.cells.CellStatus` as a dict (code, reason, closest miss), decided on the
+            path below that the cell takes.
         **marking: keyword arguments of :func:`effect_over_control`.
 
     Returns:
         ``(stats, status)``: ``stats[row][technique]`` = ``[len(CONTROL_STATS), n_layers]`` where computed;
         ``status[row][technique]`` = ``"ok"`` or the reason shown in the map instead of a band.
     """
+    from medinterp.maps.cells import CellStatus, code_of, from_marking
+
     out: dict = {f: {} for f in fams}
     status: dict = {f: {} for f in fams}
+    cells: dict = {f: {} for f in fams}
+    alpha = float(marking.get("alpha", 0.05))
+
+    def put(f: str, t: str, code: str, text: str, reason: str | None = None) -> None:
+        status[f][t] = text
+        cells[f][t] = CellStatus(code, reason or text, detail=text)
+
+    def put_m(f: str, t: str, m: ControlMarking, text: str, code: str | None = None, reason: str | None = None,
+              floor: float | None = None) -> None:
+        out[f][t] = m.stats_array()
+        _record_balance(balance_out, f, t, m)
+        status[f][t] = text
+        cells[f][t] = from_marking(m, code, reason, detail=text, floor=floor, **marking)
+
     for f in fams:
         for t in techniques:
             key = (f, t)
-            if not controls:
-                status[f][t] = "controls not run (controls=False)"
-            elif main_status.get(key) != "ok":
-                status[f][t] = "no result on the model"
+            if main_status.get(key) != "ok":
+                why = main_status.get(key)
+                put(f, t, code_of(why, "not_run"), "no result on the model", f"the model's job: {why or 'not run'}")
+            elif (unknown := _unavailable(main[key])) is not None:  # e.g. no pair known by the model
+                put(f, t, "not_known", unknown)
+            elif not controls:
+                put(f, t, "not_run", "controls not run (controls=False)")
             elif ctrl_fams.get(f) is None:
-                status[f][t] = "no control family for this row"
+                put(f, t, "no_control", "no control family for this row")
             elif ctrl_status.get(key) != "ok":
-                status[f][t] = f"control family {ctrl_status.get(key, 'not run')}"
+                put(f, t, code_of(ctrl_status.get(key), "not_run"), f"control family {ctrl_status.get(key, 'not run')}")
             elif (skip := (twin_skipped or {}).get(key)) is not None:
                 try:  # effect over the control family shown; never marked (the twin test cannot reject)
                     m = effect_over_control(main[key].unit_scores(), ctrl[key].unit_scores(), None, **marking)
                 except (NotImplementedError, NoScores, MedinterpError) as e:
-                    status[f][t] = f"too few items to mark: {skip} ({e})"[:400]
+                    put(f, t, "too_few_items", f"too few items to mark: {skip} ({e})"[:400], skip)
                 else:
                     m = dataclasses.replace(m, marked=np.zeros_like(m.marked), intervals=[])
-                    out[f][t] = m.stats_array()
-                    _record_balance(balance_out, f, t, m)
-                    status[f][t] = (m.balance.reason if not m.comparable else
-                                    f"too few items to mark: {m.n_items} items, {_ctrl_count(m)}; {skip}")
+                    n = len(m.effect)
+                    floor = _paired_floor(m.n_items, n, correction=marking.get("correction", "holm"),
+                                          n_perm=marking.get("n_perm", 1000))
+                    if not m.comparable:
+                        put_m(f, t, m, m.balance.reason, "control_not_comparable", floor=floor)
+                    else:
+                        put_m(f, t, m, f"too few items to mark: {m.n_items} items, {_ctrl_count(m)}; {skip}",
+                              "too_few_items", f"{m.n_items} items: {skip}", floor=floor)
             elif twin_status.get(key) != "ok":
-                status[f][t] = f"random twin {twin_status.get(key, 'not run')}"
+                put(f, t, code_of(twin_status.get(key), "not_run"), f"random twin {twin_status.get(key, 'not run')}")
             else:
                 try:
-                    tw_reason = _unavailable(twin[key])
-                    # a technique whose unit scores are not independent units compares itself (refit nulls)
-                    m = contrast_marking(main[key], ctrl[key], None if tw_reason else twin[key], **marking)
-                    if m is not None:
-                        out[f][t] = m.stats_array()
-                        _record_balance(balance_out, f, t, m)
-                        status[f][t] = "ok"
-                        if tw_reason and notes is not None:
-                            notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
-                        continue
-                    scores = [main[key].unit_scores(), ctrl[key].unit_scores(),
-                              None if tw_reason else twin[key].unit_scores()]
-                    try:
-                        m = effect_over_control(*scores, **marking)
-                    except NoScores as e:  # the twin scores (knows) fewer than 2 of the matched items: dropped
-                        if scores[2] is None or not str(e).startswith("random twin"):  # as when it knows none
-                            raise
-                        tw_reason = f"scored on fewer than 2 of the matched items ({e})"
-                        m = effect_over_control(scores[0], scores[1], None, **marking)
-                    weak = _twin_too_few(m, **marking)
-                    if weak and not tw_reason:  # the twin scores only a few of the model's items (restoring:
-                        # the pairs a random model gets right by chance), too few for its paired test to
-                        # reject: dropped as when it knows none, not a cell that can never be marked
-                        tw_reason = weak
-                        m = effect_over_control(scores[0], scores[1], None, **marking)
+                    m, tw_reason = _mark_cell(main[key], ctrl[key], twin[key], marking)
                 except NotImplementedError:
-                    status[f][t] = f"no unit scores: the {t} result does not provide unit_scores()"
+                    put(f, t, "no_scores", f"no unit scores: the {t} result does not provide unit_scores()")
                 except NoScores as e:
-                    status[f][t] = str(e)
+                    put(f, t, e.code, str(e))
                 except MedinterpError as e:
-                    status[f][t] = f"failed: {e}"[:300]
+                    put(f, t, "failed", f"failed: {e}"[:300])
                 else:
-                    out[f][t] = m.stats_array()
-                    _record_balance(balance_out, f, t, m)
-                    status[f][t] = "ok"
-                    alpha = float(marking.get("alpha", 0.05))
                     if not m.comparable:  # never marked; the effect on all items is still shown
-                        status[f][t] = m.balance.reason
+                        put_m(f, t, m, m.balance.reason, "control_not_comparable")
                     elif m.smallest_p_adj > alpha:  # "no interval" would claim a test that could not reject
-                        status[f][t] = (f"too few items to mark: {m.n_items} items, {_ctrl_count(m)}"
-                                        + (f", {m.n_twin} paired with the twin" if m.n_twin else "")
-                                        + f"; the smallest attainable corrected p is {m.smallest_p_adj:.3g} "
-                                        f"> α = {alpha:g} (a larger preset or more items)")
-                    if tw_reason and notes is not None and status[f][t] == "ok":  # only on a markable cell
-                        notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
+                        twin_n = f", {m.n_twin} paired with the twin" if m.n_twin else ""
+                        put_m(f, t, m, f"too few items to mark: {m.n_items} items, {_ctrl_count(m)}{twin_n}; the "
+                              f"smallest attainable corrected p is {m.smallest_p_adj:.3g} > α = {alpha:g} (a larger "
+                              "preset or more items)", "too_few_items",
+                              f"{m.n_items} items and {_ctrl_count(m)}{twin_n} cannot reach α = {alpha:g}: smallest "
+                              f"attainable corrected p {m.smallest_p_adj:.3g}; a larger preset or more items")
+                    else:
+                        put_m(f, t, m, "ok")
+                        if tw_reason and notes is not None:  # only on a markable cell
+                            notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
+    if cells_out is not None:
+        for f in fams:
+            cells_out.setdefault(f, {}).update({t: c.to_dict() for t, c in cells[f].items()})
     return out, status
+
+
+def _mark_cell(main: Any, ctrl: Any, twin: Any, marking: dict) -> tuple[ControlMarking, str | None]:
+    """One cell's marking against the control family and the twin (dropped where the twin cannot be
+    measured or scores too few items): ``(marking, why the twin was dropped or None)``."""
+    tw_reason = _unavailable(twin)
+    # a technique whose unit scores are not independent units compares itself (refit nulls)
+    m = contrast_marking(main, ctrl, None if tw_reason else twin, **marking)
+    if m is not None:
+        return m, tw_reason
+    scores = [main.unit_scores(), ctrl.unit_scores(), None if tw_reason else twin.unit_scores()]
+    try:
+        m = effect_over_control(*scores, **marking)
+    except NoScores as e:  # the twin scores (knows) fewer than 2 of the matched items: dropped
+        if scores[2] is None or e.what != "random twin":  # as when it knows none
+            raise
+        tw_reason = f"scored on fewer than 2 of the matched items ({e})"
+        m = effect_over_control(scores[0], scores[1], None, **marking)
+    weak = _twin_too_few(m, **marking)
+    if weak and not tw_reason:  # the twin scores only a few of the model's items (restoring: the pairs a
+        # random model gets right by chance), too few for its paired test to reject: dropped as when it
+        # knows none, not a cell that can never be marked
+        tw_reason = weak
+        m = effect_over_control(scores[0], scores[1], None, **marking)
+    return m, tw_reason
 
 
 def _record_balance(out: dict | None, f: str, t: str, m: ControlMarking) -> None:

@@ -19,7 +19,18 @@ CONTROL_STATS: tuple[str, ...] = ("effect", "ci_low", "ci_high", "p_adj", "effec
 
 
 class NoScores(MedinterpError):
-    """A technique's unit scores cannot be compared (the message is the reason the map shows)."""
+    """A technique's unit scores cannot be compared (the message is the reason the map shows).
+
+    Attributes:
+        code: the cell's code (:data:`medinterp.maps.cells.CODES`): ``no_scores`` (all NaN, not unit
+            scores), ``too_few_items`` (< 2 items), ``control_not_comparable``, ``failed`` (layer counts differ).
+        what: which scores: ``"medicine"``, ``"control family"``, ``"random twin"`` or None.
+    """
+
+    def __init__(self, message: str, code: str = "failed", what: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.what = what
 
 
 @dataclasses.dataclass

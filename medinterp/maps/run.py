@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from medinterp.errors import MedinterpError
+from medinterp.maps.cells import said
 from medinterp.maps.controls import mark_all, twin_not_needed
 from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
     _load_finished,
@@ -256,7 +257,7 @@ def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str],
             shared = _run_shared(model, tech, sub, pending, kw[t], work, {f: fps[f, t] for f in pending}, progress,
                                  run, dirnames={f: fams[f].name for f in pending}, label=label)
             loaded.update({(f, t): r for f, r in shared.items()})
-    status.update({k: f"not run: {why}" for k, why in skip.items() if k not in loaded})
+    status.update({k: said("not_run", f"not run: {why}") for k, why in skip.items() if k not in loaded})
     jobs = [(f, t) for f in fams for t in techniques if (f, t) not in status]
     bar = tqdm(jobs, desc=desc, disable=not progress, unit="job")
     for f, t in bar:
@@ -274,11 +275,11 @@ def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str],
             results[f, t] = res
             status[f, t] = "ok"
         except MissingInput as e:
-            status[f, t] = f"not run: {e}"
+            status[f, t] = said("not_run", f"not run: {e}")
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - recorded in the map's status and logged; the other jobs go on
-            status[f, t] = f"failed: {type(e).__name__}: {e}"[:300]
+            status[f, t] = said("failed", f"failed: {type(e).__name__}: {e}"[:300])
             log.error("knowledge map: %s failed: %s: %s", key, type(e).__name__, e, exc_info=True)
             if progress:
                 tqdm.write(f"[knowledge map] {key} failed: {type(e).__name__}: {e}")
@@ -421,7 +422,8 @@ def knowledge_map(
             tw_model = random_twin(model, seed=twin_seed) if own_twin else twin
         except Exception as e:  # noqa: BLE001 - recorded: every twin job shows why, the map stands
             log.error("knowledge map: random twin could not be built: %s: %s", type(e).__name__, e)
-            twin_status = {k: f"failed: random twin could not be built: {type(e).__name__}: {e}"[:300] for k in tfps}
+            twin_status = {k: said("failed", f"failed: random twin could not be built: {type(e).__name__}: {e}"[:300])
+                           for k in tfps}
         else:
             run.timing["twin_load"] = round(time.perf_counter() - t0, 2)
             twin_res, twin_status = _run_jobs(tw_model, tfams, techniques, kw, work, tfps, rerun=rerun,
@@ -433,9 +435,10 @@ def knowledge_map(
     t0 = time.perf_counter()
     notes: dict = {}
     balance: dict = {}
+    cells: dict = {}
     cstats, cstatus = mark_all(fams, techniques, main, main_status, ctrl_res, ctrl_status, ctrl_fams, twin_res,
                                twin_status, controls=controls, notes=notes, twin_skipped=twin_skipped,
-                               balance_out=balance, **marking_kw)
+                               balance_out=balance, cells_out=cells, **marking_kw)
     run.timing["marking"] = round(time.perf_counter() - t0, 2)
     run.timing["total"] = round(time.perf_counter() - t_start, 2)
     cparams = {"alpha": alpha, "correction": correction, "min_run": min_run, "robustness": robustness,
@@ -450,7 +453,7 @@ def knowledge_map(
         run.curves, n_layers=n_layers, cis=run.cis, techniques=techniques, status=run.status,
         labels={f: fams[f].label or f for f in fams}, model_name=model_name, provenance=prov,
         rules=interval_rules(techniques), rule=rule, control_stats=cstats, control_status=cstatus,
-        control_params=cparams, control_notes=notes, control_balance=balance, **params,
+        control_params=cparams, control_notes=notes, control_balance=balance, control_cells=cells, **params,
     )
     km.curve_names.update(run.curve_names)
     km.result_dirs.update(run.result_dirs)
@@ -490,6 +493,11 @@ def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> 
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - an optional decoration: logged and noted, the map stands
+            if isinstance(e, MedinterpError) and res.unavailable() is not None:  # an expected state: a family
+                # the model does not know has nothing to decorate; noted, not logged as a failure
+                log.info("knowledge map: %s has no report extras: %s", key, res.unavailable())
+                km.provenance.setdefault("extras_skipped", {})[key] = str(res.unavailable())[:300]
+                continue
             log.warning("knowledge map: %s report extras failed: %s: %s", key, type(e).__name__, e)
             km.provenance.setdefault("extras_failed", {})[key] = f"{type(e).__name__}: {e}"[:300]
             continue
@@ -500,80 +508,3 @@ def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> 
                 continue
             slot[fam] = {**value, "technique": t} if isinstance(value, Mapping) else value
 
-
-def map_from_work_dir(
-    work_dir: str | os.PathLike,
-    families: Sequence[str] | None = None,
-    techniques: Sequence[str] | None = None,
-    *,
-    model_name: str = "",
-    marking: Mapping[str, Any] | None = None,
-    **params: Any,
-) -> KnowledgeMap:
-    """A map from the technique results saved in a work dir so far, without a model.
-
-    Useful to look at an interrupted or still-running :func:`knowledge_map`: a family/technique with
-    no finished result shows as "no saved result" (no numbers). Where the control-family and twin
-    results are saved too (``<family>__control/``, ``<family>__twin/``), the map is marked by effect over
-    control (``marking``: keyword arguments of :func:`~medinterp.maps.controls.effect_over_control`);
-    with none saved, by the paper's rules.
-
-    Example:
-        >>> km = map_from_work_dir("report.work")           # doctest: +SKIP
-    """
-    work = Path(work_dir)
-    if not work.is_dir():
-        raise MedinterpError(f"{work}: no such work directory")
-    techniques = check_techniques(techniques)
-    validate_params(**params)
-    if families is None:
-        families = sorted(p.name for p in work.iterdir() if p.is_dir() and p.name != "map"
-                          and not p.name.endswith((CONTROL_SUFFIX, TWIN_SUFFIX)))
-    curves: dict[str, dict[str, Any]] = {f: {} for f in families}
-    run = _Run(0, curves, {f: {} for f in families}, {f: {} for f in families})
-    for f in families:
-        for t in techniques:
-            d = job_dir(work, f, t)
-            if not (d / "manifest.json").is_file():
-                run.status[f][t] = "no saved result"
-                continue
-            try:
-                res = Result.load(d)
-                run.n_layers = run.n_layers or len(np.asarray(res.layer_curve()))
-                run.record(f, t, res, d)
-            except (MedinterpError, NotImplementedError, AttributeError, ValueError) as e:
-                run.status[f][t] = f"failed to load: {type(e).__name__}: {e}"[:300]
-                log.warning("map_from_work_dir: %s/%s: %s: %s", f, t, type(e).__name__, e)
-    if not run.n_layers:
-        raise MedinterpError(f"{work}: no finished technique result found")
-    side: dict[str, tuple[dict, dict]] = {}
-    for suffix in (CONTROL_SUFFIX, TWIN_SUFFIX):
-        res, st = {}, {}
-        for f in families:
-            for t in techniques:
-                d = job_dir(work, f + suffix, t)
-                try:
-                    res[f, t] = Result.load(d)
-                    st[f, t] = "ok"
-                except MedinterpError as e:
-                    st[f, t] = "no saved result" if not (d / "manifest.json").is_file() else f"failed to load: {e}"[:300]
-        side[suffix] = (res, st)
-    controls = bool(side[CONTROL_SUFFIX][0] or side[TWIN_SUFFIX][0])
-    main = {(k.rsplit("/", 1)[0], k.rsplit("/", 1)[1]): r for k, r in run.results.items()}
-    notes: dict = {}
-    balance: dict = {}
-    tw_res, tw_st = side[TWIN_SUFFIX]
-    skipped = _twin_skips(main, {k: "ok" for k in main}, list(main), marking or {})
-    cstats, cstatus = mark_all(families, techniques, main, {k: "ok" for k in main}, *side[CONTROL_SUFFIX],
-                               {f: True for f in families}, tw_res, tw_st, controls=controls, notes=notes,
-                               twin_skipped=skipped, balance_out=balance, **dict(marking or {}))
-    km = KnowledgeMap.from_curves(curves, n_layers=run.n_layers, cis=run.cis, techniques=techniques,
-                                  status=run.status, model_name=model_name, provenance={"work_dir": str(work)},
-                                  rules=interval_rules(techniques), rule="controls" if controls else "paper",
-                                  control_stats=cstats, control_status=cstatus, control_params=dict(marking or {}),
-                                  control_notes=notes, control_balance=balance,
-                                  **params)
-    km.curve_names.update(run.curve_names)
-    km.result_dirs.update(run.result_dirs)
-    km._results = run.results
-    return km

@@ -27,7 +27,7 @@ Example:
     >>> [(iv["start"], iv["end"]) for iv in km.intervals]
     [(2, 4)]
     >>> km.summary()["drugs"]
-    'layers 2–4 by 1 of 2 techniques (peak 2–4; not run: step)'
+    'layers 2–4 by 1 of 2 techniques. peak marked 2–4; step not_run: not run'
 """
 
 from __future__ import annotations
@@ -141,6 +141,10 @@ class KnowledgeMap(Result):
         control_balance: ``control_balance[concept][technique]``: the control family's balance table
             (covariate means and SMDs before and after matching, :mod:`medinterp.maps.balance`), whether it
             is comparable, and the cell's minimum detectable effect (``mde_min`` / ``mde_median``).
+        control_cells: ``control_cells[concept][technique]``: the marking's
+            :class:`~medinterp.maps.cells.CellStatus` as a dict (code, reason, closest miss); read it with
+            :meth:`cell` (which follows the map's rule). Maps saved before 0.4 have none: :meth:`cell`
+            classifies their compared cells from the stored statistics.
     """
 
     kind = "knowledge_map"
@@ -166,6 +170,7 @@ class KnowledgeMap(Result):
     control_params: dict = dataclasses.field(default_factory=dict)
     control_notes: dict = dataclasses.field(default_factory=dict)
     control_balance: dict = dataclasses.field(default_factory=dict)
+    control_cells: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.concepts = [str(c) for c in self.concepts]
@@ -233,6 +238,7 @@ class KnowledgeMap(Result):
         control_params: Mapping[str, Any] | None = None,
         control_notes: Mapping[str, Mapping[str, str]] | None = None,
         control_balance: Mapping[str, Mapping[str, Any]] | None = None,
+        control_cells: Mapping[str, Mapping[str, Any]] | None = None,
         **params: Any,
     ) -> "KnowledgeMap":
         """Build a map from ``curves[concept][technique] = array[n_layers]`` (missing = not run).
@@ -292,6 +298,7 @@ class KnowledgeMap(Result):
             control_params=dict(control_params or {}),
             control_notes={c: dict(v) for c, v in (control_notes or {}).items()},
             control_balance={c: dict(v) for c, v in (control_balance or {}).items()},
+            control_cells={c: dict(v) for c, v in (control_cells or {}).items()},
         )
 
     def rethreshold(self, **params: Any) -> "KnowledgeMap":
@@ -378,7 +385,9 @@ class KnowledgeMap(Result):
         return sum(self.available(concept, t) for t in self.techniques)
 
     def summary(self, min_agree: int | None = None) -> dict[str, str]:
-        """Per concept, e.g. ``'layers 3–7 by 3 of 4 techniques (A 3–5; ...)'``.
+        """Per concept, e.g. ``'layers 3–5 by 1 of 4 techniques. A marked 3–5: layer 4, p_adj 0.001;
+        B not_robust: layer 12, p_adj 0.018, robustness 0.55; ...'``: the headline, then each
+        technique's code and closest miss, rounded and labelled (:meth:`cell`; reasons: :meth:`cells_frame`).
 
         The headline layers are those where the consensus reaches its maximum for that concept (or
         ``min_agree`` techniques when given).
@@ -386,16 +395,6 @@ class KnowledgeMap(Result):
         cons = self.consensus()
         out = {}
         for i, c in enumerate(self.concepts):
-            per = []
-            for t in self.techniques:
-                if self.status[c].get(t) != "ok":
-                    continue
-                if not self.available(c, t):
-                    per.append(f"{t}: {self.control_status[c].get(t)}")
-                    continue
-                ivs = [iv for iv in self.intervals if iv["concept"] == c and iv["technique"] == t]
-                layers = [l for iv in ivs for l in range(iv["start"], iv["end"] + 1)]
-                per.append(f"{t} {_ranges_text(layers)}" if layers else f"{t}: no interval")
             k = int(cons[i].max()) if min_agree is None else int(min_agree)
             layers = np.nonzero(cons[i] >= max(k, 1))[0]
             head = (
@@ -403,13 +402,45 @@ class KnowledgeMap(Result):
                 if len(layers) and k > 0
                 else "no layer marked"
             )
-            missing = [t for t in self.techniques if self.status[c].get(t) in (None, "not run")]
-            per += [f"{t}: {self.status[c][t]}" for t in self.techniques
-                    if self.status[c].get(t) not in (None, "ok", "not run")]  # e.g. not known by the model
-            if missing:
-                per.append("not run: " + ", ".join(missing))
-            out[c] = f"{head} ({'; '.join(per)})"
+            cells = {t: self.cell(c, t) for t in self.techniques}
+            out[c] = f"{head}. " + "; ".join(  # a cell without numbers says why in words
+                f"{t} {v.short()}" + (f": {v.reason}" if v.best_layer is None and v.code != "marked" else "")
+                for t, v in cells.items())
         return out
+
+    def cell(self, concept: str, technique: str):
+        """Why the cell is (not) marked under the map's rule: a :class:`~medinterp.maps.cells.CellStatus`
+        (code, plain reason, closest miss, whether it could have been marked)."""
+        import medinterp.maps.cells as C
+
+        i, j = self.concepts.index(concept), self.techniques.index(technique)
+        stored = (self.control_cells.get(concept) or {}).get(technique)
+        job_ok = self.status[concept].get(technique) == "ok"
+        if self.rule == "paper" and job_ok:
+            ivs = [l for iv in self.intervals if iv["concept"] == concept and iv["technique"] == technique
+                   for l in range(iv["start"], iv["end"] + 1)]
+            if ivs:
+                return C.CellStatus("marked", f"layers {_ranges_text(ivs)} by the paper's {self.rules[technique]} "
+                                    "rule (no test)", layers=_ranges_text(ivs))
+            return C.CellStatus("no_interval", f"the paper's {self.rules[technique]} rule marks no layer (no test)")
+        if stored:
+            return C.CellStatus.from_dict(stored)
+        if not job_ok:  # a map without cells (saved before 0.4, or built from curves)
+            st = str(self.status[concept].get(technique, "not run"))
+            return C.CellStatus("not_run" if st == "not run" else "unclassified", st, detail=st)
+        return C.from_stats(self.control_stats[i, j], str(self.control_status[concept].get(technique, "")),
+                            **self.control_params)
+
+    def cells_frame(self):
+        """One row per (family, technique): code, reason, marked layers and the closest miss, as saved in
+        ``cells.csv`` (columns: :data:`medinterp.maps.cells.CELL_FIELDS`)."""
+        import pandas as pd
+
+        from medinterp.maps.cells import CELL_FIELDS, cell_rows
+
+        df = pd.DataFrame(cell_rows(self), columns=list(CELL_FIELDS))
+        df["best_layer"] = df["best_layer"].astype("Int64")
+        return df
 
     def table(self):
         """The intervals as a pandas DataFrame (concept, technique, start, end, score, rule)."""
@@ -424,7 +455,8 @@ class KnowledgeMap(Result):
         Columns: family, technique, layer, curve (the raw layer curve), effect, control
         (``"control family"``, ``"random twin"``, or ``"none"`` where the effect over control was not
         computed: then effect = curve and ci = the curve's CI), ci_low, ci_high, p_adj, marked (by the
-        map's rule), robustness, rule.
+        map's rule), robustness, mde, comparable, status, status_code, status_reason, rule
+        (:data:`medinterp.maps.cells.CURVES_COLUMNS`; the codebook is written beside it by :meth:`save`).
         """
         import pandas as pd
 
@@ -436,6 +468,7 @@ class KnowledgeMap(Result):
                 if self.status[c].get(t) != "ok":
                     continue
                 st = self.control_stats[i, j]
+                cell = self.cell(c, t)
                 has = self.control_status[c].get(t) == "ok"
                 kinds = ([("control family", "effect", "ci_low", "ci_high", "p_adj"),
                           ("random twin", "effect_twin", "twin_low", "twin_high", "p_adj_twin")] if has else [None])
@@ -453,18 +486,24 @@ class KnowledgeMap(Result):
                                      "p_adj": vals[4], "marked": bool(marks[i, j, l]) and (kind is None or fam_row),
                                      "robustness": vals[5], "mde": st[k["mde"], l] if fam_row else np.nan,
                                      "comparable": bal.get("comparable") if fam_row else None,
-                                     "status": self.control_status.get(c, {}).get(t, ""), "rule": self.rule})
-        cols = ["family", "technique", "layer", "curve", "effect", "control", "ci_low", "ci_high", "p_adj", "marked",
-                "robustness", "mde", "comparable", "status", "rule"]
-        return pd.DataFrame(rows, columns=cols)
+                                     "status": self.control_status.get(c, {}).get(t, ""),
+                                     "status_code": cell.code, "status_reason": cell.reason, "rule": self.rule})
+        from medinterp.maps.cells import CURVES_COLUMNS
+
+        return pd.DataFrame(rows, columns=list(CURVES_COLUMNS))
 
     def save(self, path: str | os.PathLike) -> "KnowledgeMap":  # type: ignore[override]
-        """Save the map (``manifest.json``, arrays) and ``curves.csv`` (:meth:`curves_frame`) beside it."""
+        """Save the map (``manifest.json``, arrays) and, beside it, ``curves.csv`` (:meth:`curves_frame`),
+        ``cells.csv`` (:meth:`cells_frame`) and ``curves_codebook.csv`` (every column of both and every code)."""
+        from medinterp.maps.cells import codebook_frame
+
         super().save(path)
-        tmp = Path(path) / ".curves.csv.tmp"
-        self.curves_frame().to_csv(tmp, index=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, Path(path) / "curves.csv")
+        for name, frame in (("curves", self.curves_frame()), ("cells", self.cells_frame()),
+                            ("curves_codebook", codebook_frame())):
+            tmp = Path(path) / f".{name}.csv.tmp"
+            frame.to_csv(tmp, index=False)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, Path(path) / f"{name}.csv")
         return self
 
     def label(self, concept: str) -> str:

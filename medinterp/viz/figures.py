@@ -41,6 +41,21 @@ def _lane_y(i: int, j: int, n_tech: int) -> float:
     return i * (n_tech + 1 + _GAP) + j
 
 
+def _layer_stats(values: np.ndarray) -> str:
+    """One layer's effect over each control and its corrected p, in words; a comparison not made is said so
+    (never "nan (p_adj nan)")."""
+    st = dict(zip(CONTROL_STATS, values))
+    parts = []
+    for name, e, p in (("control family", "effect", "p_adj"), ("random twin", "effect_twin", "p_adj_twin")):
+        if np.isfinite(st[e]):
+            parts.append(f"over {name} {st[e]:.3g}" + (f", p_adj {st[p]:.2g}" if np.isfinite(st[p]) else ""))
+        else:
+            parts.append(f"{name}: not compared")
+    if np.isfinite(st["robustness"]):
+        parts.append(f"robustness {st['robustness']:.2f}")
+    return "; ".join(parts)
+
+
 def add_map_traces(fig, km: "KnowledgeMap", *, relative: bool = False, row=None, col=None, showlegend=True, name_prefix=""):
     """Add the band map of ``km`` to ``fig`` (optionally in a subplot); returns (tickvals, ticktext)."""
     import plotly.graph_objects as go
@@ -79,14 +94,14 @@ def add_map_traces(fig, km: "KnowledgeMap", *, relative: bool = False, row=None,
         for i, c in enumerate(km.concepts):
             if not km.available(c, t):
                 continue
+            cell = km.cell(c, t)
             for l in range(n):
                 dx.append((l + 0.5) / n if relative else l)
                 dy.append(_lane_y(i, j, T))
                 if km.rule == "controls":
-                    st = dict(zip(CONTROL_STATS, km.control_stats[i, j, :, l]))
-                    dh.append(f"{escape(km.label(c))} · {escape(t)}<br>layer {l}: over control family "
-                              f"{st['effect']:.3g} (p_adj {st['p_adj']:.2g}), over random twin {st['effect_twin']:.3g} "
-                              f"(p_adj {st['p_adj_twin']:.2g})")
+                    dh.append(f"{escape(km.label(c))} · {escape(t)}<br>layer {l}: "
+                              f"{_layer_stats(km.control_stats[i, j, :, l])}<br>"
+                              f"cell: {escape(cell.code)}: {escape(cell.reason)}")
                 else:
                     dh.append(f"{escape(km.label(c))} · {escape(t)}<br>layer {l}: smoothed {smoothed[i, j, l]:.4g}, "
                               f"raw {km.curves[i, j, l]:.4g}")
@@ -98,21 +113,20 @@ def add_map_traces(fig, km: "KnowledgeMap", *, relative: bool = False, row=None,
             **sub,
         )
     # missing techniques: say so, draw nothing numeric
-    mx, my, mt = [], [], []
+    mx, my, mt, mh = [], [], [], []
     for i, c in enumerate(km.concepts):
         for j, t in enumerate(km.techniques):
-            st = km.status[c].get(t, "not run")
-            if st == "ok" and not km.available(c, t):
-                st = km.control_status[c].get(t, "no effect over control")
-            if st != "ok":
+            if not km.available(c, t):  # the code on the lane, the plain reason in the hover (never cut)
+                cell = km.cell(c, t)
                 mx.append(0.5 if relative else (n - 1) / 2)
                 my.append(_lane_y(i, j, T))
-                mt.append(f"{t}: {st}"[:80])
+                mt.append(f"{t}: {cell.code}")
+                mh.append(f"{escape(km.label(c))} · {escape(t)}<br>{escape(cell.code)}: {escape(cell.reason)}")
     if mx:
         fig.add_trace(
             go.Scatter(
                 x=mx, y=my, mode="text", text=[escape(s) for s in mt], textfont=dict(color="#999", size=10),
-                showlegend=False, hoverinfo="text", hovertext=[escape(s) for s in mt],
+                showlegend=False, hoverinfo="text", hovertext=mh,
             ),
             **sub,
         )

@@ -125,17 +125,15 @@ def _rule_note(km: "KnowledgeMap", model: dict) -> str:
 
 def _cell(km: "KnowledgeMap", c: str, t: str) -> str:
     """One map cell in words: the marked layers, "no interval", or why there is no band."""
-    if km.status[c].get(t) != "ok":
-        return km.status[c].get(t, "not run")
-    if not km.available(c, t):
-        return km.control_status[c].get(t, "no effect over control")
+    if km.status[c].get(t) != "ok" or not km.available(c, t):
+        cell = km.cell(c, t)
+        return f"{cell.code}: {cell.reason}"
     layers = [l for iv in km.intervals if iv["concept"] == c and iv["technique"] == t
               for l in range(iv["start"], iv["end"] + 1)]
     note = (km.control_notes or {}).get(c, {}).get(t)
     if not layers and km.rule == "controls":
-        bal = (km.control_balance or {}).get(c, {}).get(t) or {}
-        mde = bal.get("mde_min")
-        return "no interval" + (f" (could have seen an effect ≥ {mde:.3g})" if mde is not None else "")
+        cell = km.cell(c, t)
+        return f"no interval · {cell.code}: {cell.reason}"
     return (_ranges_text(layers) if layers else "no interval") + (f" ({note})" if note else "")
 
 

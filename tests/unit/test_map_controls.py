@@ -112,7 +112,8 @@ def test_too_few_items_to_mark_is_said_not_shown_as_no_interval(toys):
     st = km.control_status["drugs"]["toy_planted"]
     assert st.startswith("too few items to mark: 3 items, 3 control items; the paired test against the random twin "
                          "cannot reach α = 0.05 with 3 items (smallest corrected p 0.75)"), st
-    assert km.intervals == [] and "too few items" in km.summary()["drugs"]
+    assert km.intervals == [] and "toy_planted too_few_items" in km.summary()["drugs"]
+    assert km.cell("drugs", "toy_planted").code == "too_few_items" and not km.cell("drugs", "toy_planted").could_mark
     out = effect_over_control(_scores(np.ones((40, 6)), 20, 2), _scores(np.zeros((40, 6)), 20, 2, "c"), None,
                               n_perm=999, n_boot=50)
     assert out.smallest_p_adj == pytest.approx(6 / 1000)  # 20 items: Monte Carlo floor 1/1000, Holm x 6 layers
@@ -267,8 +268,9 @@ def test_map_marks_planted_layers_saves_all_runs_and_resumes(tmp_path, toys):
         [("drugs", "toy_planted", 2, 3)]
     assert km.control_status["drugs"]["toy_nounits"].startswith("no unit scores")
     assert km.control_status["nocontrol"]["toy_planted"] == "no control family for this row"
-    assert "toy_nounits: no unit scores" in km.summary()["drugs"]
-    assert km.control_status["flat"]["toy_planted"] == "ok" and "toy_planted: no interval" in km.summary()["flat"]
+    assert "toy_nounits no_scores: no unit scores" in km.summary()["drugs"]
+    assert km.control_status["flat"]["toy_planted"] == "ok" and "toy_planted not_significant" in km.summary()["flat"]
+    assert km.cell("nocontrol", "toy_planted").code == "no_control"
     for d in ("drugs", "drugs__control", "drugs__twin", "nocontrol", "nocontrol__twin"):
         assert (tmp_path / "w" / d / "toy_planted" / "job.json").is_file(), d
     assert not (tmp_path / "w" / "nocontrol__control").exists()
@@ -284,6 +286,7 @@ def test_map_marks_planted_layers_saves_all_runs_and_resumes(tmp_path, toys):
     assert sel.comparable.all() and np.isfinite(sel.mde).all() and (sel.status == "ok").all()
     twin_rows = df[(df.family == "drugs") & (df.technique == "toy_planted") & (df.control == "random twin")]
     assert len(twin_rows) == N_LAYERS and not twin_rows.marked.any()  # the mark is the cell's, said once
+    assert (sel.status_code == "marked").all() and (twin_rows.status_code == "marked").all()
     bal = km.control_balance["drugs"]["toy_planted"]
     assert bal["comparable"] and bal["table"][0]["covariate"] == "subject_tokens" and bal["mde_median"] > 0
     # rerun: everything loads (the twin is not even built)

@@ -117,7 +117,7 @@ def test_map_consensus_and_summary():
     assert cons[d, 4:6].min() >= 3
     assert cons[d, 0] == 0 and cons[d, 10] == 0 and cons[d, 13] == 1  # only patching at 12-15
     assert km.summary()["drugs"].startswith("layers 4–5 by 3 of 4 techniques")
-    assert "not run: lesion, patching" in km.summary()["age"]
+    assert "lesion not_run: not run; patching not_run" in km.summary()["age"]
     # missing techniques draw no interval and stay NaN (never fake numbers)
     a = km.concepts.index("age")
     assert np.isnan(km.curves[a, km.techniques.index("lesion")]).all()
@@ -554,4 +554,4 @@ def test_a_result_that_is_unavailable_shows_its_reason_not_a_band(tmp_path):
     finally:
         REGISTRY.pop("toy_unknown")
     assert km.status["a"]["toy_unknown"] == "not known by the model: 0 of 3 pairs known"
-    assert km.intervals == [] and "not known by the model" in km.summary()["a"]
+    assert km.intervals == [] and "toy_unknown not_known: not known by the model" in km.summary()["a"]
