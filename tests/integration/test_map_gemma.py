@@ -64,6 +64,10 @@ def test_quick_map_runs_every_technique(quick_map, gemma):
     cons = km.consensus()
     assert cons.shape == (len(FAMILIES), n) and cons.max() <= len(TECHNIQUES)
     assert set(km.summary()) == set(FAMILIES)
+    from medinterp.maps.cells import CODES
+
+    codes = {km.cell(c, t).code for c in FAMILIES for t in TECHNIQUES}  # every cell says why, in the vocabulary
+    assert codes <= set(CODES) - {"unclassified", "no_interval"}, codes
     assert km.provenance["model"]["n_layers"] == n and km.provenance["params"]["size"] == "quick"
     not_run = {(c, t) for c in FAMILIES for t in TECHNIQUES if "so the twin was not run" in km.control_status[c][t]
                or (km.status[c][t] == "ok" and twin_not_needed(Result.load(work / c / t)) is not None)}

@@ -247,3 +247,33 @@ def test_a_map_saved_without_cells_is_classified_from_its_statistics(monkeypatch
         assert cell.code == expect and km.cell("a", "t").code == expect
         assert km.cell("a", "t").best_layer == cell.best_layer
         assert km.cell("a", "u").code == "unclassified" and km.cell("a", "u").reason == "x"
+
+
+def test_report_extras_of_an_unknown_family_are_noted_not_logged_as_failures(caplog, monkeypatch):
+    """An expected state (the model does not know the family, so an attention view has no mover block) is
+    not a failure; a decoration that fails on a known family still is."""
+    import medinterp.maps as maps
+    from medinterp.errors import MedinterpError
+    from medinterp.techniques import REGISTRY
+    from medinterp.techniques.base import Technique
+    from medinterp.testing import tiny_model
+
+    def run(model, fam, **_):
+        known = "" if fam.name == "known" else "not known by the model: 0 of 3 pairs known"
+        return Toy(concept_set=fam.name, values=np.zeros((2, model.cfg.n_layers)), units=["x", "x"], known=known)
+
+    def extras(model, res):
+        raise MedinterpError("attention view: no mover block")
+
+    monkeypatch.setitem(REGISTRY, "toy_extras", Technique("toy_extras", run, extras=extras,
+                                                          presets={"quick": {}, "full": {}}))
+    fams = {"unknown": {"concepts": ["a"]}, "known": {"concepts": ["b"]}}
+    with caplog.at_level("INFO", logger="medinterp"):
+        km = maps.knowledge_map(tiny_model(n_layers=3), fams, ["toy_extras"], progress=False, controls=False,
+                                rule="paper")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert not any("unknown/toy_extras" in w for w in warned), warned
+    assert any("known/toy_extras report extras failed" in w for w in warned), warned
+    assert list(km.provenance["extras_skipped"]) == ["unknown/toy_extras"]
+    assert list(km.provenance["extras_failed"]) == ["known/toy_extras"]
+    assert km.cell("unknown", "toy_extras").code == "not_known"
