@@ -88,7 +88,10 @@ def mech_result(mech):
 
 def test_planted_band_passes_necessity_and_sufficiency(mech_result):
     v = mech_result.verdicts()
-    assert v["necessity"] == "supports" and v["necessity_skip"] == "supports" and v["sufficiency"] == "supports"
+    assert v["necessity"] == "supports" and v["sufficiency"] == "supports"
+    # block skip is compared with the 8 other contiguous 2-block bands only: top of them, p at its floor 1/9 > 0.05
+    assert mech_result.checks["necessity_skip"]["percentile"] == 100
+    assert v["necessity_skip"] == "inconclusive" and "only 8 random sets" in mech_result.checks["necessity_skip"]["reason"]
     assert mech_result.frac_lost[0, 0] > 0.7 and mech_result.recovered[0] > 0.7
     # the band is the largest of all 44 other 2-block sets (C(10, 2) - 1), so p is the floor 1/45
     assert len(mech_result.sets) == 45
@@ -193,3 +196,56 @@ def test_null_sets():
     assert len({tuple(s) for s in sets}) == len(sets)
     sets, kind = null_sets((5, 12), 18, 100, 0)
     assert kind.count(1) == 10 and kind.count(2) == 100 and all(len(s) == 8 for s in sets)
+
+
+def test_cli_end_to_end_with_a_user_pair_file(mech, tmp_path, monkeypatch, capsys):
+    import medinterp.models
+    from medinterp.cli import main
+
+    f = tmp_path / "mine.csv"
+    rows = ["clean,corrupted,clean_answer,corrupted_answer,item"]
+    for p in planted_pairs().pairs:
+        rows.append(f"{p.clean},{p.corrupted},{p.clean_answer},{p.corrupted_answer},{p.meta['item']}")
+    f.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, **k: mech)
+    with pytest.raises(SystemExit) as e:
+        main(["validate", "--pairs", str(f), "--band", "2-3", "--out", str(tmp_path / "v"), "--model", "tiny",
+              "--n-boot", "100", "--no-progress"])
+    assert e.value.code == 0
+    back = Result.load(tmp_path / "v")
+    assert back.band == [2, 3] and back.verdicts()["necessity"] == "supports"
+    assert (tmp_path / "v" / "checks.csv").is_file() and (tmp_path / "v" / "validate.html").is_file()
+    assert "necessity" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--family", "drugs", "--band", "9-3"], "--band 9-3: the first block is after the last"),
+    (["--family", "drugs", "--band", "five"], "expected A-B"),
+    (["--family", "nosuch", "--band", "1-2"], "--family 'nosuch': not a shipped family"),
+    (["--band", "1-2"], "exactly one of --family"),
+    (["--family", "drugs", "--pairs", "drug_pairs", "--band", "1-2"], "exactly one of --family"),
+    (["--concepts", "drugs", "--band", "1-2"], "a concept set without pairs"),
+])
+def test_cli_errors_before_the_model_loads(argv, msg, tmp_path, monkeypatch, capsys):
+    import medinterp.models
+    from medinterp.cli import main
+
+    def no_load(*a, **k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(medinterp.models, "load_model", no_load)
+    with pytest.raises(SystemExit) as e:
+        main(["validate", *argv, "--out", str(tmp_path / "v")])
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_cli_band_beyond_the_model(mech, tmp_path, monkeypatch, capsys):
+    import medinterp.models
+    from medinterp.cli import main
+
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, **k: mech)
+    with pytest.raises(SystemExit) as e:
+        main(["validate", "--family", "drugs", "--band", "5-12", "--out", str(tmp_path / "v"), "--model", "tiny"])
+    assert e.value.code == 2
+    assert "--band 5-12: the model has blocks 0-9" in capsys.readouterr().err

@@ -25,7 +25,8 @@ class BandValidation(TechniqueResult):
         sets: ``[1 + n_null, width]`` block indices of every set run; row 0 is the band.
         set_kind: ``[1 + n_null]`` 0 the band, 1 a contiguous band of the same width, 2 a random set of width blocks.
         frac_lost: ``[2, 1 + n_null]`` fraction of the clean logit difference lost (ratio of sums over the
-            known pairs) with every block of the set mean-ablated (row 0) or skipped (row 1).
+            known pairs) with every block of the set mean-ablated (row 0) or skipped (row 1; run on the band and
+            the contiguous bands only, NaN for the random sets).
         recovered: ``[1 + n_null]`` fraction of ``LD_clean - LD_corrupted`` recovered when the set's block outputs
             are restored at the item span of the corrupted prompt.
         kl: ``[1 + n_null]`` mean KL(intact || mean-ablated) of the next token at the read position (nats).
