@@ -132,8 +132,8 @@ def _cell(km: "KnowledgeMap", c: str, t: str) -> str:
               for l in range(iv["start"], iv["end"] + 1)]
     note = (km.control_notes or {}).get(c, {}).get(t)
     if not layers and km.rule == "controls":
-        cell = km.cell(c, t)
-        return f"no interval · {cell.code}: {cell.reason}"
+        cell = km.cell(c, t)  # a cell that beat both controls but not robustly / not long enough says so
+        return ("no interval · " if cell.code == "not_significant" else "") + f"{cell.code}: {cell.reason}"
     return (_ranges_text(layers) if layers else "no interval") + (f" ({note})" if note else "")
 
 

@@ -247,6 +247,10 @@ def test_a_map_saved_without_cells_is_classified_from_its_statistics(monkeypatch
         assert cell.code == expect and km.cell("a", "t").code == expect
         assert km.cell("a", "t").best_layer == cell.best_layer
         assert km.cell("a", "u").code == "unclassified" and km.cell("a", "u").reason == "x"
+        from medinterp.viz.report import _cell as report_cell  # the report's table: the code, not a bare "no interval"
+
+        said_ = report_cell(km, "a", "t")
+        assert said_.startswith("2–3" if expect == "marked" else f"{expect}: "), said_
 
 
 def test_report_extras_of_an_unknown_family_are_noted_not_logged_as_failures(caplog, monkeypatch):
