@@ -12,6 +12,8 @@ tokenizer a pair is valid when
 5. it is not a duplicate: a pair equal to an earlier one (both prompts and both answers) is dropped with
    the reason ``duplicate: the same pair (prompts and answers) as line N`` (``as pair N`` for pairs
    built in code); the file readers keep duplicates so that this is the one place they are handled;
+   and it is not *contradicted*: pairs with the same clean and corrupted prompts but other answers are all
+   dropped (``contradictory answers: ...``), since patching would average opposite targets;
 6. with a model: every token id is inside the model's vocabulary.
 
 :meth:`PairSet.check` returns the valid pairs, tokenized (:class:`TokenizedPair`, what the patching
@@ -326,6 +328,7 @@ class PairSet:
                 ids.append((int(ans_ids[0]), int(ans_ids[1])))
                 lens.append(len(c_ids))
                 toks.append(TokenizedPair(p, i, c_ids, k_ids, int(ans_ids[0]), int(ans_ids[1])))
+        _drop_contradictions(valid, ids, lens, toks, dropped, dropped_index)
         return PairCheck(valid, dropped, ids, lens, tokenizer=tk.name, name=self.name, tokenized=toks,
                          dropped_index=dropped_index)
 
@@ -366,3 +369,29 @@ class _Tok:
 
     def strs(self, ids: list[int]) -> list[str]:
         return [str(t) for t in self.tok.convert_ids_to_tokens(ids)]
+
+
+def _drop_contradictions(valid: list, ids: list, lens: list, toks: list, dropped: list, dropped_index: list) -> None:
+    """Move every otherwise valid pair whose clean and corrupted prompts another valid pair has with other
+    answers to ``dropped`` (in place, pair order kept): patching them would average opposite targets."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for j, p in enumerate(valid):
+        groups.setdefault((p.clean, p.corrupted), []).append(j)
+    bad: dict[int, str] = {}
+    for js in groups.values():
+        if len({(valid[j].clean_answer, valid[j].corrupted_answer) for j in js}) < 2:
+            continue
+        for j in js:
+            others = [f"{'line ' + str(valid[k].line) if valid[k].line else 'pair ' + str(toks[k].index)} (answers "
+                      f"{valid[k].clean_answer!r} / {valid[k].corrupted_answer!r})" for k in js if k != j]
+            bad[j] = ("contradictory answers: the same clean and corrupted prompts as " + ", ".join(others)
+                      + "; patching would average opposite targets")
+    if not bad:
+        return
+    out = sorted([(i, d) for i, d in zip(dropped_index, dropped)]
+                 + [(toks[j].index, (valid[j], why)) for j, why in bad.items()], key=lambda x: x[0])
+    dropped[:] = [d for _, d in out]
+    dropped_index[:] = [i for i, _ in out]
+    keep = [j for j in range(len(valid)) if j not in bad]
+    for lst in (valid, ids, lens, toks):
+        lst[:] = [lst[j] for j in keep]

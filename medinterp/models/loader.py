@@ -188,6 +188,10 @@ def load_model(
     spec_str = str(spec)
     random_init = spec_str.endswith(RANDOM_SUFFIX)
     base = spec_str[: -len(RANDOM_SUFFIX)] if random_init else spec_str
+    if not base.strip():
+        raise ModelLoadError(f"load_model({spec_str!r}): expected a model spec"
+                             + (" before ':random', e.g. 'gemma-3-270m:random'" if random_init else
+                                " (see `medinterp models`), e.g. 'gemma-3-270m'"))
     t0 = time.time()
     r = _resolve(base, cache_dir(cache), trust_remote_code=trust_remote_code)
     chosen = choose_backend(backend, registry_name=r.registry_name, seed_backend=r.seed_backend,

@@ -152,3 +152,43 @@ def test_default_cap_stops_a_huge_concept_file(tmp_path, capsys):
     f = _pairs_file(tmp_path / "huge.yaml", MAX_ROWS + 1)
     err = _one_error_line(["concepts", "show", str(f)], capsys)
     assert f"over the cap of {MAX_ROWS:,} rows" in err
+
+
+# ---------------------------------------------------------------- model specs
+@pytest.mark.parametrize("spec, message", [
+    (":random", "expected a model spec before ':random', e.g. 'gemma-3-270m:random'"),
+    ("", "expected a model spec (see `medinterp models`)"),
+])
+def test_an_empty_model_spec_names_what_is_missing(spec, message):
+    import medinterp as mi
+
+    with pytest.raises(MedinterpError) as e:
+        mi.load_model(spec)
+    assert message in str(e.value) and "'.'" not in str(e.value) and ".:" not in str(e.value)
+
+
+# ---------------------------------------------------------------- contradictory duplicate pairs
+def test_pairs_with_the_same_prompts_and_other_answers_are_all_dropped(tiny, tmp_path, monkeypatch, capsys):
+    from medinterp.concepts import load_concepts
+
+    f = tmp_path / "dup.yaml"
+    f.write_text("name: dup\nkind: pairs\npairs:\n"
+                 "  - {clean: The patient has angina, corrupted: The patient has asthma, "
+                 "clean_answer: ' aspirin', corrupted_answer: ' insulin'}\n"
+                 "  - {clean: The patient has angina, corrupted: The patient has asthma, "
+                 "clean_answer: ' insulin', corrupted_answer: ' aspirin'}\n"
+                 "  - {clean: The patient has fever, corrupted: The patient has cough, "
+                 "clean_answer: ' aspirin', corrupted_answer: ' insulin'}\n")
+    chk = load_concepts(f).check(tiny)
+    reasons = {p.line: r for p, r in chk.dropped}
+    assert sorted(reasons) == [4, 5] and [p.line for p in chk.valid] == [6]
+    assert "contradictory answers: the same clean and corrupted prompts as line 5" in reasons[4]
+    assert "as line 4 (answers ' aspirin' / ' insulin')" in reasons[5]
+    # patch (default --strict) stops on them instead of averaging opposite targets
+    import medinterp.models
+
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, **k: tiny)
+    with pytest.raises(SystemExit) as e:
+        main(["patch", "-p", str(f), "-o", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "contradictory answers" in err and "Traceback" not in err
