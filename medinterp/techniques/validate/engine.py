@@ -117,8 +117,8 @@ def _groups(sets: Sequence[Sequence[int]], n_rows: int) -> list[list[int]]:
 
 @torch.no_grad()
 def run_sets(model: Any, pb: PairBatch, sets: Sequence[Sequence[int]], how: str, *,
-             means: Sequence[dict[int, torch.Tensor]] | None = None, fold: torch.Tensor | None = None,
-             kl_ref: torch.Tensor | None = None) -> tuple[Float[np.ndarray, "n_sets P"], Float[np.ndarray, "n_sets P"] | None]:
+             means: Sequence[dict[int, torch.Tensor]] | None = None,
+             fold: torch.Tensor | None = None) -> tuple[Float[np.ndarray, "n_sets P"], torch.Tensor]:
     """Intervene on every layer set in ``sets`` (each as a unit) and read the answer.
 
     Args:
@@ -128,18 +128,18 @@ def run_sets(model: Any, pb: PairBatch, sets: Sequence[Sequence[int]], how: str,
             block outputs at the item span).
         means: ``"mean"``: per fold ``{block: [T', d] mean output per position}``; fold: ``[P]`` the fold whose
             means each prompt gets (cross-fitting).
-        kl_ref: ``[P, vocab]`` intact log-probs at the read position: also return KL(intact || intervened).
 
     Returns:
-        ``(ld [n_sets, P], kl [n_sets, P] or None)``.
+        ``(ld [n_sets, P], the residual after the last block at each read position [n_sets, P, d])`` (for
+        :func:`kl_at`).
     """
     if how not in ("mean", "skip", "restore"):
         raise MedinterpError(f"run_sets: how={how!r}; expected mean, skip or restore")
     n = int(model.cfg.n_layers)
     P, T = pb.clean.shape
     ld = np.full((len(sets), P), np.nan)
-    kl = None if kl_ref is None else np.full((len(sets), P), np.nan)
     base = pb.corrupt_pre if how == "restore" else pb.clean_pre
+    reads = torch.zeros((len(sets), P, base.shape[-1]), dtype=base.dtype, device=base.device)
     mean_at: dict[int, torch.Tensor] = {}
     if how == "mean":
         if means is None or fold is None:
@@ -166,17 +166,23 @@ def run_sets(model: Any, pb: PairBatch, sets: Sequence[Sequence[int]], how: str,
                 y = torch.where(hit[:, None, None], repl, y)
             x = y
         last = pb.last.repeat(k)
-        vals = _ld(model, x, last, pb.good.repeat(k), pb.bad.repeat(k)).reshape(k, P)
-        ld[group] = vals
-        if kl is not None:
-            rows = x[torch.arange(x.shape[0], device=x.device), last]
-            out = []
-            for s in range(0, rows.shape[0], KL_ROWS):
-                lp = torch.log_softmax(final_logits(model, rows[s : s + KL_ROWS]).float(), -1)
-                ref = kl_ref[torch.arange(s, min(s + KL_ROWS, rows.shape[0]), device=kl_ref.device) % P]
-                out.append((ref.exp() * (ref - lp)).sum(-1).double().cpu())
-            kl[group] = torch.cat(out).numpy().reshape(k, P)
-    return ld, kl
+        ld[group] = _ld(model, x, last, pb.good.repeat(k), pb.bad.repeat(k)).reshape(k, P)
+        reads[group] = x[torch.arange(x.shape[0], device=x.device), last].reshape(k, P, -1)
+    return ld, reads
+
+
+@torch.no_grad()
+def kl_at(model: Any, reads: Float[torch.Tensor, "n P d"], ref: Float[torch.Tensor, "P vocab"]) -> Float[np.ndarray, "n P"]:
+    """KL(intact || intervened) of the next token at the read positions (nats), in row chunks of :data:`KL_ROWS`
+    (each row is a full-vocabulary distribution)."""
+    n, P = reads.shape[0], reads.shape[1]
+    rows = reads.reshape(n * P, -1)
+    out = []
+    for s in range(0, rows.shape[0], KL_ROWS):
+        lp = torch.log_softmax(final_logits(model, rows[s : s + KL_ROWS]).float(), -1)
+        r = ref[torch.arange(s, min(s + KL_ROWS, rows.shape[0]), device=ref.device) % P]
+        out.append((r.exp() * (r - lp)).sum(-1).double().cpu())
+    return torch.cat(out).numpy().reshape(n, P)
 
 
 @torch.no_grad()

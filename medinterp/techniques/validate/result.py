@@ -29,7 +29,8 @@ class BandValidation(TechniqueResult):
             the contiguous bands only, NaN for the random sets).
         recovered: ``[1 + n_null]`` fraction of ``LD_clean - LD_corrupted`` recovered when the set's block outputs
             are restored at the item span of the corrupted prompt.
-        kl: ``[1 + n_null]`` mean KL(intact || mean-ablated) of the next token at the read position (nats).
+        kl: ``[1 + n_null]`` mean KL(intact || mean-ablated) of the next token at the read position (nats; the band
+            and the contiguous bands, NaN for the random sets).
         ld_ablate: ``[2, 1 + n_null, n_pairs]`` per-pair LD under ablation; ld_restore: ``[1 + n_null, n_pairs]``.
         clean_ld, corrupted_ld: ``[n_pairs]`` intact LDs of the known pairs; units: item of each known pair.
         control: the control family's numbers (``frac_lost``, CI, ``n_known``; empty: no control family).
@@ -106,8 +107,11 @@ class BandValidation(TechniqueResult):
             lines.append(f"  {part}: {c['statistic_name']} {c['statistic']:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]{extra} "
                          f"-> {c['verdict']} ({c['reason']})")
         if self.kl is not None and len(self.kl):
-            pct = 100.0 * float(np.mean(self.kl[1:] < self.kl[0])) if len(self.kl) > 1 else float("nan")
-            lines.append(f"  generic damage: next-token KL {self.kl[0]:.3g} nats (percentile {pct:.0f} of the random sets)")
+            other = np.asarray(self.kl[1:], float)
+            other = other[np.isfinite(other)]
+            pct = 100.0 * float(np.mean(other < self.kl[0])) if len(other) else float("nan")
+            lines.append(f"  generic damage: next-token KL {self.kl[0]:.3g} nats (percentile {pct:.0f} of the "
+                         f"{len(other)} contiguous bands)")
         return "\n".join(lines)
 
     def figure(self, *args: Any, **kwargs: Any):

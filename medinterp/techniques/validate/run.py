@@ -18,6 +18,7 @@ from medinterp.techniques.validate.engine import (
     block_means,
     check_stackable,
     intact_logp,
+    kl_at,
     pair_batch,
     run_sets,
 )
@@ -158,16 +159,15 @@ def _family_inputs(family: Any, control: Any) -> tuple[str, Any, Any]:
 
 def _known(model: Any, pairs: Any, max_pairs: int | None, seed: int, min_known: int, min_margin: float, what: str):
     from medinterp.techniques.patching.common import prepare_pairs
-    from medinterp.techniques.patching.tracing import _item_span, _unit_id, known_mask
+    from medinterp.techniques.patching.tracing import _item_span, _unit_id, baselines, known_mask
 
     valid, _, name = prepare_pairs(model, pairs, on_bad="drop")
     valid = [tp for tp in valid if len(tp.clean_tokens) == len(tp.corrupted_tokens)]
     if not valid:
         raise MedinterpError(f"validate_band: {what} {name!r} has no valid pair with equal clean / corrupted token length")
     spans = [_item_span(model, tp, "span") for tp in valid]
-    pb = pair_batch(model, [tp.clean_tokens for tp in valid], [tp.corrupted_tokens for tp in valid], spans,
-                    [tp.clean_id for tp in valid], [tp.corrupted_id for tp in valid])
-    known, _ = known_mask(pb.clean_ld, pb.corrupt_ld, min_margin, True)
+    clean_ld, corrupt_ld, _ = baselines(model, valid)
+    known, _ = known_mask(clean_ld, corrupt_ld, min_margin, True)
     idx = np.flatnonzero(known)
     if max_pairs is not None and len(idx) > max_pairs:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_pairs, replace=False))
@@ -240,7 +240,7 @@ def validate_band(
     Returns:
         A :class:`BandValidation` (``summary()``, ``checks``, ``save``/``load``).
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     check_stackable(model)
     n = int(model.cfg.n_layers)
     a, b = band_arg(band, n)
@@ -255,9 +255,10 @@ def validate_band(
 
     t1 = time.perf_counter()
     means, fold = _means(model, pb, units, layers, seed, batch_size)
-    ref = intact_logp(model, pb)
-    ld_mean, kl = run_sets(model, pb, sets, "mean", means=means, fold=fold, kl_ref=ref)
-    few = [i for i, k in enumerate(kind) if k <= 1]  # skip: the band against the contiguous bands only
+    ld_mean, reads = run_sets(model, pb, sets, "mean", means=means, fold=fold)
+    few = [i for i, k in enumerate(kind) if k <= 1]  # skip and KL: the band against the contiguous bands only
+    kl = np.full_like(ld_mean, np.nan)
+    kl[few] = kl_at(model, reads[few], intact_logp(model, pb))
     ld_skip = np.full_like(ld_mean, np.nan)
     ld_skip[few] = run_sets(model, pb, [sets[i] for i in few], "skip")[0]
     timings["necessity_s"] = time.perf_counter() - t1
@@ -305,6 +306,7 @@ def validate_band(
     order = ["necessity", "necessity_skip", "selectivity", "sufficiency"]
     checks = {k: checks[k] for k in order if k in checks}
     timings["total_s"] = time.perf_counter() - t0
+    timings["cpu_s"] = time.process_time() - c0  # CPU seconds of this process, all threads (load-independent)
     params = dict(band=[a, b], family=fam_name, pairs=name, control=control_info.get("pairs"), n_random=n_random,
                   seed=seed, max_pairs=max_pairs, min_known=min_known, min_margin=min_margin, n_boot=n_boot, ci=ci,
                   alpha=alpha, n_valid=n_valid, n_known=len(kept), mean_reference="cross-fitted by item halves")
