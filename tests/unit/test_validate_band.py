@@ -190,6 +190,13 @@ def test_bad_band_and_inputs(mech):
                                                                  " no", " yes")], (2, 3))
 
 
+def test_whole_model_band_has_no_null_and_saves(mech, tmp_path):
+    r = validate_band(mech, planted_pairs(), (0, N_LAYERS - 1), n_random=10, n_boot=50)
+    assert len(r.sets) == 1 and r.checks["necessity"]["verdict"] == "inconclusive"
+    r.save(tmp_path / "w")
+    assert "band 0-9" in Result.load(tmp_path / "w").summary()  # NaN p saved as null still prints
+
+
 def test_null_sets():
     sets, kind = null_sets((2, 3), 6, 100, 0)
     assert sets[0] == [2, 3] and kind.count(1) == 4 and len(sets) == 15  # all C(6, 2) sets
@@ -215,7 +222,8 @@ def test_cli_end_to_end_with_a_user_pair_file(mech, tmp_path, monkeypatch, capsy
     back = Result.load(tmp_path / "v")
     assert back.band == [2, 3] and back.verdicts()["necessity"] == "supports"
     assert (tmp_path / "v" / "checks.csv").is_file() and (tmp_path / "v" / "validate.html").is_file()
-    assert "necessity" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "necessity" in out and "no control family: selectivity not tested" in out
 
 
 @pytest.mark.parametrize("argv, msg", [

@@ -16,6 +16,11 @@ VERDICTS = ("supports", "does not", "inconclusive")
 PARTS = ("necessity", "necessity_skip", "selectivity", "sufficiency")
 
 
+def _f(x: Any) -> float:
+    """A saved number (NaN is saved as null) as a float."""
+    return float("nan") if x is None else float(x)
+
+
 @dataclasses.dataclass
 class BandValidation(TechniqueResult):
     """Causal checks of one band of layers for one family, each against random layer sets of the same width.
@@ -102,10 +107,14 @@ class BandValidation(TechniqueResult):
             c = self.checks.get(part)
             if not c:
                 continue
-            ci = c.get("ci", [float("nan"), float("nan")])
-            extra = "" if c.get("p") is None else f", percentile {c['percentile']:.0f}, p = {c['p']:.3g}"
-            lines.append(f"  {part}: {c['statistic_name']} {c['statistic']:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]{extra} "
+            ci = [_f(x) for x in (c.get("ci") or [None, None])]
+            extra = "" if c.get("p") is None else f", percentile {_f(c.get('percentile')):.0f}, p = {_f(c['p']):.3g}"
+            lines.append(f"  {part}: {c['statistic_name']} {_f(c.get('statistic')):.3g} [{ci[0]:.3g}, {ci[1]:.3g}]{extra} "
                          f"-> {c['verdict']} ({c['reason']})")
+        if not self.control:
+            lines.append("  no control family: selectivity not tested (necessity judged on p and its CI only)")
+        elif self.control.get("error"):
+            lines.append(f"  control family not usable: {self.control['error']}")
         if self.kl is not None and len(self.kl):
             other = np.asarray(self.kl[1:], float)
             other = other[np.isfinite(other)]
