@@ -375,6 +375,7 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
         status[f][t] = text
         cells[f][t] = from_marking(m, code, reason, detail=text, floor=floor, **marking)
 
+    pending: list = []
     for f in fams:
         for t in techniques:
             key = (f, t)
@@ -407,32 +408,70 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
             elif twin_status.get(key) != "ok":
                 put(f, t, code_of(twin_status.get(key), "not_run"), f"random twin {twin_status.get(key, 'not run')}")
             else:
-                try:
-                    m, tw_reason = _mark_cell(main[key], ctrl[key], twin[key], marking)
-                except NotImplementedError:
-                    put(f, t, "no_scores", f"no unit scores: the {t} result does not provide unit_scores()")
-                except NoScores as e:
-                    put(f, t, e.code, str(e))
-                except MedinterpError as e:
-                    put(f, t, "failed", f"failed: {e}"[:300])
-                else:
-                    if not m.comparable:  # never marked; the effect on all items is still shown
-                        put_m(f, t, m, m.balance.reason, "control_not_comparable")
-                    elif m.smallest_p_adj > alpha:  # "no interval" would claim a test that could not reject
-                        twin_n = f", {m.n_twin} paired with the twin" if m.n_twin else ""
-                        put_m(f, t, m, f"too few items to mark: {m.n_items} items, {_ctrl_count(m)}{twin_n}; the "
-                              f"smallest attainable corrected p is {m.smallest_p_adj:.3g} > α = {alpha:g} (a larger "
-                              "preset or more items)", "too_few_items",
-                              f"{m.n_items} items and {_ctrl_count(m)}{twin_n} cannot reach α = {alpha:g}: smallest "
-                              f"attainable corrected p {m.smallest_p_adj:.3g}; a larger preset or more items")
-                    else:
-                        put_m(f, t, m, "ok")
-                        if tw_reason and notes is not None:  # only on a markable cell
-                            notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
+                pending.append(key)
+    # the cells that are compared run in parallel (their statistics are numpy with one BLAS thread,
+    # and a refit bootstrap of one cell can take seconds): same numbers as one at a time
+    done = _mark_cells_parallel(pending, main, ctrl, twin, marking)
+    for key in pending:
+        f, t = key
+        try:
+            result, error = done[key]
+            if error is not None:
+                raise error
+            m, tw_reason = result
+        except NotImplementedError:
+            put(f, t, "no_scores", f"no unit scores: the {t} result does not provide unit_scores()")
+        except NoScores as e:
+            put(f, t, e.code, str(e))
+        except MedinterpError as e:
+            put(f, t, "failed", f"failed: {e}"[:300])
+        else:
+            if not m.comparable:  # never marked; the effect on all items is still shown
+                put_m(f, t, m, m.balance.reason, "control_not_comparable")
+            elif m.smallest_p_adj > alpha:  # "no interval" would claim a test that could not reject
+                twin_n = f", {m.n_twin} paired with the twin" if m.n_twin else ""
+                put_m(f, t, m, f"too few items to mark: {m.n_items} items, {_ctrl_count(m)}{twin_n}; the "
+                      f"smallest attainable corrected p is {m.smallest_p_adj:.3g} > α = {alpha:g} (a larger "
+                      "preset or more items)", "too_few_items",
+                      f"{m.n_items} items and {_ctrl_count(m)}{twin_n} cannot reach α = {alpha:g}: smallest "
+                      f"attainable corrected p {m.smallest_p_adj:.3g}; a larger preset or more items")
+            else:
+                put_m(f, t, m, "ok")
+                if tw_reason and notes is not None:  # only on a markable cell
+                    notes.setdefault(f, {})[t] = f"vs control family only: random twin {tw_reason}"
+    for d in (out, status, cells):  # the cells in row x technique order, as one at a time gave them
+        for f in fams:
+            d[f] = {t: d[f][t] for t in techniques if t in d[f]}
     if cells_out is not None:
         for f in fams:
             cells_out.setdefault(f, {}).update({t: c.to_dict() for t, c in cells[f].items()})
     return out, status
+
+
+def _mark_cells_parallel(keys: list, main: dict, ctrl: dict, twin: dict, marking: dict,
+                         n_workers: int | None = None) -> dict:
+    """``{key: (result, error)}``: :func:`_mark_cell`'s result for ``key``, or the exception it raised
+    (re-raised by the caller in row order, where it is handled).
+
+    Run on ``n_workers`` threads (default: the CPU count, at most 4) under a one-thread BLAS limit held
+    for the whole pool, so no worker's BLAS changes thread count (and so its rounding) mid-run."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    def run(key: tuple) -> tuple[Any, Exception | None]:
+        try:
+            return _mark_cell(main[key], ctrl[key], twin[key], marking), None
+        except Exception as e:  # noqa: BLE001 - handed back to the caller, which decides
+            return None, e
+
+    n = max(1, min(n_workers or (os.cpu_count() or 1), 4, len(keys) or 1))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n == 1:
+            return {k: run(k) for k in keys}
+        with ThreadPoolExecutor(n) as ex:
+            return dict(zip(keys, ex.map(run, keys)))
 
 
 def _mark_cell(main: Any, ctrl: Any, twin: Any, marking: dict) -> tuple[ControlMarking, str | None]:
