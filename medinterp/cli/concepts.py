@@ -136,9 +136,11 @@ def check_command(
         try:
             target = AutoTokenizer.from_pretrained(str(tokenizer))
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a folder that is no tokenizer
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            said = " ".join(str(e).split())
+            said = said if len(said) <= 160 else said[:157] + "..."
             raise MedinterpError(f"--tokenizer {tokenizer}: not a Hugging Face tokenizer folder (expected "
-                                 f"tokenizer.json or tokenizer_config.json with its vocabulary; {first})") from None
+                                 f"tokenizer.json or tokenizer_config.json with its vocabulary; transformers said: "
+                                 f"{type(e).__name__}: {said})") from None
         what = f"tokenizer {tokenizer.name}"
     else:
         from medinterp.cli._common import load_model

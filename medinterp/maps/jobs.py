@@ -114,6 +114,26 @@ def _load_finished(rdir: Path | None, fp: str, key: str) -> Result | None:
         return None
 
 
+def load_saved(rdir: Path, key: str = "") -> Result:
+    """A saved job's result for viewing without a model (:func:`~medinterp.maps.map_from_work_dir`): its files
+    are checked against the checksums of its ``job.json`` (a changed file is a :class:`MedinterpError`,
+    shown as that cell's status); a result saved before checksums were recorded loads with a log line
+    saying it is unverified (there is no model here to recompute it)."""
+    try:
+        files = json.loads((rdir / _JOB_FILE).read_text()).get("files")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        files = None
+    if isinstance(files, dict) and files:
+        bad = changed_files(rdir, files)
+        if bad:
+            raise MedinterpError(f"{rdir}: changed after it was saved ({', '.join(bad[:5])} edited, truncated or "
+                                 "missing); rerun the map to recompute it")
+    elif (rdir / "manifest.json").is_file():
+        log.info("%s: saved result in %s has no file checksums (saved before they were recorded): unverified",
+                 key or rdir.name, rdir)
+    return Result.load(rdir)
+
+
 def _save_job(res: Result, rdir: Path, fp: str, key: str) -> None:
     job = rdir / _JOB_FILE
     if job.exists():

@@ -12,10 +12,9 @@ import numpy as np
 from medinterp.errors import MedinterpError
 from medinterp.maps.cells import said
 from medinterp.maps.controls import mark_all
-from medinterp.maps.jobs import job_dir
+from medinterp.maps.jobs import job_dir, load_saved
 from medinterp.maps.run import CONTROL_SUFFIX, TWIN_SUFFIX, _Run, _twin_skips, check_techniques
 from medinterp.maps.synthesis import KnowledgeMap, interval_rules, validate_params
-from medinterp.results import Result
 
 log = logging.getLogger("medinterp")
 
@@ -57,7 +56,7 @@ def map_from_work_dir(
                 run.status[f][t] = said("not_run", "no saved result")
                 continue
             try:
-                res = Result.load(d)
+                res = load_saved(d, f"{f}/{t}")
                 run.n_layers = run.n_layers or len(np.asarray(res.layer_curve()))
                 run.record(f, t, res, d)
             except (MedinterpError, NotImplementedError, AttributeError, ValueError) as e:
@@ -72,7 +71,7 @@ def map_from_work_dir(
             for t in techniques:
                 d = job_dir(work, f + suffix, t)
                 try:
-                    res[f, t] = Result.load(d)
+                    res[f, t] = load_saved(d, f"{f}{suffix}/{t}")
                     st[f, t] = "ok"
                 except MedinterpError as e:
                     st[f, t] = (said("not_run", "no saved result") if not (d / "manifest.json").is_file()

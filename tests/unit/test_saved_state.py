@@ -213,3 +213,15 @@ def test_interrupt_without_concepts_gives_the_resume_hint(tiny, tmp_path, monkey
     assert e.value.code == 130
     err = capsys.readouterr().err
     assert f"interrupted: 0 of {len(CONCEPT_FAMILIES)} jobs are saved in" in err and "TypeError" not in err
+
+
+def test_map_from_work_dir_shows_a_changed_result_as_failed_not_its_numbers(tiny, toy, tmp_path):
+    from medinterp.maps import map_from_work_dir
+
+    work = tmp_path / "w"
+    _map(tiny, work)
+    m = work / "drugs" / "toy_saved" / "manifest.json"
+    m.write_text(m.read_text().replace('"drugs"', '"edited"'))
+    km = map_from_work_dir(work, ["age", "drugs"], ["toy_saved"])
+    assert "changed after it was saved" in str(km.status["drugs"]["toy_saved"])
+    assert km.status["age"]["toy_saved"] == "ok"
