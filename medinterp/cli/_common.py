@@ -103,8 +103,20 @@ def load_model(spec: str, device: str = "cpu", **overrides: Any) -> Any:
     import medinterp as mi
 
     opts = {**LOAD_OPTIONS, **{k: v for k, v in overrides.items() if v is not None}}
+    check_device(device)
     typer.echo(f"loading model {spec} (backend {opts['backend']}, {opts['dtype']}) ...")
     return mi.load_model(spec, device=device, **opts)
+
+
+def check_device(device: str, option: str = "--device") -> str:
+    """A device string torch understands (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked before the model loads."""
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MedinterpError(f"{option} {device!r}: expected a torch device such as cpu, cuda, cuda:1 or mps") from None
+    return device
 
 
 def load_concept_set(spec: str, option: str = "--concepts"):

@@ -50,6 +50,12 @@ def geometry_cmd(
                     ("--n-jobs", n_jobs), ("--batch-size", batch_size)):
         if v < 1 or (name == "--n-neighbors" and v < 2):
             raise MedinterpError(f"{name}: expected a positive number")
+    from medinterp.activations import POSITION_MODES
+
+    if positions not in POSITION_MODES:
+        raise MedinterpError(f"--positions {positions!r}: expected one of {', '.join(POSITION_MODES)}")
+    if min_dist < 0 or pca < 0 or n_epochs < 0:
+        raise MedinterpError(f"--min-dist {min_dist}, --pca {pca}, --n-epochs {n_epochs}: expected numbers >= 0")
     check_out_dir(out)
     names = list(concepts) if concepts else default_concept_sets()
     sets = [load_concept_set(c) for c in names]

@@ -94,6 +94,10 @@ def activations_command(
     """Collect residual-stream activations of a prompts file and save them (no pickle)."""
     import medinterp as mi
 
+    if batch_size < 1:
+        raise MedinterpError(f"--batch-size {batch_size}: expected a positive number")
+    if positions != "last":
+        raise MedinterpError(f"--positions {positions!r}: plain prompts have no concept span; expected 'last'")
     texts = read_prompts_file(prompts)
     m = load_model(model)
     acts = mi.collect_activations(

@@ -34,6 +34,8 @@ def saliency_cmd(
     if params not in ("weights", "all"):
         raise MedinterpError(f"--params {params!r}: expected 'weights' or 'all'")
     positive(n_boot=n_boot)
+    if max_prompts is not None:
+        positive(max_prompts=max_prompts)
     check_out_dir(out)
     concept_set = load_concept_set(concepts)
     m = load_model(model, device=device)

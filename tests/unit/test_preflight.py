@@ -192,3 +192,22 @@ def test_pairs_with_the_same_prompts_and_other_answers_are_all_dropped(tiny, tmp
         main(["patch", "-p", str(f), "-o", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "contradictory answers" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- the technique commands, before the model loads
+@pytest.mark.parametrize("argv, message", [
+    (["geometry", "-c", "age", "--positions", "middle"], "--positions 'middle': expected one of last, span_mean"),
+    (["geometry", "-c", "age", "--min-dist", "-1"], "expected numbers >= 0"),
+    (["geometry", "-c", "age", "--pca", "-5"], "expected numbers >= 0"),
+    (["lesion", "-c", "drugs", "--device", "banana"], "--device 'banana': expected a torch device"),
+    (["saliency", "-c", "drugs", "-n", "-2"], "--max-prompts -2: expected a positive number"),
+    (["activations", "--prompts", "{p}", "--batch-size", "0"], "--batch-size 0: expected a positive number"),
+    (["activations", "--prompts", "{p}", "--positions", "span"], "plain prompts have no concept span"),
+])
+def test_technique_commands_check_options_before_the_model_loads(argv, message, monkeypatch, tmp_path, capsys):
+    _no_model(monkeypatch)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The patient has angina\n")
+    argv = [a.replace("{p}", str(prompts)) for a in argv] + ["--out", str(tmp_path / "out")]
+    assert message in _one_error_line(argv, capsys)
+    assert not (tmp_path / "out").exists()
