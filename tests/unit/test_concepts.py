@@ -402,7 +402,7 @@ pairs:
 def test_check_drops_duplicates_naming_the_first_line(tiny, tmp_path):
     text = ("clean,corrupted,clean_answer,corrupted_answer\n"
             "The patient has chest pain,The patient has a cough, angina, pneumonia\n"
-            "The patient has chest pain,The patient has a cough, asthma, pneumonia\n"   # other answers: not a repeat
+            "The patient has chest pain,The patient has a fever, asthma, pneumonia\n"   # other prompts: not a repeat
             "The patient has chest pain,The patient has a cough, angina, pneumonia\n")  # repeat of line 2
     chk = load_concepts(_write(tmp_path, text, "d.csv")).check(tiny)
     assert [p.line for p in chk.valid] == [2, 3]
@@ -410,6 +410,11 @@ def test_check_drops_duplicates_naming_the_first_line(tiny, tmp_path):
     assert chk.dropped_rows()[0]["row"] == "d.csv:4"
     assert [t.index for t in chk.tokenized] == [0, 1] and chk.tokenized[0].clean_tokens == tiny.to_tokens(
         "The patient has chest pain")[0].tolist()
+    # the same two prompts with other answers contradict each other (issue 24): both are dropped
+    text = text.replace("a fever, asthma", "a cough, asthma")
+    chk = load_concepts(_write(tmp_path, text, "c.csv")).check(tiny)
+    assert chk.valid == [] and [p.line for p, _ in chk.dropped] == [2, 3, 4]
+    assert chk.dropped[1][1].startswith("contradictory answers: the same clean and corrupted prompts as line 2")
 
 
 def test_jsonl_and_plain_csv_pair_files(tmp_path):
