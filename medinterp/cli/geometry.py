@@ -54,6 +54,13 @@ def geometry_cmd(
 
     if positions not in POSITION_MODES:
         raise MedinterpError(f"--positions {positions!r}: expected one of {', '.join(POSITION_MODES)}")
+    try:  # the exact k-NN graph UMAP starts from uses sklearn's distances: the metric must be one of them
+        from sklearn.metrics import pairwise_distances
+
+        pairwise_distances([[0.0, 1.0], [1.0, 0.0]], metric=metric)
+    except (ValueError, TypeError):
+        raise MedinterpError(f"--metric {metric!r}: not a distance sklearn / UMAP know (e.g. euclidean, cosine, "
+                             "manhattan, correlation)") from None
     if min_dist < 0 or pca < 0 or n_epochs < 0:
         raise MedinterpError(f"--min-dist {min_dist}, --pca {pca}, --n-epochs {n_epochs}: expected numbers >= 0")
     check_out_dir(out)

@@ -198,6 +198,7 @@ def test_pairs_with_the_same_prompts_and_other_answers_are_all_dropped(tiny, tmp
 @pytest.mark.parametrize("argv, message", [
     (["geometry", "-c", "age", "--positions", "middle"], "--positions 'middle': expected one of last, span_mean"),
     (["geometry", "-c", "age", "--min-dist", "-1"], "expected numbers >= 0"),
+    (["geometry", "-c", "age", "--metric", "banana"], "--metric 'banana': not a distance sklearn / UMAP know"),
     (["geometry", "-c", "age", "--pca", "-5"], "expected numbers >= 0"),
     (["lesion", "-c", "drugs", "--device", "banana"], "--device 'banana': expected a torch device"),
     (["saliency", "-c", "drugs", "-n", "-2"], "--max-prompts -2: expected a positive number"),
