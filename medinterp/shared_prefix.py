@@ -106,7 +106,8 @@ def prefix_plan(tokens: Sequence[Sequence[int]], first_read: Sequence[int], batc
 
 
 def plan_tokens(plan: Sequence[PrefixBatch], lengths: Sequence[int]) -> int:
-    """Token positions a plan runs through the blocks: each prefix once, each batch's suffixes padded."""
+    """Token positions a plan runs through the blocks: each batch's prefix and its padded suffixes (an upper
+    bound: consecutive batches of one group share one prefix forward)."""
     return sum(b.prefix_len + len(b.rows) * (max(lengths[i] for i in b.rows) - b.prefix_len) for b in plan)
 
 
