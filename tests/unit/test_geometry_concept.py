@@ -525,3 +525,31 @@ def test_paired_contrast_finds_the_model_over_its_twin_and_not_a_twin_over_itsel
     np.testing.assert_allclose(same.effect, 0.0, atol=1e-12)
     with pytest.raises(MedinterpError, match="same prompts"):
         GI.paired_contrast(inp(X), inp(X[:, :10]))
+
+
+def test_reduce_keeps_probe_features_narrow_when_there_are_fewer_rows_than_components():
+    """0.4.0 returned X itself when n <= pca_dims: the quick map's progression cell (60 prompts) got 640-wide
+    probe features and a 3,926-wide TF-IDF baseline, and its refit bootstrap ran > 10 min at ~12 GB."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 640))
+    Z = G.concept.reduce(X, 64)
+    assert Z.shape == (60, 59)  # the n - 1 directions centred rows span
+    # nothing is lost: the scores reproduce every centred pairwise distance
+    Xc = X - X.mean(0)
+    d_x = ((Xc[:, None] - Xc[None]) ** 2).sum(-1)
+    d_z = ((Z[:, None] - Z[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(d_z, d_x, rtol=1e-8, atol=1e-6)
+    assert G.concept.reduce(X[:, :50], 64).shape == (60, 50)  # already narrow: as it is
+    assert G.concept.lexical_features([f"item{i} drug{i * 7}" for i in range(30)], 64).shape[1] <= 64
+
+
+def test_bootstrap_levels_do_not_depend_on_how_feature_sets_are_chunked():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.array(list("abc")), 12)
+    groups = np.arange(36)
+    X = [rng.normal(size=(36, 8)) + (j == 2) * (y == "a")[:, None] for j in range(5)]
+    whole = _GI_inf.bootstrap_levels(X, y, groups, continuous=False, n_boot=6, seed=4, layer_chunk=20)
+    one_by_one = _GI_inf.bootstrap_levels(X, y, groups, continuous=False, n_boot=6, seed=4, layer_chunk=1)
+    # batched products sum in another order: equal to rounding (the chunk is fixed by the inputs, so one
+    # input still gives one result bit for bit)
+    np.testing.assert_allclose(whole, one_by_one, rtol=0, atol=1e-12)

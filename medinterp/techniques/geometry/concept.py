@@ -66,16 +66,25 @@ def reduce(X: Float[np.ndarray, "n d"], pca_dims: int | None, seed: int = 0) -> 
     ``U √Λ``: the same PCA scores, each component's sign fixed so its largest entry is positive); sklearn's
     PCA has no Gram solver and its d x d covariance route was 4 of 13 s of a geometry run. Otherwise
     sklearn's ``covariance_eigh`` PCA.
+
+    With no more rows than ``pca_dims`` (but more features) the rows span at most ``n - 1`` centred
+    directions, so the scores on those ``n - 1`` components are returned: the probe's features stay at most
+    ``pca_dims`` wide. Returning ``X`` itself there (0.4.0) gave the quick map's progression cell, 60 prompts,
+    640-wide probe features and a 3,926-wide TF-IDF baseline, and the refit bootstrap's per-group ``d x d``
+    moments then took > 10 min and ~12 GB.
     """
     X = np.asarray(X, dtype=np.float64)
-    if not pca_dims or min(X.shape) <= pca_dims:
+    if not pca_dims or X.shape[1] <= pca_dims:
         return X
     n, d = X.shape
+    k = min(pca_dims, n - 1) if n <= pca_dims else pca_dims
+    if k < 1:
+        return X
     if n > d:
-        return PCA(n_components=pca_dims, random_state=seed, svd_solver="covariance_eigh").fit_transform(X)
+        return PCA(n_components=k, random_state=seed, svd_solver="covariance_eigh").fit_transform(X)
     Xc = X - X.mean(0)
     w, U = np.linalg.eigh(Xc @ Xc.T)  # ascending
-    w, U = w[::-1][:pca_dims], U[:, ::-1][:, :pca_dims]
+    w, U = w[::-1][:k], U[:, ::-1][:, :k]
     Z = U * np.sqrt(np.maximum(w, 0.0))
     sign = np.sign(Z[np.abs(Z).argmax(0), np.arange(Z.shape[1])])
     return Z * np.where(sign == 0, 1.0, sign)

@@ -377,7 +377,8 @@ def bootstrap_levels(
         n_boot: replicates.
         seed: seed of the draws and fold assignments.
         n_splits: folds per replicate.
-        layer_chunk: feature sets processed together (memory: ``layer_chunk * groups * d²`` floats).
+        layer_chunk: most feature sets processed together (memory: ``layer_chunk * groups * d²`` floats,
+            fewer where that passes ~512 MB).
 
     Returns:
         ``[n_boot, L]`` levels (chance-corrected balanced accuracy, or R², as the headline's); a replicate
@@ -407,9 +408,11 @@ def bootstrap_levels(
     starts = np.searchsorted(gt.row_group[order], np.arange(G))
     equal = bool((gt.size == gt.size[0]).all())
     with _one_blas_thread():
-        for idx_all in widths.values():
-            for c0 in range(0, len(idx_all), layer_chunk):
-                idx = idx_all[c0: c0 + layer_chunk]
+        for width, idx_all in widths.items():
+            # per-group d x d moments: cap a chunk at ~512 MB of them whatever the width
+            chunk = max(1, min(layer_chunk, (512 << 20) // max(1, G * width * width * 8)))
+            for c0 in range(0, len(idx_all), chunk):
+                idx = idx_all[c0: c0 + chunk]
                 X = np.stack([Xs[j] for j in idx])  # [l, n, d]
                 Xo = X[:, order]
                 if equal:  # every group has the same rows: one batched product
