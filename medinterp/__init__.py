@@ -32,6 +32,7 @@ _API = {
     "saliency": "medinterp.techniques.saliency",
     "lesion": "medinterp.techniques.lesion",
     "patch": "medinterp.techniques.patching",
+    "causal_trace": "medinterp.techniques.patching",
     "path_patch": "medinterp.techniques.patching",
     "attribution_patch": "medinterp.techniques.patching",
     "validate_band": "medinterp.techniques.validate",

@@ -36,6 +36,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -116,8 +118,51 @@ class Technique:
     def params(self, size: str = "full", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The preset of ``size`` updated with ``overrides``."""
         if size not in SIZES:
-            raise MedinterpError(f"size must be one of {SIZES}, not {size!r}")
+            raise MedinterpError(f"{self.name}: preset must be one of {SIZES} (or None: the function's own "
+                                 f"defaults), not {size!r}")
         return {**dict(self.presets[size]), **dict(overrides or {})}
+
+    def with_presets(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` (the technique's public function) with a keyword ``preset="quick"|"full"|None``.
+
+        ``preset="quick"`` / ``"full"`` calls ``fn`` with exactly the parameters the knowledge map's
+        ``quick`` / ``full`` cell uses (:meth:`params`), so ``fn(model, inputs, preset="full")`` on a
+        family's input reproduces that map cell; keyword arguments given explicitly still override the
+        preset. ``preset=None`` (default) leaves ``fn``'s own defaults.
+
+        Args:
+            fn: the function to wrap; it must accept every parameter of both presets.
+
+        Returns:
+            The wrapped function (same name and docstring; its signature shows ``preset``).
+
+        Raises:
+            MedinterpError: at wrap time when a preset names a parameter ``fn`` does not take; at call
+                time for an unknown preset.
+        """
+        sig = inspect.signature(fn)
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+        for size in SIZES:
+            unknown = sorted(set(self.presets[size]) - set(sig.parameters))
+            if unknown and not takes_any:
+                raise MedinterpError(f"{self.name}: preset {size!r} sets {unknown}, which {fn.__name__}() does not take")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, preset: str | None = None, **kwargs: Any) -> Any:
+            if preset is not None:
+                kwargs = self.params(preset, kwargs)
+            return fn(*args, **kwargs)
+
+        params = list(sig.parameters.values())
+        at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+        params.insert(at, inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation="str | None"))
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__doc__ = (fn.__doc__ or "") + (
+            f"\n\n    ``preset``: ``\"quick\"`` or ``\"full\"`` runs with the knowledge map's {self.name} preset "
+            "(explicit keyword arguments still override it); None: the defaults above.\n")
+        wrapper.technique = self  # type: ignore[attr-defined]
+        return wrapper
 
     def run(self, model: Any, family: Family, **params: Any) -> "TechniqueResult":
         """Run on one family (raises :class:`MissingInput` when an input it needs is absent)."""

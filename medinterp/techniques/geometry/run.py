@@ -569,3 +569,6 @@ TECHNIQUE = Technique(
     description="activation geometry per layer: item-grouped linear probe on template-centred item reads "
                 "(+ lexical baseline, silhouette, collapse, age step, progression order)",
 )
+
+#: :func:`geometry` with ``preset="quick"|"full"``: the map's geometry cell, from the API
+geometry = TECHNIQUE.with_presets(geometry)

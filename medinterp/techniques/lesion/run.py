@@ -421,3 +421,6 @@ TECHNIQUE = Technique(
     description=("fraction of the clean logit difference (answer - foil) lost when one block is removed, on the "
                  "answer prompts the model knows"),
 )
+
+#: :func:`lesion` with ``preset="quick"|"full"``: the map's lesion cell, from the API
+lesion = TECHNIQUE.with_presets(lesion)

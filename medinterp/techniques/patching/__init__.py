@@ -55,12 +55,13 @@ from medinterp.techniques.patching.common import (
 from medinterp.techniques.patching.engine import patch
 from medinterp.techniques.patching.path import make_freeze_hook, path_patch
 from medinterp.techniques.patching.result import PatchingResult
-from medinterp.techniques.patching.tracing import TracingResult, causal_trace, known_mask
+from medinterp.techniques.patching.tracing import TracingResult, causal_trace, known_mask, spread_pairs
 
 __all__ = [
     "PatchingResult",
     "TracingResult",
     "causal_trace",
+    "spread_pairs",
     "known_mask",
     "patch",
     "path_patch",
@@ -79,15 +80,8 @@ __all__ = [
 
 
 def _family_pairs(family: Any, max_pairs: int | None) -> PairSet:
-    """The family's pair set, or ``max_pairs`` rows of it spread evenly over the file (first and last row
-    included): files are often ordered by difficulty (age: 17 vs 18 first), so the first N rows would
-    make a quick run answer a different question than the full one."""
-    ps = pair_set(family.pairs)
-    rows = list(ps.pairs)
-    if max_pairs is not None and int(max_pairs) < len(rows):
-        keep = np.unique(np.linspace(0, len(rows) - 1, max(1, int(max_pairs))).round().astype(int))
-        ps = PairSet(ps.name, ps.version, ps.description, [rows[i] for i in keep], ps.columns, ps.provenance, ps.path)
-    return ps
+    """The family's pair set, or ``max_pairs`` rows of it spread evenly over the file (:func:`spread_pairs`)."""
+    return spread_pairs(family.pairs, max_pairs)
 
 
 def _run_family(model: Any, family: Any, *, progress: bool = True, mode: str = "trace",
@@ -97,10 +91,10 @@ def _run_family(model: Any, family: Any, *, progress: bool = True, mode: str = "
 
     ``mode="trace"`` (default): :func:`causal_trace`. ``mode="resid_last"``: 0.1.0's sweep, ``patch`` of
     resid_pre at the last position (any :func:`patch` parameter may be given)."""
+    if mode == "trace":  # the same call as causal_trace(model, family.pairs, preset=...) (max_pairs included)
+        return causal_trace(model, family.pairs, progress=progress, **params)
     max_pairs = params.pop("max_pairs", None)
     ps = _family_pairs(family, max_pairs)
-    if mode == "trace":
-        return causal_trace(model, ps, progress=progress, **params)
     if mode == "resid_last":
         params = {"site": "resid_pre", "positions": "last", "on_bad": "drop", **params}
         return patch(model, ps, progress=progress, **params)
@@ -147,3 +141,6 @@ TECHNIQUE = Technique(
     extras=attention_view_data,
     description="causal tracing: recovered fraction after restoring the clean item span (and last token) per layer",
 )
+
+#: :func:`causal_trace` with ``preset="quick"|"full"``: the map's patching cell, from the API
+causal_trace = TECHNIQUE.with_presets(causal_trace)

@@ -66,7 +66,7 @@ from medinterp.readout import final_logits
 from medinterp.results import make_provenance
 from medinterp.stats import cluster_bootstrap, intervals_from_mask
 from medinterp.techniques.base import TechniqueResult, UnitScores
-from medinterp.techniques.patching.common import Metric, check_model, device_of, layers_arg, prepare_pairs
+from medinterp.techniques.patching.common import Metric, check_model, device_of, layers_arg, pair_set, prepare_pairs
 from medinterp.techniques.patching.engine import CALL_COST_TOKENS, exact_sweep
 
 RESTORES = ("span", "last")
@@ -364,6 +364,28 @@ def aggregate(ld: np.ndarray, clean_ld: np.ndarray, corrupted_ld: np.ndarray, un
     return P, ratio, lo, hi, median
 
 
+def spread_pairs(pairs: Any, max_pairs: int | None) -> Any:
+    """The pair set of ``pairs``, or ``max_pairs`` rows of it spread evenly over the file (first and last row
+    included): files are often ordered by difficulty (age: 17 vs 18 first), so the first N rows would
+    make a quick run answer a different question than the full one.
+
+    Args:
+        pairs: anything :func:`.common.pair_set` accepts.
+        max_pairs: rows to keep (None: all).
+
+    Returns:
+        A ``PairSet``.
+    """
+    from medinterp.concepts import PairSet
+
+    ps = pair_set(pairs)
+    rows = list(ps.pairs)
+    if max_pairs is not None and int(max_pairs) < len(rows):
+        keep = np.unique(np.linspace(0, len(rows) - 1, max(1, int(max_pairs))).round().astype(int))
+        ps = PairSet(ps.name, ps.version, ps.description, [rows[i] for i in keep], ps.columns, ps.provenance, ps.path)
+    return ps
+
+
 def causal_trace(
     model: Any,
     pairs: Any,
@@ -382,6 +404,7 @@ def causal_trace(
     batch_budget_mb: float = 1024.0,
     call_cost: float = CALL_COST_TOKENS,
     trace_unknown: bool = True,
+    max_pairs: int | None = None,
     progress: bool = True,
 ) -> TracingResult:
     """Causal tracing of the item span and the last token on the pairs the model knows.
@@ -405,11 +428,15 @@ def causal_trace(
         trace_unknown: also trace the known pairs of a family with fewer than ``min_known`` of them (their
             raw numbers kept in ``ratio`` / ``ld``; the curves are NaN either way). The map turns it off:
             its random twin knows almost no pair, and the sweep would be its whole cost.
+        max_pairs: keep at most this many rows of the pair set, spread evenly over the file
+            (:func:`spread_pairs`, before the pair rule drops any); None: all (the map's quick preset: 10).
         progress: show a progress bar.
 
     Returns:
         A :class:`TracingResult`.
     """
+    if max_pairs is not None:
+        pairs = spread_pairs(pairs, max_pairs)
     comps = [sites.canonical(c, what="causal tracing component") for c in components]
     bad = [c for c in comps if c not in COMPONENT_SITES]
     if bad:

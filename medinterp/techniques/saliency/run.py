@@ -371,3 +371,6 @@ TECHNIQUE = Technique(
     needs=("pairs",),
     description="each block's share of |∂(−log p(answer))/∂w · w| on the family's answer prompts",
 )
+
+#: :func:`saliency` with ``preset="quick"|"full"``: the map's saliency cell, from the API
+saliency = TECHNIQUE.with_presets(saliency)
