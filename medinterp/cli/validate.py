@@ -39,6 +39,11 @@ def validate_cmd(
     model: ModelOpt = DEFAULT_MODEL,
     n_random: int = typer.Option(30, "--n-random", help="Random sets of the band's width added to every contiguous band."),
     max_pairs: int = typer.Option(32, "--max-pairs", help="At most this many known pairs (seeded subset); 0 = all."),
+    parts: str = typer.Option("necessity,sufficiency", "--parts",
+                              help="Comma-separated parts: necessity (with skip and selectivity), sufficiency, "
+                                   "steering, erasure (the last two opt-in)."),
+    n_directions: int = typer.Option(20, "--n-directions",
+                                     help="Random directions (steering) / random subspaces (erasure): their null."),
     n_boot: NBootOpt = 1000,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
@@ -46,7 +51,9 @@ def validate_cmd(
 ) -> None:
     """Necessity (the band's blocks mean-ablated at once; skip beside it), selectivity (against the control
     family) and sufficiency (the band's block outputs restored at the item span), each against random layer sets
-    of the same width, with a verdict per check (METHOD.md, "Causal validation of a band").
+    of the same width, with a verdict per check (METHOD.md, "Causal validation of a band"). Opt-in with
+    --parts: steering (the class direction added at the band, against random directions) and erasure (LEACE at
+    the band, against random subspaces of equal rank).
 
     Writes OUT/manifest.json, OUT/arrays.safetensors, OUT/checks.csv and OUT/validate.html.
     """
@@ -56,6 +63,14 @@ def validate_cmd(
     if len(given) != 1:
         raise MedinterpError("give exactly one of --family NAME, --concepts FILE or --pairs FILE")
     a, b = parse_band(band)
+    from medinterp.techniques.validate import RUN_PARTS
+
+    part_list = [x.strip() for x in parts.split(",") if x.strip()]
+    unknown = [x for x in part_list if x not in RUN_PARTS]
+    if unknown or not part_list:
+        raise MedinterpError(f"--parts {parts!r}: expected a comma-separated subset of {','.join(RUN_PARTS)}")
+    if n_directions < 1:
+        raise MedinterpError(f"--n-directions {n_directions}: expected >= 1")
     if n_random < 0 or max_pairs < 0:
         raise MedinterpError(f"--n-random {n_random} / --max-pairs {max_pairs}: expected >= 0")
     if n_boot < 1:
@@ -80,7 +95,8 @@ def validate_cmd(
 
     band_arg((a, b), int(m.cfg.n_layers), option="--band")
     res = validate_band(m, target, (a, b), control=control, n_random=n_random, max_pairs=max_pairs or None,
-                        n_boot=n_boot, seed=seed, progress=progress)
+                        n_boot=n_boot, seed=seed, parts=tuple(part_list), n_directions=n_directions,
+                        progress=progress)
     import pandas as pd
 
     Path(out).mkdir(parents=True, exist_ok=True)

@@ -14,14 +14,23 @@ blocks), on the pairs of a family the model knows (patching's rule):
 Each check has an item-bootstrap CI, a percentile and a permutation p against the random sets, and a verdict
 (``supports`` / ``does not`` / ``inconclusive``). Layout: ``engine`` (stacked layer-set runs), ``run``
 (:func:`validate_band`), ``result`` (:class:`BandValidation`). Figure: :mod:`medinterp.viz.validate`.
-Steering and LEACE erasure (issue 22, parts 3-4) are not built yet.
+Opt-in parts (``parts=(..., "steering", "erasure")``, issue 22 parts 3-4):
+
+* **steering** (:mod:`~medinterp.techniques.validate.steering`): the cross-fitted difference of answer-class
+  means added at the band over a grid of scales; slope of the LD with an item-bootstrap CI against random
+  directions of equal norm and the same direction at a band elsewhere;
+* **erasure** (:mod:`~medinterp.techniques.validate.erasure`): LEACE of the answer class at every block of the
+  band; fraction of LD lost and a downstream probe, against random subspaces of equal rank and the same
+  erasure elsewhere (needs ``concept-erasure``; otherwise "not run").
 
 Example:
     >>> null_sets((2, 3), 6, 0, 0)[0]
     [[2, 3], [0, 1], [1, 2], [3, 4], [4, 5]]
 """
 
-from medinterp.techniques.validate.result import PARTS, VERDICTS, BandValidation
-from medinterp.techniques.validate.run import ALPHA, band_arg, null_sets, validate_band
+from medinterp.techniques.validate.result import PARTS, RUN_PARTS, VERDICTS, BandValidation
+from medinterp.techniques.validate.run import ALPHA, DEFAULT_PARTS, band_arg, null_sets, validate_band
+from medinterp.techniques.validate.steering import ALPHAS
 
-__all__ = ["ALPHA", "PARTS", "VERDICTS", "BandValidation", "band_arg", "null_sets", "validate_band"]
+__all__ = ["ALPHA", "ALPHAS", "DEFAULT_PARTS", "PARTS", "RUN_PARTS", "VERDICTS", "BandValidation", "band_arg", "null_sets",
+           "validate_band"]

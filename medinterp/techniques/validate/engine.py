@@ -199,3 +199,48 @@ def block_means(means: dict[str, MeanActivation], layers: Sequence[int], T: int,
 
     pos = torch.arange(T, device=device)[None]
     return {l: means[block_delta_name(l)].at(pos, "position")[0].to(device) for l in layers}
+
+
+@torch.no_grad()
+def run_edited(model: Any, x0: Float[torch.Tensor, "R T d"], mask: torch.Tensor, last: torch.Tensor, start: int,
+               blocks: Sequence[int], edit: Any, capture: int | None = None
+               ) -> tuple[Float[torch.Tensor, "R d"], torch.Tensor | None]:
+    """Run blocks ``start .. n-1`` from the residual ``x0`` entering block ``start``, editing the read position.
+
+    After each block ``l`` in ``blocks`` (its output, after any permanent hook of the model), the residual at
+    each row's read position ``last`` is replaced by ``edit(l, rows, x_read)`` (``rows``: the row indices of
+    the chunk, ``x_read``: ``[r, d]``). Rows are run in chunks of :data:`STACK_ROWS` (steering, erasure).
+
+    Returns:
+        ``(final residual at the read positions [R, d], the residual entering block ``capture`` at the read
+        positions [R, d] or None)`` (``capture`` in ``start .. n``; ``n``: after the last block).
+    """
+    n = int(model.cfg.n_layers)
+    outs, caps = [], []
+    want = set(blocks)
+    for s in range(0, x0.shape[0], STACK_ROWS):
+        rows = torch.arange(s, min(s + STACK_ROWS, x0.shape[0]), device=x0.device)
+        x, m, lr = x0[rows], mask[rows], last[rows]
+        ar = torch.arange(len(rows), device=x0.device)
+        cap = x[ar, lr] if capture == start else None
+        for l in range(start, n):
+            x = model(x, start_at_layer=l, stop_at_layer=l + 1, attention_mask=m)
+            if l in want:
+                x = x.clone()
+                x[ar, lr] = edit(l, rows, x[ar, lr]).to(x.dtype)
+            if capture == l + 1:
+                cap = x[ar, lr]
+        outs.append(x[ar, lr])
+        caps.append(cap)
+    return torch.cat(outs), (torch.cat(caps) if capture is not None else None)
+
+
+@torch.no_grad()
+def read_ld(model: Any, x: Float[torch.Tensor, "R d"], good: torch.Tensor, bad: torch.Tensor) -> Float[np.ndarray, "R"]:
+    """``logit(good) - logit(bad)`` from residuals after the last block, one row per read position."""
+    return _ld(model, x[:, None], torch.zeros(x.shape[0], dtype=torch.long, device=x.device), good, bad)
+
+
+def reads_at(pre: torch.Tensor, index: int, last: torch.Tensor) -> Float[torch.Tensor, "P d"]:
+    """The residual entering block ``index`` (``n``: after the last block) at each prompt's read position."""
+    return pre[index][torch.arange(pre.shape[1], device=pre.device), last]

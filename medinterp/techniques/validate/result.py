@@ -13,7 +13,9 @@ from medinterp.techniques.base import TechniqueResult
 #: the verdict words (METHOD.md, "Causal validation of a band")
 VERDICTS = ("supports", "does not", "inconclusive")
 #: the parts of a validation, in the order they are reported
-PARTS = ("necessity", "necessity_skip", "selectivity", "sufficiency")
+PARTS = ("necessity", "necessity_skip", "selectivity", "sufficiency", "steering", "erasure")
+#: what ``validate_band(parts=...)`` accepts (necessity brings necessity_skip and selectivity with it)
+RUN_PARTS = ("necessity", "sufficiency", "steering", "erasure")
 
 
 def _f(x: Any) -> float:
@@ -41,6 +43,12 @@ class BandValidation(TechniqueResult):
         control: the control family's numbers (``frac_lost``, CI, ``n_known``; empty: no control family).
         checks: per part of :data:`PARTS` its statistic, CI, percentile, permutation p, verdict and reason.
         pairs: the known pairs (clean, corrupted, answers).
+        steering: the steering part's numbers (:func:`medinterp.techniques.validate.steering.run_steering`:
+            ``alphas``, ``scale``, ``slope``, ``slope_ci``, ``slopes_random``, ``curve`` (mean LD per alpha),
+            ``curve_random``, ``slope_other`` / ``curve_other`` at ``other_band``, ...); empty: not run.
+        erasure: the LEACE part's numbers (:func:`medinterp.techniques.validate.erasure.run_erasure`:
+            ``frac_lost``, ``frac_lost_random``, ``frac_lost_other``, ``probe_intact`` / ``probe_erased`` /
+            ``probe_random`` (chance-corrected), ``ranks``, ...; ``error`` when not run); empty: not run.
     """
 
     kind: ClassVar[str] = "band_validation"
@@ -61,6 +69,8 @@ class BandValidation(TechniqueResult):
     control: dict = dataclasses.field(default_factory=dict)
     checks: dict = dataclasses.field(default_factory=dict)
     pairs: list = dataclasses.field(default_factory=list)
+    steering: dict = dataclasses.field(default_factory=dict)
+    erasure: dict = dataclasses.field(default_factory=dict)
 
     def _after_load(self) -> None:
         self.sets = np.asarray(self.sets, dtype=np.int64)
@@ -111,11 +121,20 @@ class BandValidation(TechniqueResult):
             extra = "" if c.get("p") is None else f", percentile {_f(c.get('percentile')):.0f}, p = {_f(c['p']):.3g}"
             lines.append(f"  {part}: {c['statistic_name']} {_f(c.get('statistic')):.3g} [{ci[0]:.3g}, {ci[1]:.3g}]{extra} "
                          f"-> {c['verdict']} ({c['reason']})")
-        if not self.control:
+        ran_necessity = "necessity" in self.checks or "necessity" in self.params.get("parts", ["necessity"])
+        if not ran_necessity:
+            pass
+        elif not self.control:
             lines.append("  no control family: selectivity not tested (necessity judged on p and its CI only)")
         elif self.control.get("error"):
             lines.append(f"  control family not usable: {self.control['error']}")
-        if self.kl is not None and len(self.kl):
+        st, er = self.steering or {}, self.erasure or {}
+        if st.get("curve"):
+            lines.append(f"  steering: scale {_f(st.get('scale')):.3g} (median residual norm), mean LD over alpha "
+                         f"{st['alphas']}: {' '.join(f'{_f(v):.2f}' for v in st['curve'])}; "
+                         f"{100 * _f(st.get('monotone_pairs')):.0f}% of pairs monotone")
+        lines += [f"  {k}: {d['error']}" for k, d in (("steering", st), ("erasure", er)) if d.get("error")]
+        if self.kl is not None and len(self.kl) and np.isfinite(np.asarray(self.kl, float)[0]):
             other = np.asarray(self.kl[1:], float)
             other = other[np.isfinite(other)]
             pct = 100.0 * float(np.mean(other < self.kl[0])) if len(other) else float("nan")

@@ -22,7 +22,11 @@ from medinterp.techniques.validate.engine import (
     pair_batch,
     run_sets,
 )
-from medinterp.techniques.validate.result import BandValidation
+from medinterp.techniques.validate.result import PARTS, RUN_PARTS, BandValidation
+from medinterp.techniques.validate.steering import ALPHAS
+
+#: the parts run by default (steering and erasure are opt-in)
+DEFAULT_PARTS = ("necessity", "sufficiency")
 
 #: what the checks are judged at (METHOD.md): one-sided permutation level
 ALPHA = 0.05
@@ -214,6 +218,9 @@ def validate_band(
     ci: float = 0.95,
     alpha: float = ALPHA,
     batch_size: int = 32,
+    parts: Sequence[str] = DEFAULT_PARTS,
+    alphas: Sequence[float] = ALPHAS,
+    n_directions: int = 20,
     progress: bool = False,
 ) -> BandValidation:
     """Necessity, selectivity and sufficiency of a band of blocks for a family, against random layer sets.
@@ -235,6 +242,14 @@ def validate_band(
         n_boot, ci: item-cluster bootstrap of each statistic.
         alpha: the permutation level of a "supports" verdict.
         batch_size: prompts per forward of the reference means.
+        parts: which of :data:`RUN_PARTS` to run: ``"necessity"`` (mean-ablation, skip, KL and selectivity),
+            ``"sufficiency"`` (restore), ``"steering"`` (the class direction added at the band,
+            :mod:`~medinterp.techniques.validate.steering`), ``"erasure"`` (LEACE at the band,
+            :mod:`~medinterp.techniques.validate.erasure`). Default: the first two; steering and erasure are
+            opt-in (measured on Gemma 3 270M, drugs, band 5-12, 20 directions, 2 shared CPU cores: see
+            docs/METHOD.md section 6). A part not run leaves its arrays NaN and has no check.
+        alphas: the steering grid (units of the median residual norm at the band's read position).
+        n_directions: random directions (steering) and random subspaces (erasure), the null of those parts.
         progress: unused (kept for the technique contract).
 
     Returns:
@@ -247,24 +262,53 @@ def validate_band(
     if n_random < 0 or n_boot < 1 or not 0 < ci < 1 or not 0 < alpha < 1:
         raise MedinterpError(f"validate_band: n_random={n_random}, n_boot={n_boot}, ci={ci}, alpha={alpha}; expected "
                              "n_random >= 0, n_boot >= 1, 0 < ci < 1, 0 < alpha < 1")
+    parts = tuple(dict.fromkeys(parts))
+    bad_parts = [p for p in parts if p not in RUN_PARTS]
+    if bad_parts or not parts:
+        raise MedinterpError(f"validate_band: parts={list(parts)}; expected one or more of {', '.join(RUN_PARTS)}")
+    if ("steering" in parts or "erasure" in parts) and (n_directions < 1 or len(set(alphas)) < 2):
+        raise MedinterpError(f"validate_band: n_directions={n_directions}, alphas={list(alphas)}; expected "
+                             "n_directions >= 1 and at least 2 distinct alphas")
     fam_name, pairs, ctrl = _family_inputs(family, control)
+    if "necessity" not in parts:
+        ctrl = None
     name, kept, units, pb, n_valid = _known(model, pairs, max_pairs, seed, min_known, min_margin, "family")
     sets, kind = null_sets((a, b), n, n_random, seed)
     layers = sorted({l for s in sets for l in s})
     timings = {"intact_s": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    means, fold = _means(model, pb, units, layers, seed, batch_size)
-    ld_mean, reads = run_sets(model, pb, sets, "mean", means=means, fold=fold)
-    few = [i for i, k in enumerate(kind) if k <= 1]  # skip and KL: the band against the contiguous bands only
-    kl = np.full_like(ld_mean, np.nan)
-    kl[few] = kl_at(model, reads[few], intact_logp(model, pb))
-    ld_skip = np.full_like(ld_mean, np.nan)
-    ld_skip[few] = run_sets(model, pb, [sets[i] for i in few], "skip")[0]
-    timings["necessity_s"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    ld_rest, _ = run_sets(model, pb, sets, "restore")
-    timings["sufficiency_s"] = time.perf_counter() - t1
+    nan = np.full((len(sets), len(units)), np.nan)
+    ld_mean, kl, ld_skip, ld_rest = nan.copy(), nan.copy(), nan.copy(), nan.copy()
+    if "necessity" in parts:
+        means, fold = _means(model, pb, units, layers, seed, batch_size)
+        ld_mean, reads = run_sets(model, pb, sets, "mean", means=means, fold=fold)
+        few = [i for i, k in enumerate(kind) if k <= 1]  # skip and KL: the band against the contiguous bands only
+        kl[few] = kl_at(model, reads[few], intact_logp(model, pb))
+        ld_skip[few] = run_sets(model, pb, [sets[i] for i in few], "skip")[0]
+        timings["necessity_s"] = time.perf_counter() - t1
+    if "sufficiency" in parts:
+        t1 = time.perf_counter()
+        ld_rest, _ = run_sets(model, pb, sets, "restore")
+        timings["sufficiency_s"] = time.perf_counter() - t1
+    extra_checks: dict[str, Any] = {}
+    steering: dict[str, Any] = {}
+    erasure: dict[str, Any] = {}
+    if "steering" in parts:
+        from medinterp.techniques.validate.steering import run_steering
+
+        t1 = time.perf_counter()
+        steering, extra_checks["steering"] = run_steering(model, pb, units, (a, b), alphas=alphas,
+                                                          n_directions=n_directions, seed=seed, n_boot=n_boot,
+                                                          ci=ci, alpha=alpha)
+        timings["steering_s"] = time.perf_counter() - t1
+    if "erasure" in parts:
+        from medinterp.techniques.validate.erasure import run_erasure
+
+        t1 = time.perf_counter()
+        erasure, extra_checks["erasure"] = run_erasure(model, pb, units, (a, b), n_directions=n_directions,
+                                                       seed=seed, n_boot=n_boot, ci=ci, alpha=alpha)
+        timings["erasure_s"] = time.perf_counter() - t1
 
     cl, xl = pb.clean_ld, pb.corrupt_ld
     lost = np.stack([_lost(ld_mean, cl), _lost(ld_skip, cl)])
@@ -299,21 +343,30 @@ def validate_band(
             control_info = {"pairs": c_name, "frac_lost": c_lost, "n_known": len(c_units)}
             gate = (lo > 0, ("!" if hi <= 0 else "") + "the control family loses as much (selectivity CI includes 0)")
     timings["control_s"] = time.perf_counter() - t1
-    checks["necessity"] = _check("fraction of LD lost (mean-ablation)", lost[0], boot_mean, ci, gate=gate, alpha=alpha)
-    checks["necessity_skip"] = _check("fraction of LD lost (block skip)", lost[1], boot_skip, ci, alpha=alpha)
-    checks["sufficiency"] = _check("fraction of LD recovered (restore at the item span)", recovered, boot_rest, ci,
-                                   alpha=alpha)
-    order = ["necessity", "necessity_skip", "selectivity", "sufficiency"]
-    checks = {k: checks[k] for k in order if k in checks}
+    if "necessity" in parts:
+        checks["necessity"] = _check("fraction of LD lost (mean-ablation)", lost[0], boot_mean, ci, gate=gate,
+                                     alpha=alpha)
+        checks["necessity_skip"] = _check("fraction of LD lost (block skip)", lost[1], boot_skip, ci, alpha=alpha)
+    if "sufficiency" in parts:
+        checks["sufficiency"] = _check("fraction of LD recovered (restore at the item span)", recovered, boot_rest,
+                                       ci, alpha=alpha)
+    checks.update(extra_checks)
+    checks = {k: checks[k] for k in PARTS if k in checks}
     timings["total_s"] = time.perf_counter() - t0
     timings["cpu_s"] = time.process_time() - c0  # CPU seconds of this process, all threads (load-independent)
     params = dict(band=[a, b], family=fam_name, pairs=name, control=control_info.get("pairs"), n_random=n_random,
                   seed=seed, max_pairs=max_pairs, min_known=min_known, min_margin=min_margin, n_boot=n_boot, ci=ci,
-                  alpha=alpha, n_valid=n_valid, n_known=len(kept), mean_reference="cross-fitted by item halves")
+                  alpha=alpha, n_valid=n_valid, n_known=len(kept), mean_reference="cross-fitted by item halves",
+                  parts=list(parts))
+    if "steering" in parts or "erasure" in parts:
+        params.update(alphas=[float(x) for x in alphas], n_directions=n_directions,
+                      steering_scale="median residual norm at the read position after the band's last block",
+                      fit_split="cross-fitted by item halves (crossfit_folds(units, seed))")
     return BandValidation(
         concept_set=name, params=params, timings=timings, provenance=make_provenance(model, technique="validate", **params),
         family=fam_name, band=[a, b], n_layers=n, sets=np.array(sets, dtype=np.int64),
         set_kind=np.array(kind, dtype=np.int64), frac_lost=lost, recovered=recovered, kl=kl.mean(1),
         ld_ablate=np.stack([ld_mean, ld_skip]), ld_restore=ld_rest, clean_ld=cl, corrupted_ld=xl, units=list(units),
-        control=control_info, checks=checks, pairs=[tp.describe() for tp in kept],
+        control=control_info, checks=checks, pairs=[tp.describe() for tp in kept], steering=steering,
+        erasure=erasure,
     )
