@@ -12,22 +12,20 @@ import numpy as np
 
 from medinterp.maps.controls import CONTROL_STATS
 from medinterp.viz.curves import add_curve, layer_curve_figure
+from medinterp.viz.heatmaps import curve_heatmaps  # noqa: F401  (public here since 0.1.0)
 from medinterp.viz.html import escape
+from medinterp.viz.style import COLORS, color_of, concept_color, short_note, wrap_note
 
 if TYPE_CHECKING:  # pragma: no cover
     from medinterp.maps import KnowledgeMap
 
-TECH_COLORS = {
-    "geometry": "#1f77b4",
-    "saliency": "#ff7f0e",
-    "lesion": "#d62728",
-    "patching": "#2ca02c",
-}
+#: The technique colours (:data:`medinterp.viz.style.COLORS`; kept here under its 0.1 name).
+TECH_COLORS = {t: COLORS[t] for t in ("geometry", "saliency", "lesion", "patching")}
 _GAP = 0.8  # vertical gap between concept blocks, in lane units
 
 
 def _color(t: str) -> str:
-    return TECH_COLORS.get(t, "#7f7f7f")
+    return color_of(t)
 
 
 def _x_edges(start: int, end: int, n_layers: int, relative: bool) -> tuple[float, float]:
@@ -120,7 +118,7 @@ def add_map_traces(fig, km: "KnowledgeMap", *, relative: bool = False, row=None,
                 cell = km.cell(c, t)
                 mx.append(0.5 if relative else (n - 1) / 2)
                 my.append(_lane_y(i, j, T))
-                mt.append(f"{t}: {cell.code}")
+                mt.append(f"{t}: {cell.code.replace('_', ' ')}: {short_note(cell.reason, 48)}")
                 mh.append(f"{escape(km.label(c))} · {escape(t)}<br>{escape(cell.code)}: {escape(cell.reason)}")
     if mx:
         fig.add_trace(
@@ -184,34 +182,6 @@ def map_figure(km: "KnowledgeMap", *, relative_depth: bool = False, title: str |
     return fig
 
 
-def curve_heatmaps(km: "KnowledgeMap", *, relative_depth: bool = False):
-    """One layer × concept heatmap per technique of the min-max-normalised smoothed curve."""
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
-
-    T = len(km.techniques)
-    norm = km.normalised()
-    n = km.n_layers
-    x = (np.arange(n) + 0.5) / n if relative_depth else np.arange(n)
-    labels = [escape(km.label(c)) for c in km.concepts]
-    fig = make_subplots(rows=T, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=[f"{escape(t)}: {escape(km.curve_names.get(t, 'layer curve'))} (normalised)" for t in km.techniques])
-    for j, t in enumerate(km.techniques):
-        z = norm[:, j, :]
-        text = [[f"{labels[i]} · {escape(t)}<br>{escape(km.curve_name(t, c))}<br>layer {l}: raw {km.curves[i, j, l]:.4g}"
-                 for l in range(n)] for i, c in enumerate(km.concepts)]
-        fig.add_trace(
-            go.Heatmap(z=z, x=x, y=labels, colorscale="Viridis", zmin=0, zmax=1, hovertext=text,
-                       hoverinfo="text", showscale=(j == 0), colorbar=dict(title="norm.")),
-            row=j + 1, col=1,
-        )
-    fig.update_layout(height=max(350, T * (60 + 22 * len(km.concepts))), template="plotly_white",
-                      title="Per-technique layer curves (smoothed, min–max normalised per concept)")
-    fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title="relative depth" if relative_depth else "layer", row=T, col=1)
-    return fig
-
-
 def curves_figure(km: "KnowledgeMap", technique: str):
     """Raw and smoothed layer curves of one technique for every concept, with CI bands where known."""
     import plotly.graph_objects as go
@@ -219,12 +189,11 @@ def curves_figure(km: "KnowledgeMap", technique: str):
     j = km.techniques.index(technique)
     fig = go.Figure()
     sm = km.smoothed()
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
     x = np.arange(km.n_layers)
     for i, c in enumerate(km.concepts):
         if km.status[c].get(technique) != "ok":
             continue
-        color = palette[i % len(palette)]
+        color = concept_color(i)
         lo, hi = km.curves_low[i, j], km.curves_high[i, j]
         if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
             fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=color,
@@ -234,7 +203,8 @@ def curves_figure(km: "KnowledgeMap", technique: str):
         fig.add_trace(go.Scatter(x=x, y=sm[i, j], mode="lines", name=f"{escape(km.label(c))} (smoothed)",
                                  line=dict(color=color, dash="dot"), legendgroup=c, showlegend=False))
     fig.update_layout(title=f"{escape(technique)}: {escape(km.curve_names.get(technique, 'layer curve'))} per layer",
-                      xaxis_title="layer", template="plotly_white", height=380)
+                      xaxis_title="layer", yaxis_title=wrap_note(escape(km.curve_name(technique)), 50),
+                      template="plotly_white", height=380)
     return fig
 
 
@@ -283,7 +253,6 @@ def consensus_compare_figure(maps: Sequence["KnowledgeMap"], names: Sequence[str
         concepts += [c for c in m.concepts if c not in concepts]
     fig = make_subplots(rows=len(concepts), cols=1, shared_xaxes=True, vertical_spacing=0.03,
                         subplot_titles=[escape(maps[0].label(c) if c in maps[0].concepts else c) for c in concepts])
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     for k, (m, nm) in enumerate(zip(maps, names)):
         cons = m.consensus()
         x = (np.arange(m.n_layers) + 0.5) / m.n_layers
@@ -292,7 +261,7 @@ def consensus_compare_figure(maps: Sequence["KnowledgeMap"], names: Sequence[str
                 continue
             fig.add_trace(go.Scatter(x=x, y=cons[m.concepts.index(c)], mode="lines+markers", line_shape="hvh",
                                      name=escape(nm), legendgroup=str(k), showlegend=(r == 0),
-                                     line=dict(color=palette[k % len(palette)])), row=r + 1, col=1)
+                                     line=dict(color=concept_color(k))), row=r + 1, col=1)
     fig.update_layout(height=max(300, 140 * len(concepts)), template="plotly_white",
                       title="Techniques agreeing per layer (consensus) vs relative depth")
     fig.update_xaxes(range=[0, 1])
@@ -319,16 +288,18 @@ def control_curves_figure(km: "KnowledgeMap", technique: str):
     for r, c in enumerate(fams):
         st = km.control_stats[km.concepts.index(c), j]
         add_curve(fig, "over control family", st[k["effect"]], st[k["ci_low"]], st[k["ci_high"]], x=x,
-                  color="#1f77b4", row=r + 1, col=1, showlegend=(r == 0))
+                  color=color_of(technique), row=r + 1, col=1, showlegend=(r == 0))
         add_curve(fig, "over random twin", st[k["effect_twin"]], st[k["twin_low"]], st[k["twin_high"]], x=x,
-                  color="#d62728", dash="dot", row=r + 1, col=1, showlegend=(r == 0))
+                  color=color_of("random twin"), dash="dot", row=r + 1, col=1, showlegend=(r == 0))
         for a, b in _mask_runs(st[k["marked"]] > 0.5):
-            fig.add_vrect(x0=a - 0.5, x1=b + 0.5, fillcolor="#2ca02c", opacity=0.12, line_width=0, row=r + 1, col=1)
+            fig.add_vrect(x0=a - 0.5, x1=b + 0.5, fillcolor=color_of("marked"), opacity=0.6, line_width=0,
+                          layer="below", row=r + 1, col=1)
         fig.add_hline(y=0, line=dict(color="#999", width=1), row=r + 1, col=1)
     fig.update_layout(title=f"{escape(technique)}: effect over control per layer (item-level 95% CI; marked layers shaded)",
                       template="plotly_white", height=max(320, 200 * len(fams)),
                       legend=dict(orientation="h", y=-0.08, yanchor="top", x=0))
     fig.update_xaxes(title="layer", row=len(fams), col=1)
+    fig.update_yaxes(title_text="effect over control<br>(curve's units)")
     return fig
 
 

@@ -19,7 +19,10 @@ import numpy as np
 
 from medinterp.errors import MedinterpError
 from medinterp.techniques.base import register_renderer
-from medinterp.viz.curves import PALETTE, add_curve
+from medinterp.viz.curves import add_curve
+from medinterp.viz.style import color_of, metric_range, metric_title
+
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,12 +53,12 @@ def headline_figure(res: "GeometryResult"):
     t = res.table
     lab = res.primary.get("label")
     curves, colors = {}, {}
-    for i, read in enumerate(("span", "last")):
+    for read in ("span", "last"):
         m = t[(t.metric == "probe") & (t.space == read) & (t.label == lab) & (t.layer >= 0)].sort_values("layer")
         if len(m):
             name = f"{read} read" + (" (item tokens, template-centred)" if read == "span" else " (final token)")
             curves[name] = (m.value.to_numpy(float), m.ci_low.to_numpy(float), m.ci_high.to_numpy(float))
-            colors[name] = PALETTE[i]
+            colors[name] = color_of(read)
     x = None
     if curves:
         n = len(next(iter(curves.values()))[0])
@@ -63,10 +66,14 @@ def headline_figure(res: "GeometryResult"):
         if res.lexical_scores is not None and np.isfinite(res.lexical_scores).any():
             v, lo, hi = res.lexical_baseline()
             curves["lexical baseline (char 3-5-gram TF-IDF)"] = (np.full(n, v), np.full(n, lo), np.full(n, hi))
-            colors["lexical baseline (char 3-5-gram TF-IDF)"] = "#7f7f7f"
+            colors["lexical baseline (char 3-5-gram TF-IDF)"] = color_of("lexical baseline")
     kind = "grouped R²" if res.label_kinds.get(lab) == "continuous" else "chance-corrected balanced accuracy"
-    return layer_curve_figure(curves, x=x, colors=colors, title=f"{res.concept_set}: item-grouped linear probe "
-                              f"({lab}) per block", y_title=f"{kind} (0 = chance)", ci_label="95% CI (items)")
+    fig = layer_curve_figure(curves, x=x, colors=colors, title=f"{res.concept_set}: item-grouped linear probe "
+                             f"({lab}) per block", y_title=f"{kind} (0 = chance)", ci_label="95% CI (items)")
+    rng = metric_range(kind, [v for y, lo, hi in curves.values() for a in (y, lo, hi) if a is not None for v in a])
+    if rng is not None:  # an R² of −100 means "worse than the mean": the axis stops at −1
+        fig.update_yaxes(range=rng)
+    return fig
 
 
 def _paper_figures(res: "GeometryResult", color_by: str | None) -> list:
@@ -158,24 +165,28 @@ def curves_figure(res: "GeometryResult"):
     nrows = max(1, math.ceil(len(panels) / ncols))
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[p[0] for p in panels],
                         vertical_spacing=0.12 if nrows > 1 else 0.2)
-    color_of: dict[str, str] = {}
+    # colour = the read (span / UMAP vs final token / raw, as in the headline figure), dash = the labelling
+    dashes = {lg: _DASHES[k % len(_DASHES)] for k, lg in enumerate(sorted({(str(a), str(b)) for a, b in
+                                                                         zip(t.label, t.group)}))}
     for pi, (m, sub) in enumerate(panels):
         r, c = pi // ncols + 1, pi % ncols + 1
         for (sp, lab, grp), s in sub.groupby(["space", "label", "group"], sort=True):
             s = s.sort_values("layer")
             key = " ".join(x for x in (str(lab), str(grp), str(sp)) if x)
-            col = color_of.setdefault(key, PALETTE[len(color_of) % len(PALETTE)])
+            col = color_of(str(sp))
             x = s.layer.to_numpy()
             first = key not in {tr.name for tr in fig.data if tr.showlegend}
             add_curve(fig, key, s.value.to_numpy(float), s.ci_low.to_numpy(float), s.ci_high.to_numpy(float), x=x,
-                      color=col, dash="solid" if sp in ("umap", "span") else "dot", row=r, col=c, showlegend=first)
+                      color=col, dash=dashes[(str(lab), str(grp))], row=r, col=c, showlegend=first)
             if m == "silhouette" and s.baseline.notna().any():
                 fig.add_trace(go.Scatter(x=x, y=s.baseline_high, mode="lines", name=f"{key} shuffled (95%)",
                                          legendgroup=key, showlegend=False,
                                          line=dict(color=col, width=1, dash="dashdot")), row=r, col=c)
         fig.update_xaxes(title_text="layer", row=r, col=c)
-    fig.update_layout(title=f"{res.concept_set}: geometry metrics per layer (solid = span read / UMAP-30, "
-                            f"dotted = final-token read / raw; "
+        fig.update_yaxes(title_text=metric_title(m), range=metric_range(m, np.r_[sub.value, sub.ci_low, sub.ci_high]),
+                         row=r, col=c)
+    fig.update_layout(title=f"{res.concept_set}: geometry metrics per layer (colour = the read: span / UMAP-30 "
+                            f"or final token / raw; dash = the labelling; "
                             f"bands = {int(100 * res.params.get('ci', 0.95))}% bootstrap CI)",
                       height=330 * nrows + 80, template="plotly_white")
     return fig

@@ -12,6 +12,7 @@ from medinterp.viz.html import escape
 from medinterp.techniques.base import register_renderer
 from medinterp.techniques.lesion.result import METRIC_TITLES
 from medinterp.viz.curves import layer_curve_figure
+from medinterp.viz.style import ci_text, color_of, num
 
 
 def group_label(result: Any) -> str | None:
@@ -52,11 +53,12 @@ def lesion_figures(result: Any, mode: str | None = None, group_by: str | None = 
             j = result.continuation_curve("judge", mode)
             rows.append((METRIC_TITLES["judge"], j, j, j))
     z, text, hover = [], [], []
+    missing = "not measured (no known prompt)" if getattr(result, "known", None) is not None else "not measured"
     for name, cur, lo, hi in rows:
         m = np.nanmax(np.abs(cur)) if np.isfinite(cur).any() else 1.0
         z.append(cur / m if m > 0 else cur)
-        text.append([f"{v:.2g}" for v in cur])
-        hover.append([f"{escape(name)}<br>block {l}: {cur[l]:.4g} [{lo[l]:.4g}, {hi[l]:.4g}]" for l in L])
+        text.append([num(v, ".2g", "–") for v in cur])
+        hover.append([f"{escape(name)}<br>block {l}: {ci_text(cur[l], lo[l], hi[l], '.4g', missing)}" for l in L])
     fig = go.Figure(go.Heatmap(
         z=z, x=L, y=[r[0] for r in rows], text=text, texttemplate="%{text}", hovertext=hover,
         hoverinfo="text", colorscale="Reds", colorbar=dict(title="÷ row max"),
@@ -85,7 +87,8 @@ def lesion_figures(result: Any, mode: str | None = None, group_by: str | None = 
         curves = {m: (result.layer_curve(metric, m), *result.layer_curve_ci(metric, m)) for m in result.modes}
         figs.append(layer_curve_figure(
             curves, title=f"{METRIC_TITLES[metric]} per lesioned block (mean, {int(result.ci * 100)}% CI)",
-            y_title=METRIC_TITLES[metric], x_title="block", ci_label=f"{int(result.ci * 100)}% CI"))
+            y_title=METRIC_TITLES[metric], x_title="block", ci_label=f"{int(result.ci * 100)}% CI",
+            colors={"skip": color_of("lesion")}))
 
     # 4. per-concept / per-label curves
     group = group_by or group_label(result)
@@ -123,7 +126,7 @@ def block_criticality_figure(result: Any) -> list:
         {"KL": (result.layer_curve(), *result.layer_curve_ci())},
         title=f"Block criticality (generic, all families): {escape(result.concept_set)}, {len(result.kl)} prompts, "
         f"{int(result.ci * 100)}% cluster-bootstrap CI", y_title="KL(intact ‖ block removed), nats", x_title="block",
-        ci_label=f"{int(result.ci * 100)}% CI")]
+        ci_label=f"{int(result.ci * 100)}% CI", colors={"KL": color_of("lesion")})]
 
 
 register_renderer("lesion", lesion_figures)

@@ -14,6 +14,7 @@ import numpy as np
 
 from medinterp.techniques.base import register_renderer
 from medinterp.viz.curves import layer_curve_figure
+from medinterp.viz.style import color_of
 
 
 def patching_figures(result: Any, **_: Any) -> list:
@@ -27,7 +28,7 @@ def patching_figures(result: Any, **_: Any) -> list:
     title = f"{result.method} patching: {result.site}, metric {result.metric}, {n_inc} pairs"
     lo, hi = result.layer_curve_ci()
     curve = layer_curve_figure({result.metric: (result.layer_curve(), lo, hi)}, title=f"{title}: {result.curve_label}",
-                               y_title=result.metric, x=list(result.layers))
+                               y_title=result.metric, x=list(result.layers), colors={result.metric: color_of("patching")})
     figs = [curve]
     if mean.shape[1] > 1 or mean.shape[2] == 1:
         z = mean[:, :, 0] if mean.shape[2] == 1 else np.nanmax(mean, axis=2)
@@ -64,8 +65,9 @@ def tracing_figures(result: Any, **_: Any) -> list:
         for j, restore in enumerate(result.restores):
             curves[f"{site} at {restore}"] = (result.component_ratio[c, :, j], None, None)
     band = ", ".join(f"{a}-{b}" for a, b in result.band) or "none"
+    colors = {name: color_of(name) for name in curves}  # "restore span" / "restore last": fixed across figures
     figs = [layer_curve_figure(curves, title=f"{title}; band {band}, mover block {result.mover}",
-                               y_title="recovered fraction P (ratio of sums)", x=list(result.layers))]
+                               y_title="recovered fraction P (ratio of sums)", x=list(result.layers), colors=colors)]
     span = np.asarray(result.P, float)[:, :, result.restores.index("span")]
     figs.append(go.Figure(
         go.Heatmap(z=np.clip(span, -1, 2), x=[str(l) for l in result.layers], y=[str(u) for u in result.units],

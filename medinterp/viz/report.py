@@ -17,6 +17,7 @@ from medinterp.maps.findings import PAPER, block_criticality, findings_table
 from medinterp.maps.synthesis import _ranges_text
 from medinterp.viz.html import escape
 from medinterp.viz.html import figure_div, page, provenance_block
+from medinterp.viz.style import num
 
 if TYPE_CHECKING:  # pragma: no cover
     from medinterp.maps import KnowledgeMap
@@ -165,12 +166,42 @@ def _balance_section(km: "KnowledgeMap") -> str:
 
 
 def _num(x: Any) -> str:
-    if x is None:
-        return "–"
+    """A number to 3 significant digits; "not measured" for None / NaN (never "nan"), other values as text."""
+    if x is None or isinstance(x, (int, float)) or hasattr(x, "dtype"):
+        return num(x)
     try:
-        return f"{float(x):.3g}"
+        return num(float(x))
     except (TypeError, ValueError):
         return str(x)
+
+
+def active_rule_params(km: "KnowledgeMap") -> list[tuple[str, str]]:
+    """``(parameter, value)`` rows of the rule that marked the map, and only that rule.
+
+    Under the controls rule: alpha, correction, min_run, robustness, n_perm, ... (the paper rule's
+    percentile / sigma thresholds marked nothing and are left out); under the paper rule: sigma,
+    window, percentile, ... and each technique's interval rule.
+
+    Args:
+        km: the knowledge map.
+
+    Returns:
+        Rows, the rule's name first.
+    """
+    if km.rule == "controls":
+        rows = [("rule", "controls (effect over the control family and the random twin)")]
+        rows += sorted((k, json.dumps(v, default=str)) for k, v in (km.control_params or {}).items())
+        return rows
+    rows = [("rule", "paper (per-layer curve thresholds, no control)")]
+    rows += sorted((k, json.dumps(v, default=str)) for k, v in km.params.items())
+    rows += [(f"interval rule of {t}", str(km.rules.get(t, ""))) for t in km.techniques]
+    return rows
+
+
+def _params_section(km: "KnowledgeMap") -> str:
+    """The parameters table: the active rule's parameters only (see :func:`active_rule_params`)."""
+    return ("<p class='note'>Parameters of the rule that marked this map (the other rule's are not used "
+            "and not shown).</p>" + _table(active_rule_params(km), ["parameter", "value"]))
 
 
 def _technique_result_figures(km: "KnowledgeMap", technique: str, max_figs: int = 12) -> list[str]:
@@ -246,7 +277,7 @@ def render_report(
     parts.append("<h2 id='curves'>Layer curves</h2>")
     parts.append(figure_div(curve_heatmaps(km, relative_depth=relative_depth)))
     parts.append("<h3>Marked intervals</h3>")
-    parts.append(_table([(km.label(iv["concept"]), iv["technique"], iv["start"], iv["end"], f"{iv['score']:.4g}", iv["rule"])
+    parts.append(_table([(km.label(iv["concept"]), iv["technique"], iv["start"], iv["end"], num(iv["score"], ".4g"), iv["rule"])
                          for iv in km.intervals], ["concept", "technique", "first layer", "last layer", "score", "rule"]))
     needs_cv = False
     for t in km.techniques:
@@ -277,7 +308,7 @@ def render_report(
                              f"on the clean prompt “{escape(v.get('prompt', ''))}”.</p>")
                 parts.append(attention_view(f"cv-{t}-{k}", v["tokens"], v["attention"], v.get("head_names")))
     parts.append("<h2 id='params'>Parameters and provenance</h2>")
-    parts.append(_table(sorted((k, json.dumps(v)) for k, v in km.params.items()), ["parameter", "value"]))
+    parts.append(_params_section(km))
     prov = km.provenance or {}
     run_params = prov.get("params") or {}
     if run_params.get("technique_kwargs"):

@@ -8,9 +8,10 @@ from typing import Any
 from medinterp.techniques.base import register_renderer
 from medinterp.techniques.saliency.engine import OUTER
 from medinterp.viz.curves import layer_curve_figure
+from medinterp.viz.style import color_of
 
 TITLES = {"grad": "mean |∂L/∂w|", "grad_x_weight": "mean |∂L/∂w · w|", "grad_norm_ratio": "‖∂L/∂w‖ / ‖w‖"}
-COLORS = {"attn": "#1f77b4", "mlp": "#ff7f0e", "combined": "#2ca02c"}
+COLORS = {c: color_of(c) for c in ("attn", "mlp", "combined")}  # shades of saliency's colour (viz.style)
 
 
 def saliency_figures(result: Any, variant: str | None = None) -> list:
