@@ -21,6 +21,15 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#17becf")
 
 
+def _free_color(name: str, used: set[str]) -> str:
+    """The series' fixed colour (:func:`medinterp.viz.style.color_of`), or the next free one when a figure
+    already uses it."""
+    from medinterp.viz.style import FALLBACK, color_of
+
+    c = color_of(name)
+    return c if c not in used else next((f for f in FALLBACK if f not in used), c)
+
+
 def rgba(hex_color: str, alpha: float) -> str:
     """``#rrggbb`` → ``rgba(r,g,b,alpha)``."""
     h = hex_color.lstrip("#")
@@ -66,8 +75,10 @@ def layer_curve_figure(
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for i, (name, (y, lo, hi)) in enumerate(curves.items()):
-        color = (colors or {}).get(name, PALETTE[i % len(PALETTE)])
+    used: set[str] = set()
+    for name, (y, lo, hi) in curves.items():
+        color = (colors or {}).get(name) or _free_color(name, used)  # a name has one colour in every figure
+        used.add(color)
         add_curve(fig, name, y, lo, hi, x=x, color=color, ci_label=ci_label)
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, template="plotly_white",
                       legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),

@@ -310,7 +310,7 @@ def block_criticality_figure(data, n_layers: int):
     hi = data.get("ci_high")
     label = str(data.get("label") or "block criticality")
     fig = layer_curve_figure({label: (y, lo, hi)}, title="Block criticality (generic: the same for every family)",
-                             y_title=escape(label))
+                             y_title=escape(label), colors={label: color_of("lesion")})
     fig.update_layout(height=300)
     fig.update_xaxes(range=[-0.5, n_layers - 0.5], dtick=1)
     return fig

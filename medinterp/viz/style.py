@@ -44,6 +44,13 @@ COLORS: dict[str, str] = {
     "attn": "#e6550d",
     "mlp": "#fdae6b",
     "combined": "#a63603",
+    # lesion modes: "skip" (the map's mode) in the lesion colour, the sub-layer modes in related shades
+    "skip": "#d62728",
+    "block_mean": "#7b4173",
+    "mlp_zero": "#ff9896",
+    "attn_zero": "#8c564b",
+    "mlp_mean": "#c49c94",
+    "attn_mean": "#e377c2",
     # controls: the random twin and marked-layer shading
     "random twin": "#636363",
     "marked": "#fff3b0",

@@ -138,6 +138,14 @@ def test_one_colour_per_technique_across_figures():
     assert color_of("lesion") != color_of("patching")
     assert color_of("restore span") != color_of("restore last") and color_of("restore span") == color_of(
         "restore span (item)")
+    from medinterp.viz.curves import layer_curve_figure
+
+    y = (np.zeros(3), None, None)
+    one = layer_curve_figure({"mlp_zero": y, "attn_mean": y, "skip": y}, title="a", y_title="v")
+    two = layer_curve_figure({"skip": y, "mlp_zero": y}, title="b", y_title="v")  # other order, same colours
+    c1, c2 = ({tr.name: tr.line.color for tr in f.data} for f in (one, two))
+    assert c1["mlp_zero"] == c2["mlp_zero"] and c1["skip"] == c2["skip"] == color_of("lesion")
+    assert len(set(c1.values())) == 3
 
 
 def test_notes_are_cut_at_word_boundaries_with_the_full_text_in_the_hover():
