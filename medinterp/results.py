@@ -154,6 +154,8 @@ class Result:
         kind = cls.__dict__.get("kind")
         if kind:
             _REGISTRY[kind] = cls
+        if "__repr__" not in cls.__dict__:  # keeps @dataclass from writing its every-field repr over the short one
+            cls.__repr__ = Result.__repr__  # type: ignore[method-assign]
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> "Result":
@@ -266,6 +268,35 @@ class Result:
             post()
         return obj
 
+    # ---------------------------------------------------------------- notebook display
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        """``(label, value)`` rows of the short repr and of the notebook table; subclasses add theirs."""
+        rows = [("kind", str(self.kind))]
+        name = getattr(self, "concept_set", "")
+        if name:
+            rows.append(("concept set", str(name)))
+        model = model_label(getattr(self, "provenance", None))
+        if model:
+            rows.append(("model", model))
+        return rows
+
+    def __repr__(self) -> str:
+        """One line: the class and a few labelled facts (never the arrays)."""
+        return f"<{type(self).__name__} " + ", ".join(f"{k}: {_clip(v)}" for k, v in self._repr_fields()) + ">"
+
+    def _repr_html_(self) -> str:
+        """A small HTML table of the same facts (every text escaped) for Jupyter."""
+        import html
+
+        body = "".join(f"<tr><th style=\"text-align:left\">{html.escape(k)}</th>"
+                       f"<td style=\"text-align:left\">{html.escape(_clip(v, 200))}</td></tr>"
+                       for k, v in self._repr_fields())
+        return f"<table><caption>{html.escape(type(self).__name__)}</caption>{body}</table>"
+
+    def to_dataframe(self):
+        """The result as one pandas DataFrame (each result class says which)."""
+        raise NotImplementedError(f"{type(self).__name__}.to_dataframe")
+
     # ---------------------------------------------------------------- rendering
     def figure(self):  # pragma: no cover - overridden
         raise NotImplementedError(f"{type(self).__name__} has no figure")
@@ -283,6 +314,32 @@ class Result:
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
+
+
+def model_label(provenance: Any) -> str:
+    """The model a result ran on, in a few words, from its provenance ("" when unknown)."""
+    model = (provenance or {}).get("model") if isinstance(provenance, dict) else None
+    if not isinstance(model, dict):
+        return ""
+    return str(model.get("spec") or model.get("model_name") or "")
+
+
+def _clip(text: Any, n: int = 80) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def sig3(x: Any) -> str:
+    """A number to 3 significant digits (``"nan"`` for missing), the way summaries print numbers.
+
+    Example:
+        >>> sig3(0.123456), sig3(1234.5), sig3(None)
+        ('0.123', '1.23e+03', 'nan')
+    """
+    try:
+        return f"{float(x):.3g}"
+    except (TypeError, ValueError):
+        return "nan"
 
 
 def _names(manifest: dict, key: str, where: Path) -> list[str]:

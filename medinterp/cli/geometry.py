@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from medinterp.cli._common import check_out_dir, load_concept_set, load_model
+from medinterp.cli._presets import PresetOpt, announce, check_preset, preset_params
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
@@ -21,24 +22,31 @@ def geometry_cmd(
         help="Concept set name or file; repeat for several. Default: every shipped set that feeds geometry."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory; one sub-directory per concept set."),
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model spec (see `medinterp models`)."),
-    positions: str = typer.Option("last", "--positions", help="last | span_mean | span_last"),
-    embed: bool = typer.Option(True, "--embed/--no-embed", help="Also analyse the embedding output (layer -1)."),
-    n_neighbors: int = typer.Option(15, "--n-neighbors", help="UMAP n_neighbors."),
-    min_dist: float = typer.Option(0.1, "--min-dist", help="UMAP min_dist."),
-    metric: str = typer.Option("euclidean", "--metric", help="UMAP metric (euclidean, cosine, ...)."),
-    pca: int = typer.Option(50, "--pca", help="PCA components before UMAP (0 = no PCA)."),
-    n_epochs: int = typer.Option(200, "--n-epochs", help="UMAP epochs (0 = umap-learn's default)."),
-    n_perm: int = typer.Option(100, "--n-perm", help="Label permutations for the silhouette baseline."),
-    n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap replicates for the CIs."),
+    positions: Optional[str] = typer.Option(None, "--positions", help="span_mean (default) | span_last | last"),
+    embed: Optional[bool] = typer.Option(None, "--embed/--no-embed", help="Also analyse the embedding output (layer -1)."),
+    paper: Optional[bool] = typer.Option(None, "--paper/--no-paper",
+                                         help="Also the paper's UMAP metrics (slow; the presets leave them out)."),
+    n_neighbors: Optional[int] = typer.Option(None, "--n-neighbors", help="UMAP n_neighbors (--paper)."),
+    min_dist: Optional[float] = typer.Option(None, "--min-dist", help="UMAP min_dist (--paper)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="UMAP metric (euclidean, cosine, ...; --paper)."),
+    pca: Optional[int] = typer.Option(None, "--pca", help="PCA components before UMAP (0 = no PCA; --paper)."),
+    n_epochs: Optional[int] = typer.Option(None, "--n-epochs", help="UMAP epochs (0 = umap-learn's default; --paper)."),
+    n_perm: Optional[int] = typer.Option(None, "--n-perm", help="Label permutations for the silhouette baseline."),
+    n_boot: Optional[int] = typer.Option(None, "--n-boot", help="Bootstrap replicates for the CIs."),
+    max_prompts: Optional[int] = typer.Option(
+        None, "--max-prompts", "-n", help="Prompt budget per set: the first t templates with items x t <= N "
+                                          "(0 = all templates; presets: quick 100, full 1000)."),
     seed: int = typer.Option(0, "--seed"),
     n_jobs: int = typer.Option(1, "--n-jobs", help="UMAP worker processes (1 = in this process)."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    preset: PresetOpt = "quick",
 ) -> None:
-    """UMAP every layer's residual stream (30-d for metrics, 2-d for plots) and score it: silhouette of
-    every categorical labelling (with a label-permutation baseline), anisotropy, linearity and the
-    17->18 step for age, stage ordering and circularity for progression, and collapse diagnostics.
+    """Per-layer activation geometry (METHOD.md §1): item-grouped linear probes on template-centred item
+    reads beside a lexical baseline, silhouette, collapse, the 17->18 age step and progression order, with
+    item-level CIs; ``--paper`` adds the paper's UMAP metrics (slow). ``--preset quick`` (default) reads one
+    template per item, as the quick map does.
 
     Writes, per concept set, OUT/<set>/manifest.json (provenance, parameters, labels),
     OUT/<set>/table.csv (tidy per-layer metrics with CIs), age_steps.csv / progression.csv where they
@@ -46,34 +54,44 @@ def geometry_cmd(
     """
     from medinterp.techniques.geometry import default_concept_sets, geometry_many
 
-    for name, v in (("--n-neighbors", n_neighbors), ("--n-perm", n_perm + 1), ("--n-boot", n_boot + 1),
-                    ("--n-jobs", n_jobs), ("--batch-size", batch_size)):
-        if v < 1 or (name == "--n-neighbors" and v < 2):
+    check_preset(preset)
+    for name, v in (("--n-neighbors", n_neighbors), ("--n-perm", None if n_perm is None else n_perm + 1),
+                    ("--n-boot", None if n_boot is None else n_boot + 1), ("--n-jobs", n_jobs),
+                    ("--batch-size", batch_size)):
+        if v is not None and (v < 1 or (name == "--n-neighbors" and v < 2)):
             raise MedinterpError(f"{name}: expected a positive number")
     from medinterp.activations import POSITION_MODES
 
-    if positions not in POSITION_MODES:
+    if positions is not None and positions not in POSITION_MODES:
         raise MedinterpError(f"--positions {positions!r}: expected one of {', '.join(POSITION_MODES)}")
-    try:  # the exact k-NN graph UMAP starts from uses sklearn's distances: the metric must be one of them
-        from sklearn.metrics import pairwise_distances
+    if metric is not None:
+        try:  # the exact k-NN graph UMAP starts from uses sklearn's distances: the metric must be one of them
+            from sklearn.metrics import pairwise_distances
 
-        pairwise_distances([[0.0, 1.0], [1.0, 0.0]], metric=metric)
-    except (ValueError, TypeError):
-        raise MedinterpError(f"--metric {metric!r}: not a distance sklearn / UMAP know (e.g. euclidean, cosine, "
-                             "manhattan, correlation)") from None
-    if min_dist < 0 or pca < 0 or n_epochs < 0:
-        raise MedinterpError(f"--min-dist {min_dist}, --pca {pca}, --n-epochs {n_epochs}: expected numbers >= 0")
+            pairwise_distances([[0.0, 1.0], [1.0, 0.0]], metric=metric)
+        except (ValueError, TypeError):
+            raise MedinterpError(f"--metric {metric!r}: not a distance sklearn / UMAP know (e.g. euclidean, cosine, "
+                                 "manhattan, correlation)") from None
+    if (min_dist or 0) < 0 or (pca or 0) < 0 or (n_epochs or 0) < 0 or (max_prompts or 0) < 0:
+        raise MedinterpError(f"--min-dist {min_dist}, --pca {pca}, --n-epochs {n_epochs}, --max-prompts "
+                             f"{max_prompts}: expected numbers >= 0")
     check_out_dir(out)
     names = list(concepts) if concepts else default_concept_sets()
     sets = [load_concept_set(c) for c in names]
+    kw = preset_params("geometry", preset, dict(
+        positions=positions, include_embed=embed, paper=paper, n_neighbors=n_neighbors, min_dist=min_dist,
+        metric=metric, pca=pca, n_epochs=n_epochs, n_perm=n_perm, n_boot=n_boot, max_prompts=max_prompts,
+        seed=seed, n_jobs=n_jobs, batch_size=batch_size))
+    for k in ("pca", "n_epochs", "max_prompts"):  # 0: off / the library default / all
+        if k in kw and not kw[k]:
+            kw[k] = None
+    counts = [_n_prompts(s, kw.get("max_prompts"), kw.get("min_templates", 4)) for s in sets]
+    announce(f"geometry on {', '.join(s.name for s in sets)}", sum(counts), sum(len(s.prompts()) for s in sets),
+             "prompts", preset=preset, rate="geometry")
     t0 = time.perf_counter()
     m = load_model(model, device=device)
     t_model = time.perf_counter() - t0
-    results = geometry_many(
-        m, sets, positions=positions, include_embed=embed, batch_size=batch_size, n_neighbors=n_neighbors,
-        min_dist=min_dist, metric=metric, pca=pca or None, n_epochs=n_epochs or None, n_perm=n_perm,
-        n_boot=n_boot, seed=seed, n_jobs=n_jobs, progress=progress,
-    )
+    results = geometry_many(m, sets, progress=progress, **kw)
     total = time.perf_counter() - t0
     summary = {"model": model, "model_load_s": round(t_model, 1), "total_s": round(total, 1), "sets": {}}
     out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +107,15 @@ def geometry_cmd(
         typer.echo(f"  wrote {d}/manifest.json, table.csv, geometry.html")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     typer.echo(f"done in {total:.0f} s (model load {t_model:.0f} s); summary in {out}/summary.json")
+
+
+def _n_prompts(cset, max_prompts: int | None, min_templates: int) -> int:
+    """The prompts geometry reads from ``cset`` under its template budget (as ``geometry`` picks them)."""
+    n_t, n_i = len(cset.templates), len(cset)
+    if not max_prompts:
+        return len(cset.prompts())
+    t = max(min(min_templates, n_t), min(n_t, max_prompts // max(n_i, 1)))
+    return len(cset.prompts(list(range(t)) if t < n_t else None))
 
 
 def _dirname(name: str) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from medinterp.cli._common import check_out_dir, int_list, load_model
+from medinterp.cli._presets import PresetOpt, announce, check_preset
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
 
@@ -28,6 +30,9 @@ def patch_cmd(
     budget_mb: float = typer.Option(1024.0, "--budget-mb", help="Memory budget of one batch of patched runs."),
     device: str = typer.Option("cpu", "--device"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    max_pairs: Optional[int] = typer.Option(
+        None, "--max-pairs", "-n", help="Keep at most this many rows, spread evenly over the file (0 = all)."),
+    preset: PresetOpt = "quick",
 ) -> None:
     """Patch clean activations into corrupted runs, cell by cell (layer x position x head).
 
@@ -48,8 +53,20 @@ def patch_cmd(
     on_bad = "drop" if drop_bad else "raise"
     validate_patch_params(site, pos, metric, method=method, layers=layer_list, heads=head_list,
                           min_denominator=min_denominator, on_bad=on_bad, batch_budget_mb=budget_mb)
+    check_preset(preset)
+    if max_pairs is not None and max_pairs < 0:
+        raise MedinterpError(f"--max-pairs {max_pairs}: expected a number >= 0 (0 = all)")
+    from medinterp.techniques import REGISTRY
+    from medinterp.techniques.patching import spread_pairs
+
+    if max_pairs is None:  # quick: the quick map's pair count; full and none: every pair
+        max_pairs = REGISTRY["patching"].presets["quick"].get("max_pairs") if preset == "quick" else None
     pair_data = pair_set(pairs)
-    typer.echo(f"{pair_data.name}: {len(pair_data)} pairs read; loading model {model} ...")
+    total = len(pair_data)
+    pair_data = spread_pairs(pair_data, max_pairs or None)
+    per_pair = _positions_per_pair(pair_data, pos)
+    announce(f"{method} patching of {site} on {pair_data.name}", len(pair_data), total, "pairs", preset=preset,
+             rate="patch", factor=per_pair)
     m = load_model(model, device=device)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "_checkpoint"
@@ -71,3 +88,12 @@ def patch_cmd(
         typer.echo(f"  dropped row {d['row']}: {d['reason']}")
     axes = "[pair, layer, position]" if squeeze else "[pair, layer, position, head]"
     typer.echo(f"wrote {out}/manifest.json, arrays.safetensors, values.npy {axes}, mean.npy, heatmap.html")
+
+
+def _positions_per_pair(pair_data, pos) -> int:
+    """Patched positions per pair (a rough count before tokenizing: words for ``all``)."""
+    if isinstance(pos, list):
+        return max(len(pos), 1)
+    if pos == "all" and len(pair_data):
+        return max(1, round(sum(len(p.clean.split()) for p in pair_data.pairs) / len(pair_data) * 1.3))
+    return 1

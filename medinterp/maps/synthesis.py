@@ -384,7 +384,7 @@ class KnowledgeMap(Result):
     def n_available(self, concept: str) -> int:
         return sum(self.available(concept, t) for t in self.techniques)
 
-    def summary(self, min_agree: int | None = None) -> dict[str, str]:
+    def summary(self, min_agree: int | None = None) -> dict[str, str]:  # a MapSummary: prints as a table
         """Per concept, e.g. ``'layers 3–5 by 1 of 4 techniques. A marked 3–5: layer 4, p_adj 0.001;
         B not_robust: layer 12, p_adj 0.018, robustness 0.55; ...'``: the headline, then each
         technique's code and closest miss, rounded and labelled (:meth:`cell`; reasons: :meth:`cells_frame`).
@@ -406,7 +406,9 @@ class KnowledgeMap(Result):
             out[c] = f"{head}. " + "; ".join(  # a cell without numbers says why in words
                 f"{t} {v.short()}" + (f": {v.reason}" if v.best_layer is None and v.code != "marked" else "")
                 for t, v in cells.items())
-        return out
+        from medinterp.maps.display import MapSummary
+
+        return MapSummary(out)
 
     def cell(self, concept: str, technique: str):
         """Why the cell is (not) marked under the map's rule: a :class:`~medinterp.maps.cells.CellStatus`
@@ -441,6 +443,18 @@ class KnowledgeMap(Result):
         df = pd.DataFrame(cell_rows(self), columns=list(CELL_FIELDS))
         df["best_layer"] = df["best_layer"].astype("Int64")
         return df
+
+    def to_dataframe(self, what: str = "curves"):
+        """The map as one pandas DataFrame: ``"curves"`` (long form, :meth:`curves_frame`), ``"cells"`` (one row
+        per family and column, :meth:`cells_frame`) or ``"intervals"`` (:meth:`table`); those names stay."""
+        from medinterp.maps.display import map_frame
+
+        return map_frame(self, what)
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        from medinterp.maps.display import map_fields
+
+        return map_fields(self)
 
     def table(self):
         """The intervals as a pandas DataFrame (concept, technique, start, end, score, rule)."""
@@ -498,6 +512,8 @@ class KnowledgeMap(Result):
         from medinterp.maps.cells import codebook_frame
 
         super().save(path)
+        if self.rule == "controls":
+            _keep_active_rule(Path(path) / "manifest.json")
         for name, frame in (("curves", self.curves_frame()), ("cells", self.cells_frame()),
                             ("curves_codebook", codebook_frame())):
             tmp = Path(path) / f".{name}.csv.tmp"
@@ -536,6 +552,21 @@ class KnowledgeMap(Result):
 
     def _after_load(self) -> None:
         self.intervals = self._compute_intervals()
+
+
+def _keep_active_rule(manifest: Path) -> None:
+    """Drop the paper rule's thresholds (``params``, ``rules``) from a controls map's manifest.
+
+    They marked nothing in that map, so the manifest shows the active rule's parameters only
+    (``rule``, ``control_params``); a loaded map gets the paper rule's defaults back.
+    """
+    data = json.loads(manifest.read_text())
+    for name in ("params", "rules"):
+        data["fields"].pop(name, None)
+    tmp = manifest.with_name(".manifest.json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, manifest)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -45,7 +45,7 @@ from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
 # The renderer registry lives on the lowest floor (results.py) so Result.to_html can use it too.
-from medinterp.results import Result, register_renderer, renderer_for  # noqa: F401  (re-exported)
+from medinterp.results import Result, register_renderer, renderer_for, sig3  # noqa: F401  (re-exported)
 
 INPUTS = ("concepts", "pairs")
 INTERVAL_RULES = ("rise", "percentile")
@@ -313,12 +313,42 @@ class TechniqueResult(Result):
         return f"{self.kind} layer curve"
 
     def summary(self) -> str:
-        """A few lines a person reads first."""
+        """A few lines a person reads first (numbers to 3 significant digits, each labelled)."""
         curve = np.asarray(self.layer_curve(), float)
         if not np.isfinite(curve).any():
             return f"{self.kind} on {self.concept_set or '?'}: no finite layer values"
         top = int(np.nanargmax(curve))
-        return f"{self.kind} on {self.concept_set or '?'}: {self.curve_label}; peak at layer {top} ({curve[top]:.4g})"
+        return f"{self.kind} on {self.concept_set or '?'}: peak at layer {top} ({self.curve_label} {sig3(curve[top])})"
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        rows = super()._repr_fields()
+        try:
+            why = self.unavailable()
+            curve = np.asarray(self.layer_curve(), float)
+        except Exception:  # noqa: BLE001 - a repr never raises (a half-built or foreign result)
+            return rows
+        rows.append(("layers", str(len(curve))))
+        if why:
+            rows.append(("unavailable", why))
+        elif np.isfinite(curve).any():
+            top = int(np.nanargmax(curve))
+            rows.append(("peak", f"layer {top} ({self.curve_label} {sig3(curve[top])})"))
+        return rows
+
+    def to_dataframe(self):
+        """The result as one pandas DataFrame: its long table where it has one (the ``table`` field), else
+        the layer curve with its CI (columns ``layer, value, ci_low, ci_high, measure``)."""
+        import pandas as pd
+
+        table = getattr(self, "table", None)
+        if type(table).__name__ == "DataFrame":
+            return table.copy()
+        curve = np.asarray(self.layer_curve(), float)
+        lo, hi = (np.asarray(a, float) for a in self.layer_curve_ci())
+        layers = getattr(self, "layers", None)
+        layers = list(layers) if layers is not None and len(layers) == len(curve) else list(range(len(curve)))
+        return pd.DataFrame({"layer": layers, "value": curve, "ci_low": lo, "ci_high": hi,
+                             "measure": [self.curve_label] * len(curve)})
 
     def figure(self, *args: Any, **kwargs: Any):
         """Plotly figure(s) of the result, drawn by the renderer ``medinterp.viz`` registered (its own

@@ -88,3 +88,21 @@ def test_preset_naming_an_unknown_parameter_fails_at_wrap_time():
 
     with pytest.raises(MedinterpError, match="does not take"):
         t.with_presets(fn)
+
+
+@pytest.mark.parametrize("name", ["geometry", "saliency", "lesion", "patching"])
+def test_every_shipped_result_has_a_short_repr_and_a_dataframe(quick_map, name):
+    _, km = quick_map
+    res = mi.Result.load(km.result_dirs[f"drugs/{name}"])
+    text = repr(res)
+    assert "\n" not in text and len(text) < 400, text
+    assert "<table>" in res._repr_html_()
+    df = res.to_dataframe()
+    assert type(df).__name__ == "DataFrame" and len(df) > 0
+
+
+def test_patching_result_to_dataframe_keeps_to_frame(quick_map):
+    model, _ = quick_map
+    r = mi.patch(model, [("a man with chest pain has", "a man with cough pain has", " angina", " pneumonia")],
+                 site="resid_pre", progress=False, n_boot=10)
+    assert r.to_frame().equals(r.to_dataframe()) and len(r.to_dataframe()) == r.values.size

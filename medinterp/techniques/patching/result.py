@@ -123,8 +123,8 @@ class PatchingResult(TechniqueResult):
         best = int(np.nanargmax(curve))
         return f"{head}; {self.curve_label}: max {curve[best]:.3f} at layer {self.layers[best]}"
 
-    def to_frame(self):
-        """Long-format pandas DataFrame (pair, layer, position, head, value, ld)."""
+    def to_dataframe(self):
+        """Long-format pandas DataFrame (pair, layer, position, head, value, ld); ``to_frame`` is an alias."""
         import pandas as pd
 
         P, L, N, H = self.values.shape
@@ -133,3 +133,5 @@ class PatchingResult(TechniqueResult):
             "pair": idx[0], "layer": np.asarray(self.layers)[idx[1]], "position": np.asarray(self.positions)[idx[2]],
             "head": np.asarray(self.heads)[idx[3]], "value": self.values.reshape(-1), "ld": self.ld.reshape(-1),
         })
+
+    to_frame = to_dataframe  # the 0.x name

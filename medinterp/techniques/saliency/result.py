@@ -154,12 +154,12 @@ class SaliencyResult(TechniqueResult):
         lo, hi = self.layer_curve_ci()
         lines = [f"saliency of {self.concept_set}: {self.n_prompts} prompts, mean loss {np.mean(self.loss):.3f} nats"]
         for l in self.top_layers(k):
-            lines.append(f"  block {l:>3}: share of |g·w| {cur[l]:.4g}  [{lo[l]:.4g}, {hi[l]:.4g}]")
+            lines.append(f"  block {l:>3}: share of |g·w| {cur[l]:.3g}  [{lo[l]:.3g}, {hi[l]:.3g}]")
         t = self.table
         for o in OUTER:
             r = t[(t["component"] == o) & (t["variant"] == "grad")]
             if len(r) and np.isfinite(r["mean"].iloc[0]):
-                lines.append(f"  {o:>9}: mean|grad| {r['mean'].iloc[0]:.4g}  [{r['ci_low'].iloc[0]:.4g}, {r['ci_high'].iloc[0]:.4g}]")
+                lines.append(f"  {o:>9}: mean|grad| {r['mean'].iloc[0]:.3g}  [{r['ci_low'].iloc[0]:.3g}, {r['ci_high'].iloc[0]:.3g}]")
         if self.memory:
             lines.append(
                 f"  peak extra RSS {self.memory.get('peak_rss_delta_mb')} MB "

@@ -1,0 +1,101 @@
+"""The per-technique commands' ``--preset`` and the line they print before the model loads.
+
+``--preset quick`` (default) and ``--preset full`` run a technique with the knowledge map's parameters
+(:attr:`medinterp.techniques.base.Technique.presets`); options given on the command line still override
+them; ``--preset none`` leaves the library function's own defaults (every prompt: that can take long).
+Before loading the model each command says how many prompts it will run and roughly how long that
+takes, from :data:`SECONDS_PER_PROMPT` (measured on Gemma 3 270M on CPU; rough: other models, hardware
+and machine load change it several-fold).
+
+Example:
+    >>> preset_params("saliency", "none", {"seed": 1})
+    {'seed': 1}
+    >>> preset_params("saliency", "quick", {"max_prompts": 9})["max_prompts"]
+    9
+    >>> rough_time(125.0)
+    '~2 min'
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Mapping
+
+import typer
+
+from medinterp.errors import MedinterpError
+
+PRESETS = ("quick", "full", "none")
+
+PresetOpt = Annotated[str, typer.Option(
+    "--preset", help="quick (default: the quick map's parameters, a few prompts, about a minute on Gemma 3 270M), "
+                     "full (the full map's parameters) or none (the function's defaults: every prompt, can take "
+                     "long). Options given explicitly override the preset.")]
+
+#: Rough wall-clock seconds per prompt (per lesion mode for ``lesion``, per patched cell for ``patch``) on
+#: Gemma 3 270M, float32, 2 CPU cores, and fixed seconds per run after the model is loaded; the estimate
+#: printed before a run is ``fixed + n × per_prompt``. Measured with the commands themselves
+#: (``--preset quick`` and ``--preset none --max-prompts 32``, drugs) on a shared machine: rough.
+SECONDS_PER_PROMPT: dict[str, float] = {
+    "saliency": 1.1,  # one backward per prompt, embedding and unembedding gradients included (default)
+    "saliency_blocks": 0.35,  # block shares only (--no-embed, the map's presets), batched backward
+    "lesion": 0.6,  # per prompt and lesion mode (prefix restart); greedy continuations are extra
+    "geometry": 0.05,  # one forward per prompt (the reads); the probes are the fixed part
+    "patch": 0.2,  # per pair and patched position, all layers (head sites: × heads, not counted)
+}
+FIXED_SECONDS: dict[str, float] = {"saliency": 2.0, "saliency_blocks": 2.0, "lesion": 3.0, "geometry": 20.0,
+                                   "patch": 3.0}
+
+
+def check_preset(preset: str) -> str:
+    """``preset`` if it is one of :data:`PRESETS`, else a clear error (before any work)."""
+    if preset not in PRESETS:
+        raise MedinterpError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    return preset
+
+
+def preset_params(technique: str, preset: str, explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a run: the map's ``preset`` of ``technique`` updated with the options given
+    explicitly (those that are not None); ``preset="none"``: the explicit options only."""
+    from medinterp.techniques import REGISTRY
+
+    given = {k: v for k, v in explicit.items() if v is not None}
+    if check_preset(preset) == "none":
+        return given
+    return REGISTRY[technique].params(preset, given)
+
+
+def scorable_prompts(concept_set: Any) -> int:
+    """Prompts of ``concept_set`` with something after the item to score (those ending on their item are left
+    out by saliency and lesion)."""
+    return sum(1 for p in concept_set.prompts() if getattr(p, "answer", None) is not None
+               or not getattr(p, "ends_on_item", False))
+
+
+def rough_time(seconds: float) -> str:
+    """``"~40 s"``, ``"~3 min"`` or ``"~1.5 h"``."""
+    if seconds < 90:
+        return f"~{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"~{seconds / 60:.0f} min"
+    return f"~{seconds / 3600:.1f} h"
+
+
+def announce(what: str, n: int, total: int, unit: str, *, preset: str, rate: str, factor: int = 1) -> str:
+    """Say (and return) how much a run will do and roughly how long it takes, before the model loads.
+
+    Args:
+        what: the command and its input, e.g. ``"saliency on drugs"``.
+        n: prompts (pairs) it will run; ``total``: how many the input has.
+        unit: ``"prompts"`` or ``"pairs"``.
+        preset: the ``--preset`` in force.
+        rate: the key of :data:`SECONDS_PER_PROMPT` used.
+        factor: work items per prompt (lesion modes, patched cells per pair).
+    """
+    secs = FIXED_SECONDS[rate] + n * factor * SECONDS_PER_PROMPT[rate]
+    per = f"{SECONDS_PER_PROMPT[rate]:g} s per {'prompt' if factor == 1 else 'unit'}" + (
+        f" × {factor} units per {unit[:-1]}" if factor > 1 else "")
+    text = (f"{what}: {n} of {total} {unit} (--preset {preset}); rough estimate {rough_time(secs)} after the "
+            f"model loads ({per} + {FIXED_SECONDS[rate]:g} s, measured on Gemma 3 270M on 2 CPU cores; other "
+            "models, hardware and load differ)")
+    typer.echo(text)
+    return text
