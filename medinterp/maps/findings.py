@@ -97,8 +97,10 @@ class Finding:
         return NULLS.get(self.claim, "")
 
     def as_row(self) -> tuple[str, str, str, str]:
-        ci = "" if self.ci is None else f"[{self.ci[0]:.3g}, {self.ci[1]:.3g}]"
-        val = "" if self.value is None else f"{self.value:.3g}"
+        """``(claim, verdict, statistic [CI], control)`` as text; an unmeasured value or CI in words, never "nan"."""
+        finite = self.ci is not None and all(v is not None and np.isfinite(float(v)) for v in self.ci)
+        ci = f"[{self.ci[0]:.3g}, {self.ci[1]:.3g}]" if finite else ("(no CI)" if self.ci is not None else "")
+        val = "" if self.value is None else (f"{self.value:.3g}" if np.isfinite(self.value) else "not measured")
         verdict = self.verdict + (f": {self.detail}" if self.detail else "")
         return self.claim, verdict, f"{self.statistic} {val} {ci}".strip(), self.control
 

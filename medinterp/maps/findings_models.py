@@ -62,7 +62,8 @@ class ModelContrast:
     def as_row(self) -> tuple[str, str, str, str, str, str]:
         """``(claim, statistic, A, B, difference [CI], verdict)`` as text (escape before HTML)."""
         f = lambda v: "—" if v is None or not np.isfinite(v) else f"{v:.3g}"  # noqa: E731
-        diff = f(self.difference) + ("" if self.ci is None else f" [{self.ci[0]:.3g}, {self.ci[1]:.3g}]")
+        diff = f(self.difference) + ("" if self.ci is None or not np.all(np.isfinite(self.ci))
+                                     else f" [{self.ci[0]:.3g}, {self.ci[1]:.3g}]")
         return (self.claim, self.statistic, f"{self.a}: {f(self.value_a)}", f"{self.b}: {f(self.value_b)}", diff,
                 self.verdict + (f": {self.detail}" if self.detail else ""))
 

@@ -190,7 +190,8 @@ def active_rule_params(km: "KnowledgeMap") -> list[tuple[str, str]]:
     """
     if km.rule == "controls":
         rows = [("rule", "controls (effect over the control family and the random twin)")]
-        rows += sorted((k, json.dumps(v, default=str)) for k, v in (km.control_params or {}).items())
+        rows += sorted((k, v if isinstance(v, str) else json.dumps(v, default=str))
+                       for k, v in (km.control_params or {}).items())
         return rows
     rows = [("rule", "paper (per-layer curve thresholds, no control)")]
     rows += sorted((k, json.dumps(v, default=str)) for k, v in km.params.items())

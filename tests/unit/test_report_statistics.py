@@ -161,3 +161,14 @@ def test_notes_are_cut_at_word_boundaries_with_the_full_text_in_the_hover():
         last = body.split()[-1]
         assert any(w == last for w in re.findall(r"\S+", hover)), (text, hover)  # ends on a whole word
     assert any(LONG_REASON[:60] in h for h in lane.hovertext) or any(LONG_REASON in h for h in _hovers(fig))
+
+
+def test_findings_rows_say_a_missing_ci_in_words_never_nan():
+    from medinterp.maps.findings import Finding
+    from medinterp.maps.findings_models import ModelContrast
+
+    row = Finding("c", "inconclusive", "median KL (nats)", 0.36, (float("nan"), float("nan"))).as_row()
+    assert not any(NAN_WORD.search(x) for x in row) and "0.36 (no CI)" in row[2]
+    assert "not measured" in Finding("c", "inconclusive", "s", float("nan")).as_row()[2]
+    m = ModelContrast("c", "s", "A", "B", 1.0, 2.0, -1.0, (float("nan"), 0.5))
+    assert not any(NAN_WORD.search(x) for x in m.as_row())
