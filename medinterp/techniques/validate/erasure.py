@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Float
 
 from medinterp.errors import MedinterpError
+from medinterp.techniques.validate.checks import _check, ratio_boot
 from medinterp.techniques.validate.engine import PairBatch, read_ld, run_edited
 from medinterp.techniques.validate.steering import class_reads, other_band
 
@@ -157,7 +158,6 @@ def run_erasure(model: Any, pb: PairBatch, units: Sequence[str], band: tuple[int
         concept-erasure both say :data:`NOT_INSTALLED`.
     """
     from medinterp.techniques.lesion import crossfit_folds
-    from medinterp.techniques.validate.run import _check, ratio_boot
 
     name = "fraction of LD lost (LEACE of the answer class at the band)"
     try:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from medinterp.techniques.validate.checks import _check, ratio_boot
 from medinterp.techniques.validate.engine import PairBatch, read_ld, reads_at, run_edited
 
 #: the steering grid, in units of the median residual norm at the read position after the band's last block
@@ -146,7 +147,6 @@ def run_steering(model: Any, pb: PairBatch, units: Sequence[str], band: tuple[in
         entry (statistic, CI, percentile, p) or an ``inconclusive`` entry when no pair can be scored.
     """
     from medinterp.techniques.lesion import crossfit_folds
-    from medinterp.techniques.validate.run import _check, ratio_boot
 
     a, b = band
     n = int(model.cfg.n_layers)
