@@ -20,12 +20,9 @@ Example:
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from medinterp.errors import MedinterpError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from medinterp.maps.synthesis import KnowledgeMap
 
 #: what :meth:`KnowledgeMap.to_dataframe` can give, and the method each one was called before
 FRAMES = {"curves": "curves_frame", "cells": "cells_frame", "intervals": "table"}
@@ -36,7 +33,7 @@ def _names(names: Sequence[str], k: int = 4) -> str:
     return f"{len(names)} ({shown})"
 
 
-def map_fields(km: "KnowledgeMap") -> list[tuple[str, str]]:
+def map_fields(km: Any) -> list[tuple[str, str]]:
     """The ``(label, value)`` rows of the map's repr and notebook table."""
     marked_cells = {(iv["concept"], iv["technique"]) for iv in km.intervals}
     n_cells = len(km.concepts) * len(km.techniques)
@@ -50,7 +47,7 @@ def map_fields(km: "KnowledgeMap") -> list[tuple[str, str]]:
     return rows
 
 
-def map_frame(km: "KnowledgeMap", what: str = "curves"):
+def map_frame(km: Any, what: str = "curves"):
     """:meth:`KnowledgeMap.to_dataframe`: the table named ``what`` (a key of :data:`FRAMES`)."""
     if what not in FRAMES:
         raise MedinterpError(f"to_dataframe: what={what!r}; expected one of {list(FRAMES)}")

@@ -302,10 +302,12 @@ class KnowledgeMap(Result):
         )
 
     def rethreshold(self, **params: Any) -> "KnowledgeMap":
-        """A copy of the map with other synthesis thresholds (same raw curves, no model needed).
+        """A copy of the map redrawn with other thresholds from its stored curves and statistics (no model).
 
-        ``rule="paper"`` / ``rule="controls"`` switches the marking rule (controls: the stored marks of
-        the run; its alpha and correction are fixed at run time).
+        Under ``rule="controls"``: ``alpha``, ``min_run``, ``robustness`` re-mark from the stored corrected
+        p-values, effects and robustness fractions (:mod:`medinterp.maps.remark`); under ``rule="paper"``:
+        the :data:`DEFAULT_PARAMS` thresholds. ``rule=`` switches the rule; a parameter of the other rule
+        raises :class:`MedinterpError` (never a silent no-op).
 
         Example:
             >>> km = KnowledgeMap.from_curves({"d": {"peak": np.r_[0, 1, 2, 3, 4, 5, 6, 7.0]}},
@@ -313,14 +315,19 @@ class KnowledgeMap(Result):
             >>> km.rethreshold(percentile=50, sigma=0).intervals[0]["start"]
             4
         """
+        from medinterp.maps.remark import applicable, remark
+
         rule = params.pop("rule", self.rule)
         ran = any(not str(v).startswith("controls not run") for row in self.control_status.values() for v in row.values())
         if rule == "controls" and not ran:
             raise MedinterpError("rethreshold: rule='controls' needs a map run with controls (none here)")
-        validate_params(**{**self.params, **params})
-        new = dataclasses.replace(self, params={**self.params, **params}, intervals=[], rule=rule,
+        ctrl = applicable(rule, params, paper_params=tuple(DEFAULT_PARAMS))
+        paper = {k: v for k, v in params.items() if k not in ctrl}
+        validate_params(**{**self.params, **paper})
+        new = dataclasses.replace(self, params={**self.params, **paper}, intervals=[], rule=rule,
                                   status=json.loads(json.dumps(self.status)),
-                                  control_status=json.loads(json.dumps(self.control_status)))
+                                  control_status=json.loads(json.dumps(self.control_status)),
+                                  **(remark(self, **ctrl) if ctrl else {}))
         new._results = self._results
         return new
 
@@ -513,7 +520,9 @@ class KnowledgeMap(Result):
 
         super().save(path)
         if self.rule == "controls":
-            _keep_active_rule(Path(path) / "manifest.json")
+            from medinterp.maps.active_rule import keep_active_rule
+
+            keep_active_rule(Path(path) / "manifest.json", self.rules)
         for name, frame in (("curves", self.curves_frame()), ("cells", self.cells_frame()),
                             ("curves_codebook", codebook_frame())):
             tmp = Path(path) / f".{name}.csv.tmp"
@@ -552,21 +561,6 @@ class KnowledgeMap(Result):
 
     def _after_load(self) -> None:
         self.intervals = self._compute_intervals()
-
-
-def _keep_active_rule(manifest: Path) -> None:
-    """Drop the paper rule's thresholds (``params``, ``rules``) from a controls map's manifest.
-
-    They marked nothing in that map, so the manifest shows the active rule's parameters only
-    (``rule``, ``control_params``); a loaded map gets the paper rule's defaults back.
-    """
-    data = json.loads(manifest.read_text())
-    for name in ("params", "rules"):
-        data["fields"].pop(name, None)
-    tmp = manifest.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, manifest)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
