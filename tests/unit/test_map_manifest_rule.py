@@ -22,3 +22,17 @@ def test_manifest_keeps_only_the_active_rules_parameters(tmp_path):
     paper.save(tmp_path / "p")
     pfields = json.loads((tmp_path / "p" / "manifest.json").read_text())["fields"]
     assert pfields["params"]["percentile"] == paper.params["percentile"] and pfields["rules"]["lesion"] == "percentile"
+
+
+def test_a_controls_map_of_columns_outside_the_registry_keeps_their_rules_and_loads(tmp_path):
+    import numpy as np
+
+    from medinterp.maps.controls import CONTROL_STATS
+
+    km = KnowledgeMap.from_curves({"a": {"t": np.arange(4.0)}}, techniques=["t"], rules={"t": "percentile"},
+                                  rule="controls", control_stats={"a": {"t": np.zeros((len(CONTROL_STATS), 4))}},
+                                  control_status={"a": {"t": "ok"}}, control_params={"alpha": 0.05})
+    km.save(tmp_path / "m")
+    fields = json.loads((tmp_path / "m" / "manifest.json").read_text())["fields"]
+    assert fields["rules"] == {"t": "percentile"} and "params" not in fields
+    assert KnowledgeMap.load(tmp_path / "m").rules == {"t": "percentile"}
