@@ -4,8 +4,8 @@
 (:attr:`medinterp.techniques.base.Technique.presets`); options given on the command line still override
 them; ``--preset none`` leaves the library function's own defaults (every prompt: that can take long).
 Before loading the model each command says how many prompts it will run and roughly how long that
-takes, from :data:`SECONDS_PER_PROMPT` (measured on Gemma 3 270M on CPU; rough: other models, hardware
-and machine load change it several-fold).
+takes, from :data:`SECONDS_PER_PROMPT` (measured on Gemma 3 270M on 2 busy CPU cores; rough: other
+models, hardware and machine load change it several-fold).
 
 Example:
     >>> preset_params("saliency", "none", {"seed": 1})
@@ -27,22 +27,25 @@ from medinterp.errors import MedinterpError
 PRESETS = ("quick", "full", "none")
 
 PresetOpt = Annotated[str, typer.Option(
-    "--preset", help="quick (default: the quick map's parameters, a few prompts, about a minute on Gemma 3 270M), "
+    "--preset", help="quick (default: the quick map's parameters, a few prompts, 1-3 min on Gemma 3 270M on a CPU), "
                      "full (the full map's parameters) or none (the function's defaults: every prompt, can take "
                      "long). Options given explicitly override the preset.")]
 
-#: Rough wall-clock seconds per prompt (per lesion mode for ``lesion``, per patched cell for ``patch``) on
-#: Gemma 3 270M, float32, 2 CPU cores, and fixed seconds per run after the model is loaded; the estimate
-#: printed before a run is ``fixed + n × per_prompt``. Measured with the commands themselves
-#: (``--preset quick`` and ``--preset none --max-prompts 32``, drugs) on a shared machine: rough.
+#: Rough wall-clock seconds per prompt (per prompt and lesion mode for ``lesion``, per pair and patched
+#: position for ``patch``) on Gemma 3 270M, float32, and fixed seconds per run once the model is loaded; the
+#: estimate printed before a run is ``fixed + n × per_prompt``. Measured with the commands themselves on
+#: drugs (``--preset quick``; 0.4.0) on 2 CPU cores shared with other work (load average 6-11): a quiet
+#: machine is about 2-4× faster (the issue's quiet figure for one-prompt-at-a-time saliency: 1.1 s).
+#: saliency, 4 prompts, block shares only: 12.7 s (3.2 s a prompt); lesion, 5 prompts, skip: 29 s (286 ms
+#: per block per prompt, 18 blocks); geometry, 152 prompts: reads 51 s, probes and bootstrap 21 s.
 SECONDS_PER_PROMPT: dict[str, float] = {
-    "saliency": 1.1,  # one backward per prompt, embedding and unembedding gradients included (default)
-    "saliency_blocks": 0.35,  # block shares only (--no-embed, the map's presets), batched backward
-    "lesion": 0.6,  # per prompt and lesion mode (prefix restart); greedy continuations are extra
-    "geometry": 0.05,  # one forward per prompt (the reads); the probes are the fixed part
-    "patch": 0.2,  # per pair and patched position, all layers (head sites: × heads, not counted)
+    "saliency": 6.0,  # embedding and unembedding gradients included (--preset none): the 5-10 s under load
+    "saliency_blocks": 3.2,  # block shares only (the presets), batched backward
+    "lesion": 5.1,  # per prompt and lesion mode (prefix restart); greedy continuations are extra
+    "geometry": 0.34,  # the reads (one forward per prompt); the probes are the fixed part
+    "patch": 0.5,  # per pair and patched position, all layers (head sites: × heads, not counted)
 }
-FIXED_SECONDS: dict[str, float] = {"saliency": 2.0, "saliency_blocks": 2.0, "lesion": 3.0, "geometry": 20.0,
+FIXED_SECONDS: dict[str, float] = {"saliency": 2.0, "saliency_blocks": 2.0, "lesion": 3.0, "geometry": 21.0,
                                    "patch": 3.0}
 
 
@@ -95,7 +98,7 @@ def announce(what: str, n: int, total: int, unit: str, *, preset: str, rate: str
     per = f"{SECONDS_PER_PROMPT[rate]:g} s per {'prompt' if factor == 1 else 'unit'}" + (
         f" × {factor} units per {unit[:-1]}" if factor > 1 else "")
     text = (f"{what}: {n} of {total} {unit} (--preset {preset}); rough estimate {rough_time(secs)} after the "
-            f"model loads ({per} + {FIXED_SECONDS[rate]:g} s, measured on Gemma 3 270M on 2 CPU cores; other "
-            "models, hardware and load differ)")
+            f"model loads ({per} + {FIXED_SECONDS[rate]:g} s, measured on Gemma 3 270M on 2 busy CPU cores; rough: "
+            "a quiet machine is faster, other models and hardware differ)")
     typer.echo(text)
     return text

@@ -103,7 +103,7 @@ def geometry_cmd(
         s["timings"] = {k: round(v, 1) for k, v in res.timings.items()}
         summary["sets"][res.concept_set] = s
         typer.echo(res.summary())  # the result's own rendering (was a second copy here)
-        typer.echo("  time: " + ", ".join(f"{k} {v}" for k, v in res.timings.items()))
+        typer.echo("  time: " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items()))
         typer.echo(f"  wrote {d}/manifest.json, table.csv, geometry.html")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     typer.echo(f"done in {total:.0f} s (model load {t_model:.0f} s); summary in {out}/summary.json")

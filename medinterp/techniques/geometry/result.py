@@ -21,7 +21,7 @@ import pandas as pd
 
 from medinterp.errors import MedinterpError
 from medinterp.stats import cluster_bootstrap
-from medinterp.techniques.base import TechniqueResult, UnitScores
+from medinterp.techniques.base import TechniqueResult, UnitScores, sig3
 
 
 @dataclasses.dataclass
@@ -368,9 +368,14 @@ class GeometryResult(TechniqueResult):
             if k in ("concept_set", "warnings"):
                 continue
             if isinstance(v, (list, tuple)) and len(v) == 2:
-                lines.append(f"  {k}: layer {v[0]} ({v[1]:.3f})")
+                lines.append(f"  {k}: layer {v[0]} ({sig3(v[1])})")
+            elif isinstance(v, (list, tuple)) and len(v) == 3:  # value [CI]
+                lines.append(f"  {k}: {sig3(v[0])} [{sig3(v[1])}, {sig3(v[2])}]")
             elif isinstance(v, float):
-                lines.append(f"  {k}: {v:.3f}")
+                lines.append(f"  {k}: {sig3(v)}")
+            elif isinstance(v, dict) and "value" in v:  # a question at the best block: value [CI], p, label
+                lines.append(f"  {k} ({v.get('label', '')}): {sig3(v['value'])} [{sig3(v.get('ci_low'))}, "
+                             f"{sig3(v.get('ci_high'))}], p {sig3(v.get('p_value'))}")
             else:
                 lines.append(f"  {k}: {v}")
         lines += [f"  warning: {w}" for w in s.get("warnings", [])]
