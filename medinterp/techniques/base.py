@@ -11,9 +11,11 @@ A :class:`Technique` is a named, registered object with
 
 Every result is a :class:`TechniqueResult`: a dataclass with the same field names everywhere
 (``concept_set``, ``params``, ``timings``, ``provenance``) and the same methods (``layer_curve()``,
-``layer_curve_ci()``, ``curve_label``, ``summary() -> str``, ``save()``/``load()``, ``figure()``,
-``to_html()``). Figures are drawn by ``medinterp.viz``, which registers one renderer per result kind
-with :func:`register_renderer`; nothing here imports it.
+``layer_curve_ci()``, ``curve_label``, ``summary() -> str``, ``to_dataframe()``, ``save()``/``load()``,
+``figure()``, ``to_html()``, a one-line ``repr`` and a small ``_repr_html_`` table for notebooks). Figures
+are drawn by ``medinterp.viz``, which registers one renderer per result kind with
+:func:`register_renderer`; nothing here imports it. :meth:`Technique.with_presets` gives the technique's
+public function a ``preset="quick"|"full"`` keyword that applies the map's parameters.
 
 :data:`medinterp.techniques.REGISTRY` lists the techniques; the knowledge map reads only it.
 
