@@ -329,7 +329,8 @@ def effect_over_control(
 # ============================================================================ the map's use
 def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, twin, twin_status, *,
              controls: bool, notes: dict | None = None, twin_skipped: dict | None = None,
-             balance_out: dict | None = None, cells_out: dict | None = None, **marking: Any) -> tuple[dict, dict]:
+             premarked: dict | None = None, balance_out: dict | None = None, cells_out: dict | None = None,
+             **marking: Any) -> tuple[dict, dict]:
     """Effect over control of every (row, technique) of a map run.
 
     Args:
@@ -344,8 +345,10 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
             twin knows none of the pairs, so there is nothing to trace) the twin comparison is dropped,
             not the cell (the control family, same model and architecture, still controls for routing).
         twin_skipped: ``{(row, technique): reason}`` of cells whose twin was not run because it could not
-            change the map (:func:`twin_not_needed`): the effect over the control family is computed and
-            shown, never marked, and the reason is the cell's status.
+            change the map (:func:`medinterp.maps.twin_plan.plan_twin_skips`): the effect over the control
+            family is computed and shown, never marked, and the reason is the cell's status.
+        premarked: ``{(row, technique): ControlMarking}`` against the control family alone, already
+            computed for a skipped twin (reused, not recomputed).
         balance_out: a dict that receives ``balance_out[row][technique]``: the control's balance table
             (:meth:`medinterp.maps.balance.Balance.to_dict`) and the cell's minimum detectable effect.
         cells_out: a dict that receives ``cells_out[row][technique]``: the cell's
@@ -391,8 +394,9 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
             elif ctrl_status.get(key) != "ok":
                 put(f, t, code_of(ctrl_status.get(key), "not_run"), f"control family {ctrl_status.get(key, 'not run')}")
             elif (skip := (twin_skipped or {}).get(key)) is not None:
-                try:  # effect over the control family shown; never marked (the twin test cannot reject)
-                    m = effect_over_control(main[key].unit_scores(), ctrl[key].unit_scores(), None, **marking)
+                try:  # effect over the control family shown; never marked (the twin could not change that)
+                    m = (premarked or {}).get(key) or effect_over_control(main[key].unit_scores(),
+                                                                          ctrl[key].unit_scores(), None, **marking)
                 except (NotImplementedError, NoScores, MedinterpError) as e:
                     put(f, t, "too_few_items", f"too few items to mark: {skip} ({e})"[:400], skip)
                 else:
@@ -402,6 +406,8 @@ def mark_all(fams, techniques, main, main_status, ctrl, ctrl_status, ctrl_fams, 
                                           n_perm=marking.get("n_perm", 1000))
                     if not m.comparable:
                         put_m(f, t, m, m.balance.reason, "control_not_comparable", floor=floor)
+                    elif floor <= alpha:  # the twin was skipped because no layer beats the control family
+                        put_m(f, t, m, skip, "not_significant", skip)
                     else:
                         put_m(f, t, m, f"too few items to mark: {m.n_items} items, {_ctrl_count(m)}; {skip}",
                               "too_few_items", f"{m.n_items} items: {skip}", floor=floor)

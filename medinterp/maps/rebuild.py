@@ -13,8 +13,10 @@ from medinterp.errors import MedinterpError
 from medinterp.maps.cells import said
 from medinterp.maps.controls import mark_all
 from medinterp.maps.jobs import job_dir, load_saved
-from medinterp.maps.run import CONTROL_SUFFIX, TWIN_SUFFIX, _Run, _twin_skips, check_techniques
+from medinterp.maps.run import CONTROL_SUFFIX, TWIN_SUFFIX, _Run, check_techniques
 from medinterp.maps.synthesis import KnowledgeMap, interval_rules, validate_params
+from medinterp.maps.twin_plan import plan_twin_skips
+from medinterp.techniques import REGISTRY
 
 log = logging.getLogger("medinterp")
 
@@ -83,11 +85,12 @@ def map_from_work_dir(
     balance: dict = {}
     cells: dict = {}
     tw_res, tw_st = side[TWIN_SUFFIX]
-    skipped = _twin_skips(main, {k: "ok" for k in main}, list(main), marking or {})
+    skipped, premarked = plan_twin_skips(main, {k: "ok" for k in main}, *side[CONTROL_SUFFIX], list(main),
+                                         dict(marking or {}), REGISTRY)
     mstat = {(f, t): "ok" if (f, t) in main else run.status[f][t] for f in families for t in techniques}
     cstats, cstatus = mark_all(families, techniques, main, mstat, *side[CONTROL_SUFFIX],
                                {f: True for f in families}, tw_res, tw_st, controls=controls, notes=notes,
-                               twin_skipped=skipped, balance_out=balance, cells_out=cells, **dict(marking or {}))
+                               twin_skipped=skipped, premarked=premarked, balance_out=balance, cells_out=cells, **dict(marking or {}))
     km = KnowledgeMap.from_curves(curves, n_layers=run.n_layers, cis=run.cis, techniques=techniques,
                                   status=run.status, model_name=model_name, provenance={"work_dir": str(work)},
                                   rules=interval_rules(techniques), rule="controls" if controls else "paper",

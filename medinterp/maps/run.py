@@ -26,7 +26,7 @@ import numpy as np
 
 from medinterp.errors import MedinterpError
 from medinterp.maps.cells import said
-from medinterp.maps.controls import mark_all, twin_not_needed
+from medinterp.maps.controls import mark_all
 from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
     _load_finished,
     _save_job,
@@ -38,6 +38,7 @@ from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
     saved_jobs,
 )
 from medinterp.maps.side_extras import add_side_extras
+from medinterp.maps.twin_plan import plan_twin_skips
 from medinterp.maps.synthesis import MAP_RULES, KnowledgeMap, interval_rules, registered_techniques, validate_params
 from medinterp.models.twin import random_twin
 from medinterp.results import Result, _jsonable, make_provenance
@@ -376,6 +377,7 @@ def knowledge_map(
     marking_kw = dict(alpha=alpha, correction=correction, min_run=min_run, robustness=robustness, n_perm=n_perm,
                       n_boot=n_boot, n_resamples=n_resamples)
     twin_skipped: dict = {}
+    premarked: dict = {}
     fams = family_specs(concepts)
     ctrl_fams = control_specs(concepts) if controls else {}
     check_family_inputs([*fams.values(), *ctrl_fams.values()])  # a malformed user file: an error now, not a failed cell later
@@ -410,9 +412,11 @@ def knowledge_map(
                 for f in fams for t in techniques}
         saved = {} if rerun or work is None else {
             k: r for k in tfps if (r := _load_finished(job_dir(work, tfams[k[0]].name, k[1]), tfps[k], k[0])) is not None}
-        # a twin run that cannot change the map (too few items for its paired test) is not made
+        # a twin run that cannot change the map (too few items for its paired test, or no layer beats the
+        # control family: medinterp.maps.twin_plan) is not made
         # (whether or not a saved twin result exists: the same inputs give the same map)
-        twin_skipped = _twin_skips(main, main_status, list(tfps), marking_kw)
+        twin_skipped, premarked = plan_twin_skips(main, main_status, ctrl_res, ctrl_status, list(tfps), marking_kw,
+                                                  REGISTRY)
         saved = {k: r for k, r in saved.items() if k not in twin_skipped}
         todo = [k for k in tfps if k not in saved and k not in twin_skipped
                 and all(getattr(fams[k[0]], n) is not None for n in REGISTRY[k[1]].needs)]
@@ -437,7 +441,7 @@ def knowledge_map(
     balance: dict = {}
     cells: dict = {}
     cstats, cstatus = mark_all(fams, techniques, main, main_status, ctrl_res, ctrl_status, ctrl_fams, twin_res,
-                               twin_status, controls=controls, notes=notes, twin_skipped=twin_skipped,
+                               twin_status, controls=controls, notes=notes, twin_skipped=twin_skipped, premarked=premarked,
                                balance_out=balance, cells_out=cells, **marking_kw)
     run.timing["marking"] = round(time.perf_counter() - t0, 2)
     run.timing["total"] = round(time.perf_counter() - t_start, 2)
@@ -463,17 +467,6 @@ def knowledge_map(
     if work is not None:
         km.save(work / "map")
     return km
-
-
-def _twin_skips(main: Mapping, main_status: Mapping, keys: Sequence[tuple[str, str]],
-                marking: Mapping[str, Any]) -> dict[tuple[str, str], str]:
-    """``{(row, technique): reason}`` of the twin jobs among ``keys`` that cannot change the map
-    (:func:`~medinterp.maps.controls.twin_not_needed` of the model's result)."""
-    out = {}
-    for k in keys:
-        if main_status.get(k) == "ok" and (why := twin_not_needed(main[k], **marking)) is not None:
-            out[k] = why
-    return out
 
 
 def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> None:

@@ -269,7 +269,11 @@ def test_map_marks_planted_layers_saves_all_runs_and_resumes(tmp_path, toys):
     assert km.control_status["drugs"]["toy_nounits"].startswith("no unit scores")
     assert km.control_status["nocontrol"]["toy_planted"] == "no control family for this row"
     assert "toy_nounits no_scores: no unit scores" in km.summary()["drugs"]
-    assert km.control_status["flat"]["toy_planted"] == "ok" and "toy_planted not_significant" in km.summary()["flat"]
+    # flat: no layer beats its control family, so its twin (which can only remove marks) is not run
+    assert "twin, whose test can only remove marks, was not run" in km.control_status["flat"]["toy_planted"]
+    assert "toy_planted not_significant" in km.summary()["flat"]
+    assert km.cell("flat", "toy_planted").code == "not_significant"
+    assert not (tmp_path / "w" / "flat__twin" / "toy_planted").exists()
     assert km.cell("nocontrol", "toy_planted").code == "no_control"
     for d in ("drugs", "drugs__control", "drugs__twin", "nocontrol", "nocontrol__twin"):
         assert (tmp_path / "w" / d / "toy_planted" / "job.json").is_file(), d
@@ -301,7 +305,7 @@ def test_map_marks_planted_layers_saves_all_runs_and_resumes(tmp_path, toys):
     assert back.rethreshold(rule="paper").intervals != km.intervals  # the paper rule marks the bare curves
     # the report: no-interval cells, reasons, the findings table
     html = km.to_html(tmp_path / "r.html")
-    assert "no interval" in html and "no unit scores" in html and "Findings" in html
+    assert "not_significant" in html and "was not run" in html and "no unit scores" in html and "Findings" in html
 
 
 def test_twin_that_cannot_be_measured_leaves_the_control_family(tmp_path, toys):
@@ -426,6 +430,7 @@ def test_random_model_vs_its_twin_gives_no_interval(toys):
     marked on the twin comparison only.
     """
     import medinterp.maps as maps
+    from medinterp.models.twin import random_twin
     from medinterp.testing import tiny_model
 
     fams = {"drugs": {"concepts": {"items": ["aspirin", "metformin", "insulin", "warfarin", "heparin", "ibuprofen",
@@ -441,11 +446,14 @@ def test_random_model_vs_its_twin_gives_no_interval(toys):
         m = tiny_model(n_layers=N_LAYERS, seed=seed)
         km = maps.knowledge_map(m, fams, ["toy_norms"], progress=False, twin_seed=100 + seed, n_perm=999,
                                 n_boot=50, n_resamples=5)
-        assert km.control_status["drugs"]["toy_norms"] == "ok"
+        assert km.cell("drugs", "toy_norms").code in ("marked", "not_significant")
         n_marked += bool(km.intervals)
-        st = km.control_stats[0, 0]
-        twin_only += bool(((st[CONTROL_STATS.index("p_adj_twin")] <= 0.05)
-                           & (st[CONTROL_STATS.index("effect_twin")] > 0)).any())
+        # the twin comparison on its own (the map skips the twin where the control family is not beaten)
+        fam, cfam = maps.run.family_specs(fams)["drugs"], maps.run.control_specs(fams)["drugs"]
+        tw = random_twin(m, seed=100 + seed)
+        full = effect_over_control(_resid_norms(m, fam).unit_scores(), _resid_norms(m, cfam).unit_scores(),
+                                   _resid_norms(tw, fam).unit_scores(), n_perm=999, n_boot=50, n_resamples=5)
+        twin_only += bool(((full.p_adj_twin <= 0.05) & (full.effect_twin > 0)).any())
     print(f"random model vs twin: {n_marked} of 8 maps marked; the twin comparison alone marked {twin_only} of 8")
     assert n_marked <= 1, n_marked  # <= 5% of 8 maps, rounded up
     assert twin_only >= 1  # the twin comparison alone would have marked something
@@ -548,3 +556,49 @@ def test_twin_scored_on_one_item_only_is_dropped_not_a_dead_cell(toys):
     assert status == "ok", status
     assert note.startswith("vs control family only: random twin "), note
     assert marked == [2, 3]
+
+
+def test_skipping_the_twin_where_no_layer_beats_the_control_cannot_change_a_mark():
+    """twin_plan's case 2: the test against the control family is the same with or without the twin, and
+    the twin can only remove marks. Checked on 300 random cells (noise, planted effects in medicine, the
+    control or the twin, at random layers)."""
+    rng = np.random.default_rng(11)
+    skipped = 0
+    for run in range(300):
+        L = 6
+        med, ctrl, twin = (rng.normal(size=(40, L)) for _ in range(3))
+        for arr in (med, ctrl, twin):
+            if rng.random() < 0.5:
+                arr[:, rng.integers(L, size=2)] += rng.choice([0.5, 1.0, 2.0])
+        kw = dict(n_perm=199, n_boot=50, n_resamples=5, seed=run)
+        with_twin = effect_over_control(_scores(med, 20, 2), _scores(ctrl, 20, 2, "c"), _scores(twin, 20, 2), **kw)
+        alone = effect_over_control(_scores(med, 20, 2), _scores(ctrl, 20, 2, "c"), None, **{**kw, "robustness": 0.0})
+        np.testing.assert_array_equal(with_twin.p_adj, alone.p_adj)
+        np.testing.assert_array_equal(with_twin.effect, alone.effect)
+        assert not (with_twin.significant & ~alone.significant).any()
+        if not alone.significant.any():
+            skipped += 1
+            assert not with_twin.marked.any()
+    assert 50 < skipped < 290  # both kinds of cells were drawn
+
+
+def test_map_skips_the_twin_only_where_no_layer_beats_the_control(tmp_path, toys, monkeypatch):
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    ran = []
+    orig = REGISTRY["toy_planted"]
+    monkeypatch.setitem(REGISTRY, "toy_planted", dataclasses.replace(
+        orig, run_fn=lambda m, f, **k: ran.append((f.name, _is_twin(m))) or orig.run_fn(m, f, **k)))
+    fams = {k: v for k, v in _fams().items() if k in ("drugs", "flat")}
+    kw = dict(progress=False, n_perm=999, n_boot=100, n_resamples=10, out_dir=tmp_path / "w")
+    km = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_planted"], **kw)
+    assert ("drugs__twin", True) in ran and ("flat__twin", True) not in ran
+    assert [(iv["concept"], iv["start"], iv["end"]) for iv in km.intervals] == [("drugs", 2, 3)]
+    cell = km.cell("flat", "toy_planted")
+    assert cell.code == "not_significant" and "was not run" in cell.reason
+    stats_flat = km.control_stats[km.concepts.index("flat"), 0]
+    assert np.isfinite(stats_flat[CONTROL_STATS.index("effect")]).all()  # the effect over control is shown
+    back = maps.map_from_work_dir(tmp_path / "w", techniques=["toy_planted"],
+                                  marking=dict(n_perm=999, n_boot=100, n_resamples=10))
+    assert back.control_status == km.control_status and back.intervals == km.intervals
