@@ -48,3 +48,17 @@ def test_validate_cli_user_pairs_and_band_on_gemma(gemma, tmp_path, monkeypatch,
     back = Result.load(tmp_path / "u")
     assert back.band == [3, 6] and back.control == {} and "selectivity" not in back.checks
     assert (tmp_path / "u" / "checks.csv").is_file()
+
+
+def test_validate_steering_and_erasure_on_gemma(gemma, tmp_path):
+    """Parts 3-4 run end to end on the real model (small null: the numbers, not their verdicts, are checked)."""
+    from medinterp.techniques.validate import VERDICTS, validate_band
+
+    r = validate_band(gemma, "age", (5, 12), parts=("steering", "erasure"), n_directions=5, max_pairs=12, n_boot=200)
+    assert set(r.checks) == {"steering", "erasure"} and all(c["verdict"] in VERDICTS for c in r.checks.values())
+    st, er = r.steering, r.erasure
+    assert st["n_scored"] >= 2 and len(st["curve"]) == len(st["alphas"]) and len(st["slopes_random"]) == 5
+    assert np.isfinite(st["slope"]) and st["scale"] > 0
+    assert np.isfinite(er["frac_lost"]) and len(er["frac_lost_random"]) == 5 and er["ranks"]
+    r.save(tmp_path / "s")
+    assert Result.load(tmp_path / "s").steering["curve"] == st["curve"]
