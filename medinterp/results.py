@@ -301,14 +301,18 @@ class Result:
     def figure(self):  # pragma: no cover - overridden
         raise NotImplementedError(f"{type(self).__name__} has no figure")
 
+    def figures(self, *args: Any, **kwargs: Any) -> list:
+        """:meth:`figure` always as a list of figures (one type for every result; ``figure()`` itself returns
+        one figure for some kinds and several for others)."""
+        figs = self.figure(*args, **kwargs)
+        return list(figs) if isinstance(figs, (list, tuple)) else [figs]
+
     def to_html(self, path: str | os.PathLike | None = None, *, title: str | None = None) -> str:
         """Self-contained HTML (plotly inlined, no CDN) of :meth:`figure`; written to ``path`` if given.
 
         The page is drawn by the ``"page"`` renderer that ``medinterp.viz`` registers.
         """
-        figs = self.figure()
-        if not isinstance(figs, (list, tuple)):
-            figs = [figs]
+        figs = self.figures()
         text = renderer_for("page")(
             figs, title=title or f"medinterp {self.kind}", provenance=getattr(self, "provenance", None))
         if path is not None:

@@ -86,3 +86,12 @@ def test_map_to_dataframe_is_the_one_name_for_its_three_tables():
     assert km.to_dataframe("intervals").equals(km.table())
     with pytest.raises(MedinterpError, match="expected one of"):
         km.to_dataframe("everything")
+
+
+def test_figures_is_always_a_list(monkeypatch):
+    from medinterp import results
+
+    monkeypatch.setitem(results._RENDERERS, "toy_display", lambda res: "one figure")
+    assert _big().figures() == ["one figure"]
+    monkeypatch.setitem(results._RENDERERS, "toy_display", lambda res: ["a", "b"])
+    assert _big().figures() == ["a", "b"]
