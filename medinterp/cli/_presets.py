@@ -37,12 +37,13 @@ PresetOpt = Annotated[str, typer.Option(
 #: drugs (``--preset quick``; 0.4.0) on 2 CPU cores shared with other work (load average 6-11): a quiet
 #: machine is about 2-4× faster (the issue's quiet figure for one-prompt-at-a-time saliency: 1.1 s).
 #: saliency, 4 prompts, block shares only: 12.7 s (3.2 s a prompt); lesion, 5 prompts, skip: 29 s (286 ms
-#: per block per prompt, 18 blocks); geometry, 152 prompts: reads 51 s, probes and bootstrap 21 s; patch
-#: ``--positions all``, 10 pairs: 1,674 patched rows (pair x layer x position) in 659 s (0.39 s a row).
+#: per block per prompt, 18 blocks; ``--preset full -n 16``, one batch of 16: 21 s, 42 ms); geometry,
+#: 152 prompts: reads 51 s, probes and bootstrap 21 s; patch ``--positions all``, 10 pairs: 1,674 patched
+#: rows (pair x layer x position) in 659 s (0.39 s a row).
 SECONDS_PER_PROMPT: dict[str, float] = {
-    "saliency": 6.0,  # embedding and unembedding gradients included (--preset none): the 5-10 s under load
+    "saliency": 6.5,  # embedding and unembedding gradients included (--preset none -n 16: 105 s, 6.5 s a prompt)
     "saliency_blocks": 3.2,  # block shares only (the presets), batched backward
-    "lesion": 5.1,  # per prompt and lesion mode (prefix restart); greedy continuations are extra
+    "lesion": 2.5,  # per prompt and lesion mode (quick, 5 prompts: 5.1 s; full -n 16, one batch: 0.76 s)
     "geometry": 0.34,  # the reads (one forward per prompt); the probes are the fixed part
     "patch": 7.0,  # per pair and patched position, all 18 layers (head sites: × heads, not counted)
 }
