@@ -9,12 +9,25 @@ import numpy as np
 import pytest
 
 from medinterp.maps import TECHNIQUES, KnowledgeMap, saved_jobs
-from medinterp.maps.controls import twin_not_needed
+from medinterp.maps.twin_plan import plan_twin_skips
 from medinterp.results import Result
+from medinterp.techniques import REGISTRY
 
 pytestmark = pytest.mark.integration
 
 FAMILIES = ["drugs", "age"]
+MARKING = ("alpha", "correction", "min_run", "robustness", "n_perm", "n_boot", "n_resamples")
+
+
+def _twin_skips(km, work):
+    """The twin jobs the map should not have made, planned again from the saved model and control results."""
+    def load(suffix):
+        return {(c, t): Result.load(work / f"{c}{suffix}" / t) for c in FAMILIES for t in TECHNIQUES
+                if (work / f"{c}{suffix}" / t / "job.json").is_file()}
+    main, ctrl = load(""), load("__control")
+    marking = {k: v for k, v in km.control_params.items() if k in MARKING}
+    return plan_twin_skips(main, {k: "ok" for k in main}, ctrl, {k: "ok" for k in ctrl}, list(main), marking,
+                           REGISTRY)[0]
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +43,7 @@ def quick_map(gemma, tmp_path_factory):
 def test_quick_map_runs_every_technique(quick_map, gemma):
     km, work, _ = quick_map
     n = gemma.cfg.n_layers
+    skips = _twin_skips(km, work)
     assert km.n_layers == n and km.concepts == FAMILIES and km.techniques == list(TECHNIQUES)
     for c in FAMILIES:
         for j, t in enumerate(km.techniques):
@@ -43,11 +57,13 @@ def test_quick_map_runs_every_technique(quick_map, gemma):
             cs = km.control_status[c][t]
             assert cs == "ok" or cs.startswith(("no unit scores", "no finite unit scores", "control family",
                                                 "random twin", "too few items to mark",
-                                                "control not comparable", "medicine: fewer than 2")), (c, t, cs)
-            # a twin that cannot change the map (too few items for its paired test) is not run
-            twin_run = twin_not_needed(Result.load(work / c / t)) is None
-            assert twin_run or t in ("lesion", "saliency", "patching"), (c, t, cs)  # 2-10 prompt previews only
-            if "so the twin was not run" in cs:
+                                                "control not comparable", "medicine: fewer than 2",
+                                                "no run of layers beats the control family")), (c, t, cs)
+            # a twin that cannot change the map (too few items for its paired test, no layer beats the
+            # control family, a control that cannot be balanced) is not run
+            twin_run = (c, t) not in skips
+            assert twin_run or t in ("lesion", "saliency", "patching"), (c, t, cs)  # unit-score techniques only
+            if "twin was not run" in cs or "was not run" in km.cell(c, t).reason:
                 assert not twin_run
             for d in (c, f"{c}__control") + ((f"{c}__twin",) if twin_run else ()):
                 assert (work / d / t / "job.json").is_file(), (d, t)
@@ -69,8 +85,7 @@ def test_quick_map_runs_every_technique(quick_map, gemma):
     codes = {km.cell(c, t).code for c in FAMILIES for t in TECHNIQUES}  # every cell says why, in the vocabulary
     assert codes <= set(CODES) - {"unclassified", "no_interval"}, codes
     assert km.provenance["model"]["n_layers"] == n and km.provenance["params"]["size"] == "quick"
-    not_run = {(c, t) for c in FAMILIES for t in TECHNIQUES if "so the twin was not run" in km.control_status[c][t]
-               or (km.status[c][t] == "ok" and twin_not_needed(Result.load(work / c / t)) is not None)}
+    not_run = set(skips)
     assert {t for _, t in not_run} >= {"lesion", "saliency"}  # the quick previews (5 and 2 prompts)
     assert sorted(saved_jobs(work)) == sorted(f"{c}{k}/{t}" for c in FAMILIES for t in TECHNIQUES
                                               for k in ("", "__control", "__twin")
