@@ -63,7 +63,7 @@ def _steering_panel(fig: Any, go: Any, st: dict, col: int) -> None:
                                  name=f"same direction at {ob[0]}-{ob[1]}"), row=1, col=col)
     fig.add_trace(go.Scatter(x=x, y=st["curve"], mode="lines+markers", line=dict(color="red"),
                              name="class direction at the band"), row=1, col=col)
-    fig.update_xaxes(title_text="alpha (x median residual norm)", row=1, col=col)
+    fig.update_xaxes(title_text="alpha (x median centred-residual norm)", row=1, col=col)
     fig.update_yaxes(title_text="mean LD", row=1, col=col)
 
 

@@ -94,7 +94,7 @@ def test_save_load_roundtrip_of_steering_and_erasure(steered, tmp_path):
     assert back.erasure["probe_erased"] == pytest.approx(r.erasure["probe_erased"])
     params = back.provenance["params"]
     assert params["parts"] == ["steering", "erasure"] and params["n_directions"] == 20
-    assert params["alphas"] == list(r.steering["alphas"]) and "median residual norm" in params["steering_scale"]
+    assert params["alphas"] == list(r.steering["alphas"]) and "centred residual" in params["steering_scale"]
     text = back.summary()
     assert "steering: mean slope" in text and "erasure: fraction of LD lost" in text
     assert "no control family" not in text

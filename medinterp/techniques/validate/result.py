@@ -130,7 +130,7 @@ class BandValidation(TechniqueResult):
             lines.append(f"  control family not usable: {self.control['error']}")
         st, er = self.steering or {}, self.erasure or {}
         if st.get("curve"):
-            lines.append(f"  steering: scale {_f(st.get('scale')):.3g} (median residual norm), mean LD over alpha "
+            lines.append(f"  steering: scale {_f(st.get('scale')):.3g} (median centred-residual norm), mean LD over alpha "
                          f"{st['alphas']}: {' '.join(f'{_f(v):.2f}' for v in st['curve'])}; "
                          f"{100 * _f(st.get('monotone_pairs')):.0f}% of pairs monotone")
         lines += [f"  {k}: {d['error']}" for k, d in (("steering", st), ("erasure", er)) if d.get("error")]

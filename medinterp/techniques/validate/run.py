@@ -198,7 +198,7 @@ def validate_band(
             :mod:`~medinterp.techniques.validate.erasure`). Default: the first two; steering and erasure are
             opt-in (measured on Gemma 3 270M, drugs, band 5-12, 20 directions, 2 shared CPU cores: see
             docs/METHOD.md section 6). A part not run leaves its arrays NaN and has no check.
-        alphas: the steering grid (units of the median residual norm at the band's read position).
+        alphas: the steering grid (units of the median centred-residual norm at the band's read position).
         n_directions: random directions (steering) and random subspaces (erasure), the null of those parts.
         progress: unused (kept for the technique contract).
 
@@ -310,7 +310,8 @@ def validate_band(
                   parts=list(parts))
     if "steering" in parts or "erasure" in parts:
         params.update(alphas=[float(x) for x in alphas], n_directions=n_directions,
-                      steering_scale="median residual norm at the read position after the band's last block",
+                      steering_scale="median norm of the centred residual (minus its mean over the known "
+                                     "prompts) at the read position after the band's last block",
                       fit_split="cross-fitted by item halves (crossfit_folds(units, seed))")
     return BandValidation(
         concept_set=name, params=params, timings=timings, provenance=make_provenance(model, technique="validate", **params),

@@ -10,13 +10,15 @@ means, signed by the pair).
 
 On the pair's **corrupted** prompt the vector ``alpha * s * direction`` is added at the read position, spread
 evenly over the band's blocks (``1 / width`` of it after each block, so the total added is ``alpha * s``);
-``s`` is the median norm of the residual at that read position (all known prompts, label-free). ``alpha``
-runs over :data:`ALPHAS` (-1 .. 1, so at most one typical residual norm in all). Metric: the pair's LD
+``s`` is the median norm of the *centred* residual at that read position (the residual minus its mean over
+all known prompts, label-free: the typical deviation of one prompt's residual; the raw norm is no unit: on
+Gemma 3 270M a few massive dimensions shared by every prompt make it ~1.6e4, and alpha = 0.25 of it already
+jumped the mean LD by 11.5 logits). ``alpha`` runs over :data:`ALPHAS` (-1 .. 1). Metric: the pair's LD
 (``logit(clean answer) - logit(corrupted answer)``). Statistic: the mean over scored pairs of each pair's
 least-squares slope of LD on alpha (logits per unit alpha), with an item-cluster bootstrap CI.
 
 Controls: ``n_directions`` random unit directions (isotropic Gaussian, one per draw for all pairs; the null
-of the percentile and permutation p and of the verdict, :func:`medinterp.techniques.validate.run._check`) and
+of the percentile and permutation p and of the verdict, :func:`medinterp.techniques.validate.checks._check`) and
 the same per-pair direction added at a same-width band elsewhere (:func:`other_band`; reported, not part of
 the verdict: a residual direction added closer to the output is read at least as directly, so a later band is
 no null for a linear read-out).
@@ -36,7 +38,7 @@ from jaxtyping import Float
 from medinterp.techniques.validate.checks import _check, ratio_boot
 from medinterp.techniques.validate.engine import PairBatch, read_ld, reads_at, run_edited
 
-#: the steering grid, in units of the median residual norm at the read position after the band's last block
+#: the steering grid, in units of the median centred-residual norm at the read position after the band's last block
 ALPHAS = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
 
 
@@ -139,7 +141,7 @@ def run_steering(model: Any, pb: PairBatch, units: Sequence[str], band: tuple[in
     Args:
         model: the hooked model; pb: the known pairs (:func:`medinterp.techniques.validate.engine.pair_batch`).
         units: item of each pair; band: ``(a, b)``.
-        alphas: the grid (units of the median residual norm); n_directions: random directions (the null).
+        alphas: the grid (units of the median centred-residual norm); n_directions: random directions (the null).
         seed, n_boot, ci, alpha: random directions and folds, bootstrap, verdict level.
 
     Returns:
@@ -153,7 +155,8 @@ def run_steering(model: Any, pb: PairBatch, units: Sequence[str], band: tuple[in
     fold = np.asarray(crossfit_folds(units, seed))
     x, labels = class_reads(pb, b + 1)
     dirs, scored = pair_directions(x, labels, fold, pb.good, pb.bad)
-    scale = float(x.double().norm(dim=1).median())
+    xd = x.double()
+    scale = float((xd - xd.mean(0)).norm(dim=1).median())
     ob = other_band(a, b, n)
     info: dict[str, Any] = {"alphas": [float(v) for v in alphas], "scale": scale, "n_directions": n_directions,
                             "other_band": list(ob) if ob else None, "n_scored": int(scored.sum()),
