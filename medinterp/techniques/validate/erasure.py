@@ -23,7 +23,8 @@ permutation p and verdict), and the same LEACE erasure fitted and applied at a s
 
 Needs the ``concept-erasure`` package (a dependency of medinterp); when it cannot be imported the part says
 ``not run: concept-erasure not installed``. Cost: (2 + n_directions) forwards of the known prompts from the
-band's first block, plus the probes.
+band's first block, plus 7 probes; on Gemma 3 270M (drugs, band 5-12, 32 known pairs, 20 subspaces) 21 s on 2
+CPU cores (load average < 1).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ the verdict: a residual direction added closer to the output is read at least as
 no null for a linear read-out).
 
 Cost: (2 + n_directions) x len(ALPHAS) forwards of the scored prompts from the band's first block; on Gemma 3
-270M (drugs, band 5-12, 20 directions) see the CLI's timings (``steering_s``).
+270M (drugs, band 5-12, 9 scored pairs, 20 directions) 18 s on 2 CPU cores (load average < 1).
 """
 
 from __future__ import annotations
