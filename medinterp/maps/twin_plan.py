@@ -4,6 +4,8 @@ A cell is marked only where the model beats the control family *and* the random 
 in runs of at least ``min_run`` layers (:func:`medinterp.maps.controls.effect_over_control`). The twin's run
 is not made where it cannot change the cell:
 
+0. **nothing to compare**: the model's own result has no curve (``unavailable()``, e.g. it knows none of
+   the family's pairs); the cell is ``not_known`` whatever the twin scores;
 1. **too few items**: the paired test against the twin cannot reach ``alpha`` after correction with the
    cell's item count, whatever the twin scores (:func:`medinterp.maps.controls.twin_not_needed`);
 2. **no layer beats the control family**: the test against the control family uses the same items, the
@@ -80,6 +82,10 @@ def plan_twin_skips(
     correction = str(marking.get("correction", "holm"))
     for key in keys:
         if main_status.get(key) != "ok":
+            continue
+        unavailable = getattr(main[key], "unavailable", None)
+        if callable(unavailable) and (why := unavailable()) is not None:  # e.g. no pair known by the model
+            skips[key] = f"{why}; the random twin was not run (nothing to compare)"
             continue
         if (why := twin_not_needed(main[key], **marking)) is not None:
             skips[key] = why

@@ -602,3 +602,26 @@ def test_map_skips_the_twin_only_where_no_layer_beats_the_control(tmp_path, toys
     back = maps.map_from_work_dir(tmp_path / "w", techniques=["toy_planted"],
                                   marking=dict(n_perm=999, n_boot=100, n_resamples=10))
     assert back.control_status == km.control_status and back.intervals == km.intervals
+
+
+def test_twin_is_not_run_where_the_model_knows_nothing(tmp_path, toys, monkeypatch):
+    """A model result that is unavailable (e.g. no pair known) is `not_known` whatever the twin scores:
+    the twin's job is not made."""
+    import medinterp.maps as maps
+    from medinterp.testing import tiny_model
+
+    ran = []
+
+    def unknown_on_model(m, f, **k):
+        ran.append((f.name, _is_twin(m)))
+        res = _planted(m, f)
+        why = "" if (_is_twin(m) or "__control" in f.name) else "not known by the model: 0 of 20 pairs known"
+        return ToyUnknownOnTwin(concept_set=f.name, values=res.values, units=res.units, templates=res.templates,
+                                reason=why)
+
+    monkeypatch.setitem(REGISTRY, "toy_unknown", Technique("toy_unknown", unknown_on_model))
+    fams = {k: v for k, v in _fams().items() if k == "drugs"}
+    km = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_unknown"], progress=False, n_perm=999,
+                            n_boot=100, n_resamples=10, out_dir=tmp_path / "w")
+    assert km.cell("drugs", "toy_unknown").code == "not_known"
+    assert not any(tw for _, tw in ran) and not (tmp_path / "w" / "drugs__twin").exists()
