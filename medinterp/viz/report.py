@@ -13,6 +13,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
+from medinterp.maps.band_checks import check_text
 from medinterp.maps.findings import PAPER, block_criticality, findings_table
 from medinterp.maps.synthesis import _ranges_text
 from medinterp.viz.html import escape
@@ -278,8 +279,9 @@ def render_report(
     parts.append("<h2 id='curves'>Layer curves</h2>")
     parts.append(figure_div(curve_heatmaps(km, relative_depth=relative_depth)))
     parts.append("<h3>Marked intervals</h3>")
-    parts.append(_table([(km.label(iv["concept"]), iv["technique"], iv["start"], iv["end"], num(iv["score"], ".4g"), iv["rule"])
-                         for iv in km.intervals], ["concept", "technique", "first layer", "last layer", "score", "rule"]))
+    parts.append(_table([(km.label(iv["concept"]), iv["technique"], iv["start"], iv["end"], num(iv["score"], ".4g"), iv["rule"],
+                          check_text(km, iv)) for iv in km.intervals],
+                        ["concept", "technique", "first layer", "last layer", "score", "rule", "causal check"]))
     needs_cv = False
     for t in km.techniques:
         parts.append(f"<h2 id='t-{escape(t)}'>{escape(t)}</h2>")
