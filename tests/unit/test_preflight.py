@@ -201,7 +201,7 @@ def test_pairs_with_the_same_prompts_and_other_answers_are_all_dropped(tiny, tmp
     (["geometry", "-c", "age", "--metric", "banana"], "--metric 'banana': not a distance sklearn / UMAP know"),
     (["geometry", "-c", "age", "--pca", "-5"], "expected numbers >= 0"),
     (["lesion", "-c", "drugs", "--device", "banana"], "--device 'banana': expected a torch device"),
-    (["saliency", "-c", "drugs", "-n", "-2"], "--max-prompts -2: expected a positive number"),
+    (["saliency", "-c", "drugs", "-n", "-2"], "--max-prompts -2: expected a number >= 0 (0 = all)"),
     (["activations", "--prompts", "{p}", "--batch-size", "0"], "--batch-size 0: expected a positive number"),
     (["activations", "--prompts", "{p}", "--positions", "span"], "plain prompts have no concept span"),
 ])
