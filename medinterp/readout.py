@@ -28,6 +28,50 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from medinterp.errors import MedinterpError, clip
+from medinterp.precision import is_low_precision
+from medinterp.models.chat import answer_text, chat_setting, check_bos, wrap_prefix, wrap_text
+
+
+#: columns of the unembedding upcast at once by the float32 readout of a low-precision model (2**26 elements:
+#: 256 MB of float32 temporaries at most, instead of a float32 copy of all of W_U, 5.6 GB on Gemma-3-27B)
+_UNEMBED_COLS_ELEMENTS = 1 << 26
+
+
+class _Float32Unembed(torch.autograd.Function):
+    """``x @ W + b`` in float32 for low-precision ``x`` / ``W`` / ``b``, a block of vocabulary columns at a time.
+
+    Autograd would keep every float32 block of ``W`` for the backward (a float32 copy of W_U); this
+    function keeps ``W`` as it is and upcasts its blocks again in the backward. Gradients come back in
+    the inputs' own dtypes.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, W)
+        ctx.b_dtype = b.dtype
+        xf = x.float()
+        out = torch.empty(x.shape[0], W.shape[1], dtype=torch.float32, device=x.device)
+        step = max(1, _UNEMBED_COLS_ELEMENTS // max(1, W.shape[0]))
+        for c in range(0, W.shape[1], step):
+            torch.addmm(b[c : c + step].float(), xf, W[:, c : c + step].float(), out=out[:, c : c + step])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, W = ctx.saved_tensors
+        gx = gW = gb = None
+        g = g.float()
+        if ctx.needs_input_grad[0]:
+            gx = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+            step = max(1, _UNEMBED_COLS_ELEMENTS // max(1, W.shape[0]))
+            for c in range(0, W.shape[1], step):
+                gx.addmm_(g[:, c : c + step], W[:, c : c + step].float().T)
+            gx = gx.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            gW = (x.float().T @ g).to(W.dtype)
+        if ctx.needs_input_grad[2]:
+            gb = g.sum(0).to(ctx.b_dtype)
+        return gx, gW, gb
 
 
 def final_logits(
@@ -39,7 +83,9 @@ def final_logits(
     """``ln_final`` (if any), unembedding (only ``token_ids`` columns when given) and soft-cap.
 
     ``x`` is the residual after the last block, one row per read position. The unembedding is
-    ``x @ W_U + b_U`` (TransformerLens' ``Unembed`` module copies ``W_U.T`` on every call). When
+    ``x @ W_U + b_U`` (TransformerLens' ``Unembed`` module copies ``W_U.T`` on every call). The logits
+    are float32 when the model is bf16 / fp16 (every log-prob, KL and logit difference downstream is
+    then computed from unrounded logits), else in the model's dtype. When
     ``on_unembed`` is given it is called during backward with ``(x, ∂L/∂logits)`` (before the
     soft-cap), from which ``∂L/∂W_U = xᵀ·∂L/∂logits`` (saliency uses it to avoid holding that gradient).
     """
@@ -50,7 +96,14 @@ def final_logits(
         W, b = W[:, token_ids], b[token_ids]
     if W.device != x.device:  # sharded models: read on the unembedding's device
         x = x.to(W.device)
-    logits = x @ W + b
+    if is_low_precision(W.dtype) or is_low_precision(x.dtype):
+        # bf16 / fp16 models: logits rounded to 8 (bf16) mantissa bits are off by ~0.06 at |logit| 16-32,
+        # as large as the logit differences and log-prob drops the techniques measure, so the readout
+        # is float32 (with x upcast after the final norm, W_U a block of columns at a time)
+        logits = _Float32Unembed.apply(x, W, b)
+        x = x.float()
+    else:
+        logits = x @ W + b
     if on_unembed is not None and logits.requires_grad:
         xd = x.detach()
         logits.register_hook(lambda d_logits: on_unembed(xd, d_logits))
@@ -156,7 +209,20 @@ _NEXT_WORD = re.compile(r"\s*\S+")
 
 
 def tokens_of(model: Any, text: str, bos: bool) -> Int[Tensor, "T"]:
-    """``text`` as 1-D token ids (BOS by the model's rule when ``bos``); empty text gives BOS or nothing."""
+    """``text`` as 1-D token ids (BOS by the model's rule when ``bos``); empty text gives BOS or nothing.
+
+    With ``bos`` the text is a whole prompt: under a chat template (:mod:`medinterp.models.chat`) it is
+    wrapped first, and its leading BOS tokens are checked (exactly one where the model expects one).
+    """
+    if bos and text != "":
+        toks = _raw_tokens(model, wrap_text(model, text)[0], bos=True)
+        check_bos(model, toks.tolist(), f"prompt {clip(text)}")
+        return toks
+    return _raw_tokens(model, text, bos)
+
+
+def _raw_tokens(model: Any, text: str, bos: bool) -> Int[Tensor, "T"]:
+    """``text`` tokenized as given (no chat template), BOS by the model's rule when ``bos``."""
     if text == "":
         tok = getattr(model, "tokenizer", None)
         if bos and model.cfg.default_prepend_bos and tok is not None and tok.bos_token_id is not None:
@@ -192,12 +258,22 @@ def make_target(
       tokens after a generic prefix would measure how predictable the name is, not what follows it).
     * neither: ``text``'s own tokens after the first are scored; read at its last token.
 
+    Under a chat template (:func:`medinterp.models.chat.use_chat_template`) ``text`` is the user's turn:
+    an answer (its leading whitespace dropped) follows the generation prompt, so it is read where the
+    assistant's first token is produced; a span's next word stays inside the user's turn (the context is
+    the wrapped text up to the item); a plain string is scored unwrapped. Leading BOS tokens are checked
+    (:func:`medinterp.models.chat.check_bos`: one where the model expects one, never two).
+
     Raises:
         NothingAfterItem: a span that ends the text (only whitespace after the item).
         MedinterpError: empty answer, a span outside the text, a target that tokenizes to nothing, no
             context token to predict the first target token from, or too many tokens.
     """
+    chat = chat_setting(model) is not None
     if answer is not None:
+        if chat:  # read where the assistant's first token is produced: after the generation prompt
+            return _with_answer(model, wrap_text(model, text)[0], answer_text(model, answer), where=where,
+                                original=text, chat=True)
         return _with_answer(model, text, answer, where=where, original=text)
     if span is not None:
         try:
@@ -211,21 +287,29 @@ def make_target(
             raise NothingAfterItem(
                 f"{where}: the text ends on its item {clip(text[start:end])}, so nothing after the item can be "
                 "scored; give the template an answer or a word after the item")
+        if chat:  # the word after the item stays inside the user's turn: the wrapped text up to the item
+            return _with_answer(model, wrap_prefix(model, text, end), nxt.group(0), where=where, original=text,
+                                chat=True)
         return _with_answer(model, text[:end], nxt.group(0), where=where, original=text)
-    toks = tokens_of(model, text, bos=True)
+    # a plain string's own LM loss: its own tokens, never wrapped (template tokens are not its text)
+    toks = _raw_tokens(model, text, bos=True)
+    check_bos(model, toks.tolist(), where)
     if toks.shape[0] < 2:
         raise MedinterpError(f"{where} ({clip(text)}): needs at least 2 tokens to score its own text")
     _check_len(model, toks, where)
     return Target(text=text, tokens=toks, n_context=1, read_pos=int(toks.shape[0]) - 1, target=text)
 
 
-def _with_answer(model: Any, text: str, target: str, *, where: str, original: str) -> Target:
+def _with_answer(model: Any, text: str, target: str, *, where: str, original: str, chat: bool = False) -> Target:
+    """``text`` (already wrapped when ``chat``) as context, ``target`` tokenized after it."""
     if not isinstance(target, str) or target.strip() == "":
         raise MedinterpError(f"{where}: the target answer is empty; expected a non-empty string")
-    if text and not text[-1].isspace() and not target[0].isspace():
+    if not chat and text and not text[-1].isspace() and not target[0].isspace():
         target = " " + target
-    ctx = tokens_of(model, text, bos=True)
-    tgt = tokens_of(model, target, bos=False)
+    ctx = _raw_tokens(model, text, bos=True)
+    if text:
+        check_bos(model, ctx.tolist(), where)
+    tgt = _raw_tokens(model, target, bos=False)
     if tgt.shape[0] == 0:
         raise MedinterpError(f"{where}: target {clip(target)} tokenizes to no tokens")
     if ctx.shape[0] == 0:

@@ -54,8 +54,10 @@ def random_twin(model: Any, seed: int = 0) -> Any:
     device = str(model.cfg.device)
     if base and not _in_process(base):
         # the model's own tokenizer: the same files, and loading Gemma 3's again costs ~3-6 s
-        return load_model(base + RANDOM_SUFFIX, seed=seed, backend=str(info.get("backend") or "auto"),
-                          dtype=dtype, device=device, tokenizer=model.tokenizer)
+        from medinterp.models.chat import same_chat_setting  # the twin reads prompts as the model does
+
+        return same_chat_setting(model, load_model(base + RANDOM_SUFFIX, seed=seed, backend=str(info.get("backend") or "auto"),
+                                                   dtype=dtype, device=device, tokenizer=model.tokenizer))
     if hasattr(model, "original_model"):  # a TransformerBridge
         hf = construct.random_hf(model.original_model.config, seed=seed, dtype=dtype)
         twin = construct.bridge_from_hf(hf, model.tokenizer, name=f"{model.cfg.model_name}-twin", device=device,
