@@ -161,6 +161,19 @@ def _render(tok: Any, text: str, thinking: bool) -> str:
     return out
 
 
+def _basic_info(model: Any) -> dict[str, Any]:
+    """:func:`medinterp.models.loader.model_info`'s record of a model that :func:`load_model` did not load
+    (repeated here: the loader imports this module)."""
+    from medinterp.models.backends import capabilities
+
+    cfg, caps = model.cfg, capabilities(model)
+    return {"spec": None, "model_name": getattr(cfg, "model_name", None), "source": {"kind": "unknown"},
+            "backend": caps.backend, "capabilities": caps.to_dict(), "n_layers": cfg.n_layers, "d_model": cfg.d_model,
+            "n_heads": cfg.n_heads, "d_vocab": cfg.d_vocab, "architecture": getattr(cfg, "original_architecture", None),
+            "dtype": str(getattr(cfg, "dtype", "")).replace("torch.", ""),
+            "normalization_type": getattr(cfg, "normalization_type", None)}
+
+
 def use_chat_template(model: Any, enabled: bool = True, *, thinking: bool = False) -> Any:
     """Turn chat-template wrapping of prompts on (or off again) for ``model``; returns the model.
 
@@ -181,15 +194,14 @@ def use_chat_template(model: Any, enabled: bool = True, *, thinking: bool = Fals
             text as it was given (then an item's span cannot be located in the wrapped text).
     """
     info = getattr(model, "medinterp_info", None)
-    if not isinstance(info, dict):
-        from medinterp.models.loader import model_info
-
-        info = model.medinterp_info = model_info(model)
+    if not isinstance(info, dict):  # a model built by hand: what loader.model_info records for one, then the setting
+        info = model.medinterp_info = _basic_info(model)
     old = chat_setting(model)
     if not enabled:
         if old is not None:
             model.cfg.default_prepend_bos = bool(old["plain_prepend_bos"])
-            info["default_prepend_bos"] = model.cfg.default_prepend_bos
+            if "default_prepend_bos" in info:
+                info["default_prepend_bos"] = model.cfg.default_prepend_bos
         info.pop(CHAT_KEY, None)
         return model
     if old is not None:
@@ -225,7 +237,8 @@ def use_chat_template(model: Any, enabled: bool = True, *, thinking: bool = Fals
         "bos_in_text": starts_bos and not plain,
         "plain_prepend_bos": plain,
     }
-    info["default_prepend_bos"] = model.cfg.default_prepend_bos
+    if "default_prepend_bos" in info:  # load_model's record of the rule, now the template's
+        info["default_prepend_bos"] = model.cfg.default_prepend_bos
     verify_bos(model)
     return model
 
