@@ -32,6 +32,7 @@ from medinterp.sites import RESID_SITES
 from medinterp.sites import hook_name as site_hook_name
 from medinterp.errors import MedinterpError, clip
 from medinterp.models.backends import capabilities
+from medinterp.models.chat import wrap_prompts
 from medinterp.results import Result, make_provenance
 from medinterp.shared_prefix import (padded_tokens, plan_tokens, prefix_plan, run_shared_prefix_batch,
                                      supports_shared_prefix)
@@ -244,6 +245,7 @@ def collect_activations(
     if batch_size < 1:
         raise MedinterpError(f"batch_size must be ≥ 1, got {batch_size}")
     texts, spans, prompt_labels = _prompt_texts(prompts)
+    texts, spans = wrap_prompts(model, texts, spans)  # chat template (if set) and the BOS check
     for k, v in (labels or {}).items():
         if len(v) != len(texts):
             raise MedinterpError(f"label {k!r}: {len(v)} values for {len(texts)} prompts")
@@ -445,6 +447,7 @@ def collect_reads(
     if batch_size < 1:
         raise MedinterpError(f"batch_size must be ≥ 1, got {batch_size}")
     texts, spans, prompt_labels = _prompt_texts(prompts)
+    texts, spans = wrap_prompts(model, texts, spans)  # chat template (if set) and the BOS check
     hooks = resolve_hooks(model, sites, layers, include_embed)
     pos = [token_positions(model, texts, spans, r) for r in reads]
     lengths = pos[0][1]

@@ -101,7 +101,10 @@ def package_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str | N
 
 
 def make_provenance(model: Any = None, **params: Any) -> dict[str, Any]:
-    """Everything needed to reproduce a result: model + processing flags, parameters, versions.
+    """Everything needed to reproduce a result: model + processing flags, tokenization, parameters, versions.
+
+    ``tokenization`` is :func:`medinterp.models.chat.bos_policy`: who prepends the BOS token (its text and
+    id, the count a prompt gets, measured) and the chat-template setting.
 
     Args:
         model: a HookedTransformer loaded by :func:`medinterp.load_model` (its ``medinterp_info`` is
@@ -116,8 +119,11 @@ def make_provenance(model: Any = None, **params: Any) -> dict[str, Any]:
     }
     if model is not None:
         from medinterp.models import model_info
+        from medinterp.models.chat import bos_policy
 
         prov["model"] = model_info(model)
+        # who prepends BOS (token, id, count measured), and the chat template if prompts are wrapped
+        prov["tokenization"] = _jsonable(bos_policy(model))
     return prov
 
 

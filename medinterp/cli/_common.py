@@ -58,16 +58,21 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 (parity), bfloat
 DeviceMapOpt = Annotated[Optional[str], typer.Option(
     "--device-map", help="Hugging Face device map (auto, balanced, sequential or a JSON object); bridge only.")]
 NoVerifyOpt = Annotated[bool, typer.Option("--no-verify", help="Skip the logits check against transformers on load.")]
+ChatTemplateOpt = Annotated[bool, typer.Option(
+    "--chat-template", help="Wrap every prompt in the model's chat template (the user's turn, then the generation "
+    "prompt; answers read at the assistant's first token). Instruct models only; recorded in provenance.")]
 
 #: what :func:`load_model` passes to :func:`medinterp.load_model` (set by the options before the command)
+#: (``chat_template`` only when ``--chat-template`` is given: a plain run calls it exactly as before)
 LOAD_OPTIONS: dict[str, Any] = {"backend": "auto", "dtype": "float32", "device_map": None, "verify": True}
 
 
 @app.callback()
 def model_options(backend: BackendOpt = "auto", dtype: DtypeOpt = "float32", device_map: DeviceMapOpt = None,
-                  no_verify: NoVerifyOpt = False) -> None:
+                  no_verify: NoVerifyOpt = False, chat_template: ChatTemplateOpt = False) -> None:
     """Knowledge maps of medical concepts inside LLMs. Model options go before the command
-    (``medinterp --backend bridge --dtype bfloat16 map ...``) and apply to every command that loads a model."""
+    (``medinterp --backend bridge --dtype bfloat16 --chat-template map ...``) and apply to every command that
+    loads a model (map, geometry, saliency, lesion, patch, validate, concepts check, ...)."""
     from medinterp.models import BACKENDS
 
     if backend not in BACKENDS:
@@ -75,6 +80,10 @@ def model_options(backend: BackendOpt = "auto", dtype: DtypeOpt = "float32", dev
     if dtype not in DTYPES:
         raise MedinterpError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     LOAD_OPTIONS.update(backend=backend, dtype=dtype, device_map=parse_device_map(device_map), verify=not no_verify)
+    if chat_template:
+        LOAD_OPTIONS["chat_template"] = True
+    else:
+        LOAD_OPTIONS.pop("chat_template", None)
 
 
 #: what ``--dtype`` accepts (the names :func:`medinterp.load_model` takes)
@@ -104,7 +113,8 @@ def load_model(spec: str, device: str = "cpu", **overrides: Any) -> Any:
 
     opts = {**LOAD_OPTIONS, **{k: v for k, v in overrides.items() if v is not None}}
     check_device(device)
-    typer.echo(f"loading model {spec} (backend {opts['backend']}, {opts['dtype']}) ...")
+    chat = ", chat template" if opts.get("chat_template") else ""
+    typer.echo(f"loading model {spec} (backend {opts['backend']}, {opts['dtype']}{chat}) ...")
     return mi.load_model(spec, device=device, **opts)
 
 

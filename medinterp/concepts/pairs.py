@@ -309,7 +309,7 @@ class PairSet:
                     continue
                 if tk.unk is not None and a[0] == tk.unk:
                     reasons.append(f"unknown token: {which} answer {ans!r} maps to the unknown token")
-                joined = tk.prompt(prompt + ans)
+                joined = tk.prompt(prompt, ans)
                 if joined != pids + a:
                     reasons.append(f"answer not the next token: {which} prompt + {ans!r} tokenizes as "
                                    f"...{tk.strs(joined[len(pids) - 1:])}, not ...{tk.strs(pids[-1:] + a)}")
@@ -356,15 +356,21 @@ class _Tok:
         if self.name.startswith("/") or ":\\" in self.name:  # never print a local path
             self.name = self.name.rstrip("/").split("/")[-1]
 
-    def prompt(self, text: str) -> list[int]:
+    def prompt(self, text: str, answer: str = "") -> list[int]:
+        """A prompt's tokens (followed by ``answer``'s); a model's chat template wraps the prompt."""
         if self.model is not None:
+            from medinterp.models.chat import answer_text, wrap_text
+
+            text = wrap_text(self.model, text)[0] + (answer_text(self.model, answer) if answer else "")
             kw = {} if self.prepend_bos is None else {"prepend_bos": self.prepend_bos}
             return self.model.to_tokens(text, **kw)[0].tolist()
-        return list(self.tok(text)["input_ids"])
+        return list(self.tok(text + answer)["input_ids"])
 
     def answer(self, text: str) -> list[int]:
         if self.model is not None:
-            return self.model.to_tokens(text, prepend_bos=False)[0].tolist()
+            from medinterp.models.chat import answer_text  # under a chat template: the reply's first word
+
+            return self.model.to_tokens(answer_text(self.model, text), prepend_bos=False)[0].tolist()
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def strs(self, ids: list[int]) -> list[str]:

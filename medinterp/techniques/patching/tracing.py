@@ -58,6 +58,7 @@ from jaxtyping import Float
 
 from medinterp import sites
 from medinterp.activations import _char_span_to_tokens
+from medinterp.models.chat import wrap_text
 from medinterp.concepts.pairs import TokenizedPair
 from medinterp.covariates import answer_prior, from_matrix, to_matrix
 from medinterp.errors import MedinterpError
@@ -212,7 +213,7 @@ def _item_span(model: Any, tp: TokenizedPair, span_column: str | None) -> np.nda
         start = tp.pair.clean.find(str(text))
         if start < 0:
             raise MedinterpError(f"pair (row {tp.row}): span {text!r} is not a substring of the clean prompt")
-        m[_char_span_to_tokens(model, tp.pair.clean, (start, start + len(str(text))), tp.index)] = True
+        m[_char_span_to_tokens(model, *wrap_text(model, tp.pair.clean, (start, start + len(str(text)))), tp.index)] = True
     if not m.any():
         raise MedinterpError(f"pair (row {tp.row}): clean and corrupted tokens are identical; no item span")
     return m
