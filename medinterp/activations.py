@@ -34,6 +34,7 @@ from medinterp.errors import MedinterpError, clip
 from medinterp.models.backends import capabilities
 from medinterp.models.chat import wrap_prompts
 from medinterp.results import Result, make_provenance
+from medinterp.precision import reduction_dtype
 from medinterp.shared_prefix import (padded_tokens, plan_tokens, prefix_plan, run_shared_prefix_batch,
                                      supports_shared_prefix)
 
@@ -293,6 +294,16 @@ def left_padded_kwargs(lengths: list[int], width: int, device: Any) -> dict[str,
     return {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
 
 
+def _span_reduce(weights: Tensor, act: Tensor) -> Tensor:
+    """``[sets, batch, d]`` weighted means of ``act`` ``[batch, pos, d]`` over positions, float32 on the CPU.
+
+    The mean runs in float32 at least: a bf16 einsum rounds each span mean to 8 mantissa bits (~0.4%),
+    before any centring, PCA or probe sees it.
+    """
+    dt = reduction_dtype(act.dtype)
+    return torch.einsum("sbp,bpd->sbd", weights.to(device=act.device, dtype=dt), act.to(dt)).float().cpu()
+
+
 def _run_batches(model: Any, texts: list[str], hooks: list, pos_sets: list[list[list[int]]], lengths: list[int],
                  batch_size: int, progress: bool, chunk_dir: Path | None = None,
                  key: str = "") -> tuple[list[Tensor], str]:
@@ -350,7 +361,7 @@ def _run_shared_prefix(model: Any, tokens: list[list[int]], hooks: list, pos_set
 
         def make_hook(row: int):
             def hook(act: Tensor, hook: Any) -> None:
-                red = torch.einsum("sbp,bpd->sbd", weights.to(act.dtype), act).float().cpu()
+                red = _span_reduce(weights, act)
                 for s_ in range(len(pos_sets)):
                     outs[s_][row, index] = red[s_]
 
@@ -393,7 +404,7 @@ def _run_batches_in_order(model: Any, texts: list[str], hooks: list, pos_sets: l
 
         def make_hook(row: int):
             def hook(act: Tensor, hook: Any) -> None:
-                red = torch.einsum("sbp,bpd->sbd", weights.to(act.dtype), act).float().cpu()
+                red = _span_reduce(weights, act)
                 for s_ in range(len(pos_sets)):
                     outs[s_][row, b0:b1] = red[s_]
 

@@ -30,6 +30,7 @@ from jaxtyping import Float, Int
 
 from medinterp import sites
 from medinterp.errors import MedinterpError
+from medinterp.precision import reduction_dtype
 
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 FwdHooks = list[tuple[str, HookFn]]
@@ -126,6 +127,8 @@ def zero_ablate_hooks(layer: int, sublayer: Sublayer, model: Any = None) -> FwdH
 @dataclasses.dataclass
 class MeanActivation:
     """Reference means of one hook's activation over a set of prompts.
+
+    The means are float32 for a bf16 / fp16 model (:func:`compute_means`), else in the model's dtype.
 
     Attributes:
         per_position: ``[P, d]`` mean at each absolute position ``p`` over the reference prompts that
@@ -290,7 +293,10 @@ def compute_means(
             last_sums[n] += act[rows, lengths - 1].sum(0)
         del cache
     out: dict[str, MeanActivation] = {}
-    dtype = model.cfg.dtype
+    # kept in float32 at least: a bf16 mean is rounded to ~0.4% of the residual's size, and a block's
+    # mean output (resid_post - resid_pre, medinterp.techniques.lesion) is a small difference of two of
+    # them; hooks cast the mean to the activation's dtype where it is written into the model
+    dtype = reduction_dtype(model.cfg.dtype)
     n_prompts = len(seqs)
     for n in names:
         per_pos = sums[n] / counts.clamp(min=1)[:, None]

@@ -28,7 +28,50 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from medinterp.errors import MedinterpError, clip
+from medinterp.precision import is_low_precision
 from medinterp.models.chat import answer_text, chat_setting, check_bos, wrap_prefix, wrap_text
+
+
+#: columns of the unembedding upcast at once by the float32 readout of a low-precision model (2**26 elements:
+#: 256 MB of float32 temporaries at most, instead of a float32 copy of all of W_U, 5.6 GB on Gemma-3-27B)
+_UNEMBED_COLS_ELEMENTS = 1 << 26
+
+
+class _Float32Unembed(torch.autograd.Function):
+    """``x @ W + b`` in float32 for low-precision ``x`` / ``W`` / ``b``, a block of vocabulary columns at a time.
+
+    Autograd would keep every float32 block of ``W`` for the backward (a float32 copy of W_U); this
+    function keeps ``W`` as it is and upcasts its blocks again in the backward. Gradients come back in
+    the inputs' own dtypes.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, W)
+        ctx.b_dtype = b.dtype
+        xf = x.float()
+        out = torch.empty(x.shape[0], W.shape[1], dtype=torch.float32, device=x.device)
+        step = max(1, _UNEMBED_COLS_ELEMENTS // max(1, W.shape[0]))
+        for c in range(0, W.shape[1], step):
+            torch.addmm(b[c : c + step].float(), xf, W[:, c : c + step].float(), out=out[:, c : c + step])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, W = ctx.saved_tensors
+        gx = gW = gb = None
+        g = g.float()
+        if ctx.needs_input_grad[0]:
+            gx = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+            step = max(1, _UNEMBED_COLS_ELEMENTS // max(1, W.shape[0]))
+            for c in range(0, W.shape[1], step):
+                gx.addmm_(g[:, c : c + step], W[:, c : c + step].float().T)
+            gx = gx.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            gW = (x.float().T @ g).to(W.dtype)
+        if ctx.needs_input_grad[2]:
+            gb = g.sum(0).to(ctx.b_dtype)
+        return gx, gW, gb
 
 
 def final_logits(
@@ -40,7 +83,9 @@ def final_logits(
     """``ln_final`` (if any), unembedding (only ``token_ids`` columns when given) and soft-cap.
 
     ``x`` is the residual after the last block, one row per read position. The unembedding is
-    ``x @ W_U + b_U`` (TransformerLens' ``Unembed`` module copies ``W_U.T`` on every call). When
+    ``x @ W_U + b_U`` (TransformerLens' ``Unembed`` module copies ``W_U.T`` on every call). The logits
+    are float32 when the model is bf16 / fp16 (every log-prob, KL and logit difference downstream is
+    then computed from unrounded logits), else in the model's dtype. When
     ``on_unembed`` is given it is called during backward with ``(x, ∂L/∂logits)`` (before the
     soft-cap), from which ``∂L/∂W_U = xᵀ·∂L/∂logits`` (saliency uses it to avoid holding that gradient).
     """
@@ -51,7 +96,14 @@ def final_logits(
         W, b = W[:, token_ids], b[token_ids]
     if W.device != x.device:  # sharded models: read on the unembedding's device
         x = x.to(W.device)
-    logits = x @ W + b
+    if is_low_precision(W.dtype) or is_low_precision(x.dtype):
+        # bf16 / fp16 models: logits rounded to 8 (bf16) mantissa bits are off by ~0.06 at |logit| 16-32,
+        # as large as the logit differences and log-prob drops the techniques measure, so the readout
+        # is float32 (with x upcast after the final norm, W_U a block of columns at a time)
+        logits = _Float32Unembed.apply(x, W, b)
+        x = x.float()
+    else:
+        logits = x @ W + b
     if on_unembed is not None and logits.requires_grad:
         xd = x.detach()
         logits.register_hook(lambda d_logits: on_unembed(xd, d_logits))

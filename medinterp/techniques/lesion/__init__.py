@@ -76,8 +76,10 @@ model runs once with ``run_with_cache`` keeping only ``blocks.{l}.hook_resid_pre
 block ``l`` restarts from that cached residual with ``model(resid, start_at_layer=l)`` (``l + 1`` for
 ``skip``: skipping block ``l`` *is* starting block ``l + 1`` from ``resid_pre[l]``), stopping before
 ``ln_final``; the final norm and the unembedding are applied only at the read and target positions
-(Gemma's unembedding is 640 × 262144). ``method="full"`` runs the whole model with the lesion hooks and
-full logits, for checking and benchmarking (``benchmarks/lesion_speed.py``).
+(Gemma's unembedding is 640 × 262144). ``method="full"`` runs the whole model with the lesion hooks (no
+prefix reuse), read through the same readout, for checking and benchmarking (``benchmarks/lesion_speed.py``).
+A bf16 model runs in bf16 and is read in float32 (:func:`medinterp.readout.final_logits`); the
+mean-ablation references are float32 means (:func:`medinterp.hooks.compute_means`).
 
 ``start_at_layer`` and rotary / sliding-window models (Gemma 3): TransformerLens skips
 ``input_to_embed`` when ``start_at_layer`` is given, so no attention mask is derived from tokens; the

@@ -16,6 +16,7 @@ from jaxtyping import Float
 from medinterp.errors import MedinterpError
 from medinterp.hooks import LESION_MODES, FwdHooks, MeanActivation, compute_means, lesion_hooks, right_pad
 from medinterp.models.backends import capabilities, run_from_layer
+from medinterp.precision import reduction_dtype
 from medinterp.readout import Target, final_logits, unembed_at
 
 #: per prompt x mode x layer: the first four from :func:`compare`; ``ld_drop`` (LD_intact - LD_lesioned, logits,
@@ -53,6 +54,12 @@ def compute_block_means(model: Any, tokens: Sequence[torch.Tensor], layers: Sequ
     return out
 
 
+def _add_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``x + mean`` rounded once to ``x``'s dtype: the (float32) mean is added in float32 for a bf16 model."""
+    dt = reduction_dtype(x.dtype)
+    return (x.to(dt) + mean.to(device=x.device, dtype=dt)).to(x.dtype)
+
+
 def block_mean_hooks(layer: int, mean: MeanActivation, *, how: str = "position",
                      position_ids: torch.Tensor | None = None) -> FwdHooks:
     """Replace block ``layer``'s output by its mean: ``resid_post = resid_pre + mean(resid_post - resid_pre)``."""
@@ -65,7 +72,7 @@ def block_mean_hooks(layer: int, mean: MeanActivation, *, how: str = "position",
         x = slot.pop("x")
         b, t = x.shape[0], x.shape[1]
         pos = position_ids if position_ids is not None else torch.arange(t, device=x.device).expand(b, t)
-        return x + mean.at(pos.to(x.device), how).to(device=x.device, dtype=x.dtype)
+        return _add_mean(x, mean.at(pos.to(x.device), how))
 
     return [(f"blocks.{layer}.hook_resid_pre", remember), (f"blocks.{layer}.hook_resid_post", replace)]
 
@@ -169,7 +176,7 @@ def readout_resid(model: Any, resid: Float[torch.Tensor, "B T d"], batch: _Batch
 
 @torch.no_grad()
 def readout_logits(logits: Float[torch.Tensor, "B T V"], batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Metrics inputs from full logits (the ``method="full"`` path)."""
+    """Metrics inputs from full logits ``[B, T, V]`` (e.g. a model's own forward to the logits)."""
     return _from_logprobs(torch.log_softmax(logits[batch.rows, batch.cols].float(), dim=-1), batch)
 
 
@@ -209,8 +216,9 @@ def _resid_pre_names(layers: Iterable[int]) -> set[str]:
 def intact_run(model: Any, batch: _Batch, layers: Sequence[int], method: str = "prefix"):
     """The intact model on a batch: ``(readout, cache of resid_pre at the lesion layers or None)``."""
     if method == "full":
-        logits = model(batch.tokens, attention_mask=batch.mask, return_type="logits")
-        return readout_logits(logits, batch), None
+        # the whole model, read through the one readout (float32 logits for a bf16 model)
+        resid = model(batch.tokens, attention_mask=batch.mask, stop_at_layer=model.cfg.n_layers)
+        return readout_resid(model, resid, batch), None
     names = _resid_pre_names(layers)
     resid, cache = model.run_with_cache(
         batch.tokens, attention_mask=batch.mask, names_filter=lambda n: n in names, stop_at_layer=model.cfg.n_layers
@@ -269,12 +277,13 @@ def lesioned_run(
     """One lesion on one batch, returning its readout (see :func:`compare`).
 
     ``method="prefix"``: :func:`lesioned_resid` from the cached residual, then the unembedding at the
-    read positions only. ``method="full"``: the whole model with the lesion hooks and full logits.
+    read positions only. ``method="full"``: the whole model with the lesion hooks, no prefix reuse.
     """
     if method == "full":
         hooks = mode_hooks(layer, mode, means=means, how=mean_over)
-        logits = model.run_with_hooks(batch.tokens, attention_mask=batch.mask, return_type="logits", fwd_hooks=hooks)
-        return readout_logits(logits, batch)
+        resid = model.run_with_hooks(batch.tokens, attention_mask=batch.mask, stop_at_layer=model.cfg.n_layers,
+                                     fwd_hooks=hooks)
+        return readout_resid(model, resid, batch)
     resid = lesioned_resid(model, batch, layer, mode, cache=cache, means=means, mean_over=mean_over, method=method)
     return readout_resid(model, resid, batch)
 
@@ -297,7 +306,7 @@ def _entry_resid(batch: _Batch, layer: int, mode: str, cache: Any, means: dict[s
             raise MedinterpError(f"lesion mode 'block_mean' at layer {layer} needs the block's mean output")
         B, T = x.shape[0], x.shape[1]
         pos = torch.arange(T, device=x.device).expand(B, T)  # right padding: index = position
-        x = x + means[block_delta_name(layer)].at(pos, mean_over).to(device=x.device, dtype=x.dtype)
+        x = _add_mean(x, means[block_delta_name(layer)].at(pos, mean_over))
     return x
 
 

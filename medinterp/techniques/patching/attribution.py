@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from medinterp import sites
+from medinterp.precision import reduction_dtype
 from medinterp.results import make_provenance
 from medinterp.techniques.patching.common import (
     Metric,
@@ -117,7 +118,9 @@ def attribution_patch(
         base[1, idx] = ld_corr.detach().float().cpu().numpy()
         for li, hname in enumerate(names):
             a = acts[hname]
-            per = ((clean_cache[hname] - a.detach()) * a.grad).float().sum(-1)  # resid [b, pos]; head [b, pos, head]
+            # float32 before the product and the sum over d (a bf16 model's activations and gradients are bf16)
+            dt = reduction_dtype(a.dtype)
+            per = ((clean_cache[hname].to(dt) - a.detach().to(dt)) * a.grad.to(dt)).sum(-1).float()  # resid [b, pos]; head [b, pos, head]
             if lay == "pattern":
                 per = per.transpose(1, 2)  # [b, head, q] -> [b, q, head]
             per = per.cpu().numpy()

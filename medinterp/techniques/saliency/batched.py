@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from medinterp.models.backends import backend_of
+from medinterp.precision import reduction_dtype
 from medinterp.readout import Target, final_logits
 from medinterp.techniques.saliency.engine import _Accumulator, _embed_is_plain_lookup, _shares_storage
 
@@ -111,7 +112,10 @@ class _SampleStats:
         """
         i = self.index[name]
         B = x.shape[0]
-        x = x.to(d.dtype)
+        # G_b sums x_t ⊗ δ_t over prompt b's tokens, and its three sums run over millions of weights: all in
+        # float32 at least (a bf16 model's x, δ and W arrive in bf16; bf16 results keep 8 mantissa bits)
+        dt = reduction_dtype(d.dtype)
+        x, d, weight = x.to(dt), d.to(dt), weight.to(dt)
         l2 = (torch.bmm(x, x.transpose(1, 2)).double() * torch.bmm(d, d.transpose(1, 2)).double()).sum((1, 2))
         if weight.dim() == 2 and weight.T.is_contiguous():
             left, right, w = d.transpose(1, 2), x, weight.T  # Gᵀ: [B, d_out, d_in]
@@ -277,8 +281,9 @@ class per_sample_hooks:
                 with torch.no_grad():
                     for b, n in enumerate(self.lengths):
                         rows, inv = torch.unique(tokens[b, :n], return_inverse=True)
-                        g_rows = torch.zeros(len(rows), g.shape[-1], dtype=g.dtype, device=g.device)
-                        g_rows.index_add_(0, inv.to(g.device), g[b, :n])
+                        dt = reduction_dtype(g.dtype)  # repeated tokens' rows summed in float32 at least
+                        g_rows = torch.zeros(len(rows), g.shape[-1], dtype=dt, device=g.device)
+                        g_rows.index_add_(0, inv.to(g.device), g[b, :n].to(dt))
                         self.stats.accs[b].add("embed.W_E", g_rows, W_E[rows])
 
             leaf.register_hook(on_grad)

@@ -18,6 +18,7 @@ import torch
 
 from medinterp.errors import MedinterpError
 from medinterp.models.backends import backend_of
+from medinterp.precision import reduction_dtype
 from medinterp.readout import Target, final_logits
 
 COMPONENTS: tuple[str, ...] = ("attn", "mlp", "combined")
@@ -141,8 +142,12 @@ class _Accumulator:
         if wf.numel() != g.numel():
             raise RuntimeError(f"saliency: gradient of {name} has {g.numel()} elements, weight {wf.numel()}")
         l1 = l2sq = gw = 0.0
+        # float32 at least: a bf16 model's gradients arrive in bf16, and bf16 sums (and g·w products)
+        # are rounded to 8 mantissa bits; each chunk is upcast on its own, so no float32 copy of a whole
+        # gradient is made
+        dt = reduction_dtype(g.dtype)
         for s in range(0, g.numel(), _CHUNK):
-            gc, wc = g[s : s + _CHUNK], wf[s : s + _CHUNK]
+            gc, wc = g[s : s + _CHUNK].to(dt), wf[s : s + _CHUNK].to(dt)
             if self._buf is None or self._buf.numel() < gc.numel() or self._buf.dtype != gc.dtype:
                 self._buf = torch.empty(max(gc.numel(), min(_CHUNK, 1 << 16)), dtype=gc.dtype, device=gc.device)
             buf = self._buf[: gc.numel()]
@@ -158,9 +163,10 @@ class _Accumulator:
 
 @torch.no_grad()
 def _sum_of_squares(p: torch.Tensor) -> float:
-    """Σ p² in chunks (dot products summed in float64)."""
+    """Σ p² in chunks (each chunk's dot product in float32 at least, the chunks summed in float64)."""
     f = p.detach().reshape(-1)
-    return float(sum(float(torch.dot(f[s : s + _CHUNK], f[s : s + _CHUNK])) for s in range(0, f.numel(), _CHUNK)))
+    dt = reduction_dtype(f.dtype)
+    return float(sum(float(torch.dot(c, c)) for c in (f[s : s + _CHUNK].to(dt) for s in range(0, f.numel(), _CHUNK))))
 
 
 def _group_stats(
@@ -333,8 +339,10 @@ class _grad_hooks:
         def on_grad(g: torch.Tensor) -> None:
             with torch.no_grad():
                 rows, inv = torch.unique(tokens, return_inverse=True)
-                g_rows = torch.zeros(len(rows), g.shape[-1], dtype=g.dtype, device=g.device)
-                g_rows.index_add_(0, inv.to(g.device), g.reshape(-1, g.shape[-1]))
+                # a token that occurs several times sums its rows' gradients: in float32 for a bf16 model
+                dt = reduction_dtype(g.dtype)
+                g_rows = torch.zeros(len(rows), g.shape[-1], dtype=dt, device=g.device)
+                g_rows.index_add_(0, inv.to(g.device), g.reshape(-1, g.shape[-1]).to(dt))
                 self.acc.add("embed.W_E", g_rows, W_E.detach()[rows])
 
         leaf.register_hook(on_grad)
