@@ -248,7 +248,8 @@ def verify_against_hf(model: Any, reference: Any, tok: Any, *, dtype: torch.dtyp
     constant) and reports the raw difference too.
     """
     ids = tok(text, return_tensors="pt")["input_ids"]
-    dev = next(reference.parameters()).device
+    # A streamed reference (medinterp.models.lean) holds meta tensors between calls: it names its device.
+    dev = getattr(reference, "medinterp_device", None) or next(reference.parameters()).device
     with torch.no_grad():
         ref = reference(ids.to(dev)).logits.float().cpu()
         got = model(ids.to(model.cfg.device) if not getattr(reference, "hf_device_map", None) else ids).float().cpu()

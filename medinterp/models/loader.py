@@ -153,6 +153,7 @@ def load_model(
     seed: int = 0,
     trust_remote_code: bool = False,
     tokenizer: Any = None,
+    lean: bool = True,
     chat_template: bool = False,
 ):
     """Load a model as a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -175,6 +176,10 @@ def load_model(
             instead of loading the same files again (:func:`medinterp.models.twin.random_twin` passes it).
         chat_template: wrap every prompt in the tokenizer's chat template as the user's turn, with the
             generation prompt (:func:`medinterp.models.chat.use_chat_template`; recorded in ``medinterp_info``).
+        lean: hooked backend, local safetensors folder: convert one piece (layer) at a time
+            (:mod:`medinterp.models.lean`; peak host RAM ~ the model plus one layer; the same weights bit for
+            bit). ``False``: TransformerLens's own path (a whole transformers model and a converted copy: ~3x).
+            ``model.medinterp_info["loading"]`` records the path taken and why.
         trust_remote_code: allow a hub model whose loading unpickles weights (``torch.load`` with
             ``weights_only=False``) or runs the repository's Python code; refused without it.
 
@@ -205,31 +210,83 @@ def load_model(
         model = _random_twin(r, chosen, seed=seed, device=device, dtype=dtype, flags=flags,
                              trust_remote_code=trust_remote_code, tokenizer=tokenizer)
         verification: dict[str, Any] = {"checked": False, "reason": "random-init twin"}
+        loading: dict[str, Any] = {"mode": "random_init"}
     else:
-        tok, hf = construct.load_hf(r.path, dtype=dtype, device_map=device_map if chosen == "bridge" else None,
-                                    max_memory=max_memory, local=r.local,
-                                    trust_remote_code=trust_remote_code and not r.local,
-                                    bos_tokenizer=chosen == "hooked")
-        if chosen == "hooked":
-            model = construct.hooked_from_hf(hf, tok, folder=r.path if r.local else None, official_name=r.official_name,
-                                             device=device, dtype=dtype, flags=flags, prepend_bos=r.prepend_bos)
-        else:
-            model = construct.bridge_from_hf(hf, tok, name=r.path, device=device, dtype=dtype, flags=flags,
-                                             prepend_bos=r.prepend_bos)
-        if verify and not r.builtin:
-            ref = hf if chosen == "hooked" else model.original_model
-            verification = construct.verify_against_hf(model, ref, tok, dtype=dtype)
-        else:
-            verification = {"checked": False, "reason": "built-in model (parity checked by its tests)" if r.builtin
-                            else "verify=False"}
-        del hf
+        model, verification, loading = _load_weights(r, chosen, lean=lean, device=device, device_map=device_map,
+                                                     max_memory=max_memory, dtype=dtype, flags=flags, verify=verify,
+                                                     trust_remote_code=trust_remote_code)
     if r.model_name:
         model.cfg.model_name = r.model_name  # not the neutral cache-folder name
     model.medinterp_info = _info(model, spec_str, r.source, flags, dtype, time.time() - t0,
                                  random_init=random_init, seed=seed, verification=verification)
+    model.medinterp_info["loading"] = loading
     from medinterp.models.chat import finish_load  # BOS checked (one or none, never two); chat template applied
 
     return finish_load(model, chat_template=chat_template)
+
+
+def _load_weights(r: _Resolved, chosen: str, *, lean: bool, device: str, device_map: Any, max_memory: Any,
+                  dtype: torch.dtype, flags: dict[str, bool], verify: bool,
+                  trust_remote_code: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(model, verification, how it was loaded) of a trained model: streamed (hooked backend, local
+    safetensors folder, ``lean``) or through a whole transformers model."""
+    unverified = {"checked": False, "reason": "built-in model (parity checked by its tests)" if r.builtin
+                  else "verify=False"}
+    lean_reason = None
+    if chosen == "hooked" and lean and r.local:
+        from . import lean as lean_mod
+
+        model, tok, config, lean_reason = _lean_hooked(r, device=device, dtype=dtype, flags=flags)
+        if model is not None:
+            verification = unverified
+            if verify and not r.builtin:
+                ref = lean_mod.streamed_reference(r.path, config, dtype=dtype, device=device)
+                verification = construct.verify_against_hf(model, ref, tok, dtype=dtype)
+            return model, verification, {"mode": "streamed", "reason": "safetensors converted one piece at a time "
+                                         "(host RAM: the model plus one layer)"}
+    tok, hf = construct.load_hf(r.path, dtype=dtype, device_map=device_map if chosen == "bridge" else None,
+                                max_memory=max_memory, local=r.local,
+                                trust_remote_code=trust_remote_code and not r.local,
+                                bos_tokenizer=chosen == "hooked")
+    if chosen == "hooked":
+        model = construct.hooked_from_hf(hf, tok, folder=r.path if r.local else None, official_name=r.official_name,
+                                         device=device, dtype=dtype, flags=flags, prepend_bos=r.prepend_bos)
+        how = {"mode": "full_conversion", "reason": (lean_reason or ("lean=False" if not lean else "hub model"))
+               + ": TransformerLens converts a whole transformers model (host RAM ~3x the weights)"}
+    else:
+        model = construct.bridge_from_hf(hf, tok, name=r.path, device=device, dtype=dtype, flags=flags,
+                                         prepend_bos=r.prepend_bos)
+        how = {"mode": "hf_module", "reason": "the bridge wraps the model transformers' from_pretrained loads"
+               + (" (device_map: placed shard by shard)" if device_map is not None else "")}
+    verification = unverified
+    if verify and not r.builtin:
+        ref = hf if chosen == "hooked" else model.original_model
+        verification = construct.verify_against_hf(model, ref, tok, dtype=dtype)
+    del hf
+    return model, verification, how
+
+
+def _lean_hooked(r: _Resolved, *, device: str, dtype: torch.dtype,
+                 flags: dict[str, bool]) -> tuple[Any, Any, Any, str | None]:
+    """(model, tokenizer, HF config, None) by :func:`medinterp.models.lean.hooked_streamed`, or
+    ``(None, None, None, why)`` where the folder cannot be streamed."""
+    from transformers import AutoConfig
+
+    from . import lean as lean_mod
+    from ._cache import offline_hf
+
+    try:
+        with offline_hf():
+            config = AutoConfig.from_pretrained(r.path, local_files_only=True)
+            tok = construct._tokenizer(r.path, True, local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"{r.path}: not a readable Hugging Face model folder ({type(e).__name__}: {e})") from None
+    try:
+        model = lean_mod.hooked_streamed(r.path, tok, config=config, official_name=r.official_name, device=device,
+                                         dtype=dtype, flags=flags, prepend_bos=r.prepend_bos)
+    except lean_mod.LeanUnavailable as e:
+        return None, None, None, f"not streamed ({e})"
+    return model, tok, config, None
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
