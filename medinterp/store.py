@@ -259,9 +259,13 @@ class WorkDirLock:
 
     _held: dict[str, int] = {}  # resolved path -> claims by this process
 
-    def __init__(self, directory: str | os.PathLike | None):
+    def __init__(self, directory: str | os.PathLike | None, lease_s: float | None = None):
         self.dir = Path(directory) if directory is not None else None
         self.path = self.dir / ".lock" if self.dir is not None else None
+        # lease_s: the holder renews the lock file's mtime every lease_s / 4; a lock not renewed for lease_s is
+        # stale on any host (a process on another host cannot be asked whether it still runs)
+        self.lease_s = lease_s
+        self._renew: Any = None
 
     def _key(self) -> str:
         return str(self.dir.resolve())
@@ -299,7 +303,7 @@ class WorkDirLock:
                 if owner is None:
                     continue  # released in between: try again
                 pid, host = owner.get("pid"), owner.get("host")
-                if isinstance(pid, int) and (host != me["host"] or _pid_alive(pid)):
+                if isinstance(pid, int) and (host != me["host"] or _pid_alive(pid)) and not self._expired():
                     raise MedinterpError(
                         f"{self.dir}: in use by process {pid} on {host} (since {owner.get('started', '?')}); "
                         f"wait for it to finish, or stop it; two runs on one work dir would interleave") from None
@@ -312,6 +316,8 @@ class WorkDirLock:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self._held[key] = 1
+            if self.lease_s:
+                self._start_renewing()
             return self
         raise MedinterpError(f"{self.dir}: could not claim {self.path} (another process keeps taking it)")
 
@@ -325,9 +331,39 @@ class WorkDirLock:
             self._held[key] = n
             return
         self._held.pop(key, None)
+        if self._renew is not None:
+            self._renew.set()
+            self._renew = None
         owner = self._owner()
         if owner and owner.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+
+    def _expired(self) -> bool:
+        """Whether the lock file was last renewed more than ``lease_s`` ago (never, without a lease)."""
+        if not self.lease_s:
+            return False
+        import time
+
+        try:
+            return time.time() - self.path.stat().st_mtime > self.lease_s
+        except FileNotFoundError:
+            return True
+
+    def _start_renewing(self) -> None:
+        import threading
+
+        stop = threading.Event()
+        path, every = self.path, self.lease_s / 4
+
+        def renew() -> None:
+            while not stop.wait(every):
+                try:
+                    os.utime(path)
+                except OSError:
+                    return
+
+        threading.Thread(target=renew, daemon=True, name=f"medinterp-lease:{path}").start()
+        self._renew = stop
 
     def __enter__(self) -> "WorkDirLock":
         return self.acquire()

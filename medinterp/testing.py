@@ -179,3 +179,22 @@ def tiny_model(
         "default_prepend_bos": True,
     }
     return model
+
+
+class CrashWorkerOnce:
+    """A ``before_job`` hook (:func:`medinterp.maps.ray_executor.knowledge_map_ray`) that logs every job start
+    to ``log`` and kills its worker process the first time ``key`` starts (``flag`` marks that it happened).
+    A module-level class, so Ray pickles it by reference: tests use it to check that a killed worker loses
+    no finished job."""
+
+    def __init__(self, key: str, flag: str, log: str):
+        self.key, self.flag, self.log = key, flag, log
+
+    def __call__(self, key: str) -> None:
+        import os
+
+        with open(self.log, "a") as f:
+            f.write(key + "\n")
+        if key == self.key and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            os._exit(1)  # a worker dying mid-map (out of memory, node lost): no cleanup, no exception

@@ -51,12 +51,24 @@ def map_cmd(
     validate_bands: bool = typer.Option(False, "--validate-bands",
                                         help="Check each marked band causally (necessity, sufficiency vs random "
                                         "layer sets; ~1 min a band on Gemma 3 270M): the report's 'causal check'."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="Run only shard I/N of the map's jobs (I from 0) into the work dir, e.g. "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then run without --shard (or with --merge) to assemble."),
+    merge: bool = typer.Option(False, "--merge", help="Assemble the map from the jobs saved in the work dir by "
+                               "shards or workers; compute none (a missing job is an error naming it)."),
+    executor: str = typer.Option("local", "--executor", help="'local' (this process) or 'ray' (each job a Ray task; "
+                                 "needs the medinterp[ray] extra)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--executor ray; default: "
+                                          "a running cluster if any, else a local one)."),
     progress: ProgressOpt = True,
 ) -> None:
     """Run the techniques on every concept family and write the knowledge-map report.
 
     The map is also saved beside the report as OUT.map/ (for `medinterp compare` and re-thresholding).
     Interrupted (Ctrl-C)? Rerun the same command: finished jobs load from the work dir.
+    Several GPUs or a cluster: run `--shard i/n` for i in 0..n-1 (all with the same options and --work-dir),
+    each a second time once all have finished (the random-twin jobs wait for the others), then `--merge`;
+    or `--executor ray`.
     """
     from medinterp.maps import check_techniques, family_specs, validate_params
     from medinterp.maps.planned import planned_jobs
@@ -77,6 +89,17 @@ def map_cmd(
     check_out_dir(work, "--work-dir" if work_dir else "--out (its work dir)")
     check_out_dir(out.with_suffix(".map"), "--out (its saved map)")
     planned = planned_jobs(fams, techs, controls)
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter(f"--executor must be 'local' or 'ray', not {executor!r}", param_hint="--executor")
+    if sum([shard is not None, merge, executor == "ray"]) > 1:
+        raise typer.BadParameter("use one of --shard, --merge and --executor ray")
+    if shard is not None or executor == "ray":
+        from medinterp.cli._scale import run_scaled
+        from medinterp.maps.matrix import parse_shard
+
+        shard_ij = parse_shard(shard) if shard is not None else None  # noqa: F841 (read by run_scaled)
+        run_scaled(locals(), work)  # shards and workers claim jobs, not the whole work dir
+        return
     lock = WorkDirLock(work).acquire()  # a second run on this work dir stops here, before the model loads
     try:
         _run_map(locals(), planned, work)
@@ -101,7 +124,8 @@ def _run_map(a: dict, planned: list[str], work: Path) -> None:
                            progress=a["progress"], rerun=a["rerun"], model_name=model, percentile=a["percentile"],
                            sigma=a["sigma"], controls=controls, rule=rule, alpha=a["alpha"],
                            correction=a["correction"], min_run=a["min_run"], robustness=a["robustness"],
-                           n_perm=a["n_perm"], twin_seed=a["twin_seed"], validate_bands=a["validate_bands"])
+                           n_perm=a["n_perm"], twin_seed=a["twin_seed"], validate_bands=a["validate_bands"],
+                           merge_only=a["merge"])
     except KeyboardInterrupt:
         n = len(set(saved_jobs(work)) & set(planned))
         of = (f"at most {len(planned)} (random-twin jobs that cannot change the map are not run)" if controls
@@ -109,6 +133,14 @@ def _run_map(a: dict, planned: list[str], work: Path) -> None:
         print(f"\ninterrupted: {n} of {of} jobs are saved in {work}; run the same command again to resume "
               "(saved jobs are loaded, not recomputed)", file=sys.stderr)
         raise typer.Exit(130) from None
+    finish_map(km, a, t0, t_load)
+
+
+def finish_map(km, a: dict, t0: float, t_load: float) -> None:
+    """Save the map beside the report, write the report, print the cells (``a``: the command's arguments)."""
+    from medinterp.maps import peak_rss_mb
+
+    model, out, rule, work = a["model"], a["out"], a["rule"], a["work"]
     km.provenance.setdefault("timing_s", {})["model_load"] = round(t_load, 2)
     km.save(out.with_suffix(".map"))
     km.to_html(out, relative_depth=a["relative_depth"])

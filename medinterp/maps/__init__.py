@@ -31,6 +31,8 @@ from medinterp.maps.run import (
     saved_jobs,
 )
 from medinterp.maps.rebuild import map_from_work_dir
+from medinterp.maps.matrix import Job, job_matrix, parse_shard, shard_of
+from medinterp.maps.shards import ShardReport, run_shard
 from medinterp.maps.compare import compare, load_maps
 from medinterp.maps.synthesis import (
     DEFAULT_PARAMS,
@@ -56,4 +58,5 @@ __all__ = [
     "input_content", "interval_rules", "job_dir", "job_fingerprint", "knowledge_map", "map_from_work_dir",
     "peak_rss_mb", "percentile_intervals", "registered_techniques", "result_curve", "saved_jobs", "smooth",
     "steepest_rise_window", "technique_intervals", "validate_params",
+    "Job", "job_matrix", "parse_shard", "shard_of", "ShardReport", "run_shard",
 ]

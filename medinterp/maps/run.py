@@ -38,6 +38,7 @@ from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
     job_fingerprint,
     saved_jobs,
 )
+from medinterp.maps.matrix import CONTROL, MODEL, TWIN, claim_job, job_matrix
 from medinterp.maps.side_extras import add_side_extras
 from medinterp.maps.twin_plan import plan_twin_skips
 from medinterp.maps.synthesis import MAP_RULES, KnowledgeMap, interval_rules, registered_techniques, validate_params
@@ -181,6 +182,8 @@ class _Run:
     result_dirs: dict = dataclasses.field(default_factory=dict)
     timing: dict = dataclasses.field(default_factory=dict)
     peak_mb: dict = dataclasses.field(default_factory=dict)
+    elsewhere: dict = dataclasses.field(default_factory=dict)  # job key -> the process that holds it
+    missing: list = dataclasses.field(default_factory=list)  # merge only: jobs with no saved result
 
     def record(self, fam: str, tech: str, res: Result, rdir: Path | None) -> None:
         curve, ci, name = result_curve(res, self.n_layers)
@@ -230,66 +233,113 @@ def _run_shared(model: Any, tech: Technique, fams: Mapping[str, Family], pending
     return out
 
 
+def _claim(work: Path | None, fam: Family, t: str, fp: str, rerun: bool, claims: dict, busy: dict,
+           loaded: dict, key: tuple[str, str]) -> bool:
+    """Claim a job before running it (:func:`~medinterp.maps.matrix.claim_job`); False where another process
+    holds it (``busy[key]`` says which) or finished it meanwhile (then it is in ``loaded``)."""
+    if work is None or key in claims:
+        return True
+    c = claim_job(work, fam.name, t)
+    if isinstance(c, str):
+        busy[key] = c
+        return False
+    claims[key] = c
+    res = None if rerun else _load_finished(job_dir(work, fam.name, t), fp, f"{fam.name}/{t}")
+    if res is not None:  # another process saved it between our look and our claim: reuse, never rerun
+        loaded[key] = res
+        claims.pop(key).release()
+        return False
+    return True
+
+
 def _run_jobs(model: Any, fams: Mapping[str, Family], techniques: Sequence[str], kw: Mapping[str, dict],
               work: Path | None, fps: Mapping[tuple[str, str], str], *, rerun: bool, progress: bool, run: _Run,
               desc: str, label: str = "model", loaded: dict | None = None,
-              skip: Mapping[tuple[str, str], str] | None = None) -> tuple[dict, dict]:
+              skip: Mapping[tuple[str, str], str] | None = None, compute: bool = True) -> tuple[dict, dict]:
     """Run (or load) every (row, technique) job of one run kind; ``(results, status)`` keyed by (row, t).
-    ``skip``: jobs not to run, with the reason (their status)."""
+    ``skip``: jobs not to run, with the reason (their status). With a work dir each job is claimed while it
+    runs, so processes sharing the dir (shards, workers) never run one job at once; a job another process
+    holds ends ``not_run`` here and is listed in ``run.elsewhere``. ``compute=False`` (a merge): a job with no
+    saved result is not run but listed in ``run.missing``."""
     from tqdm.auto import tqdm
 
     results: dict[tuple[str, str], Result] = {}
     status: dict[tuple[str, str], str] = {}
     loaded = dict(loaded or {})
     skip = dict(skip or {})
-    for t in techniques:  # finished jobs from the work dir; shared runs of what is left
-        tech = REGISTRY[t]
-        pending = []
-        for f, fam in fams.items():
-            if (f, t) in loaded or (f, t) in skip:
-                continue
+    claims: dict = {}
+    busy: dict = {}
+    try:
+        for t in techniques:  # finished jobs from the work dir; shared runs of what is left
+            tech = REGISTRY[t]
+            pending = []
+            for f, fam in fams.items():
+                if (f, t) in loaded or (f, t) in skip:
+                    continue
+                rdir = job_dir(work, fam.name, t) if work is not None else None
+                res = None if rerun else _load_finished(rdir, fps[f, t], f"{fam.name}/{t}")
+                if res is not None:
+                    loaded[f, t] = res
+                elif all(getattr(fam, need) is not None for need in tech.needs):
+                    pending.append(f)
+            if tech.run_many_fn is not None and len(pending) >= 2 and compute:
+                pending = [f for f in pending if _claim(work, fams[f], t, fps[f, t], rerun, claims, busy, loaded,
+                                                        (f, t))]
+            if tech.run_many_fn is not None and len(pending) >= 2 and compute:
+                sub = {f: fams[f] for f in pending}
+                shared = _run_shared(model, tech, sub, pending, kw[t], work, {f: fps[f, t] for f in pending},
+                                     progress, run, dirnames={f: fams[f].name for f in pending}, label=label)
+                loaded.update({(f, t): r for f, r in shared.items()})
+                for f in shared:
+                    if (f, t) in claims:
+                        claims.pop((f, t)).release()
+        status.update({k: said("not_run", f"not run: {why}") for k, why in skip.items() if k not in loaded})
+        jobs = [(f, t) for f in fams for t in techniques if (f, t) not in status]
+        bar = tqdm(jobs, desc=desc, disable=not progress, unit="job")
+        for f, t in bar:
+            fam = fams[f]
+            key = f"{fam.name}/{t}"
+            bar.set_postfix_str(key)
             rdir = job_dir(work, fam.name, t) if work is not None else None
-            res = None if rerun else _load_finished(rdir, fps[f, t], f"{fam.name}/{t}")
-            if res is not None:
-                loaded[f, t] = res
-            elif all(getattr(fam, need) is not None for need in tech.needs):
-                pending.append(f)
-        if tech.run_many_fn is not None and len(pending) >= 2:
-            sub = {f: fams[f] for f in pending}
-            shared = _run_shared(model, tech, sub, pending, kw[t], work, {f: fps[f, t] for f in pending}, progress,
-                                 run, dirnames={f: fams[f].name for f in pending}, label=label)
-            loaded.update({(f, t): r for f, r in shared.items()})
-    status.update({k: said("not_run", f"not run: {why}") for k, why in skip.items() if k not in loaded})
-    jobs = [(f, t) for f in fams for t in techniques if (f, t) not in status]
-    bar = tqdm(jobs, desc=desc, disable=not progress, unit="job")
-    for f, t in bar:
-        fam = fams[f]
-        key = f"{fam.name}/{t}"
-        bar.set_postfix_str(key)
-        rdir = job_dir(work, fam.name, t) if work is not None else None
-        t0 = time.perf_counter()
-        try:
-            res = loaded.get((f, t))
-            if res is None:
-                res = REGISTRY[t].run(model, fam, progress=progress, **kw[t])
-                if rdir is not None:
-                    _save_job(res, rdir, fps[f, t], key)
-            results[f, t] = res
-            status[f, t] = "ok"
-        except MissingInput as e:
-            status[f, t] = said("not_run", f"not run: {e}")
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # noqa: BLE001 - recorded in the map's status and logged; the other jobs go on
-            status[f, t] = said("failed", f"failed: {type(e).__name__}: {e}"[:300])
-            log.error("knowledge map: %s failed: %s: %s", key, type(e).__name__, e, exc_info=True)
-            if progress:
-                tqdm.write(f"[knowledge map] {key} failed: {type(e).__name__}: {e}")
-        finally:
-            run.timing[key] = round(time.perf_counter() - t0, 2)
-            run.peak_mb[key] = round(peak_rss_mb(), 1)
-            log.info("knowledge map: %s %s in %.1f s (peak RSS %.0f MB)", key, status.get((f, t), "stopped"),
-                     run.timing[key], run.peak_mb[key])
+            t0 = time.perf_counter()
+            try:
+                res = loaded.get((f, t))
+                if res is None and not compute:
+                    fam.require(t, REGISTRY[t].needs)  # a job that cannot run is not missing (MissingInput below)
+                    status[f, t] = said("not_run", "no saved result (merge only)")
+                    run.missing.append(key)
+                    continue
+                if res is None and not _claim(work, fam, t, fps[f, t], rerun, claims, busy, loaded, (f, t)):
+                    res = loaded.get((f, t))
+                    if res is None:
+                        status[f, t] = said("not_run", f"not run here: {busy[f, t]}")
+                        run.elsewhere[key] = busy[f, t]
+                        continue
+                if res is None:
+                    res = REGISTRY[t].run(model, fam, progress=progress, **kw[t])
+                    if rdir is not None:
+                        _save_job(res, rdir, fps[f, t], key)
+                results[f, t] = res
+                status[f, t] = "ok"
+            except MissingInput as e:
+                status[f, t] = said("not_run", f"not run: {e}")
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001 - recorded in the map's status and logged; the other jobs go on
+                status[f, t] = said("failed", f"failed: {type(e).__name__}: {e}"[:300])
+                log.error("knowledge map: %s failed: %s: %s", key, type(e).__name__, e, exc_info=True)
+                if progress:
+                    tqdm.write(f"[knowledge map] {key} failed: {type(e).__name__}: {e}")
+            finally:
+                if (f, t) in claims:
+                    claims.pop((f, t)).release()
+                run.timing[key] = round(time.perf_counter() - t0, 2)
+                run.peak_mb[key] = round(peak_rss_mb(), 1)
+                log.info("knowledge map: %s %s in %.1f s (peak RSS %.0f MB)", key, status.get((f, t), "stopped"),
+                         run.timing[key], run.peak_mb[key])
+    finally:
+        for c in claims.values():  # an interrupt: no claim outlives the run
+            c.release()
     return results, status
 
 
@@ -317,6 +367,7 @@ def knowledge_map(
     twin_seed: int = 0,
     twin: Any = None,
     validate_bands: bool | Mapping[str, Any] = False,
+    merge_only: bool = False,
     **params: Any,
 ) -> KnowledgeMap:
     """Run the registered techniques on each concept family and its controls, and mark where medicine wins.
@@ -351,6 +402,9 @@ def knowledge_map(
         validate_bands: check each marked band causally (:mod:`medinterp.maps.band_checks`: necessity and
             sufficiency of the band as a unit against random layer sets; ~1 min a band on Gemma 3 270M);
             a dict: ``validate_band`` keyword arguments. Rows in ``km.extras["band_checks"]``.
+        merge_only: assemble the map from the jobs saved in ``out_dir`` (by shards or workers:
+            :func:`~medinterp.maps.shards.run_shard`) and compute none; a job with no saved result is a
+            :class:`MedinterpError` naming it.
         **params: paper-rule thresholds (see :data:`~medinterp.maps.synthesis.DEFAULT_PARAMS`).
 
     Returns:
@@ -393,9 +447,12 @@ def knowledge_map(
     work = Path(out_dir) if out_dir is not None else None
     run = _Run(n_layers, {f: {} for f in fams}, {f: {} for f in fams}, {f: {} for f in fams})
     t_start = time.perf_counter()
-    fps = {(f, t): job_fingerprint(model, fams[f], t, kw[t]) for f in fams for t in techniques}
+    matrix = job_matrix(model, fams, ctrl_fams, techniques, kw, controls=controls, twin_seed=twin_seed, twin=twin)
+    fps = {(j.row, j.technique): j.fingerprint for j in matrix if j.kind == MODEL}
+    if merge_only and (work is None or rerun):
+        raise MedinterpError("knowledge_map: merge_only=True assembles saved jobs: it needs out_dir and rerun=False")
     main, main_status = _run_jobs(model, fams, techniques, kw, work, fps, rerun=rerun, progress=progress, run=run,
-                                  desc="knowledge map")
+                                  desc="knowledge map", compute=not merge_only)
     for (f, t), st in main_status.items():
         if st == "ok":
             run.record(f, t, main[f, t], job_dir(work, f, t) if work is not None else None)
@@ -407,14 +464,12 @@ def knowledge_map(
     twin_status: dict = {}
     if controls:
         cf = {f: c for f, c in ctrl_fams.items() if c is not None}
-        cfps = {(f, t): job_fingerprint(model, cf[f], t, kw[t], run={"kind": "control family", "of": f})
-                for f in cf for t in techniques}
+        cfps = {(j.row, j.technique): j.fingerprint for j in matrix if j.kind == CONTROL}
         ctrl_res, ctrl_status = _run_jobs(model, cf, techniques, kw, work, cfps, rerun=rerun, progress=progress,
-                                          run=run, desc="control families", label="control family")
-        tfams = {f: dataclasses.replace(fam, name=fam.name + TWIN_SUFFIX) for f, fam in fams.items()}
-        which = {"seed": twin_seed} if twin is None else {"twin": model_identity(twin)}  # a given twin: its identity
-        tfps = {(f, t): job_fingerprint(model, fams[f], t, kw[t], run={"kind": "random twin", **which})
-                for f in fams for t in techniques}
+                                          run=run, desc="control families", label="control family",
+                                          compute=not merge_only)
+        tfams = {j.row: j.family for j in matrix if j.kind == TWIN}
+        tfps = {(j.row, j.technique): j.fingerprint for j in matrix if j.kind == TWIN}
         saved = {} if rerun or work is None else {
             k: r for k in tfps if (r := _load_finished(job_dir(work, tfams[k[0]].name, k[1]), tfps[k], k[0])) is not None}
         # a twin run that cannot change the map (too few items for its paired test, or no layer beats the
@@ -425,7 +480,7 @@ def knowledge_map(
         saved = {k: r for k, r in saved.items() if k not in twin_skipped}
         todo = [k for k in tfps if k not in saved and k not in twin_skipped
                 and all(getattr(fams[k[0]], n) is not None for n in REGISTRY[k[1]].needs)]
-        own_twin = twin is None and bool(todo)
+        own_twin = twin is None and bool(todo) and not merge_only
         t0 = time.perf_counter()
         try:
             tw_model = random_twin(model, seed=twin_seed) if own_twin else twin
@@ -437,10 +492,20 @@ def knowledge_map(
             run.timing["twin_load"] = round(time.perf_counter() - t0, 2)
             twin_res, twin_status = _run_jobs(tw_model, tfams, techniques, kw, work, tfps, rerun=rerun,
                                               progress=progress, run=run, desc="random twin", label="random twin",
-                                              loaded=saved, skip=twin_skipped)
+                                              loaded=saved, skip=twin_skipped, compute=not merge_only)
             if own_twin:
                 del tw_model
                 gc.collect()
+    if run.missing:
+        raise MedinterpError(
+            f"knowledge_map: cannot merge {work}: {len(run.missing)} job(s) have no saved result "
+            f"({', '.join(run.missing[:6])}{' ...' if len(run.missing) > 6 else ''}); run the shards that hold them, "
+            "or run without merge_only / --merge to compute them here")
+    if run.elsewhere:
+        raise MedinterpError(
+            f"knowledge_map: {len(run.elsewhere)} job(s) are being run by other processes sharing {work} (shards or "
+            f"workers), so the map cannot be assembled yet; every job finished here is saved. Run again when they "
+            f"finish. First: {next(iter(run.elsewhere))}: {next(iter(run.elsewhere.values()))}")
     t0 = time.perf_counter()
     notes: dict = {}
     balance: dict = {}

@@ -1,0 +1,46 @@
+"""``medinterp map --shard i/n`` and ``--executor ray``: the map's jobs spread over processes or a Ray cluster."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import typer
+
+from medinterp.cli._common import LOAD_OPTIONS, load_model
+
+
+def run_scaled(a: dict, work: Path) -> None:
+    """Run one shard into the work dir, or the whole map as Ray tasks (``a``: the ``map`` command's arguments)."""
+    from medinterp.cli.map import finish_map
+
+    marking = {k: a[k] for k in ("alpha", "correction", "min_run", "robustness", "n_perm")}
+    t0 = time.perf_counter()
+    if a["shard_ij"] is not None:
+        from medinterp.maps import run_shard
+
+        m = load_model(a["model"])
+        rep = run_shard(m, a["fams"], a["techs"], out_dir=work, shard=a["shard_ij"], quick=a["quick"],
+                        controls=a["controls"], twin_seed=a["twin_seed"], progress=a["progress"], marking=marking)
+        typer.echo(str(rep))
+        i, n = a["shard_ij"]
+        typer.echo(f"time {time.perf_counter() - t0:.0f} s. " + (
+            f"Shard {i}/{n} is done. When every shard is, assemble the map: the same command with --merge "
+            "instead of --shard." if rep.complete else
+            f"Shard {i}/{n} is not complete: run it again once every shard has finished (finished jobs load)."))
+        return
+    from medinterp.maps.ray_executor import knowledge_map_ray
+
+    opts = {k: v for k, v in LOAD_OPTIONS.items() if v is not None}
+    device = str(opts.pop("device", "cpu"))
+    gpus = 1 if device.startswith("cuda") or opts.get("device_map") else 0
+    import medinterp as mi
+
+    factory = functools.partial(mi.load_model, a["model"], device=device, **opts)
+    typer.echo(f"ray: one task per job, each with {gpus} GPU(s) and 1 CPU; workers load {a['model']} once each")
+    km = knowledge_map_ray(factory, a["fams"], a["techs"], out_dir=work, address=a["address"], num_gpus=gpus,
+                           quick=a["quick"], controls=a["controls"], rule=a["rule"], twin_seed=a["twin_seed"],
+                           percentile=a["percentile"], sigma=a["sigma"], validate_bands=a["validate_bands"],
+                           model_name=a["model"], **marking)
+    finish_map(km, a, t0, 0.0)

@@ -1,0 +1,204 @@
+"""Sharded maps (issue #23 item 3): one job matrix, deterministic shards, a merge that computes nothing, and
+processes sharing one work dir without running a job twice or corrupting it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from medinterp import maps
+from medinterp.errors import MedinterpError
+from medinterp.maps.jobs import load_saved
+from medinterp.maps.matrix import CLAIM_LEASE_S, RUN_KINDS, job_matrix, parse_shard, shard_of
+
+FAMS = ["drugs", "dosage"]
+MARKING = dict(n_perm=999, n_boot=200, n_resamples=5)
+KW = dict(quick=True, progress=False, **MARKING)
+TINY = dict(n_layers=3, d_model=64, n_heads=4, d_mlp=128, seed=0)
+
+
+def _model():
+    from medinterp.testing import tiny_model
+
+    return tiny_model(**TINY)
+
+
+def same_map(a, b):
+    """Every field the map's marks and cells are made of, equal bit for bit."""
+    def eq(x, y, path):
+        if isinstance(x, dict):
+            assert isinstance(y, dict) and set(x) == set(y), path
+            for k in x:
+                eq(x[k], y[k], f"{path}/{k}")
+        elif isinstance(x, (list, tuple)):
+            assert len(x) == len(y), path
+            for i, (u, v) in enumerate(zip(x, y)):
+                eq(u, v, f"{path}[{i}]")
+        elif isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            assert np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True), path
+        elif isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y):
+            pass
+        else:
+            assert x == y, (path, x, y)
+
+    for name in ("curves", "intervals", "status", "control_status", "control_stats", "control_notes",
+                 "control_cells"):
+        eq(getattr(a, name), getattr(b, name), name)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The single-process map of the same jobs."""
+    return maps.knowledge_map(_model(), FAMS, out_dir=tmp_path_factory.mktemp("ref"), **KW)
+
+
+def _matrix(model):
+    fams = maps.family_specs(FAMS)
+    ctrl = maps.control_specs(FAMS)
+    techs = maps.check_techniques(None)
+    from medinterp.techniques import REGISTRY
+
+    kw = {t: REGISTRY[t].params("quick") for t in techs}
+    return job_matrix(model, fams, ctrl, techs, kw)
+
+
+def test_shards_cover_the_matrix_exactly_once_in_a_fixed_order():
+    model = _model()
+    m = _matrix(model)
+    assert [j.kind for j in m] == sorted((j.kind for j in m), key=RUN_KINDS.index)  # run kinds in run order
+    assert len({j.key for j in m}) == len(m)
+    again = _matrix(model)
+    assert [(j.key, j.fingerprint) for j in m] == [(j.key, j.fingerprint) for j in again]
+    for n in range(1, 8):
+        parts = [shard_of(m, (i, n)) for i in range(n)]
+        keys = [j.key for p in parts for j in p]
+        assert sorted(keys) == sorted(j.key for j in m) and len(keys) == len(set(keys))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1  # balanced
+    with pytest.raises(MedinterpError, match="0 <= i < n"):
+        shard_of(m, (2, 2))
+
+
+@pytest.mark.parametrize("bad", ["2/2", "-1/3", "1", "a/b", "0/0"])
+def test_parse_shard_says_what_it_expects(bad):
+    with pytest.raises(MedinterpError, match="expected i/n"):
+        parse_shard(bad)
+
+
+def test_sharded_map_is_the_single_process_map_bit_for_bit(reference, tmp_path):
+    model = _model()
+    work = tmp_path / "w"
+    first = [maps.run_shard(model, FAMS, out_dir=work, shard=(i, 3), quick=True, progress=False, marking=MARKING)
+             for i in range(3)]
+    assert sum(len(r.jobs) for r in first) == len(_matrix(model))
+    assert any(r.waiting for r in first[:2])  # an early shard's twin jobs wait for later shards' model jobs
+    second = [maps.run_shard(model, FAMS, out_dir=work, shard=(i, 3), quick=True, progress=False, marking=MARKING)
+              for i in range(3)]
+    assert all(r.complete for r in second), [str(r) for r in second]
+    merged = maps.knowledge_map(model, FAMS, out_dir=work, merge_only=True, **KW)  # computes nothing: or raises
+    same_map(reference, merged)
+
+
+def test_merge_names_the_jobs_it_lacks(tmp_path):
+    model = _model()
+    maps.run_shard(model, ["dosage"], ["lesion"], out_dir=tmp_path, shard=(0, 2), quick=True, progress=False)
+    lacking = [j.key for j in shard_of(_matrix_of(model, ["dosage"], ["lesion"]), (1, 2)) if j.kind != "random twin"]
+    with pytest.raises(MedinterpError, match="no saved result") as e:
+        maps.knowledge_map(model, ["dosage"], ["lesion"], out_dir=tmp_path, merge_only=True, **KW)
+    assert lacking[0] in str(e.value)
+
+
+def _matrix_of(model, fams, techs):
+    from medinterp.techniques import REGISTRY
+
+    kw = {t: REGISTRY[t].params("quick") for t in techs}
+    return job_matrix(model, maps.family_specs(fams), maps.control_specs(fams), techs, kw)
+
+
+_SHARD_SCRIPT = """
+import sys
+from medinterp import maps
+from medinterp.testing import tiny_model
+i, n, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+r = maps.run_shard(tiny_model(**{tiny}), {fams}, out_dir=work, shard=(i, n), quick=True, progress=False,
+                   marking={marking})
+print("REPORT", len(r.jobs), len(r.elsewhere))
+"""
+
+
+def test_processes_sharing_a_work_dir_never_corrupt_it(reference, tmp_path):
+    """Two shards and a duplicate of one run at once, twice (the twin pass): every saved job verifies, no
+    job is saved twice at once, and the merged map is the single-process map."""
+    script = _SHARD_SCRIPT.format(tiny=TINY, fams=FAMS, marking=MARKING)
+    work = str(tmp_path / "w")
+    for _ in range(2):
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(n), work], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i, n in ((0, 2), (1, 2), (0, 2))]
+        outs = [p.communicate(timeout=600) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    saved = sorted(tmp_path.glob("w/*/*/job.json"))
+    assert saved
+    for job in saved:  # checksums of every file of every saved job match (load_saved raises otherwise)
+        load_saved(job.parent)
+    assert not list(tmp_path.glob("w/*/*/.lock"))  # no claim outlives its process
+    merged = maps.knowledge_map(_model(), FAMS, out_dir=work, merge_only=True, **KW)
+    same_map(reference, merged)
+
+
+def _lock(dir_, pid, host=None, age=0.0):
+    dir_.mkdir(parents=True, exist_ok=True)
+    p = dir_ / ".lock"
+    p.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "x"}))
+    if age:
+        t = time.time() - age
+        os.utime(p, (t, t))
+    return p
+
+
+def test_a_job_another_live_process_holds_is_not_run_here(tmp_path):
+    model = _model()
+    job = next(j for j in _matrix_of(model, ["dosage"], ["lesion"]) if j.kind == "model")
+    _lock(job.dir(tmp_path), os.getppid())  # a live process on this host
+    rep = maps.run_shard(model, ["dosage"], ["lesion"], out_dir=tmp_path, jobs=[job.key], quick=True,
+                         progress=False)
+    assert job.key in rep.elsewhere and str(os.getppid()) in rep.elsewhere[job.key]
+    assert not (job.dir(tmp_path) / "job.json").exists()
+    with pytest.raises(MedinterpError, match="being run by other processes"):
+        maps.knowledge_map(model, ["dosage"], ["lesion"], out_dir=tmp_path, **KW)
+
+
+def test_stale_claims_are_taken_over(tmp_path):
+    """A claim of a process that ended (this host) or of one on another host not renewed for the lease is
+    stale; a fresh claim from another host is respected."""
+    model = _model()
+    job = next(j for j in _matrix_of(model, ["dosage"], ["lesion"]) if j.kind == "model")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid, host, age, taken in ((dead.pid, None, 0.0, True), (1, "node-elsewhere", 2 * CLAIM_LEASE_S, True),
+                                  (1, "node-elsewhere", 0.0, False)):
+        d = job.dir(tmp_path)
+        for p in d.glob("*") if d.exists() else ():
+            p.unlink()
+        _lock(d, pid, host, age)
+        rep = maps.run_shard(model, ["dosage"], ["lesion"], out_dir=tmp_path, jobs=[job.key], quick=True,
+                             progress=False)
+        assert (rep.status.get(job.key) == "ok") is taken, (pid, host, age, rep)
+        assert (job.key in rep.elsewhere) is (not taken)
+
+
+def test_cli_rejects_bad_shard_options_before_the_model_loads(tmp_path):
+    from typer.testing import CliRunner
+
+    from medinterp.cli import app
+
+    r = CliRunner().invoke(app, ["map", "--model", "does-not-exist", "--shard", "3/3", "--out", str(tmp_path / "r.html")])
+    assert r.exit_code != 0 and "expected i/n" in (r.output + str(r.exception))
+    r = CliRunner().invoke(app, ["map", "--model", "does-not-exist", "--shard", "0/2", "--merge",
+                                 "--out", str(tmp_path / "r.html")])
+    assert r.exit_code != 0 and "one of --shard" in (r.output + str(r.exception))
