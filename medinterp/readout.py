@@ -262,8 +262,9 @@ def make_target(
     * neither: ``text``'s own tokens after the first are scored; read at its last token.
 
     Under a chat template (:func:`medinterp.models.chat.use_chat_template`) ``text`` is the user's turn:
-    an answer (its leading whitespace dropped) follows the generation prompt, so it is read where the
-    assistant's first token is produced; a span's next word stays inside the user's turn (the context is
+    an answer (the same tokens as without the template, or its leading whitespace dropped under
+    ``strip_answer_space``) follows the generation prompt, so it is read where the assistant's first token
+    is produced; a span's next word stays inside the user's turn (the context is
     the wrapped text up to the item); a plain string is scored unwrapped. Leading BOS tokens are checked
     (:func:`medinterp.models.chat.check_bos`: one where the model expects one, never two).
 
@@ -275,8 +276,8 @@ def make_target(
     chat = chat_setting(model) is not None
     if answer is not None:
         if chat:  # read where the assistant's first token is produced: after the generation prompt
-            return _with_answer(model, wrap_text(model, text)[0], answer_text(model, answer), where=where,
-                                original=text, chat=True)
+            return _with_answer(model, wrap_text(model, text)[0], answer_text(model, answer, after=text),
+                                where=where, original=text, chat=True)
         return _with_answer(model, text, answer, where=where, original=text)
     if span is not None:
         try:

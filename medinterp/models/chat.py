@@ -12,8 +12,11 @@ checkpoints are instruct models used through their chat template. With the optio
 prompt is the user turn of a one-turn conversation rendered by ``tokenizer.apply_chat_template`` with
 the generation prompt added (and ``enable_thinking=False``, so a Qwen3 template opens the answer
 directly). The item's character span is moved into the wrapped text, so its tokens are the item's; an
-answer is read where the assistant's first token would be produced (after the generation prompt, its
-leading whitespace dropped). BOS then follows the template: a template that starts with the BOS string
+answer is read where the assistant's first token would be produced (after the generation prompt). The
+answer's tokens are those of the plain run (a pair's ``" angina"`` keeps its leading space), so a chat
+run and a plain run score the same tokens and every shipped pair stays a single-token pair (SmolLM2: all
+230; with ``strip_answer_space=True``, the reply's first word as a chat model writes it, 51 of the 184
+drug, diagnosis, symptom and dosage pairs). BOS then follows the template: a template that starts with the BOS string
 has exactly one (the model prepends it and the string is removed from the text, or, for a model that
 prepends none, the text keeps it); a template without one gets none. The setting is recorded in
 ``model.medinterp_info["chat_template"]``, so provenance and every job fingerprint tell chat runs from
@@ -174,7 +177,8 @@ def _basic_info(model: Any) -> dict[str, Any]:
             "normalization_type": getattr(cfg, "normalization_type", None)}
 
 
-def use_chat_template(model: Any, enabled: bool = True, *, thinking: bool = False) -> Any:
+def use_chat_template(model: Any, enabled: bool = True, *, thinking: bool = False,
+                      strip_answer_space: bool = False) -> Any:
     """Turn chat-template wrapping of prompts on (or off again) for ``model``; returns the model.
 
     On: checks that the tokenizer has a chat template, renders it once to learn whether it starts with
@@ -188,6 +192,9 @@ def use_chat_template(model: Any, enabled: bool = True, *, thinking: bool = Fals
         enabled: on or off.
         thinking: leave the template's thinking switch at its default (Qwen3: the answer opens with a
             ``<think>`` block); False (the default) renders with ``enable_thinking=False``.
+        strip_answer_space: score an answer without its leading whitespace (``"angina"``, the reply's
+            first word as a chat model writes it; many answers then take several tokens, and such pairs
+            are dropped). False (the default): the plain run's answer tokens (``" angina"``).
 
     Raises:
         MedinterpError: the tokenizer has no chat template, or the template does not contain the prompt's
@@ -231,6 +238,7 @@ def use_chat_template(model: Any, enabled: bool = True, *, thinking: bool = Fals
         "template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16],
         "add_generation_prompt": True,
         "enable_thinking": bool(thinking),
+        "strip_answer_space": bool(strip_answer_space),
         "before_user_text": before,
         "after_user_text": after,
         "template_bos": starts_bos,
@@ -254,7 +262,10 @@ def finish_load(model: Any, *, chat_template: bool = False) -> Any:
 def same_chat_setting(source: Any, model: Any) -> Any:
     """Give ``model`` (a random-init twin) the chat setting of ``source``; returns ``model``."""
     s = chat_setting(source)
-    return use_chat_template(model, thinking=bool(s.get("enable_thinking"))) if s is not None else model
+    if s is None:
+        return model
+    return use_chat_template(model, thinking=bool(s.get("enable_thinking")),
+                             strip_answer_space=bool(s.get("strip_answer_space")))
 
 
 def _wrap(model: Any, s: dict, text: str) -> tuple[str, int]:
@@ -299,10 +310,19 @@ def wrap_prefix(model: Any, text: str, end: int) -> str:
     return out[: end + shift]
 
 
-def answer_text(model: Any, answer: str) -> str:
-    """An answer as the assistant's first words: leading whitespace dropped under a chat template (the
-    generation prompt ends the header; the reply starts a new text), unchanged otherwise."""
-    return answer.lstrip() if chat_setting(model) is not None and answer.strip() else answer
+def answer_text(model: Any, answer: str, after: str | None = None) -> str:
+    """An answer as it is scored after the generation prompt: its leading whitespace dropped where the chat
+    setting says ``strip_answer_space``; else as the plain run scores it after ``after`` (the prompt as given:
+    a space is put in front where neither ends nor starts with whitespace, :func:`medinterp.readout.make_target`'s
+    rule). Unchanged without a chat template."""
+    s = chat_setting(model)
+    if s is None or not answer.strip():
+        return answer
+    if s.get("strip_answer_space"):
+        return answer.lstrip()
+    if after and not after[-1].isspace() and not answer[0].isspace():
+        return " " + answer
+    return answer
 
 
 def wrap_prompts(model: Any, texts: Sequence[str], spans: Sequence[Sequence[int] | None]

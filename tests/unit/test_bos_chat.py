@@ -94,10 +94,11 @@ def test_chat_template_wraps_prompt_item_span_and_answer(chat_tokenizer):
     assert acts.provenance["tokenization"]["measured_leading_bos"] == 1
     # an answer is read where the assistant's first token is produced, after the generation prompt
     p = prompts[0]
-    t = make_target(m, p.text, answer=" aspirin")
+    t = make_target(m, p.text, answer="aspirin")
     chat_ids = _hf_chat_ids(tok, p.text)
     assert t.tokens[: t.n_context].tolist() == chat_ids and t.read_pos == len(chat_ids) - 1
-    assert t.target == "aspirin" and t.tokens[t.n_context:].tolist() == tok("aspirin", add_special_tokens=False)["input_ids"]
+    # the plain run's answer tokens (the space the plain rule puts in front), so both runs score the same tokens
+    assert t.target == " aspirin" and t.tokens[t.n_context:].tolist() == tok(" aspirin", add_special_tokens=False)["input_ids"]
     assert tok.decode(t.tokens[: t.read_pos + 1]).endswith("<end_of_turn>\n<start_of_turn>model\n")
     # the word after the item stays inside the user's turn: the context is the wrapped text up to the item
     q = next(x for x in prompts if x.text[x.span[1]:].strip())
@@ -107,19 +108,23 @@ def test_chat_template_wraps_prompt_item_span_and_answer(chat_tokenizer):
     assert t.tokens.tolist().count(bos) == 1
 
 
-def test_chat_template_pairs_are_tokenized_wrapped(chat_tokenizer):
-    m = use_chat_template(_model(chat_tokenizer))
+@pytest.mark.parametrize("strip", [False, True])
+def test_chat_template_pairs_are_tokenized_wrapped(chat_tokenizer, strip):
+    m = use_chat_template(_model(chat_tokenizer), strip_answer_space=strip)
     tok = m.tokenizer
     pairs = PairSet(name="t", version="1", description="", pairs=[
-        PromptPair("The patient takes aspirin", "The patient takes warfarin", " The", " A"),
-        PromptPair("The patient takes aspirin for pain", "The patient takes warfarin for pain", " The", " A")])
+        PromptPair("The patient takes aspirin", "The patient takes warfarin", " is", " of"),
+        PromptPair("The patient takes aspirin for pain", "The patient takes warfarin for pain", " is", " of")])
     chk = pairs.check(m)
     assert len(chk.tokenized) == 2, chk.dropped
     for tp in chk.tokenized:
         assert tp.clean_tokens == _hf_chat_ids(tok, tp.pair.clean)
         assert tp.corrupted_tokens == _hf_chat_ids(tok, tp.pair.corrupted)
-        # the answer is the assistant's first word: no leading space
-        assert tp.clean_id == tok(tp.pair.clean_answer.strip(), add_special_tokens=False)["input_ids"][0]
+        # the plain run's answer token, or the reply's first word as written (no leading space)
+        ans = tp.pair.clean_answer.strip() if strip else tp.pair.clean_answer
+        assert tp.clean_id == tok(ans, add_special_tokens=False)["input_ids"][0]
+        t = make_target(m, tp.pair.clean, answer=tp.pair.clean_answer)
+        assert t.tokens.tolist() == tp.clean_tokens + [tp.clean_id]  # saliency/lesion read what patching reads
 
 
 def test_template_without_bos_gets_none_and_off_restores(chat_tokenizer):
