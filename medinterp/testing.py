@@ -198,3 +198,29 @@ class CrashWorkerOnce:
         if key == self.key and not os.path.exists(self.flag):
             open(self.flag, "w").close()
             os._exit(1)  # a worker dying mid-map (out of memory, node lost): no cleanup, no exception
+
+
+def assert_same_map(a, b) -> None:
+    """Assert that two knowledge maps have the same curves, marks, statuses and control statistics, bit for
+    bit (NaN equal to NaN); the provenance (timings, hosts) may differ. For sharded or distributed maps."""
+    import numpy as np
+
+    def eq(x, y, path):
+        if isinstance(x, dict):
+            assert isinstance(y, dict) and set(x) == set(y), f"{path}: keys differ"
+            for k in x:
+                eq(x[k], y[k], f"{path}/{k}")
+        elif isinstance(x, (list, tuple)):
+            assert isinstance(y, (list, tuple)) and len(x) == len(y), f"{path}: lengths differ"
+            for i, (u, v) in enumerate(zip(x, y)):
+                eq(u, v, f"{path}[{i}]")
+        elif isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            assert np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True), f"{path}: arrays differ"
+        elif isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y):
+            pass
+        else:
+            assert x == y, f"{path}: {x!r} != {y!r}"
+
+    for name in ("curves", "intervals", "status", "control_status", "control_stats", "control_notes",
+                 "control_cells"):
+        eq(getattr(a, name), getattr(b, name), name)

@@ -16,6 +16,7 @@ import pytest
 from medinterp import maps
 from medinterp.errors import MedinterpError
 from medinterp.maps.jobs import load_saved
+from medinterp.testing import assert_same_map
 from medinterp.maps.matrix import CLAIM_LEASE_S, RUN_KINDS, job_matrix, parse_shard, shard_of
 
 FAMS = ["drugs", "dosage"]
@@ -30,27 +31,7 @@ def _model():
     return tiny_model(**TINY)
 
 
-def same_map(a, b):
-    """Every field the map's marks and cells are made of, equal bit for bit."""
-    def eq(x, y, path):
-        if isinstance(x, dict):
-            assert isinstance(y, dict) and set(x) == set(y), path
-            for k in x:
-                eq(x[k], y[k], f"{path}/{k}")
-        elif isinstance(x, (list, tuple)):
-            assert len(x) == len(y), path
-            for i, (u, v) in enumerate(zip(x, y)):
-                eq(u, v, f"{path}[{i}]")
-        elif isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
-            assert np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True), path
-        elif isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y):
-            pass
-        else:
-            assert x == y, (path, x, y)
-
-    for name in ("curves", "intervals", "status", "control_status", "control_stats", "control_notes",
-                 "control_cells"):
-        eq(getattr(a, name), getattr(b, name), name)
+same_map = assert_same_map
 
 
 @pytest.fixture(scope="module")
