@@ -183,3 +183,29 @@ def test_cli_rejects_bad_shard_options_before_the_model_loads(tmp_path):
     r = CliRunner().invoke(app, ["map", "--model", "does-not-exist", "--shard", "0/2", "--merge",
                                  "--out", str(tmp_path / "r.html")])
     assert r.exit_code != 0 and "one of --shard" in (r.output + str(r.exception))
+
+
+def test_cli_shards_then_merge_end_to_end(monkeypatch, tmp_path, capsys):
+    """`medinterp map --shard i/n` twice per shard (the twin pass), then `--merge`: the report is written and
+    the merge computes nothing (a missing job would be an error)."""
+    import medinterp.models
+    from medinterp.cli import main
+
+    monkeypatch.setattr(medinterp.models, "load_model", lambda spec, **kw: _model())
+    base = ["map", "--model", "tiny", "--out", str(tmp_path / "r.html"), "--concepts", "dosage", "--techniques",
+            "lesion,patching", "--quick", "--no-progress", "--n-perm", "999"]
+
+    def run(extra):
+        with pytest.raises(SystemExit) as e:
+            main(base + extra)
+        out, err = capsys.readouterr()
+        assert e.value.code in (0, None) and "Traceback" not in err, out[-2000:] + err[-2000:]
+        return out
+
+    with pytest.raises(SystemExit):  # nothing saved yet: the merge names what it lacks
+        main(base + ["--merge"])
+    assert "no saved result" in capsys.readouterr().err
+    texts = [run(["--shard", f"{i}/2"]) for _ in range(2) for i in range(2)]
+    assert "is done" in texts[-1] and "is done" in texts[-2]
+    text = run(["--merge"])
+    assert (tmp_path / "r.html").is_file() and "report:" in text
