@@ -115,6 +115,25 @@ def offline_hf() -> Iterator[None]:
             hc.HF_HUB_OFFLINE = old_const
 
 
+@contextlib.contextmanager
+def tl_readable(folder: str) -> Iterator[str]:
+    """A path from which TransformerLens reads ``folder``'s config.json by its content.
+
+    TL 3.9's ``convert_hf_model_config`` guesses the architecture from the *name* when it contains "llama"
+    or "gemma" and then fails (``'NoneType' object has no attribute 'hidden_size'``), so a folder as a user
+    downloads it (``Llama-3.3-70B-Instruct/``) could not be converted. Such a folder's config.json is
+    copied to a neutral temporary folder for the time of the call."""
+    low = str(Path(folder).resolve()).lower()
+    if "llama" not in low and "gemma" not in low:
+        yield folder
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="medinterp-cfg-") as d:
+        shutil.copy(Path(folder) / "config.json", Path(d) / "config.json")
+        yield d
+
+
 def _sha256(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

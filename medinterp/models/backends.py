@@ -82,11 +82,11 @@ def hooked_converts(folder: str, hf_cfg: dict[str, Any]) -> bool:
     """True when TL's HookedTransformer can build a config from a local HF folder's config (offline)."""
     from transformer_lens import loading_from_pretrained as loading
 
-    from ._cache import offline_hf
+    from ._cache import offline_hf, tl_readable
 
     try:
-        with offline_hf():
-            loading.get_pretrained_model_config(folder, hf_cfg=hf_cfg)
+        with offline_hf(), tl_readable(folder) as name:
+            loading.get_pretrained_model_config(name, hf_cfg=hf_cfg)
     except Exception:
         return False
     return True

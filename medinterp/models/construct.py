@@ -12,7 +12,7 @@ import torch
 
 from medinterp.errors import MedinterpError, ModelLoadError
 
-from ._cache import _strip_quantization, offline_hf
+from ._cache import _strip_quantization, offline_hf, tl_readable
 
 log = logging.getLogger("medinterp.models")
 
@@ -143,14 +143,17 @@ def hooked_from_hf(hf: Any, tok: Any, *, folder: str | None, official_name: str 
                 if folder is None:
                     raise ModelLoadError(f"architecture {arch!r}: HookedTransformer needs a config folder")
                 try:
-                    tl_cfg = loading.get_pretrained_model_config(
-                        folder, hf_cfg=hf.config.to_dict(), fold_ln=flags["fold_ln"], device=device,
-                        dtype=dtype, default_prepend_bos=prepend_bos)
+                    with tl_readable(folder) as name:
+                        tl_cfg = loading.get_pretrained_model_config(
+                            name, hf_cfg=hf.config.to_dict(), fold_ln=flags["fold_ln"], device=device,
+                            dtype=dtype, default_prepend_bos=prepend_bos)
+                    tl_cfg.model_name = Path(folder).name
                 except Exception as e:
                     raise ModelLoadError(f"{folder}: architecture {arch!r} is not supported by TransformerLens "
                                          f"HookedTransformer ({type(e).__name__}: {e}); try backend='bridge'") from None
             model = HookedTransformer(tl_cfg, tok, move_to_device=False)
-            state = loading.get_pretrained_state_dict(folder, tl_cfg, hf, dtype=dtype)
+            with tl_readable(folder) as name:
+                state = loading.get_pretrained_state_dict(name, tl_cfg, hf, dtype=dtype)
             model.load_and_process_state_dict(
                 state, fold_ln=flags["fold_ln"], center_writing_weights=flags["center_writing_weights"],
                 center_unembed=flags["center_unembed"], fold_value_biases=flags["fold_ln"])

@@ -302,7 +302,7 @@ def hooked_streamed(folder: str, tok: Any, *, config: Any, official_name: str | 
     from transformer_lens import loading_from_pretrained as loading
     from transformer_lens.weight_processing import ProcessWeights
 
-    from ._cache import offline_hf
+    from ._cache import offline_hf, tl_readable
     from .construct import _GEMMA3_BY_WIDTH, fast_weight_layout
 
     why = unavailable(folder, config)
@@ -315,12 +315,14 @@ def hooked_streamed(folder: str, tok: Any, *, config: Any, official_name: str | 
     config = copy.deepcopy(config)
     config.dtype = dtype  # as a model loaded with from_pretrained(dtype=...) reports it
     hf_cfg = config.to_dict()
-    with offline_hf():
+    with offline_hf(), tl_readable(name) if official_name is None else _same(name) as name:
         if tl_cfg is None:
             try:
                 tl_cfg = loading.get_pretrained_model_config(name, hf_cfg=hf_cfg, fold_ln=flags["fold_ln"],
                                                              device=device, dtype=dtype,
                                                              default_prepend_bos=prepend_bos)
+                if official_name is None:
+                    tl_cfg.model_name = Path(folder).name
             except Exception as e:
                 raise ModelLoadError(f"{folder}: architecture {arch!r} is not supported by TransformerLens "
                                      f"HookedTransformer ({type(e).__name__}: {e}); try backend='bridge'") from None
@@ -376,6 +378,17 @@ def _trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+class _same:
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __enter__(self) -> Any:
+        return self.value
+
+    def __exit__(self, *a: Any) -> None:
+        return None
 
 
 def _assign(p: torch.nn.Parameter, t: torch.Tensor, name: str) -> None:

@@ -14,9 +14,14 @@ A first-order model, from the HF config alone (no weights, no hub):
   (small batches are bound by reading the weights); a ``device_map`` runs the devices one after the
   other, so more GPUs add memory, not speed. Backward = 2 × forward. Prefix reuse (hooked backend) runs
   half the blocks on average for lesion and patching; the bridge's hook path runs them all.
-* **host RAM** to load: the hooked backend holds the HF model, TL's converted state dict and the TL
-  model at once (3 × weights); the bridge wraps the HF module (1 ×; safetensors are memory-mapped, and
-  with ``device_map`` HF loads straight to the GPUs).
+* **host RAM** to load: the hooked backend streams a local safetensors folder onto the device one piece
+  at a time (:mod:`medinterp.models.lean`: the embedding matrix, then one layer), so the host holds one
+  piece in flight (counted twice: the read and its cast); a hub name, or a checkpoint the lean path cannot
+  stream (multimodal Gemma 3, quantized), goes through TransformerLens's own path, which holds the HF
+  model, TL's converted state dict and the TL model at once (3 × weights); the bridge wraps the HF module
+  (1 ×; with ``device_map`` HF loads straight to the GPUs). Loaded onto the CPU, the lean path's peak is
+  the model plus one piece: measured 1.07 × the weights for a 64M-parameter bf16 Llama
+  (tests/unit/test_lean_load.py) and in ``benchmarks/lean_load.py`` at 1-1.4B parameters.
 
 Checked against measured peak RSS on CPU, float32, load + one forward of 16 × 48 tokens (2 shared
 cores, under load; RSS above the bare interpreter):
@@ -238,8 +243,23 @@ def _forward_seconds(s: Shape, tokens: int, b: int, dtype: str, mfu: float, frac
     return max(compute, read) + 0.002 * s.n_layers * frac_layers  # ~2 ms per block of launch/hook overhead
 
 
+def host_ram_to_load(shape: Shape, b: int, backend: str, *, streamed: bool = True) -> float:
+    """Peak host RAM (bytes) to load ``shape`` onto GPUs at ``b`` bytes per weight (see the module doc).
+
+    Example:
+        >>> s = Shape("m", n_layers=10, d_model=8, n_heads=2, n_kv=2, head_dim=4, d_mlp=16, vocab=100, tied=False)
+        >>> host_ram_to_load(s, 2, "hooked") == 2 * max(s.embed_params, s.layer_params) * 2
+        True
+        >>> host_ram_to_load(s, 2, "hooked", streamed=False) == 3 * s.total_params * 2
+        True
+    """
+    if backend == "hooked" and streamed:
+        return 2 * max(shape.embed_params, shape.layer_params) * b
+    return shape.total_params * b * (3 if backend == "hooked" else 1)
+
+
 def plan_model(shape: Shape, gpus: Gpus, *, dtype: str = "bfloat16", backend: str = "hooked",
-               work: Workload | None = None) -> Plan:
+               work: Workload | None = None, streamed: bool = True) -> Plan:
     """Estimate memory per device and time of each technique and the full map.
 
     Args:
@@ -248,6 +268,8 @@ def plan_model(shape: Shape, gpus: Gpus, *, dtype: str = "bfloat16", backend: st
         dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``.
         backend: ``"hooked"`` (prefix reuse) or ``"bridge"`` (hook path; ``device_map``).
         work: work sizes.
+        streamed: the hooked backend loads a local safetensors folder lean (``False``: a hub name or a
+            checkpoint the lean path cannot stream: TL's path, 3 × the weights in host RAM).
     """
     if dtype not in BYTES:
         raise MedinterpError(f"dtype must be one of {', '.join(BYTES)}; got {dtype!r}")
@@ -272,7 +294,7 @@ def plan_model(shape: Shape, gpus: Gpus, *, dtype: str = "bfloat16", backend: st
         "saliency": (layers_per_dev * _block_working_set(shape, 1, T, b) + _logits(shape, 1, T),
                      shape.layer_params * b, 3 * w.saliency_prompts * sal_fwd, 3 * w.saliency_prompts),
     }
-    host = shape.total_params * b * (3 if backend == "hooked" else 1)
+    host = host_ram_to_load(shape, b, backend, streamed=streamed)
     p = Plan(model=shape.name, gpus=f"{n}x{gpus.mem_gb:g}GB", dtype=dtype, backend=backend,
              params_total=shape.total_params, params_active=shape.active_params, host_ram_to_load=host)
     for tech in TECHNIQUES:
@@ -292,6 +314,13 @@ def plan_model(shape: Shape, gpus: Gpus, *, dtype: str = "bfloat16", backend: st
         p.notes.append("device_map runs devices in sequence: more GPUs add memory, not speed")
     if backend == "bridge":
         p.notes.append("bridge: no start_at_layer, lesion and patching rerun the prefix (hook path)")
+    if backend == "hooked" and streamed:
+        p.notes.append(f"host RAM {host / GiB:.1f} GiB: streamed from a local safetensors folder, one piece at a "
+                       f"time (download it, then load_model(folder)); a hub name goes through TransformerLens's "
+                       f"own path: ~{3 * shape.total_params * b / GiB:.0f} GiB (3x the weights)")
+    elif backend == "hooked":
+        p.notes.append("host RAM: this checkpoint cannot be streamed (multimodal or quantized): TransformerLens's "
+                       "own path, 3x the weights")
     return p
 
 
@@ -341,4 +370,6 @@ def plan_spec(spec: str, gpus: str = "1x80GB", *, dtype: str = "bfloat16", backe
         shape = shape_from_config(cfg, path.parent.name)
         auto = "hooked" if in_hooked_registry(str(cfg.get("_name_or_path", ""))) else "bridge"
     chosen = backend or ("bridge" if g.n > 1 else auto)
-    return plan_model(shape, g, dtype=dtype, backend=chosen, work=work)
+    # the lean path reads transformers' own parameter names; a multimodal checkpoint stores others
+    streamed = seed is None or not seed.note.startswith("multimodal")
+    return plan_model(shape, g, dtype=dtype, backend=chosen, work=work, streamed=streamed)

@@ -22,7 +22,8 @@ ALL_FLAGS = {"fold_ln": True, "center_writing_weights": True, "center_unembed": 
 
 
 def _folder(tmp_path_factory, arch, *, n_layers=3, shard="60KB", **kw):
-    # A neutral path: TL's config conversion sniffs architecture names ("llama") in the folder path.
+    # Named as a user's download is: TL 3.9 guesses the architecture from "llama" in a path and fails on
+    # it; medinterp hands TL a neutral copy of config.json (models._cache.tl_readable).
     tok = word_tokenizer()
     config = tiny.hf_config(arch, n_layers=n_layers, d_model=64, n_heads=4, d_mlp=128, vocab_size=len(tok),
                             n_ctx=64, **kw)
@@ -32,7 +33,7 @@ def _folder(tmp_path_factory, arch, *, n_layers=3, shard="60KB", **kw):
         for name, p in hf.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    folder = tmp_path_factory.mktemp("w")
+    folder = tmp_path_factory.mktemp(f"{arch.title()}-tiny-Instruct")
     hf.save_pretrained(folder, max_shard_size=shard)
     tok.save_pretrained(folder)
     if shard != "10GB":
