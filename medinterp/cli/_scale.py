@@ -13,7 +13,7 @@ from medinterp.cli._common import LOAD_OPTIONS, load_model
 
 def run_scaled(a: dict, work: Path) -> None:
     """Run one shard into the work dir, or the whole map as Ray tasks (``a``: the ``map`` command's arguments)."""
-    from medinterp.cli.map import finish_map
+    from medinterp.cli._map_output import finish_map
 
     marking = {k: a[k] for k in ("alpha", "correction", "min_run", "robustness", "n_perm")}
     t0 = time.perf_counter()

@@ -27,6 +27,8 @@ from medinterp.store import WorkDirLock, model_identity
 from medinterp.techniques.base import Family
 
 MODEL, CONTROL, TWIN = "model", "control family", "random twin"
+#: job-dir suffixes of the control runs: ``<family>__control`` (control family), ``<family>__twin`` (random twin)
+CONTROL_SUFFIX, TWIN_SUFFIX = "__control", "__twin"
 #: run kinds in the order a map runs them (the twin's plan reads the first two)
 RUN_KINDS = (MODEL, CONTROL, TWIN)
 #: a claim on a job whose holder has not renewed it for this long is stale, on any host (a killed worker on
@@ -88,8 +90,6 @@ def job_matrix(model: Any, fams: Mapping[str, Family], ctrl_fams: Mapping[str, F
     out += [Job(CONTROL, f, t, c, job_fingerprint(model, c, t, kw[t], run={"kind": CONTROL, "of": f}))
             for t in techniques for f, c in ctrl_fams.items() if c is not None]
     which = {"seed": twin_seed} if twin is None else {"twin": model_identity(twin)}  # a given twin: its identity
-    from medinterp.maps.run import TWIN_SUFFIX  # run.py imports this module
-
     out += [Job(TWIN, f, t, dataclasses.replace(fams[f], name=fams[f].name + TWIN_SUFFIX),
                 job_fingerprint(model, fams[f], t, kw[t], run={"kind": TWIN, **which}))
             for t in techniques for f in fams]

@@ -38,7 +38,15 @@ from medinterp.maps.jobs import (  # noqa: F401  (public here since 0.1.0)
     job_fingerprint,
     saved_jobs,
 )
-from medinterp.maps.matrix import CONTROL, MODEL, TWIN, claim_job, job_matrix
+from medinterp.maps.matrix import (  # noqa: F401  (the suffixes: public here since 0.3)
+    CONTROL,
+    CONTROL_SUFFIX,
+    MODEL,
+    TWIN,
+    TWIN_SUFFIX,
+    claim_job,
+    job_matrix,
+)
 from medinterp.maps.side_extras import add_side_extras
 from medinterp.maps.twin_plan import plan_twin_skips
 from medinterp.maps.synthesis import MAP_RULES, KnowledgeMap, interval_rules, registered_techniques, validate_params
@@ -51,8 +59,6 @@ from medinterp.techniques.base import Family, MissingInput, Technique
 log = logging.getLogger("medinterp")
 
 _FAMILY_KEYS = frozenset({"concepts", "pairs", "label", "control"})
-#: job-dir suffixes of the control runs: ``<family>__control`` (control family), ``<family>__twin`` (random twin)
-CONTROL_SUFFIX, TWIN_SUFFIX = "__control", "__twin"
 
 
 # ============================================================================ families

@@ -114,8 +114,8 @@ def run_shard(
     Example:
         >>> from medinterp.testing import tiny_model
         >>> import tempfile
-        >>> rep = run_shard(tiny_model(n_layers=2), ["dosage"], ["lesion"], out_dir=tempfile.mkdtemp(),
-        ...                 shard=(0, 2), quick=True, progress=False)   # doctest: +SKIP
+        >>> rep = run_shard(tiny_model(n_layers=2), ["dosage"], out_dir=tempfile.mkdtemp(), shard=(0, 2),
+        ...                 quick=True, progress=False)   # doctest: +SKIP
     """
     if (shard is None) == (jobs is None):
         raise MedinterpError("run_shard: give exactly one of shard=(i, n) and jobs=[...]")
