@@ -20,7 +20,7 @@ def run_scaled(a: dict, work: Path) -> None:
     if a["shard_ij"] is not None:
         from medinterp.maps import run_shard
 
-        m = load_model(a["model"])
+        m = load_model(a["model"], device=a["device"])
         rep = run_shard(m, a["fams"], a["techs"], out_dir=work, shard=a["shard_ij"], quick=a["quick"],
                         controls=a["controls"], twin_seed=a["twin_seed"], progress=a["progress"], marking=marking)
         typer.echo(str(rep))
@@ -33,7 +33,7 @@ def run_scaled(a: dict, work: Path) -> None:
     from medinterp.maps.ray_executor import knowledge_map_ray
 
     opts = {k: v for k, v in LOAD_OPTIONS.items() if v is not None}
-    device = str(opts.pop("device", "cpu"))
+    device = str(a["device"])
     gpus = 1 if device.startswith("cuda") or opts.get("device_map") else 0
     import medinterp as mi
 

@@ -16,6 +16,7 @@ from medinterp.cli._common import (
     ProgressOpt,
     QuickOpt,
     check_out_dir,
+    check_device,
     check_out_file,
     load_model,
     positive,
@@ -60,6 +61,8 @@ def map_cmd(
                                  "needs the medinterp[ray] extra)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--executor ray; default: "
                                           "a running cluster if any, else a local one)."),
+    device: str = typer.Option("cpu", "--device", help="torch device of the model (cpu, cuda, cuda:1, mps); "
+                               "several GPUs: the global --device-map."),
     progress: ProgressOpt = True,
 ) -> None:
     """Run the techniques on every concept family and write the knowledge-map report.
@@ -89,6 +92,7 @@ def map_cmd(
     check_out_dir(work, "--work-dir" if work_dir else "--out (its work dir)")
     check_out_dir(out.with_suffix(".map"), "--out (its saved map)")
     planned = planned_jobs(fams, techs, controls)
+    check_device(device)
     if executor not in ("local", "ray"):
         raise typer.BadParameter(f"--executor must be 'local' or 'ray', not {executor!r}", param_hint="--executor")
     if sum([shard is not None, merge, executor == "ray"]) > 1:
@@ -117,7 +121,7 @@ def _run_map(a: dict, planned: list[str], work: Path) -> None:
         typer.echo(f"resuming: {len(saved)} saved jobs in {work} (of {len(planned)} planned; each is reused only "
                    "if its inputs, parameters and files match)")
     t0 = time.perf_counter()
-    m = load_model(model)
+    m = load_model(model, device=a["device"])
     t_load = time.perf_counter() - t0
     try:
         km = knowledge_map(m, concepts=a["fams"], techniques=a["techs"], quick=a["quick"], out_dir=work,
