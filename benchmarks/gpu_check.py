@@ -499,11 +499,11 @@ def big_plan(smoke: bool, device: str, state: dict[str, Any]) -> dict[str, Any]:
 
     from medinterp.models.plan import Gpus, plan_model, plan_spec, shape_from_config
 
-    tok = big_tokenizer(smoke)
-    state["tokenizer"] = tok
     gpus = f"1x{gpu_mem_gb(device):.0f}GB"
     work = quick_workload()
     if smoke:
+        tok = big_tokenizer(smoke)  # the toy model's vocabulary is the word tokenizer's
+        state["tokenizer"] = tok
         shape = shape_from_config(big_hf_config(True, len(tok)), "gemma-3 (smoke size)")
         plan = plan_model(shape, Gpus.parse(gpus), dtype="bfloat16", backend="hooked", work=work)
     else:  # exactly what `medinterp plan --model gemma-3-27b --gpus 1xNGB --dtype bfloat16 --backend hooked` computes
@@ -575,11 +575,12 @@ def big_meta(state: dict[str, Any]) -> dict[str, Any]:
     plan = state.get("plan")
     if plan is None or state.get("smoke"):  # the smoke plan is of the toy model: plan the real one here
         plan = plan_spec(BIG_SEED, "1x80GB", dtype="bfloat16", backend="hooked", work=quick_workload())
-    tok = state.get("tokenizer") or big_tokenizer(bool(state.get("smoke")))
-    cfg, facts = big_tl_config(False, "meta", torch.bfloat16, len(tok))
+    from medinterp.models.seeds import SEED_MODELS
+
+    cfg, facts = big_tl_config(False, "meta", torch.bfloat16, int(SEED_MODELS[BIG_SEED].config["vocab_size"]))
     t0 = time.perf_counter()
-    with torch.device("meta"):
-        model = construct.random_hooked(cfg, tok, seed=0, device="meta", dtype=torch.bfloat16)
+    with torch.device("meta"):  # no tokenizer: shapes only (the vocabulary comes from the config)
+        model = construct.random_hooked(cfg, None, seed=0, device="meta", dtype=torch.bfloat16)
     params = {n: p for n, p in model.named_parameters()}
     n = sum(p.numel() for p in params.values())
     out = {"config": facts, "build_s": round(time.perf_counter() - t0, 3), "params": n,
@@ -802,61 +803,98 @@ def main(argv: list[str] | None = None) -> int:
         if done.wait(args.budget_s + 20):
             return
         report.doc["watchdog"] = "the run overran its budget inside native code; stopped by the watchdog"
-        text = report.text()
-        report.flush()
+        for _ in range(3):  # the main thread may be writing into the document right now
+            try:
+                text = report.text()
+                break
+            except RuntimeError:
+                time.sleep(0.1)
+        else:
+            text = json.dumps({"watchdog": report.doc["watchdog"], "error": "report unreadable"})
+        report.flush(text)
         print(text, file=real_stdout, flush=True)
         os._exit(3)
 
     threading.Thread(target=watchdog, daemon=True).start()
     runner = Runner(report, args.budget_s, device)
     state: dict[str, Any] = {"done": [], "small": {}, "smoke": smoke}
-    rc = 0
     # stdout carries the JSON document alone: anything a library prints goes to stderr with the progress
     with contextlib.redirect_stdout(sys.stderr), contextlib.ExitStack() as stack:
         import tempfile
 
         state["work"] = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu_check-")))
-        runner.run("env", lambda: _env(device, smoke), cap_s=60, min_s=1)
-        if not smoke and not cuda:
-            say("no CUDA device: GPU stages are skipped (--cpu-smoke tests this script on the CPU)")
-        gpu_ok = smoke or cuda
-        small_reserve = 0.0 if args.skip_big else (30.0 if smoke else 330.0)  # time kept for the 27B stages
-        for dt in ("float32", "bfloat16"):
-            name = f"small_{dt}"
-            if args.skip_small:
-                report.doc["stages"][name] = {"status": "skipped", "reason": "--skip-small"}
-            elif not gpu_ok:
-                report.doc["stages"][name] = {"status": "skipped", "reason": "no CUDA device"}
-            else:
-                runner.run(name, lambda dt=dt: small_stage(smoke, device, dt, args.repeats, state["small"]),
-                           cap_s=150 if dt == "float32" else 100, min_s=5 if smoke else 30, reserve_s=small_reserve)
-        if not args.skip_small and gpu_ok:
-            runner.run("small_bf16_vs_fp32", lambda: compare_dtypes(state["small"]), cap_s=10, min_s=0.5,
-                       needs=("small_float32", "small_bfloat16"))
-        if args.skip_big:
-            for n in ("big_plan", "big_meta", "big_build", *(f"big_map_{t}" for t in TECHNIQUES), "big_map_assemble"):
-                report.doc["stages"][n] = {"status": "skipped", "reason": "--skip-big"}
-        else:
-            runner.run("big_plan", lambda: big_plan(smoke, device, state), cap_s=60, min_s=2)
-            runner.run("big_meta", lambda: big_meta(state), cap_s=60, min_s=2)
-            runner.run("big_build", lambda: big_build(smoke, device, state), cap_s=150, min_s=10 if smoke else 40,
-                       reserve_s=5 if smoke else 60)
-            for i, t in enumerate(TECHNIQUES):
-                runner.run(f"big_map_{t}", lambda t=t: big_map(smoke, device, t, state), cap_s=240,
-                           min_s=3 if smoke else 30, reserve_s=2 if smoke else 15, needs=("big_build",))
-            runner.run("big_map_assemble", lambda: big_assemble(smoke, device, state), cap_s=60, min_s=1 if smoke else 5,
-                       needs=("big_build",))
-            state.pop("model", None)
+        try:
+            _run_stages(runner, report, args, state, device, smoke, cuda)
+        except BaseException as e:  # noqa: BLE001 - Ctrl-C or a bug between stages: the report still goes out
+            report.doc["script_error"] = f"{type(e).__name__}: {e}"[:2000]
+            report.doc["script_traceback"] = traceback.format_exc()[-4000:]
+        state.pop("model", None)
+        try:
             free_memory(device)
-        report.doc["summary"] = clean(summarize(report.doc))
+            report.doc["summary"] = clean(summarize(report.doc))
+            for line in summary_lines(report.doc):
+                say(line)
+        except Exception as e:  # noqa: BLE001 - the stages' own records stand without the summary
+            report.doc["summary_error"] = f"{type(e).__name__}: {e}"[:500]
         statuses = [s.get("status") for s in report.doc["stages"].values()]
-        rc = 1 if any(s in ("failed", "timed_out") for s in statuses) else 0
+        rc = 1 if "script_error" in report.doc or any(s in ("failed", "timed_out") for s in statuses) else 0
         report.doc["exit_code"] = rc
         final = report.text()
         report.flush(final)  # the file and stdout hold the same document
     done.set()
     print(final, file=real_stdout, flush=True)
     return rc
+
+
+def _run_stages(runner: Runner, report: Report, args: argparse.Namespace, state: dict[str, Any], device: str,
+                smoke: bool, cuda: bool) -> None:
+    runner.run("env", lambda: _env(device, smoke), cap_s=60, min_s=1)
+    if not smoke and not cuda:
+        say("no CUDA device: GPU stages are skipped (--cpu-smoke tests this script on the CPU)")
+    gpu_ok = smoke or cuda
+    small_reserve = 0.0 if args.skip_big else (30.0 if smoke else 330.0)  # time kept for the 27B stages
+    for dt in ("float32", "bfloat16"):
+        name = f"small_{dt}"
+        if args.skip_small:
+            report.doc["stages"][name] = {"status": "skipped", "reason": "--skip-small"}
+        elif not gpu_ok:
+            report.doc["stages"][name] = {"status": "skipped",
+                                          "reason": "no CUDA device (--cpu-smoke tests this script on the CPU)"}
+        else:
+            runner.run(name, lambda dt=dt: small_stage(smoke, device, dt, args.repeats, state["small"]),
+                       cap_s=150 if dt == "float32" else 100, min_s=5 if smoke else 30, reserve_s=small_reserve)
+    if not args.skip_small and gpu_ok:
+        runner.run("small_bf16_vs_fp32", lambda: compare_dtypes(state["small"]), cap_s=10, min_s=0.5,
+                   needs=("small_float32", "small_bfloat16"))
+    big = ("big_plan", "big_meta", "big_build", *(f"big_map_{t}" for t in TECHNIQUES), "big_map_assemble")
+    if args.skip_big:
+        for n in big:
+            report.doc["stages"][n] = {"status": "skipped", "reason": "--skip-big"}
+        return
+    runner.run("big_plan", lambda: big_plan(smoke, device, state), cap_s=60, min_s=2)
+    runner.run("big_meta", lambda: big_meta(state), cap_s=60, min_s=2)
+    runner.run("big_build", lambda: big_build(smoke, device, state), cap_s=150, min_s=10 if smoke else 40,
+               reserve_s=5 if smoke else 60)
+    for t in TECHNIQUES:
+        runner.run(f"big_map_{t}", lambda t=t: big_map(smoke, device, t, state), cap_s=240,
+                   min_s=3 if smoke else 30, reserve_s=2 if smoke else 15, needs=("big_build",))
+    runner.run("big_map_assemble", lambda: big_assemble(smoke, device, state), cap_s=60, min_s=1 if smoke else 5,
+               needs=("big_build",))
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """The plan-vs-measured table, for the person watching stderr."""
+    def f(x: Any, spec: str) -> str:
+        ok = isinstance(x, (int, float)) and not isinstance(x, bool)
+        return format(x, spec) if ok else "-".rjust(int(spec.split(".")[0] or 0))
+
+    lines = [f"{'stage':<22} {'status':<10} {'seconds':>8}"]
+    lines += [f"{k:<22} {str(v.get('status')):<10} {f(v.get('seconds'), '8.1f')}" for k, v in doc["stages"].items()]
+    lines.append(f"{'27B technique':<14} {'peak GiB':>9} {'plan GiB':>9} {'meas/plan':>9} {'tokens/s':>10}")
+    for t, r in (doc.get("summary", {}).get("big_plan_vs_measured") or {}).items():
+        lines.append(f"{t:<14} {f(r.get('peak_memory_GiB'), '9.2f')} {f(r.get('plan_total_GiB'), '9.2f')} "
+                     f"{f(r.get('measured_over_plan'), '9.2f')} {f(r.get('tokens_per_s'), '10.0f')}")
+    return lines
 
 
 if __name__ == "__main__":
