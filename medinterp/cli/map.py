@@ -49,9 +49,10 @@ def map_cmd(
     robustness: float = typer.Option(0.8, help="Fraction of resamples a marked layer must be marked in."),
     n_perm: int = typer.Option(20000, "--n-perm", help="Random permutations per test (exact enumeration up to 65,536 assignments)."),
     twin_seed: int = typer.Option(0, "--twin-seed", help="Init seed of the random-init twin."),
-    validate_bands: bool = typer.Option(False, "--validate-bands",
-                                        help="Check each marked band causally (necessity, sufficiency vs random "
-                                        "layer sets; ~1 min a band on Gemma 3 270M): the report's 'causal check'."),
+    validate_bands: Optional[bool] = typer.Option(
+        None, "--validate-bands/--no-validate-bands",
+        help="Check each marked band causally (necessity, sufficiency vs random layer sets; ~1 min a band on "
+        "Gemma 3 270M): the report's 'causal check'. Default: on for a full map, off with --quick."),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="Run only shard I/N of the map's jobs (I from 0) into the work dir, e.g. "
         "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then run without --shard (or with --merge) to assemble."),

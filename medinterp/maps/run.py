@@ -372,7 +372,7 @@ def knowledge_map(
     n_resamples: int = 20,
     twin_seed: int = 0,
     twin: Any = None,
-    validate_bands: bool | Mapping[str, Any] = False,
+    validate_bands: bool | Mapping[str, Any] | None = None,
     merge_only: bool = False,
     **params: Any,
 ) -> KnowledgeMap:
@@ -405,7 +405,7 @@ def knowledge_map(
         twin_seed: init seed of the random twin.
         twin: a ready twin model (default: :func:`~medinterp.models.twin.random_twin` of ``model``;
             a given twin's jobs are fingerprinted by its own identity).
-        validate_bands: check each marked band causally (:mod:`medinterp.maps.band_checks`: necessity and
+        validate_bands: (default: on for a full map, off for ``quick``) check each marked band causally (:mod:`medinterp.maps.band_checks`: necessity and
             sufficiency of the band as a unit against random layer sets; ~1 min a band on Gemma 3 270M);
             a dict: ``validate_band`` keyword arguments. Rows in ``km.extras["band_checks"]``.
         merge_only: assemble the map from the jobs saved in ``out_dir`` (by shards or workers:
@@ -540,6 +540,8 @@ def knowledge_map(
     km._results = run.results
     _add_extras(model, km, run.results)
     add_side_extras(model, km, ctrl_res, twin_res, result_curve)  # what the findings rules compare with
+    if validate_bands is None:
+        validate_bands = not quick  # issue 22: the full map validates each marked band
     if validate_bands:
         t0 = time.perf_counter()
         km.extras["band_checks"] = check_bands(model, km.intervals, fams, work=work,

@@ -49,7 +49,7 @@ def test_a_band_that_cannot_be_checked_says_why_and_the_report_shows_the_column(
     assert rows[0]["verdicts"] == {} and rows[0]["text"].startswith("not run: ")
     km = KnowledgeMap.from_curves({"planted": {"toy": np.arange(10.0)}}, n_layers=10, techniques=["toy"],
                                   rules={"toy": "percentile"}, rule="paper")
-    assert bc.check_text(km, IV) == "not checked (map run without validate_bands)"
+    assert bc.check_text(km, IV) == "not checked (map run with validate_bands=False, or --quick)"
     km.extras["band_checks"] = rows
     assert bc.check_text(km, IV) == rows[0]["text"]
     assert km.intervals
@@ -60,7 +60,7 @@ def test_a_band_that_cannot_be_checked_says_why_and_the_report_shows_the_column(
     assert "causal check" in html and "not run: &lt;b&gt;few&lt;/b&gt; pairs" in html
 
 
-def test_knowledge_map_checks_its_marked_bands_only_when_asked(tmp_path, monkeypatch):
+def test_knowledge_map_checks_its_marked_bands_by_default_on_a_full_map_only(tmp_path, monkeypatch):
     import medinterp.maps as maps
     from medinterp.maps import KnowledgeMap
     from medinterp.techniques import REGISTRY
@@ -78,5 +78,9 @@ def test_knowledge_map_checks_its_marked_bands_only_when_asked(tmp_path, monkeyp
     assert km.extras["band_checks"] == [{"concept": "drugs", "technique": "toy_planted", "start": 2, "end": 3,
                                          "verdicts": {}, "text": "not run: the family has no pair set to intervene on"}]
     assert KnowledgeMap.load(tmp_path / "w" / "map").extras["band_checks"] == km.extras["band_checks"]
-    off = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_planted"], **kw)
+    off = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_planted"], validate_bands=False, **kw)
     assert "band_checks" not in off.extras
+    default_full = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_planted"], **kw)
+    assert default_full.extras["band_checks"] == km.extras["band_checks"]  # the full map checks its bands
+    default_quick = maps.knowledge_map(tiny_model(n_layers=N_LAYERS), fams, ["toy_planted"], quick=True, **kw)
+    assert "band_checks" not in default_quick.extras
