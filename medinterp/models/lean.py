@@ -430,6 +430,7 @@ def streamed_reference(folder: str, config: Any, *, dtype: torch.dtype,
         mod = sk.hf.get_submodule(mod_name)
         mod.register_forward_pre_hook(lambda m, a, names=names: sk.load(names))
         mod.register_forward_hook(lambda m, a, o, names=names: sk.free(names))
+    sk.hf.register_forward_hook(lambda m, a, o: _trim())  # the freed read buffers back to the OS
     sk.hf.medinterp_device = str(device)
     return sk.hf
 

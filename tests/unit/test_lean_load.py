@@ -203,3 +203,31 @@ def test_lean_peak_memory_is_bounded(tmp_path_factory):
     assert got["mode"] == "streamed"
     ratio = (got["peak"] - got["base"]) / nbytes
     assert ratio <= 1.5, f"streamed load used {ratio:.2f}x the weights ({nbytes / 2**20:.0f} MiB)"
+
+
+def test_fallback_is_recorded(tmp_path_factory, monkeypatch):
+    import medinterp as mi
+
+    folder, *_ = _folder(tmp_path_factory, "llama", n_layers=1)
+
+    def refuse(*a, **k):
+        raise lean.LeanUnavailable("planted reason")
+
+    monkeypatch.setattr(lean, "hooked_streamed", refuse)
+    m = mi.load_model(str(folder), dtype="float32")
+    how = m.medinterp_info["loading"]
+    assert how["mode"] == "full_conversion" and "planted reason" in how["reason"]
+    assert m.medinterp_info["verify"]["passed"]
+
+
+def test_plan_host_ram_is_the_lean_path():
+    from medinterp.models.plan import GiB, plan_spec
+
+    p = plan_spec("llama-3.3-70b", "1x80GB", dtype="bfloat16")
+    # one piece in flight, counted twice: the 128256 x 8192 embedding (larger than a layer), bf16
+    assert p.backend == "hooked" and p.host_ram_to_load == 2 * 128256 * 8192 * 2
+    assert any("3x the weights" in n for n in p.notes)
+    # a multimodal checkpoint cannot be streamed: TL's path, 3x the weights
+    g = plan_spec("gemma-3-27b", "1x80GB", dtype="bfloat16")
+    assert g.host_ram_to_load == 3 * g.params_total * 2 and g.host_ram_to_load / GiB > 140
+    assert plan_spec("qwen3-32b", "1x80GB").host_ram_to_load == plan_spec("qwen3-32b", "1x80GB").params_total * 2
