@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from medinterp.errors import MedinterpError
+from medinterp.maps.families import CONTROL_SUFFIX, TWIN_SUFFIX, check_techniques, control_specs, family_specs
 from medinterp.maps.jobs import job_dir, job_fingerprint
 from medinterp.store import WorkDirLock, model_identity
 from medinterp.techniques.base import Family
 
 MODEL, CONTROL, TWIN = "model", "control family", "random twin"
-#: job-dir suffixes of the control runs: ``<family>__control`` (control family), ``<family>__twin`` (random twin)
-CONTROL_SUFFIX, TWIN_SUFFIX = "__control", "__twin"
 #: run kinds in the order a map runs them (the twin's plan reads the first two)
 RUN_KINDS = (MODEL, CONTROL, TWIN)
 #: a claim on a job whose holder has not renewed it for this long is stale, on any host (a killed worker on
@@ -96,6 +95,26 @@ def job_matrix(model: Any, fams: Mapping[str, Family], ctrl_fams: Mapping[str, F
     return out
 
 
+def job_keys(concepts: Sequence[str] | Mapping[str, Any] | None, techniques: Sequence[str] | None,
+             controls: bool = True) -> tuple[list[str], list[str]]:
+    """The keys of :func:`job_matrix`'s jobs, known without a model (for a driver that never loads it, and
+    for job counts before the model loads): ``(model and control-family jobs, random-twin jobs)``, in order.
+
+    Example:
+        >>> first, twins = job_keys(["dosage"], ["lesion"])
+        >>> first, twins
+        (['dosage/lesion', 'dosage__control/lesion'], ['dosage__twin/lesion'])
+    """
+    techniques = check_techniques(techniques)
+    fams = family_specs(concepts)
+    first = [f"{fams[f].name}/{t}" for t in techniques for f in fams]
+    if not controls:
+        return first, []
+    ctrl = control_specs(concepts)
+    first += [f"{c.name}/{t}" for t in techniques for c in ctrl.values() if c is not None]
+    return first, [f"{fams[f].name}{TWIN_SUFFIX}/{t}" for t in techniques for f in fams]
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` → ``(i, n)`` with ``0 <= i < n``.
 
@@ -149,5 +168,5 @@ def claim_job(work: str | os.PathLike, job_family: str, technique: str) -> WorkD
         return str(e)
 
 
-__all__ = ["CLAIM_LEASE_S", "CONTROL", "Job", "MODEL", "RUN_KINDS", "TWIN", "claim_job", "job_matrix",
+__all__ = ["CLAIM_LEASE_S", "CONTROL", "CONTROL_SUFFIX", "TWIN_SUFFIX", "Job", "job_keys", "MODEL", "RUN_KINDS", "TWIN", "claim_job", "job_matrix",
            "parse_shard", "shard_of"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from medinterp.maps.run import TWIN_SUFFIX, control_specs, family_specs
+from medinterp.maps.families import TWIN_SUFFIX, control_specs, family_specs
 from medinterp.techniques import REGISTRY
 
 

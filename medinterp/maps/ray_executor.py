@@ -1,7 +1,7 @@
 """A knowledge map run as Ray tasks: each job of the matrix a task, on an existing cluster or a local one.
 
 Needs the optional ``ray`` package (``pip install 'medinterp[ray]'``). The driver never loads the model:
-it knows the jobs' keys from the map's arguments (:func:`job_keys`), submits one task per job with
+it knows the jobs' keys from the map's arguments (:func:`medinterp.maps.matrix.job_keys`), submits one task per job with
 ``num_gpus`` / ``num_cpus`` set for a model replica, and each worker process loads the model once (kept
 for the next task it runs: Ray reuses worker processes). Results land in the shared work dir exactly as a
 single-process map saves them (:func:`medinterp.maps.shards.run_shard` with one job), so a failed or
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from medinterp.errors import MedinterpError
+from medinterp.maps.matrix import job_keys
 
 #: knowledge_map keyword arguments that the shard runner's twin plan also reads
 _MARKING = ("alpha", "correction", "min_run", "robustness", "n_perm", "n_boot", "n_resamples")
@@ -27,22 +28,6 @@ _MARKING = ("alpha", "correction", "min_run", "robustness", "n_perm", "n_boot", 
 _JOB_ARGS = ("quick", "technique_kwargs", "controls", "twin_seed")
 
 _WORKER_MODEL: dict[str, Any] = {}  # in a Ray worker: the model of the last factory it loaded
-
-
-def job_keys(concepts: Sequence[str] | Mapping[str, Any] | None, techniques: Sequence[str] | None,
-             controls: bool = True) -> tuple[list[str], list[str]]:
-    """The job keys of a map, known without a model: ``(model and control-family jobs, random-twin jobs)``,
-    in the order of :func:`medinterp.maps.matrix.job_matrix`."""
-    from medinterp.maps.run import TWIN_SUFFIX, check_techniques, control_specs, family_specs
-
-    techniques = check_techniques(techniques)
-    fams = family_specs(concepts)
-    first = [f"{fams[f].name}/{t}" for t in techniques for f in fams]
-    if not controls:
-        return first, []
-    ctrl = control_specs(concepts)
-    first += [f"{c.name}/{t}" for t in techniques for c in ctrl.values() if c is not None]
-    return first, [f"{fams[f].name}{TWIN_SUFFIX}/{t}" for t in techniques for f in fams]
 
 
 def _model(factory: Callable[[], Any]) -> Any:

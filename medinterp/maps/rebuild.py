@@ -13,7 +13,8 @@ from medinterp.errors import MedinterpError
 from medinterp.maps.cells import said
 from medinterp.maps.controls import mark_all
 from medinterp.maps.jobs import job_dir, load_saved
-from medinterp.maps.run import CONTROL_SUFFIX, TWIN_SUFFIX, _Run, check_techniques
+from medinterp.maps.families import CONTROL_SUFFIX, TWIN_SUFFIX, check_techniques
+from medinterp.maps.run import _Run
 from medinterp.maps.synthesis import KnowledgeMap, interval_rules, validate_params
 from medinterp.maps.twin_plan import plan_twin_skips
 from medinterp.techniques import REGISTRY

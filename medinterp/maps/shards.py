@@ -28,7 +28,8 @@ from medinterp.errors import MedinterpError
 from medinterp.maps.cells import said
 from medinterp.maps.jobs import _load_finished, check_family_inputs
 from medinterp.maps.matrix import CONTROL, MODEL, TWIN, Job, job_matrix, shard_of
-from medinterp.maps.run import _run_jobs, _Run, check_techniques, control_specs, family_specs
+from medinterp.maps.families import check_techniques, control_specs, family_specs
+from medinterp.maps.run import _run_jobs, _Run
 from medinterp.maps.twin_plan import plan_twin_skips
 from medinterp.models.twin import random_twin
 from medinterp.techniques import REGISTRY

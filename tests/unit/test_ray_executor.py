@@ -21,7 +21,8 @@ FACTORY = functools.partial(tiny_model, n_layers=3, d_model=64, n_heads=4, d_mlp
 
 
 def test_ray_map_is_the_single_process_map_and_a_killed_worker_loses_nothing(tmp_path):
-    from medinterp.maps.ray_executor import job_keys, knowledge_map_ray
+    from medinterp.maps.matrix import job_keys
+    from medinterp.maps.ray_executor import knowledge_map_ray
 
     # a Ray task with num_cpus=1 runs torch on one thread; CPU float sums depend on the thread count, so the
     # reference runs on one thread too (bit-identity holds at equal thread counts, as on equal GPUs)

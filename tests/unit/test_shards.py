@@ -17,7 +17,7 @@ from medinterp import maps
 from medinterp.errors import MedinterpError
 from medinterp.maps.jobs import load_saved
 from medinterp.testing import assert_same_map
-from medinterp.maps.matrix import CLAIM_LEASE_S, RUN_KINDS, job_matrix, parse_shard, shard_of
+from medinterp.maps.matrix import CLAIM_LEASE_S, RUN_KINDS, job_keys, job_matrix, parse_shard, shard_of
 
 FAMS = ["drugs", "dosage"]
 MARKING = dict(n_perm=999, n_boot=200, n_resamples=5)
@@ -55,6 +55,8 @@ def test_shards_cover_the_matrix_exactly_once_in_a_fixed_order():
     m = _matrix(model)
     assert [j.kind for j in m] == sorted((j.kind for j in m), key=RUN_KINDS.index)  # run kinds in run order
     assert len({j.key for j in m}) == len(m)
+    first, twins = job_keys(FAMS, None)  # the model-free key list (the Ray driver's) is the matrix's
+    assert first + twins == [j.key for j in m]
     again = _matrix(model)
     assert [(j.key, j.fingerprint) for j in m] == [(j.key, j.fingerprint) for j in again]
     for n in range(1, 8):
