@@ -234,7 +234,7 @@ def _load_weights(r: _Resolved, chosen: str, *, lean: bool, device: str, device_
                   else "verify=False"}
     lean_reason = None
     if chosen == "hooked" and lean and r.local:
-        from . import lean as lean_mod
+        import medinterp.models.lean as lean_mod
 
         model, tok, config, lean_reason = _lean_hooked(r, device=device, dtype=dtype, flags=flags)
         if model is not None:
@@ -272,7 +272,7 @@ def _lean_hooked(r: _Resolved, *, device: str, dtype: torch.dtype,
     ``(None, None, None, why)`` where the folder cannot be streamed."""
     from transformers import AutoConfig
 
-    from . import lean as lean_mod
+    import medinterp.models.lean as lean_mod
     from ._cache import offline_hf
 
     try:
