@@ -62,6 +62,8 @@ def map_cmd(
                                  "needs the medinterp[ray] extra)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--executor ray; default: "
                                           "a running cluster if any, else a local one)."),
+    ray_gpu_mem: str = typer.Option("80GB", "--ray-gpu-mem", help="Memory of one GPU of the Ray cluster: each "
+                                    "task asks for the fewest GPUs medinterp plan says the model fits on."),
     device: str = typer.Option("cpu", "--device", help="torch device of the model (cpu, cuda, cuda:1, mps); "
                                "several GPUs: the global --device-map."),
     progress: ProgressOpt = True,
