@@ -86,6 +86,12 @@ def model_options(backend: BackendOpt = "auto", dtype: DtypeOpt = "float32", dev
         LOAD_OPTIONS.pop("chat_template", None)
 
 
+def chat_template_option(flag: bool) -> None:
+    """``--chat-template`` given after a command (``medinterp map --chat-template``): the same as before it."""
+    if flag:
+        LOAD_OPTIONS["chat_template"] = True
+
+
 #: what ``--dtype`` accepts (the names :func:`medinterp.load_model` takes)
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 

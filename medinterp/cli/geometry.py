@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from medinterp.cli._common import check_out_dir, load_concept_set, load_model
+from medinterp.cli._common import ChatTemplateOpt, chat_template_option
 from medinterp.cli._presets import PresetOpt, announce, check_preset, preset_params
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
@@ -41,6 +42,7 @@ def geometry_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    chat_template: ChatTemplateOpt = False,
     preset: PresetOpt = "quick",
 ) -> None:
     """Per-layer activation geometry (METHOD.md §1): item-grouped linear probes on template-centred item
@@ -52,6 +54,7 @@ def geometry_cmd(
     OUT/<set>/table.csv (tidy per-layer metrics with CIs), age_steps.csv / progression.csv where they
     apply, arrays.safetensors (UMAP embeddings) and OUT/<set>/geometry.html; plus OUT/summary.json.
     """
+    chat_template_option(chat_template)  # the model option, also accepted after the command
     from medinterp.techniques.geometry import default_concept_sets, geometry_many
 
     check_preset(preset)

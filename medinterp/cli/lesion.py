@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from medinterp.cli._common import check_out_dir, load_concept_set, load_model, write_result
+from medinterp.cli._common import ChatTemplateOpt, chat_template_option
 from medinterp.cli._presets import PresetOpt, announce, check_preset, preset_params, scorable_prompts
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
@@ -32,6 +33,7 @@ def lesion_cmd(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    chat_template: ChatTemplateOpt = False,
     preset: PresetOpt = "quick",
 ) -> None:
     """KL(intact || lesioned) of the next token, drop in log p(answer), top-1 agreement and greedy-continuation
@@ -40,6 +42,7 @@ def lesion_cmd(
     Writes OUT/manifest.json, OUT/arrays.safetensors, OUT/table.csv (one row per mode and layer, with
     bootstrap CIs) and OUT/lesion.html.
     """
+    chat_template_option(chat_template)  # the model option, also accepted after the command
     from medinterp.techniques.lesion import MEAN_OVER, MODES, lesion
 
     check_preset(preset)

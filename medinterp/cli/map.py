@@ -11,6 +11,8 @@ from typing import List, Optional
 import typer
 
 from medinterp.cli._common import (
+    ChatTemplateOpt,
+    chat_template_option,
     DEFAULT_MODEL,
     ModelOpt,
     ProgressOpt,
@@ -67,6 +69,7 @@ def map_cmd(
     device: str = typer.Option("cpu", "--device", help="torch device of the model (cpu, cuda, cuda:1, mps); "
                                "several GPUs: the global --device-map."),
     progress: ProgressOpt = True,
+    chat_template: ChatTemplateOpt = False,
 ) -> None:
     """Run the techniques on every concept family and write the knowledge-map report.
 
@@ -76,6 +79,7 @@ def map_cmd(
     each a second time once all have finished (the random-twin jobs wait for the others), then `--merge`;
     or `--executor ray`.
     """
+    chat_template_option(chat_template)  # the model option, also accepted after the command
     from medinterp.maps import check_techniques, family_specs, validate_params
     from medinterp.maps.planned import planned_jobs
     from medinterp.store import WorkDirLock

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from medinterp.cli._common import check_out_dir, int_list, load_model
+from medinterp.cli._common import ChatTemplateOpt, chat_template_option
 from medinterp.cli._presets import PresetOpt, announce, check_preset
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
@@ -30,6 +31,7 @@ def patch_cmd(
     budget_mb: float = typer.Option(1024.0, "--budget-mb", help="Memory budget of one batch of patched runs."),
     device: str = typer.Option("cpu", "--device"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    chat_template: ChatTemplateOpt = False,
     max_pairs: Optional[int] = typer.Option(
         None, "--max-pairs", "-n", help="Keep at most this many rows, spread evenly over the file (0 = all)."),
     preset: PresetOpt = "quick",
@@ -41,6 +43,7 @@ def patch_cmd(
     OUT/mean.npy (layer, position, head) and OUT/heatmap.html. An interrupted exact sweep resumes
     from OUT/_checkpoint when rerun with the same arguments.
     """
+    chat_template_option(chat_template)  # the model option, also accepted after the command
     import numpy as np
 
     import medinterp.viz  # noqa: F401  (registers the figure renderers)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from medinterp.cli._common import check_out_dir, load_concept_set, load_model, positive, write_result
+from medinterp.cli._common import ChatTemplateOpt, chat_template_option
 from medinterp.cli._presets import PresetOpt, announce, check_preset, preset_params, scorable_prompts
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
@@ -28,6 +29,7 @@ def saliency_cmd(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    chat_template: ChatTemplateOpt = False,
     preset: PresetOpt = "quick",
 ) -> None:
     """Gradient of -log p(answer | prompt) w.r.t. every weight; mean |grad| per block (attention, MLP,
@@ -35,6 +37,7 @@ def saliency_cmd(
 
     Writes OUT/manifest.json, OUT/arrays.safetensors, OUT/table.csv (per-layer table) and OUT/saliency.html.
     """
+    chat_template_option(chat_template)  # the model option, also accepted after the command
     from medinterp.techniques.saliency import saliency
 
     check_preset(preset)

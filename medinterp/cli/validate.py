@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from medinterp.cli._common import DEFAULT_MODEL, DeviceOpt, ModelOpt, NBootOpt, OutDirOpt, ProgressOpt, SeedOpt
+from medinterp.cli._common import ChatTemplateOpt, chat_template_option
 from medinterp.cli._common import check_out_dir, load_model, write_result
 from medinterp.cli.app import app
 from medinterp.errors import MedinterpError
@@ -48,6 +49,7 @@ def validate_cmd(
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     progress: ProgressOpt = True,
+    chat_template: ChatTemplateOpt = False,
 ) -> None:
     """Necessity (the band's blocks mean-ablated at once; skip beside it), selectivity (against the control
     family) and sufficiency (the band's block outputs restored at the item span), each against random layer sets
@@ -57,6 +59,7 @@ def validate_cmd(
 
     Writes OUT/manifest.json, OUT/arrays.safetensors, OUT/checks.csv and OUT/validate.html.
     """
+    chat_template_option(chat_template)  # the model option, also accepted after the command
     from medinterp.concepts import CONCEPT_FAMILIES, PairSet, load_concepts
 
     given = [x for x in (family, concepts, pairs) if x]

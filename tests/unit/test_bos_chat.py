@@ -228,7 +228,7 @@ def test_default_tokenization_of_shipped_prompts_unchanged():
     assert n_checked > 150
 
 
-def test_cli_chat_template_option_reaches_load_model(monkeypatch):
+def test_cli_chat_template_option_reaches_load_model(monkeypatch, tmp_path):
     import medinterp as mi
     from medinterp.cli import _common, main
 
@@ -241,7 +241,17 @@ def test_cli_chat_template_option_reaches_load_model(monkeypatch):
     with pytest.raises(SystemExit):
         main(["saliency", "--model", "x", "--concepts", "drugs", "--out", "/nonexistent-dir-c23"])
     assert "chat_template" not in seen  # a plain run calls load_model exactly as before
+    for cmd in (["lesion", "--concepts", "drugs"], ["saliency", "--concepts", "drugs"], ["geometry", "--concepts", "drugs"],
+                ["patch", "--pairs", "drug_pairs"], ["validate", "--family", "drugs", "--band", "1-2"],
+                ["map", "--quick", "--out", str(tmp_path / "r.html")]):
+        seen.clear()
+        _common.model_options()
+        out = [] if cmd[0] == "map" else ["--out", "/nonexistent-dir-c23"]
+        with pytest.raises(SystemExit):  # after the command, as on `medinterp map --chat-template`
+            main([*cmd, "--model", "x", "--chat-template", *out])
+        assert seen.get("chat_template") is True, cmd
     _common.model_options()
+    assert "chat_template" not in _common.LOAD_OPTIONS
 
 
 def test_no_bos_where_the_model_prepends_none():
