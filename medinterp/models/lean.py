@@ -7,12 +7,12 @@ no processing asked for) and the HookedTransformer at once: ~3x the weights in h
 1. the HookedTransformer is allocated empty on the target device (``init_weights=False``: untouched pages
    cost no RAM) and the Hugging Face model is a skeleton on the meta device (no weights);
 2. one piece at a time (the unembedding and final norm, the embedding, then each decoder layer) the
-   skeleton's tensors of that piece are read from the safetensors shards (``safe_open``) in the target
-   dtype, TL's own converter (``get_pretrained_state_dict``) runs on a one-layer view of the skeleton,
+   skeleton's tensors of that piece are read from the safetensors shards (plain file reads: a memory
+   map would keep every page read resident) in the target dtype, TL's own converter (``get_pretrained_state_dict``) runs on a one-layer view of the skeleton,
    TL's own ``ProcessWeights.process_weights`` applies the requested folding to that piece, the result
    goes into the HookedTransformer, and the piece is freed.
 
-Every step that reads more than one piece (fold_ln's final norm into the unembedding, centring) is local
+Every processing step (fold_ln's final norm into the unembedding, centring, value-bias folding) is local
 to a piece, so the weights are bit-identical to TL's path (tests/unit/test_lean_load.py checks logits and
 every parameter). Peak host RAM is the HookedTransformer plus one piece (on a GPU: one piece).
 
@@ -22,6 +22,7 @@ hooks that load each module's weights just before it runs and free them after, s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -104,6 +105,32 @@ class Shards:
         if t.is_floating_point() and t.dtype != dtype:
             t = t.to(dtype)
         return t.to(device)
+
+    def rows(self, key: str, index: list[int] | range, dtype: torch.dtype,
+             device: str | torch.device) -> torch.Tensor | None:
+        """Rows ``index`` of a 2-D tensor (a range in one read), or ``None`` where the format is not plain."""
+        path = self.file_of[key]
+        if path not in self._open:
+            self._open[path] = _header(path)
+        start, header = self._open[path]
+        meta = header[key]
+        dt = _DTYPES.get(meta["dtype"])
+        if dt is None or len(meta["shape"]) != 2:
+            return None
+        width = meta["shape"][1]
+        row = width * torch.empty((), dtype=dt).element_size()
+        runs = [(index.start, index.stop)] if isinstance(index, range) else [(i, i + 1) for i in index]
+        t = torch.empty(sum(b - a for a, b in runs) * row, dtype=torch.uint8)
+        view, at = memoryview(t.numpy()), 0
+        with open(path, "rb") as f:
+            for a, b in runs:
+                f.seek(start + meta["data_offsets"][0] + a * row)
+                n = (b - a) * row
+                if f.readinto(view[at:at + n]) != n:
+                    raise ModelLoadError(f"{path}: truncated safetensors file (tensor {key})")
+                at += n
+        t = t.view(dt).reshape(-1, width)
+        return (t.to(dtype) if t.dtype != dtype else t).to(device)
 
     def close(self) -> None:
         """Forget the parsed headers."""
@@ -315,7 +342,7 @@ def hooked_streamed(folder: str, tok: Any, *, config: Any, official_name: str | 
     config = copy.deepcopy(config)
     config.dtype = dtype  # as a model loaded with from_pretrained(dtype=...) reports it
     hf_cfg = config.to_dict()
-    with offline_hf(), tl_readable(name) if official_name is None else _same(name) as name:
+    with offline_hf(), tl_readable(name) if official_name is None else contextlib.nullcontext(name) as name:
         if tl_cfg is None:
             try:
                 tl_cfg = loading.get_pretrained_model_config(name, hf_cfg=hf_cfg, fold_ln=flags["fold_ln"],
@@ -380,17 +407,6 @@ def _trim() -> None:
         pass
 
 
-class _same:
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __enter__(self) -> Any:
-        return self.value
-
-    def __exit__(self, *a: Any) -> None:
-        return None
-
-
 def _assign(p: torch.nn.Parameter, t: torch.Tensor, name: str) -> None:
     """Put ``t`` into ``p``: take its storage where it already has ``p``'s dtype, device and a plain
     layout (no copy, and ``p``'s untouched allocation is released), else copy (TL's load_state_dict
@@ -426,13 +442,60 @@ def streamed_reference(folder: str, config: Any, *, dtype: torch.dtype,
     owned: dict[str, list[str]] = {}
     for n in sk.meta:
         owned.setdefault(n.rpartition(".")[0], []).append(n)
+    emb, head = sk.hf.get_input_embeddings(), sk.hf.get_output_embeddings()
     for mod_name, names in owned.items():
         mod = sk.hf.get_submodule(mod_name)
-        mod.register_forward_pre_hook(lambda m, a, names=names: sk.load(names))
-        mod.register_forward_hook(lambda m, a, o, names=names: sk.free(names))
+        key = sk.key_of[names[0]]
+        if mod is emb and names == [f"{mod_name}.weight"] and isinstance(mod, torch.nn.Embedding):
+            mod.register_forward_pre_hook(lambda m, a, key=key, n=names[0]: _rows_in(sk, m, a, key, n))
+            mod.register_forward_hook(lambda m, a, o, names=names: _rows_out(sk, m, names))
+        elif mod is head and names == [f"{mod_name}.weight"] and isinstance(mod, torch.nn.Linear):
+            # The unembedding is the largest matrix: logits are computed a block of vocabulary rows at a time.
+            parent, _, attr = mod_name.rpartition(".")
+            setattr(sk.hf.get_submodule(parent) if parent else sk.hf, attr,
+                    _StreamedHead(sk, key, sk.meta[names[0]]))
+        else:
+            mod.register_forward_pre_hook(lambda m, a, names=names: sk.load(names))
+            mod.register_forward_hook(lambda m, a, o, names=names: sk.free(names))
     sk.hf.register_forward_hook(lambda m, a, o: _trim())  # the freed read buffers back to the OS
     sk.hf.medinterp_device = str(device)
     return sk.hf
+
+
+def _rows_in(sk: Skeleton, mod: torch.nn.Embedding, args: tuple, key: str, name: str) -> tuple:
+    """Embedding pre-hook: read only the rows of the ids being embedded, and renumber the ids."""
+    ids = args[0]
+    uniq, inverse = torch.unique(ids, return_inverse=True)
+    rows = sk.shards.rows(key, uniq.tolist(), sk.meta[name][1], sk.device)
+    if rows is None:
+        sk.load([name])
+        return args
+    sk._put(name, rows)
+    mod._medinterp_padding, mod.padding_idx = mod.padding_idx, None  # the renumbered table has no pad row
+    return (inverse.reshape(ids.shape), *args[1:])
+
+
+def _rows_out(sk: Skeleton, mod: torch.nn.Embedding, names: list[str]) -> None:
+    mod.padding_idx = getattr(mod, "_medinterp_padding", mod.padding_idx)
+    sk.free(names)
+
+
+class _StreamedHead(torch.nn.Module):
+    """``x @ W.T`` over the vocabulary, ``block`` rows of ``W`` read at a time (no whole unembedding)."""
+
+    def __init__(self, sk: Skeleton, key: str, meta: tuple, block: int = 8192):
+        super().__init__()
+        self.sk, self.key, self.shape, self.dtype, self.block = sk, key, meta[0], meta[1], block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.shape[0]
+        out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+        for a in range(0, n, self.block):
+            w = self.sk.shards.rows(self.key, range(a, min(n, a + self.block)), self.dtype, self.sk.device)
+            if w is None:
+                w = self.sk.shards.get(self.key, self.dtype, self.sk.device)[a:a + self.block]
+            out[..., a:a + w.shape[0]] = torch.nn.functional.linear(x, w)
+        return out
 
 
 def write_random_checkpoint(config: Any, folder: str | Path, *, dtype: torch.dtype = torch.bfloat16,
