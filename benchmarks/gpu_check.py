@@ -800,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
 
     def watchdog() -> None:  # the main thread stuck in native code past the budget: report and leave
-        if done.wait(args.budget_s + 20):
+        if done.wait(args.budget_s + 15):
             return
         report.doc["watchdog"] = "the run overran its budget inside native code; stopped by the watchdog"
         for _ in range(3):  # the main thread may be writing into the document right now
