@@ -22,7 +22,8 @@ rewritten after every stage, so a run killed half-way still leaves what it measu
 6. ``big_map_<technique>``: ``mi.knowledge_map(model, ["drugs"], techniques=[t], quick=True)`` with controls,
    one technique at a time (so each gets its own time, tokens per second and peak GPU memory, set against
    the plan's row for it). The twin is the model itself (a second 27B does not fit beside it on one 80 GB
-   GPU; both are random-init, so the twin runs are the same computation). A random model knows none of
+   GPU; both are random-init, so the twin runs are the same computation; the map's own twin plan skips the
+   twin jobs that cannot change a cell, which on a random model is most of them). A random model knows none of
    the pairs, so patching and lesion would only run their intact passes: they are run "as known"
    (``min_margin=0, require_sign=False, trace_unknown=True`` / ``only_known=False``) so that the sweep a
    trained model costs is what is measured.
@@ -36,8 +37,12 @@ Progress goes to stderr; stdout gets exactly one JSON document at the end (also 
 
 ``--cpu-smoke``: the same code path on the CPU in seconds, to test this script (CI): tiny random Gemma-3
 models (:func:`medinterp.testing.tiny_model`) in place of Gemma 3 270M and a scaled-down Gemma-3 config
-(same layout: sliding-window layers and a global one, QK-norm, GQA; 4 layers) in place of the 27B; memory is the peak RSS growth
-there, not GPU memory, and its numbers say nothing about a GPU.
+(same layout: sliding-window layers and a global one, QK-norm, GQA; 4 layers) in place of the 27B, one
+torch thread, fewer permutations / bootstraps and 30 geometry prompts; memory is the peak RSS growth there, not
+GPU memory, and its numbers say nothing about a GPU.
+
+Exit code: 0 when every stage is ok or skipped with a reason (no CUDA device: the GPU stages are skipped),
+1 when a stage failed or timed out, 2 for bad arguments, 3 when the watchdog stopped the run.
 
 Run: ``python benchmarks/gpu_check.py [--out gpu.json] [--budget-s 570] [--repeats 3]``
 """
