@@ -101,9 +101,9 @@ def job_keys(concepts: Sequence[str] | Mapping[str, Any] | None, techniques: Seq
     for job counts before the model loads): ``(model and control-family jobs, random-twin jobs)``, in order.
 
     Example:
-        >>> first, twins = job_keys(["dosage"], ["lesion"])
-        >>> first, twins
-        (['dosage/lesion', 'dosage__control/lesion'], ['dosage__twin/lesion'])
+        >>> first, twins = job_keys(["dosage"], None)
+        >>> first[0].startswith("dosage/"), first[-1].startswith("dosage__control/"), twins[0].startswith("dosage__twin/")
+        (True, True, True)
     """
     techniques = check_techniques(techniques)
     fams = family_specs(concepts)
