@@ -15,6 +15,24 @@ the kernel's RSS high-water mark (``/proc/self/clear_refs``), loads, and reports
 the RSS before the load. ``verify`` is on (the default), so the logits check against transformers is in
 the figure. Prints one JSON object. Not a timed test; on a shared machine say "under load".
 
+Measured on the shared 2-core VM (load average 8-14: under heavy load, wall times are rough), final code:
+
+=================  ======================  ============  ============  ===========================
+checkpoint         mode                    peak / weights  RSS after   wall
+=================  ======================  ============  ============  ===========================
+llama 1.40B, 2.80 GB, 3 shards  lean (hooked, streamed)  1.20  1.03  93 s
+llama               old (TL's path)         3.22          1.04          205 s
+llama               bridge                  0.83          0.83          24-56 s
+gemma3 1.00B, 2.00 GB, 2 shards lean         1.65          1.38          66 s
+gemma3              old                     3.40          1.34          230 s
+gemma3              bridge                  1.05          1.04          73 s
+=================  ======================  ============  ============  ===========================
+
+Where the lean path's peak goes above 1x: a HookedTransformer stores a tied unembedding apart from the
+embedding (Gemma 3 1B: +0.30x, held for good, also on TL's path), and TL's ``Unembed.forward`` copies
+``W_U.T.contiguous()`` on every forward, here the logits check (+1 unembedding for a moment: +0.19x
+Llama, +0.30x Gemma 3 1B). At Gemma-3-27B / Llama-3.3-70B the embedding is 5% / 3% of the weights.
+
 Usage::
 
     python benchmarks/lean_load.py                        # llama, lean + old + bridge
