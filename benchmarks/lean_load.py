@@ -17,16 +17,10 @@ the figure. Prints one JSON object. Not a timed test; on a shared machine say "u
 
 Measured on the shared 2-core VM (load average 8-14: under heavy load, wall times are rough), final code:
 
-=================  ======================  ============  ============  ===========================
-checkpoint         mode                    peak / weights  RSS after   wall
-=================  ======================  ============  ============  ===========================
-llama 1.40B, 2.80 GB, 3 shards  lean (hooked, streamed)  1.20  1.03  93 s
-llama               old (TL's path)         3.22          1.04          205 s
-llama               bridge                  0.83          0.83          24-56 s
-gemma3 1.00B, 2.00 GB, 2 shards lean         1.65          1.38          66 s
-gemma3              old                     3.40          1.34          230 s
-gemma3              bridge                  1.05          1.04          73 s
-=================  ======================  ============  ============  ===========================
+* llama, 1.40B parameters, 2.80 GB in 3 shards: lean (hooked, streamed) peak 1.20x the weights, RSS after
+  1.03x, 93 s; old (TL's path) 3.22x, 1.04x, 205 s; bridge 0.83x, 0.83x, 24-56 s.
+* gemma3, 1.00B parameters, 2.00 GB in 2 shards: lean 1.65x, 1.38x, 66 s; old 3.40x, 1.34x, 230 s;
+  bridge 1.05x, 1.04x, 73 s.
 
 Where the lean path's peak goes above 1x: a HookedTransformer stores a tied unembedding apart from the
 embedding (Gemma 3 1B: +0.30x, held for good, also on TL's path), and TL's ``Unembed.forward`` copies
