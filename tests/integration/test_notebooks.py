@@ -40,3 +40,23 @@ def test_notebook_runs(path, tmp_path):
     sys.stderr.write(f"{path.name}: {time.perf_counter() - t0:.0f} s\n")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_saved_with_its_outputs(path):
+    """A reader sees what each cell gives without running it (scripts/execute_notebooks.py saves them):
+    every code cell was executed, in order, most show something, none an error, and no output names a path
+    of the machine that ran it."""
+    import re
+
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    counts = [c.get("execution_count") for c in code]
+    assert all(isinstance(n, int) for n in counts) and counts == sorted(counts), \
+        f"{path.name}: not executed top to bottom; run scripts/execute_notebooks.py {path.stem}"
+    outs = [o for c in code for o in c.get("outputs", [])]
+    assert sum(bool(c.get("outputs")) for c in code) >= len(code) / 2
+    assert not [o for o in outs if o.get("output_type") == "error"]
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outs)
+    assert not re.search(r"(?<![\w<])/(tmp|home|root|work|Users)/", text), f"{path.name}: a machine path in its outputs"
