@@ -15,12 +15,13 @@ the kernel's RSS high-water mark (``/proc/self/clear_refs``), loads, and reports
 the RSS before the load. ``verify`` is on (the default), so the logits check against transformers is in
 the figure. Prints one JSON object. Not a timed test; on a shared machine say "under load".
 
-Measured on the shared 2-core VM (load average 8-14: under heavy load, wall times are rough), final code:
+Measured on the shared 2-core VM, CPU, bf16, final code (peak / weights, RSS after / weights, wall; the
+ratios repeated within 0.01 across runs; wall times first at load average 1.8-3, then at 8-14):
 
-* llama, 1.40B parameters, 2.80 GB in 3 shards: lean (hooked, streamed) peak 1.20x the weights, RSS after
-  1.03x, 93 s; old (TL's path) 3.22x, 1.04x, 205 s; bridge 0.83x, 0.83x, 24-56 s.
-* gemma3, 1.00B parameters, 2.00 GB in 2 shards: lean 1.65x, 1.38x, 66 s; old 3.40x, 1.34x, 230 s;
-  bridge 1.05x, 1.04x, 73 s.
+* llama, 1.40B parameters, 2.80 GB in 3 shards: lean (hooked, streamed) 1.20x, 1.03x, 19 s (93 s);
+  old (TL's path) 3.22x, 1.04x, 27 s (205 s); bridge 0.83x, 0.82x, 12 s (24-56 s).
+* gemma3, 1.00B parameters, 2.00 GB in 2 shards: lean 1.65x, 1.37x, 8 s (66 s); old 4.03x (3.40x in the
+  loaded run), 1.41x, 15 s (230 s); bridge 1.05x, 1.03x, 5 s (73 s).
 
 Where the lean path's peak goes above 1x: a HookedTransformer stores a tied unembedding apart from the
 embedding (Gemma 3 1B: +0.30x, held for good, also on TL's path), and TL's ``Unembed.forward`` copies

@@ -22,7 +22,7 @@ A first-order model, from the HF config alone (no weights, no hub):
   (1 ×; with ``device_map`` HF loads straight to the GPUs). Loaded onto the CPU, the lean path's peak is
   the model plus one piece: measured 1.07 × the weights for a 64M-parameter bf16 Llama
   (tests/unit/test_lean_load.py, verify off), 1.20 × for a 1.4B Llama-3.3-70B-shaped checkpoint and 1.65 ×
-  for Gemma 3 1B (tied embedding stored twice by TL, +0.3) with the logits check on; TL's path 3.2-3.4 ×
+  for Gemma 3 1B (tied embedding stored twice by TL, +0.3) with the logits check on; TL's path 3.2-4.0 ×
   (``benchmarks/lean_load.py``, CPU, under load). Streaming onto a GPU has not been run yet.
 
 Checked against measured peak RSS on CPU, float32, load + one forward of 16 × 48 tokens (2 shared
