@@ -3,9 +3,9 @@ with its controls (the control family and the random-init twin, built in bf16 fo
 once with ``dtype="bfloat16"`` and once in float32, compared cell by cell.
 
 Why one family: on two CPU cores a bf16 forward is ~5x slower than a float32 one (no bf16 matrix units),
-so one family in both dtypes is what fits the CI budget (estimated 4-5 min on a quiet 2-core machine: ~40 s
-float32, ~3-4 min bf16; measured only under heavy load here, load average ~10 on 2 cores: float32 ~11 min,
-bf16 ~21 min); drugs is a family with known pairs (lesion and patching have curves to compare).
+so one family in both dtypes is what fits the CI budget: this file took 278 s on the 2-core VM at load
+average 1.3-2.8 (float32 map 50 s, bf16 map 206 s, the rest loading the bf16 model); drugs is a family with
+known pairs (lesion and patching have curves to compare).
 Progression, where Gemma's marked band lies, has no known pairs; it is not compared here (no time in CI).
 
 What is compared, per technique: the layer curve (``km.curves``) and the effect over the control family
