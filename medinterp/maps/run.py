@@ -51,7 +51,7 @@ from medinterp.maps.matrix import CONTROL, MODEL, TWIN, claim_job, job_matrix
 from medinterp.maps.side_extras import add_side_extras
 from medinterp.maps.twin_plan import plan_twin_skips
 from medinterp.maps.synthesis import MAP_RULES, KnowledgeMap, interval_rules, registered_techniques, validate_params
-from medinterp.models.twin import random_twin
+from medinterp.models.twin import parked, random_twin, twin_needs_room
 from medinterp.results import Result, _jsonable, make_provenance
 from medinterp.store import model_identity
 from medinterp.techniques import REGISTRY
@@ -389,20 +389,23 @@ def knowledge_map(
                 and all(getattr(fams[k[0]], n) is not None for n in REGISTRY[k[1]].needs)]
         own_twin = twin is None and bool(todo) and not merge_only
         t0 = time.perf_counter()
-        try:
-            tw_model = random_twin(model, seed=twin_seed) if own_twin else twin
-        except Exception as e:  # noqa: BLE001 - recorded: every twin job shows why, the map stands
-            log.error("knowledge map: random twin could not be built: %s: %s", type(e).__name__, e)
-            twin_status = {k: said("failed", f"failed: random twin could not be built: {type(e).__name__}: {e}"[:300])
-                           for k in tfps}
-        else:
-            run.timing["twin_load"] = round(time.perf_counter() - t0, 2)
-            twin_res, twin_status = _run_jobs(tw_model, tfams, techniques, kw, work, tfps, rerun=rerun,
-                                              progress=progress, run=run, desc="random twin", label="random twin",
-                                              loaded=saved, skip=twin_skipped, compute=not merge_only)
-            if own_twin:
-                del tw_model
-                gc.collect()
+        # a full-size model and its twin do not both fit on one GPU: the model waits in host memory meanwhile
+        with parked(model, own_twin and twin_needs_room(model)) as park:
+            try:
+                tw_model = random_twin(model, seed=twin_seed, device=park.device) if own_twin else twin
+            except Exception as e:  # noqa: BLE001 - recorded: every twin job shows why, the map stands
+                log.error("knowledge map: random twin could not be built: %s: %s", type(e).__name__, e)
+                twin_status = {k: said("failed", f"failed: random twin could not be built: {type(e).__name__}: "
+                                       f"{e}"[:300]) for k in tfps}
+            else:
+                run.timing["twin_load"] = round(time.perf_counter() - t0, 2)
+                twin_res, twin_status = _run_jobs(tw_model, tfams, techniques, kw, work, tfps, rerun=rerun,
+                                                  progress=progress, run=run, desc="random twin",
+                                                  label="random twin", loaded=saved, skip=twin_skipped,
+                                                  compute=not merge_only)
+                if own_twin:
+                    del tw_model
+                    gc.collect()
     if run.missing:
         raise MedinterpError(
             f"knowledge_map: cannot merge {work}: {len(run.missing)} job(s) have no saved result "

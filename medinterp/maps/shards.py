@@ -31,7 +31,7 @@ from medinterp.maps.matrix import CONTROL, MODEL, TWIN, Job, job_matrix, shard_o
 from medinterp.maps.families import check_techniques, control_specs, family_specs
 from medinterp.maps.run import _run_jobs, _Run
 from medinterp.maps.twin_plan import plan_twin_skips
-from medinterp.models.twin import random_twin
+from medinterp.models.twin import parked, random_twin, twin_needs_room
 from medinterp.techniques import REGISTRY
 
 
@@ -208,14 +208,15 @@ def _run_twin_jobs(model: Any, matrix: Sequence[Job], mine: Sequence[Job], skipp
     saved = {(j.row, j.technique): r for j in tjobs if (j.row, j.technique) in todo
              and (r := _load_finished(j.dir(work), j.fingerprint, j.key)) is not None}
     own_twin = twin is None and len(saved) < len(todo)  # built only when a job of it needs running
-    tw_model = random_twin(model, seed=twin_seed) if own_twin else twin
-    try:
-        _, st = _run_jobs(tw_model, tfams, techniques, kw, work, fps, rerun=False, progress=progress, run=run,
-                          desc="shard: random twin", label="random twin", skip=skip, loaded=saved)
-    finally:
-        if own_twin:
-            del tw_model
-            gc.collect()
+    with parked(model, own_twin and twin_needs_room(model)) as park:  # see knowledge_map
+        tw_model = random_twin(model, seed=twin_seed, device=park.device) if own_twin else twin
+        try:
+            _, st = _run_jobs(tw_model, tfams, techniques, kw, work, fps, rerun=False, progress=progress, run=run,
+                              desc="shard: random twin", label="random twin", skip=skip, loaded=saved)
+        finally:
+            if own_twin:
+                del tw_model
+                gc.collect()
     for j in tjobs:
         if (j.row, j.technique) in todo:
             report_status[j.key] = st.get((j.row, j.technique), "stopped")

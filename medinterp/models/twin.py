@@ -22,10 +22,13 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from medinterp.models import construct
 from medinterp.models.loader import RANDOM_SUFFIX, load_model
+
+log = logging.getLogger("medinterp")
 
 #: specs that name in-process test models (no files behind them): their twin is built from the config.
 _IN_PROCESS_SPECS = ("tiny",)
@@ -35,13 +38,15 @@ def _in_process(spec: str) -> bool:
     return spec.split(":", 1)[0] in _IN_PROCESS_SPECS
 
 
-def random_twin(model: Any, seed: int = 0) -> Any:
+def random_twin(model: Any, seed: int = 0, device: str | None = None) -> Any:
     """The random-init twin of ``model`` (see module docstring).
 
     Args:
         model: a HookedTransformer or TransformerBridge (from :func:`medinterp.load_model` or
             :func:`medinterp.testing.tiny_model`).
         seed: the twin's init seed.
+        device: where to build it (default: the model's device; the map passes the model's own device while
+            the model waits in host memory: :class:`parked`).
 
     Returns:
         The twin, in eval mode, with ``medinterp_info`` (``spec`` ending in ``:random``,
@@ -51,7 +56,7 @@ def random_twin(model: Any, seed: int = 0) -> Any:
     spec = str(info.get("spec") or "")
     base = spec[: -len(RANDOM_SUFFIX)] if spec.endswith(RANDOM_SUFFIX) else spec
     dtype = model.cfg.dtype
-    device = str(model.cfg.device)
+    device = device or str(model.cfg.device)
     if base and not _in_process(base):
         # the model's own tokenizer: the same files, and loading Gemma 3's again costs ~3-6 s
         from medinterp.models.chat import same_chat_setting  # the twin reads prompts as the model does
@@ -74,4 +79,57 @@ def random_twin(model: Any, seed: int = 0) -> Any:
     return twin
 
 
-__all__ = ["random_twin"]
+__all__ = ["parked", "random_twin", "twin_needs_room"]
+
+
+def twin_needs_room(model: Any, free_bytes: int | None = None, margin: float = 1.2) -> bool:
+    """Whether the random twin would not fit beside ``model`` on its GPU, so the model must step aside
+    (:func:`parked`) while the twin runs: a full-size model (Gemma-3-27B in bf16: 54 GB) and its twin do not
+    both fit on one 80 GB GPU. False on the CPU and for a model spread over devices (``device_map``).
+
+    Args:
+        model: the mapped model.
+        free_bytes: free memory of its GPU (default: ``torch.cuda.mem_get_info``).
+        margin: room the twin needs, as a multiple of the model's parameter bytes (activations, workspace).
+
+    Example:
+        >>> import torch
+        >>> m = torch.nn.Linear(1000, 1000)            # 4 MB of float32 parameters
+        >>> m.cfg = type("Cfg", (), {"device": "cuda:0"})()
+        >>> twin_needs_room(m, free_bytes=3_000_000), twin_needs_room(m, free_bytes=10_000_000)
+        (True, False)
+        >>> m.cfg.device = "cpu"; twin_needs_room(m, free_bytes=0)
+        False
+    """
+    import torch
+
+    device = str(getattr(getattr(model, "cfg", None), "device", "cpu"))
+    if not device.startswith("cuda") or getattr(model, "hf_device_map", None):
+        return False
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(torch.device(device))[0]
+    need = sum(p.numel() * p.element_size() for p in model.parameters()) * margin
+    return free_bytes < need
+
+
+class parked:
+    """Context manager: the model waits in host memory while the block runs, and comes back to its device
+    after (a no-op unless ``park``). Its weights are moved, not copied: bit-identical when it returns."""
+
+    def __init__(self, model: Any, park: bool):
+        self.model, self.park = model, park
+        self.device = str(getattr(getattr(model, "cfg", None), "device", "cpu"))
+
+    def __enter__(self) -> "parked":
+        if self.park:
+            import torch
+
+            log.info("random twin: moving the model to host memory while its twin runs (both do not fit on %s)",
+                     self.device)
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.park:
+            self.model.to(self.device)

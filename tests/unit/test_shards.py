@@ -211,3 +211,24 @@ def test_cli_shards_then_merge_end_to_end(monkeypatch, tmp_path, capsys):
     assert "is done" in texts[-1] and "is done" in texts[-2]
     text = run(["--merge"])
     assert (tmp_path / "r.html").is_file() and "report:" in text
+
+
+def test_the_model_steps_aside_for_its_twin_only_where_both_do_not_fit():
+    """On one GPU a full-size model and its random twin do not both fit (Gemma-3-27B bf16: 54 GB each on 80 GB):
+    the map parks the model in host memory while the twin runs, and brings it back unchanged."""
+    import torch
+
+    from medinterp.models.twin import parked, twin_needs_room
+
+    m = _model()
+    nbytes = sum(p.numel() * p.element_size() for p in m.parameters())
+    assert not twin_needs_room(m, free_bytes=0)  # on the CPU: never
+    m.cfg.device = "cuda:0"  # the decision only (no GPU here): room for 1.2x the parameters, or park
+    try:
+        assert twin_needs_room(m, free_bytes=int(nbytes * 1.1)) and not twin_needs_room(m, free_bytes=nbytes * 2)
+    finally:
+        m.cfg.device = "cpu"
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with parked(m, True) as park:
+        assert park.device == "cpu"
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
