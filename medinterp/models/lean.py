@@ -78,17 +78,21 @@ class Shards:
     def __contains__(self, key: str) -> bool:
         return key in self.file_of
 
-    def get(self, key: str, dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
-        """One tensor, read on the CPU with plain file reads, then cast and moved (one tensor in flight).
-
-        Plain reads, not ``safe_open``'s memory map: every page of a mapped shard that was read counts in
-        the process's resident set until the map is closed, i.e. the whole checkpoint a second time."""
+    def _locate(self, key: str) -> tuple[Path, int, dict, torch.dtype | None]:
+        """``(shard, data start, header entry, torch dtype or None if not a plain format)`` of one tensor."""
         path = self.file_of[key]
         if path not in self._open:
             self._open[path] = _header(path)
         start, header = self._open[path]
         meta = header[key]
-        dt = _DTYPES.get(meta["dtype"])
+        return path, start, meta, _DTYPES.get(meta["dtype"])
+
+    def get(self, key: str, dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
+        """One tensor, read on the CPU with plain file reads, then cast and moved (one tensor in flight).
+
+        Plain reads, not ``safe_open``'s memory map: every page of a mapped shard that was read counts in
+        the process's resident set until the map is closed, i.e. the whole checkpoint a second time."""
+        path, start, meta, dt = self._locate(key)
         if dt is None:
             from safetensors import safe_open
 
@@ -109,12 +113,7 @@ class Shards:
     def rows(self, key: str, index: list[int] | range, dtype: torch.dtype,
              device: str | torch.device) -> torch.Tensor | None:
         """Rows ``index`` of a 2-D tensor (a range in one read), or ``None`` where the format is not plain."""
-        path = self.file_of[key]
-        if path not in self._open:
-            self._open[path] = _header(path)
-        start, header = self._open[path]
-        meta = header[key]
-        dt = _DTYPES.get(meta["dtype"])
+        path, start, meta, dt = self._locate(key)
         if dt is None or len(meta["shape"]) != 2:
             return None
         width = meta["shape"][1]
