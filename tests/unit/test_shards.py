@@ -34,10 +34,29 @@ def _model():
 same_map = assert_same_map
 
 
+@pytest.fixture
+def one_thread():
+    """CPU float sums depend on torch's thread count (another test may leave it changed, and a subprocess starts
+    with the default): every map these tests compare bit for bit runs on one thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The single-process map of the same jobs."""
-    return maps.knowledge_map(_model(), FAMS, out_dir=tmp_path_factory.mktemp("ref"), **KW)
+    """The single-process map of the same jobs (one torch thread)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return maps.knowledge_map(_model(), FAMS, out_dir=tmp_path_factory.mktemp("ref"), **KW)
+    finally:
+        torch.set_num_threads(n)
 
 
 def _matrix(model):
@@ -74,7 +93,7 @@ def test_parse_shard_says_what_it_expects(bad):
         parse_shard(bad)
 
 
-def test_sharded_map_is_the_single_process_map_bit_for_bit(reference, tmp_path):
+def test_sharded_map_is_the_single_process_map_bit_for_bit(reference, tmp_path, one_thread):
     model = _model()
     work = tmp_path / "w"
     first = [maps.run_shard(model, FAMS, out_dir=work, shard=(i, 3), quick=True, progress=False, marking=MARKING)
@@ -106,6 +125,8 @@ def _matrix_of(model, fams, techs):
 
 _SHARD_SCRIPT = """
 import sys
+import torch
+torch.set_num_threads(1)  # as the reference: CPU float sums depend on the thread count
 from medinterp import maps
 from medinterp.testing import tiny_model
 i, n, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -115,7 +136,7 @@ print("REPORT", len(r.jobs), len(r.elsewhere))
 """
 
 
-def test_processes_sharing_a_work_dir_never_corrupt_it(reference, tmp_path):
+def test_processes_sharing_a_work_dir_never_corrupt_it(reference, tmp_path, one_thread):
     """Two shards and a duplicate of one run at once, twice (the twin pass): every saved job verifies, no
     job is saved twice at once, and the merged map is the single-process map."""
     script = _SHARD_SCRIPT.format(tiny=TINY, fams=FAMS, marking=MARKING)
