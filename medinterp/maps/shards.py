@@ -165,14 +165,25 @@ def run_shard(
             waiting = [j.key for j in mine_twin]
         else:
             twin_keys = [(j.row, j.technique) for j in matrix if j.kind == TWIN]
-            marking_kw = {"alpha": 0.05, "correction": "holm", "min_run": 2, "robustness": 0.8, "n_perm": 20000,
-                          "n_boot": 2000, "n_resamples": 20, **dict(marking or {})}
+            marking_kw = {**_marking_defaults(), **dict(marking or {})}
             skipped, _ = plan_twin_skips(results[MODEL], status[MODEL], results[CONTROL], status[CONTROL], twin_keys,
                                          marking_kw, REGISTRY)
             not_needed = [j.key for j in mine_twin if (j.row, j.technique) in skipped]
             _run_twin_jobs(model, matrix, mine_twin, skipped, techniques, kw, work, run, progress, twin, twin_seed,
                            report_status)
     return ShardReport(shard, [j.key for j in mine], report_status, dict(run.elsewhere), waiting, not_needed)
+
+
+def _marking_defaults() -> dict:
+    """knowledge_map's own marking defaults (read from its signature, so a shard plans the twin as the merge
+    will, and the two cannot drift apart)."""
+    import inspect
+
+    from medinterp.maps.run import knowledge_map
+
+    sig = inspect.signature(knowledge_map)
+    return {k: sig.parameters[k].default for k in ("alpha", "correction", "min_run", "robustness", "n_perm",
+                                                    "n_boot", "n_resamples")}
 
 
 def _load_phase_one(matrix: Sequence[Job], work: Path, results: dict, status: dict) -> list[str]:
