@@ -304,14 +304,19 @@ class Result:
         raise NotImplementedError(f"{type(self).__name__}.to_dataframe")
 
     # ---------------------------------------------------------------- rendering
-    def figure(self):  # pragma: no cover - overridden
-        raise NotImplementedError(f"{type(self).__name__} has no figure")
-
     def figures(self, *args: Any, **kwargs: Any) -> list:
-        """:meth:`figure` always as a list of figures (one type for every result; ``figure()`` itself returns
-        one figure for some kinds and several for others)."""
-        figs = self.figure(*args, **kwargs)
-        return list(figs) if isinstance(figs, (list, tuple)) else [figs]
+        """Every plotly figure of the result, as a list (drawn by the renderer registered for its ``kind``;
+        the renderer's own arguments, e.g. a saliency variant, pass through)."""
+        figs = renderer_for(self.kind)(self, *args, **kwargs)
+        figs = list(figs) if isinstance(figs, (list, tuple)) else [figs]
+        if not figs:
+            raise MedinterpError(f"{type(self).__name__}: its renderer drew no figure")
+        return figs
+
+    def figure(self, *args: Any, **kwargs: Any):
+        """The result's main plotly figure: one ``plotly.graph_objects.Figure`` for every result kind (the
+        first of :meth:`figures`, which gives them all)."""
+        return self.figures(*args, **kwargs)[0]
 
     def to_html(self, path: str | os.PathLike | None = None, *, title: str | None = None) -> str:
         """Self-contained HTML (plotly inlined, no CDN) of :meth:`figure`; written to ``path`` if given.

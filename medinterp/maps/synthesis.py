@@ -545,6 +545,10 @@ class KnowledgeMap(Result):
         """The concept × layer map (plotly): one band per technique and a consensus strip per concept."""
         return renderer_for("knowledge_map")(self, relative_depth=relative_depth)
 
+    def figures(self, *, relative_depth: bool = False) -> list:  # type: ignore[override]
+        """The map's figures as a list: :meth:`figure` and :meth:`heatmaps`."""
+        return [self.figure(relative_depth=relative_depth), self.heatmaps(relative_depth=relative_depth)]
+
     def heatmaps(self, *, relative_depth: bool = False):
         """Layer-by-concept heatmaps of each technique's normalised curve (one plotly figure)."""
         return renderer_for("knowledge_map_heatmaps")(self, relative_depth=relative_depth)

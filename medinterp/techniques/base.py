@@ -352,7 +352,3 @@ class TechniqueResult(Result):
         return pd.DataFrame({"layer": layers, "value": curve, "ci_low": lo, "ci_high": hi,
                              "measure": [self.curve_label] * len(curve)})
 
-    def figure(self, *args: Any, **kwargs: Any):
-        """Plotly figure(s) of the result, drawn by the renderer ``medinterp.viz`` registered (its own
-        arguments, e.g. a saliency variant, pass through)."""
-        return renderer_for(self.kind)(self, *args, **kwargs)

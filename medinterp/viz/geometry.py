@@ -1,12 +1,13 @@
 """Figures of a geometry result: the UMAP-2 scatter with a layer slider and the metric curves.
 
-``figure(result)`` is registered as the renderer of kind ``"geometry"``, so ``result.figure()`` and
+``figure(result)`` is registered as the renderer of kind ``"geometry"``, so ``result.figures()`` (all of
+them), ``result.figure()`` (the first) and
 ``result.to_html()`` work once :mod:`medinterp.viz` is imported. The per-layer curves are drawn with
 :func:`medinterp.viz.curves.add_curve` (the one CI-band style).
 
 Example:
     >>> import medinterp.viz                                    # doctest: +SKIP
-    >>> figs = res.figure()              # [UMAP per labelling..., curves]   # doctest: +SKIP
+    >>> figs = res.figures()             # [UMAP per labelling..., curves]   # doctest: +SKIP
     >>> umap_figure(res, "mechanism")                            # doctest: +SKIP
 """
 

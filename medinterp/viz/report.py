@@ -226,13 +226,11 @@ def _technique_result_figures(km: "KnowledgeMap", technique: str, max_figs: int 
         if res is None:
             continue
         try:
-            figs = res.figure()
+            figs = res.figures()
         except Exception as e:  # noqa: BLE001 - logged and shown in the report, the report stands
             log.warning("report: %s: figure failed (%s: %s)", key, type(e).__name__, e)
             divs.append(f"<p class='missing'>{escape(key)}: figure failed ({escape(type(e).__name__)}: {escape(e)})</p>")
             continue
-        if not isinstance(figs, (list, tuple)):
-            figs = [figs]
         divs.append(f"<h4>{escape(km.label(c))}</h4>")
         divs.extend(figure_div(f) for f in figs[:max_figs])
     return divs

@@ -95,3 +95,22 @@ def test_figures_is_always_a_list(monkeypatch):
     assert _big().figures() == ["one figure"]
     monkeypatch.setitem(results._RENDERERS, "toy_display", lambda res: ["a", "b"])
     assert _big().figures() == ["a", "b"]
+    assert _big().figure() == "a"  # figure() is the first of figures(), never a list
+    monkeypatch.setitem(results._RENDERERS, "toy_display", lambda res: [])
+    with pytest.raises(MedinterpError, match="drew no figure"):
+        _big().figure()
+
+
+def test_no_result_kind_overrides_figure_with_another_type():
+    """One figure type: every shipped result kind inherits figure() (the first of figures()); only the map
+    draws its own, and it is one plotly Figure too (tests/unit/test_maps.py)."""
+    import medinterp  # noqa: F401
+    import medinterp.viz  # noqa: F401
+    from medinterp import results
+    from medinterp.maps.synthesis import KnowledgeMap
+
+    results.registered_kinds()
+    kinds = dict(results._REGISTRY)
+    assert {"geometry", "lesion", "causal_trace", "saliency", "patching", "band_validation"} <= set(kinds)
+    own = sorted(k for k, cls in kinds.items() if cls.figure is not results.Result.figure)
+    assert own == ["knowledge_map"] and kinds["knowledge_map"] is KnowledgeMap

@@ -311,8 +311,9 @@ def test_geometry_end_to_end_on_tiny_model_and_save_load(tiny, tmp_path):
 
     import medinterp.viz  # registers the geometry renderer
 
-    figs = back.figure()
+    figs = back.figures()
     assert len(figs) == 4  # headline, specialty, mechanism, curves
+    assert back.figure().to_json() == figs[0].to_json()  # figure(): one plotly Figure, the first of figures()
     assert "lexical baseline" in str([tr.name for tr in figs[0].data])
     umap_fig = figs[1]
     assert len(umap_fig.layout.sliders[0].steps) == n_layers + 1

@@ -301,7 +301,7 @@ def test_result_save_load_figure_and_escaping(rot, tmp_path):
     assert "kl_ci_low" in back.table.columns
     html = back.to_html(tmp_path / "r.html")
     assert "<script>alert(1)" not in html and "plotly" in html
-    assert len(back.figure()) >= 5  # heatmaps, curves, per-concept curves, continuation table
+    assert len(back.figures()) >= 5  # heatmaps, curves, per-concept curves, continuation table
     assert back.top_layers(2) == res.top_layers(2)
     assert "top blocks by kl" in back.summary()
 
@@ -515,7 +515,7 @@ def test_block_criticality_equals_a_hand_computed_kl(rot):
                 assert bc.kl[i, l] == pytest.approx(float((p.exp() * (p - q)).sum()), rel=1e-4, abs=1e-6)
     lo, hi = bc.layer_curve_ci()
     assert np.all(lo <= bc.layer_curve() + 1e-12) and np.all(bc.layer_curve() <= hi + 1e-12)
-    assert "criticality" in bc.summary() and bc.figure()[0].layout.title.text.startswith("Block criticality")
+    assert "criticality" in bc.summary() and bc.figure().layout.title.text.startswith("Block criticality")
     # pooled from lesion results: the same KL, units prefixed by the set
     r1 = lesion(rot, {"a": texts[:2]}, modes=["skip"], n_continuations=0, n_boot=10, progress=False)
     r2 = lesion(rot, {"b": texts[2:]}, modes=["skip"], n_continuations=0, n_boot=10, progress=False)

@@ -263,7 +263,7 @@ def test_result_save_load_figure_curve(tiny, tmp_path):
     np.testing.assert_array_equal(back.values, r.values)
     np.testing.assert_array_equal(back.mean, r.mean)
     assert back.positions == r.positions and back.provenance == json.loads(json.dumps(r.provenance))
-    figs = r.figure()
+    figs = r.figures()
     assert len(figs) == 3  # layer curve with CI band, layer x position, layer x head
     assert back.concept_set == r.concept_set == "pairs" and back.params == json.loads(json.dumps(r.params))
     html = r.to_html(tmp_path / "x.html")

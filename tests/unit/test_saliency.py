@@ -430,7 +430,7 @@ def test_result_fields_follow_the_contract(model):
     assert isinstance(res, TechniqueResult) and SaliencyResult._legacy_fields == {"timing": "timings"}
     assert res.params["include_embed"] is True and res.timings["seconds"] >= 0
     assert "∂" in res.curve_label and isinstance(res.summary(), str)
-    figs = res.figure()
+    figs = res.figures()
     assert len(figs) == len(VARIANTS) + 2 and "Share of" in figs[0].layout.title.text
     assert "Weight saliency per block" in figs[1].layout.title.text
 

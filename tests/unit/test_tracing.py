@@ -179,7 +179,8 @@ def test_save_load_figure_and_summary(gemma_like, tmp_path):
     back = Result.load(tmp_path / "t")
     assert isinstance(back, TracingResult) and back.units == r.units
     np.testing.assert_array_equal(back.P, r.P)
-    assert len(back.figure()) == 2 and "recovered fraction" in back.curve_label
+    assert len(back.figures()) == 2 and "recovered fraction" in back.curve_label
+    assert type(back.figure()).__name__ == "Figure"
     assert "valid pairs known" in r.summary() and "mover block" in r.summary()
 
 

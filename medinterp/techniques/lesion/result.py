@@ -142,7 +142,7 @@ class LesionResult(TechniqueResult):
             (:data:`medinterp.covariates.COVARIATES`; pair sets: ``subject_tokens``, ``tokens_after_subject``,
             ``prompt_tokens``, ``answer_prior``, ``intact_logp``, ``intact_ld``); None / [] in older results.
 
-    Figures: :mod:`medinterp.viz.lesion` (``result.figure()`` once ``medinterp.viz`` is imported).
+    Figures: :mod:`medinterp.viz.lesion` (``result.figures()`` once ``medinterp.viz`` is imported).
     """
 
     kind = "lesion"

@@ -142,7 +142,3 @@ class BandValidation(TechniqueResult):
                          f"{len(other)} contiguous bands)")
         return "\n".join(lines)
 
-    def figure(self, *args: Any, **kwargs: Any):
-        from medinterp.results import renderer_for
-
-        return renderer_for(self.kind)(self, *args, **kwargs)
