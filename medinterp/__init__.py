@@ -45,10 +45,13 @@ _API = {
     "MedinterpError": "medinterp.errors",
 }
 
+#: Submodules reachable as ``mi.<name>`` (imported on first access): the hook factories.
+_MODULES = {"hooks": "medinterp.hooks"}
+
 #: Imported on first API access so result kinds and renderers are registered.
 _FLOORS = ("medinterp.activations", "medinterp.maps", "medinterp.viz")
 
-__all__ = sorted(_API) + ["__version__"]
+__all__ = sorted(_API) + sorted(_MODULES) + ["__version__"]
 
 _ready = False
 
@@ -61,6 +64,8 @@ def __getattr__(name: str) -> Any:
                 importlib.import_module(mod)
             _ready = True
         return getattr(importlib.import_module(_API[name]), name)
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     raise AttributeError(f"module 'medinterp' has no attribute {name!r}")
 
 

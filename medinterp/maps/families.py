@@ -48,7 +48,8 @@ def family_specs(families: Sequence[str | Family] | Mapping[str, Any] | None = N
             raise MedinterpError(f"knowledge_map: unknown concept family {f!r}; known: {list(CONCEPT_FAMILIES)} "
                                  "(or pass a Family / a mapping {row: {'concepts': ..., 'pairs': ...}})")
         spec = CONCEPT_FAMILIES[f]
-        out[f] = Family(f, concepts=spec["concepts"], pairs=spec["pairs"], label=f)
+        out[f] = Family(f, concepts=spec["concepts"], pairs=spec["pairs"], label=f,
+                        variants=tuple(spec.get("variants", ())))
     return out
 
 

@@ -239,13 +239,34 @@ def circular_progression(findings: Mapping[str, Any], alpha: float = 0.05,
     hold when none is above its null median (no more circular than a random stage order); else
     inconclusive. Without ``by_disease`` a single ``p`` can say "holds" or "inconclusive" only.
     """
-    got = _stat(findings, "progression", "progression_circularity")
     claim = "circular disease progression (Parkinson's, COPD)"
     name = "circular − linear stage order vs stage-permutation null"
-    if got is None:
+    forms = [(f, g[1]) for f in ("progression", "progression_plain")
+             if (g := _stat(findings, f, "progression_circularity")) is not None]
+    if not forms:
         return Finding(claim, UNSURE, name, detail="not measured")
-    s = got[1]
-    control = _control(s, "stage-permutation null")
+    verdicts, details = [], []
+    for form, s in forms:
+        verdict, detail = _circularity_verdict(s, alpha, named)
+        verdicts.append(verdict)
+        details.append(f"{form}: {detail}" if len(forms) > 1 or form != "progression" else detail)
+    s = forms[0][1]
+    by = s.get("by_disease")
+    if isinstance(by, Mapping) and by:
+        want = {_disease_key(n) for n in named}
+        names = [d for d in by if _disease_key(d) in want] or list(by)
+        value = float(np.mean([float(by[d].get("value", np.nan)) for d in names]))
+    else:
+        value = float(s["value"])
+    # every measured form (stage numbers, and the plain wording without them) must agree
+    verdict = verdicts[0] if len(set(verdicts)) == 1 else UNSURE
+    if verdict == UNSURE and len(set(verdicts)) > 1:
+        details.append("the forms disagree")
+    return Finding(claim, verdict, name, value, _ci(s), _control(s, "stage-permutation null"), "; ".join(details))
+
+
+def _circularity_verdict(s: Mapping[str, Any], alpha: float, named: Sequence[str]) -> tuple[str, str]:
+    """One form's verdict: Holm over the named diseases (holds / does not hold / inconclusive) and its detail."""
     by = s.get("by_disease")
     if isinstance(by, Mapping) and by:
         want = {_disease_key(n) for n in named}
@@ -255,13 +276,11 @@ def circular_progression(findings: Mapping[str, Any], alpha: float = 0.05,
         below = all(m is not None and np.isfinite(float(m)) and float(by[d].get("value", np.nan)) <= float(m)
                     for d, m in zip(names, med))
         verdict = HOLDS if (p <= alpha).all() else FAILS if below else UNSURE
-        detail = ", ".join(f"{d} p_holm = {pv:.3g}" for d, pv in zip(names, p))
-        value = float(np.mean([float(by[d].get("value", np.nan)) for d in names]))
-        return Finding(claim, verdict, name, value, _ci(s), control, detail)
+        return verdict, ", ".join(f"{d} p_holm = {pv:.3g}" for d, pv in zip(names, p))
     if s.get("p") is None:
-        return Finding(claim, UNSURE, name, float(s["value"]), _ci(s), control, "no p-value")
+        return UNSURE, "no p-value"
     p = float(s["p"])
-    return Finding(claim, HOLDS if p <= alpha else UNSURE, name, float(s["value"]), _ci(s), control, f"p = {p:.3g}")
+    return (HOLDS if p <= alpha else UNSURE), f"p = {p:.3g}"
 
 
 def drugs_by_specialty(findings: Mapping[str, Any]) -> Finding:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 from medinterp.errors import MedinterpError
 from medinterp.results import Result, _jsonable
 from medinterp.store import WorkDirLock, changed_files, file_checksums, fingerprint
+from medinterp.techniques import REGISTRY
 from medinterp.techniques.base import Family
 
 log = logging.getLogger("medinterp")
@@ -66,6 +67,10 @@ def job_fingerprint(model: Any, family: Family, technique: str, params: Mapping[
            "concepts": input_content(family.concepts), "pairs": input_content(family.pairs)}
     if run is not None:
         job["run"] = dict(run)
+    tech = REGISTRY.get(technique)
+    if tech is not None and tech.reads_variants and getattr(family, "variants", ()):  # only then: the other
+        # jobs keep their fingerprints (and saved results) when a row gains variants
+        job["variants"] = [input_content(v) for v in family.variants]
     return fingerprint(job, model=model)
 
 

@@ -89,7 +89,7 @@ def job_matrix(model: Any, fams: Mapping[str, Family], ctrl_fams: Mapping[str, F
     out += [Job(CONTROL, f, t, c, job_fingerprint(model, c, t, kw[t], run={"kind": CONTROL, "of": f}))
             for t in techniques for f, c in ctrl_fams.items() if c is not None]
     which = {"seed": twin_seed} if twin is None else {"twin": model_identity(twin)}  # a given twin: its identity
-    out += [Job(TWIN, f, t, dataclasses.replace(fams[f], name=fams[f].name + TWIN_SUFFIX),
+    out += [Job(TWIN, f, t, dataclasses.replace(fams[f], name=fams[f].name + TWIN_SUFFIX, variants=()),
                 job_fingerprint(model, fams[f], t, kw[t], run={"kind": TWIN, **which}))
             for t in techniques for f in fams]
     return out

@@ -461,7 +461,8 @@ def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> 
     value a dict noting its ``technique``). A failing decoration is logged and noted in the provenance.
 
     Keys the map itself reads (see :mod:`medinterp.maps.findings`): ``"findings"`` (statistics of the
-    findings table, merged across techniques), ``"block_criticality"`` (the strip shown once for all
+    findings table, merged across techniques), ``"findings_of"`` (``{concept set: statistics}`` of other
+    sets the run measured, e.g. a row's variants: stored as findings rows of those names), ``"block_criticality"`` (the strip shown once for all
     families), ``"attention"`` (attention views)."""
     for key, res in results.items():
         fam, t = key.rsplit("/", 1)
@@ -482,6 +483,12 @@ def _add_extras(model: Any, km: KnowledgeMap, results: Mapping[str, Result]) -> 
             km.provenance.setdefault("extras_failed", {})[key] = f"{type(e).__name__}: {e}"[:300]
             continue
         for name, value in extra.items():
+            if name == "findings_of" and isinstance(value, Mapping):  # statistics of other concept sets (a
+                # row's variants): findings rows of their own, beside the row's
+                found = km.extras.setdefault("findings", {})
+                for other, stats in value.items():
+                    found[str(other)] = {**(found.get(str(other)) or {}), **dict(stats)}
+                continue
             slot = km.extras.setdefault(name, {})
             if name == "findings" and isinstance(value, Mapping):  # several techniques may add statistics
                 slot[fam] = {**(slot.get(fam) or {}), **value}

@@ -69,6 +69,10 @@ class Family:
     concepts: Any = None
     pairs: Any = None
     label: str = ""
+    #: lexical-cue-free variants of the concept set (shipped names, e.g. ``age_words``) whose findings
+    #: statistics a technique that declares ``reads_variants`` adds to its result; the map sets them on the
+    #: model's own rows only (never on a control family or the random twin)
+    variants: tuple = ()
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -95,6 +99,9 @@ class Technique:
         extras_on_controls: ``extras`` also runs on the control-family and random-twin results (only its
             ``"findings"`` are kept there): True for a cheap extras that reads statistics from the result; leave
             False where extras runs the model (an attention view costs ~2-5 s a family on Gemma 3 270M).
+        reads_variants: its run reads :attr:`Family.variants` (the variants then enter its job fingerprint,
+            and its extras may return ``{"findings_of": {variant: {KEY: STAT}}}``, stored as findings rows of
+            their own).
     """
 
     name: str
@@ -106,6 +113,7 @@ class Technique:
     extras: Callable[[Any, "TechniqueResult"], dict[str, Any]] | None = None
     description: str = ""
     extras_on_controls: bool = False
+    reads_variants: bool = False
 
     def __post_init__(self) -> None:
         bad = [n for n in self.needs if n not in INPUTS]

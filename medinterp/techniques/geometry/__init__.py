@@ -63,7 +63,7 @@ model against its twin on the same prompts). Units are the CV groups (the age fo
 Layout: ``bootstrap`` (resampling weights, percentile CIs), ``metrics`` (the metric functions on
 numpy arrays), ``embedding`` (PCA, kNN, UMAP, alignment, worker pool), ``layer`` (label roles, all
 metrics of one layer), ``inference`` (the refit tests), ``result`` (:class:`GeometryResult`), ``run`` (:func:`geometry`,
-:func:`geometry_many`, the ``TECHNIQUE`` adapter). Figures: ``medinterp.viz.geometry``.
+:func:`geometry_many`), ``technique`` (the ``TECHNIQUE`` adapter, variants' findings). Figures: ``medinterp.viz.geometry``.
 
 Metric functions work on plain numpy arrays and are usable on their own; :func:`geometry` runs the
 whole pipeline for one concept set and :func:`geometry_many` for several sets with one shared pool of
@@ -126,14 +126,15 @@ from medinterp.techniques.geometry.questions import (
 )
 from medinterp.techniques.geometry.result import GeometryResult
 from medinterp.techniques.geometry.run import (
-    TECHNIQUE,
     ConstantLayerWarning,
     default_concept_sets,
     family_labels,
     family_matched,
-    geometry,
+    family_variants,
     geometry_many,
+    variant_findings,
 )
+from medinterp.techniques.geometry.technique import TECHNIQUE, geometry
 
 #: The shipped concept sets that feed geometry (0.1.0 name; see :func:`default_concept_sets`).
 SHIPPED_GEOMETRY_SETS = tuple(default_concept_sets())
@@ -156,6 +157,8 @@ __all__ = [
     "default_concept_sets",
     "family_labels",
     "family_matched",
+    "family_variants",
+    "variant_findings",
     "probe_unit_scores",
     "ridge_unit_scores",
     "template_centre",

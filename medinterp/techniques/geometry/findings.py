@@ -43,12 +43,16 @@ def _at_mid(rows, mid: int | None = None) -> dict[str, Any] | None:
     return out
 
 
-def findings_extras(model: Any, res: GeometryResult) -> dict[str, Any]:
-    """``{"findings": {...}}`` for the map (see :mod:`medinterp.maps.findings` for the keys)."""
+def findings_extras(model: Any, res: GeometryResult, mid: int | None = None) -> dict[str, Any]:
+    """``{"findings": {...}}`` for the map (see :mod:`medinterp.maps.findings` for the keys), plus
+    ``{"findings_of": {variant: {...}}}`` where the run measured the set's variants.
+
+    ``mid``: the block read as mid depth (default: ``n_layers // 2`` from the result's layers; give it when
+    the result holds a subset of the layers)."""
     del model  # the statistics are in the result
     space = "span" if res.table is not None and (res.table["space"] == "span").any() else None
     out: dict[str, Any] = {}
-    age = _at_mid(_rows(res, "age_jump", space))
+    age = _at_mid(_rows(res, "age_jump", space), mid)
     if age is not None:  # p = the 17→18 step's percentile p among all two-digit steps
         age["control"] = f"all two-digit a→a+1 steps, layer {age['layer']} (mid depth)"
         out["age_step_ratio"] = age
@@ -56,7 +60,7 @@ def findings_extras(model: Any, res: GeometryResult) -> dict[str, Any]:
     if circ is not None and len(circ):
         by = {}
         for dname, rows in circ.groupby("group"):
-            d = _at_mid(rows)
+            d = _at_mid(rows, mid)
             if d is not None and np.isfinite(d["value"]):
                 r = rows[rows["layer"] == d["layer"]].iloc[0]
                 by[str(dname)] = {"value": d["value"], "p": d.get("p", float("nan")),
@@ -69,7 +73,8 @@ def findings_extras(model: Any, res: GeometryResult) -> dict[str, Any]:
     diff = _rows(res, "labelling_excess_diff", space)
     if diff is not None and len(diff):
         a, b = str(diff["label"].iloc[0]).split("-", 1)
-        d = _at_mid(diff, int(res.table.loc[res.table["layer"] >= 0, "layer"].max() + 1) // 2)  # stored at mid only
+        d = _at_mid(diff, mid if mid is not None else
+                    int(res.table.loc[res.table["layer"] >= 0, "layer"].max() + 1) // 2)  # stored at mid only
         if d is not None and "mechanism" in a and "specialty" in b:  # stored as mechanism − specialty
             d = {"value": -d["value"], "ci_low": -d.get("ci_high", np.nan), "ci_high": -d.get("ci_low", np.nan),
                  "p": 1 - d["p"] if "p" in d else np.nan, "layer": d["layer"]}
@@ -88,4 +93,7 @@ def findings_extras(model: Any, res: GeometryResult) -> dict[str, Any]:
             if np.isfinite(lo).all() and np.isfinite(hi).all():  # item-bootstrap CIs (participation ratio)
                 out[key].update(per_layer_low=lo.tolist(), per_layer_high=hi.tolist(),
                                 control="first and last layer, control family and random twin (item-bootstrap CIs)")
-    return {"findings": out} if out else {}
+    extra: dict[str, Any] = {"findings": out} if out else {}
+    if getattr(res, "variant_findings", None):
+        extra["findings_of"] = {str(k): dict(v) for k, v in res.variant_findings.items() if v}
+    return extra

@@ -65,6 +65,8 @@ class GeometryResult(TechniqueResult):
             primary labelling; NaN for a continuous one), see :mod:`medinterp.covariates`.
         findings: the family questions that are not per-layer rows (lexical baseline summaries, age steps
             per layer, progression's lexical floor).
+        variant_findings: ``{variant set: {KEY: STAT}}``: the findings statistics (mid depth only) of the
+            set's lexical-cue-free variants (``variants=True``: e.g. ``age_words``), read by the map's findings rules.
         warnings: named warnings of the run (e.g. a constant layer whose metrics are NaN).
         params, timings, provenance: how it was run.
 
@@ -102,6 +104,7 @@ class GeometryResult(TechniqueResult):
     covariates: np.ndarray | None = None
     covariate_names: list = dataclasses.field(default_factory=list)
     findings: dict = dataclasses.field(default_factory=dict)
+    variant_findings: dict = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     def _after_load(self) -> None:

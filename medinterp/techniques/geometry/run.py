@@ -1,7 +1,7 @@
 """The geometry pipeline: inputs → per-layer jobs (UMAP + metrics) → :class:`GeometryResult`.
 
 :func:`geometry` runs one concept set and :func:`geometry_many` several sets with one shared pool of
-UMAP workers; ``TECHNIQUE`` is the registry adapter the knowledge map runs.
+UMAP workers; ``TECHNIQUE`` (:mod:`~medinterp.techniques.geometry.technique`) is the adapter the map runs.
 
 Which labellings get a silhouette: ``labels=`` when given; else, for a set whose name is a concept
 set of :data:`medinterp.concepts.CONCEPT_FAMILIES`, the categorical ones among that family's
@@ -31,7 +31,6 @@ from medinterp.activations import ActivationSet, collect_activations, collect_re
 from medinterp.concepts import CONCEPT_FAMILIES, load_concepts
 from medinterp.errors import MedinterpError
 from medinterp.results import make_provenance
-from medinterp.techniques.base import Technique
 from medinterp.techniques.geometry.embedding import (
     _align_2d,
     _embed_layer_inner,
@@ -43,6 +42,7 @@ from medinterp.covariates import to_matrix
 from medinterp.techniques.geometry.headline import HeadlineInput, HeadlineOutput, headline
 from medinterp.techniques.geometry.contrast import structure_covariates
 from medinterp.techniques.geometry.layer import TABLE_COLUMNS, LabelSpec, _present, layer_metrics
+from medinterp.techniques.geometry.findings import findings_extras
 from medinterp.techniques.geometry.result import GeometryResult
 
 #: The role labels, by name (see the module docstring).
@@ -370,6 +370,7 @@ def geometry(
     k_anisotropy: int = 20,
     jump: tuple[float, float] = (17, 18),
     n_jobs: int = 1,
+    variants: bool = False,
     progress: bool = True,
 ) -> GeometryResult:
     """Activation geometry of one concept set, per layer (METHOD.md §1).
@@ -413,6 +414,10 @@ def geometry(
         k_anisotropy: neighbours for local anisotropy (paper: 20).
         jump: the consecutive ages whose step is compared to the median step.
         n_jobs: worker processes for UMAP (1 = in this process).
+        variants: also run the set's lexical-cue-free variants (CONCEPT_FAMILIES ``variants``: ``age_words``
+            for age, ``progression_plain`` for progression) at mid depth only (the forward stops there) and
+            keep their findings statistics in ``result.variant_findings`` (the findings rules test the age jump
+            and circularity on both forms). Needs ``model``.
         progress: show progress bars.
 
     Returns:
@@ -469,7 +474,8 @@ def geometry_many(model: Any, concepts: Sequence[Any], *, activations: Sequence[
                       matched_labels=list(p["matched_labels"]) if p["matched_labels"] else None,
                       **{k: p[k] for k in ("include_embed", "n_components", "n_neighbors", "min_dist", "metric",
                                            "pca", "n_epochs", "seed", "n_perm", "n_boot", "ci", "k_anisotropy")},
-                      jump=list(p["jump"]), n_jobs=p["n_jobs"], labels=list(p["labels"]) if p["labels"] else None)
+                      jump=list(p["jump"]), n_jobs=p["n_jobs"], labels=list(p["labels"]) if p["labels"] else None,
+                      variants=bool(p["variants"]))
     preps = [
         _prepare(model, c, activations[i] if activations is not None else None, labels=p["labels"],
                  positions=positions, templates=p["templates"], include_embed=p["include_embed"],
@@ -495,6 +501,8 @@ def geometry_many(model: Any, concepts: Sequence[Any], *, activations: Sequence[
                         n_boot=p["n_boot_items"], n_null=p["n_null"], ci=p["ci"], seed=p["seed"],
                         jump=tuple(p["jump"]))
         res = _finish(pr, chunk, head, model, run_params)
+        if p["variants"] and model is not None:
+            res.variant_findings = variant_findings(model, pr.name, p)
         if p["paper"]:
             res.timings["layers_wall_all_sets_s"] = t_wall
         results.append(res)
@@ -522,53 +530,30 @@ def _headline_input(pr: _Prepared, matched_labels: Sequence[str] | None) -> Head
                          scored=pr.scored, matched=matched, age=age, disease=disease, stage=stage)
 
 
-# ============================================================================ technique contract
-def _run_family(model: Any, family: Any, *, progress: bool = True, **params: Any) -> GeometryResult:
-    return geometry(model, family.concepts, progress=progress, **params)
+def family_variants(set_name: Any) -> list[str]:
+    """The lexical-cue-free variants CONCEPT_FAMILIES lists for the concept set ``set_name`` ([] if none)."""
+    if not isinstance(set_name, str):
+        return []
+    return [v for fam in CONCEPT_FAMILIES.values() if fam["concepts"] == set_name for v in fam.get("variants", ())]
 
 
-def _run_families(model: Any, families: Sequence[Any], *, progress: bool = True, on_result: Any = None,
-                  **params: Any) -> list[GeometryResult]:
-    """Several families: one shared UMAP worker pool when UMAP metrics are asked for (``paper=True``);
-    otherwise nothing is shared, so each family runs (and is handed to ``on_result``) as it finishes."""
-    if params.get("paper"):
-        out = geometry_many(model, [f.concepts for f in families], progress=progress, **params)
-        for i, res in enumerate(out):
-            if on_result is not None:
-                on_result(i, res)
-        return out
-    out = []
-    for i, fam in enumerate(families):
-        out.append(geometry(model, fam.concepts, progress=progress, **params))
-        if on_result is not None:
-            on_result(i, out[-1])
+def variant_findings(model: Any, set_name: str, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The findings statistics of each variant of ``set_name``, read at mid depth only.
+
+    Each variant runs the same headline as its set (same parameters) on block ``n_layers // 2`` alone, the
+    layer :func:`~medinterp.techniques.geometry.findings.findings_extras` reads every layer-wise question at,
+    so the forward stops there, on its first ``min_templates`` templates. Per-layer statistics (collapse) are
+    dropped: one layer cannot show a dip.
+    """
+    mid = int(model.cfg.n_layers) // 2
+    # the set's own minimum of templates (a time budget: ~25 s for age_words and progression_plain on Gemma 3
+    # 270M, where all templates would take ~40 s; the full map's README budget has no room for more)
+    n_tpl = max(int(params.get("min_templates") or 4), 1)
+    q = {**params, "variants": False, "layers": [mid], "include_embed": False, "paper": False,
+         "labels": None, "matched_labels": None, "templates": list(range(n_tpl)), "max_prompts": None}
+    out: dict[str, dict[str, Any]] = {}
+    for name in family_variants(set_name):
+        res = geometry_many(model, [name], **q)[0]
+        found = findings_extras(model, res, mid=mid).get("findings", {})
+        out[name] = {k: stat for k, stat in found.items() if "per_layer" not in stat}
     return out
-
-
-from medinterp.techniques.geometry.findings import findings_extras  # noqa: E402
-
-TECHNIQUE = Technique(
-    name="geometry",
-    run_fn=_run_family,
-    run_many_fn=_run_families,
-    presets={
-        # headline only (no UMAP): template-centred span + final-token reads, item-grouped probes
-        # (the embedding output, layer -1, is read so that the map can report what a block adds over it;
-        # it is not a block: the map's curve never reads it)
-        # max_prompts: the time budget, in templates per item (full: drugs 6 of 9 templates, age 5, the rest
-        # all; quick, a first look: one frame per item, every item, so no template-centring)
-        "full": {"paper": False, "include_embed": True, "max_prompts": 1000, "min_templates": 4,
-                 "n_boot_items": 1000, "n_null": 1000},
-        "quick": {"paper": False, "include_embed": True, "max_prompts": 100, "min_templates": 1,
-                  "n_boot_items": 1000, "n_null": 1000},
-    },
-    needs=("concepts",),
-    interval_rule="rise",
-    extras=findings_extras,
-    extras_on_controls=True,  # statistics read from the result: the findings compare control and twin
-    description="activation geometry per layer: item-grouped linear probe on template-centred item reads "
-                "(+ lexical baseline, silhouette, collapse, age step, progression order)",
-)
-
-#: :func:`geometry` with ``preset="quick"|"full"``: the map's geometry cell, from the API
-geometry = TECHNIQUE.with_presets(geometry)
