@@ -139,9 +139,9 @@ def _run_map(a: dict, planned: list[str], work: Path) -> None:
                            merge_only=a["merge"])
     except KeyboardInterrupt:
         n = len(set(saved_jobs(work)) & set(planned))
-        of = (f"at most {len(planned)} (random-twin jobs that cannot change the map are not run)" if controls
-              else str(len(planned)))
-        print(f"\ninterrupted: {n} of {of} jobs are saved in {work}; run the same command again to resume "
+        of = (f"{n} of at most {len(planned)} jobs are saved in {work} (random-twin jobs that cannot change the "
+              "map are not run)" if controls else f"{n} of {len(planned)} jobs are saved in {work}")
+        print(f"\ninterrupted: {of}; run the same command again to resume "
               "(saved jobs are loaded, not recomputed)", file=sys.stderr)
         raise typer.Exit(130) from None
     from medinterp.cli._map_output import finish_map

@@ -32,8 +32,9 @@ def saliency_cmd(
     chat_template: ChatTemplateOpt = False,
     preset: PresetOpt = "quick",
 ) -> None:
-    """Gradient of -log p(answer | prompt) w.r.t. every weight; mean |grad| per block (attention, MLP,
-    combined), variants |grad*w| and ||grad||/||w||, bootstrap CIs over prompts.
+    """Gradient of -log p(answer | prompt) w.r.t. every weight, per block (attention, MLP, combined): the
+    curve is the block's share of sum |grad*w| (also kept: mean |grad| and ||grad||/||w||), bootstrap CIs over
+    prompts.
 
     Writes OUT/manifest.json, OUT/arrays.safetensors, OUT/table.csv (per-layer table) and OUT/saliency.html.
     """

@@ -46,6 +46,14 @@ EXACT_COVARIATES: tuple[str, ...] = ("subject_tokens", "n_classes", "items_per_c
 MAX_SMD = 0.25
 
 
+
+def _var(x: np.ndarray) -> float:
+    """Sample variance of the finite values (0 with fewer than two: no spread to scale by, and no numpy
+    "degrees of freedom" warning on the user's terminal)."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return float(np.var(x, ddof=1)) if len(x) > 1 else 0.0
+
 def smd(a: Sequence[float], b: Sequence[float], scale: float | None = None) -> float:
     """Standardized mean difference ``(mean(a) - mean(b)) / sqrt((var(a) + var(b)) / 2)`` (ddof 1).
 
@@ -189,8 +197,7 @@ def match_units(
     # items with a missing covariate cannot be matched on it: left out
     mok = np.all([np.isfinite(mcov[k]) for k in names], axis=0)
     cok = np.all([np.isfinite(ccov[k]) for k in names], axis=0)
-    sd = {k: np.sqrt((np.nanvar(mcov[k], ddof=1) + np.nanvar(ccov[k], ddof=1)) / 2) if len(mids) > 1 and len(cids) > 1
-          else 0.0 for k in cont}
+    sd = {k: np.sqrt((_var(mcov[k]) + _var(ccov[k])) / 2) if len(mids) > 1 and len(cids) > 1 else 0.0 for k in cont}
     mkey = [tuple(int(round(mcov[k][i])) for k in ex) if mok[i] else None for i in range(len(mids))]
     ckey = [tuple(int(round(ccov[k][j])) for k in ex) if cok[j] else None for j in range(len(cids))]
     # k control items per medical item where the control family is k times larger (power is kept; the

@@ -90,8 +90,12 @@ def job_dir(work_dir: str | os.PathLike, family: str, technique: str) -> Path:
     return Path(work_dir) / _safe_dirname(family) / technique
 
 
-def _load_finished(rdir: Path | None, fp: str, key: str) -> Result | None:
-    """The saved result of the same job, or None (absent, other inputs, or unreadable: recomputed)."""
+def _load_finished(rdir: Path | None, fp: str, key: str, *, quiet: bool = False) -> Result | None:
+    """The saved result of the same job, or None (absent, other inputs, or unreadable: recomputed).
+
+    ``quiet``: a second look at a job already looked at (after claiming it): why it is recomputed was said
+    the first time, so it is logged at debug level only."""
+    warn = log.debug if quiet else log.warning
     if rdir is None or not (rdir / "manifest.json").is_file():
         return None
     try:
@@ -104,18 +108,18 @@ def _load_finished(rdir: Path | None, fp: str, key: str) -> Result | None:
                  key, rdir, saved, fp)
         return None
     if not isinstance(files, dict) or not files:
-        log.warning("%s: saved result in %s has no file checksums (saved before they were recorded), so it "
+        warn("%s: saved result in %s has no file checksums (saved before they were recorded), so it "
                     "cannot be verified; recomputing", key, rdir)
         return None
     bad = changed_files(rdir, files)
     if bad:
-        log.warning("%s: saved result in %s was changed after it was saved (%s edited, truncated or missing); "
+        warn("%s: saved result in %s was changed after it was saved (%s edited, truncated or missing); "
                     "recomputing", key, rdir, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
         return None
     try:
         return Result.load(rdir)
     except MedinterpError as e:
-        log.warning("%s: saved result in %s does not load (%s); recomputing", key, rdir, e)
+        warn("%s: saved result in %s does not load (%s); recomputing", key, rdir, e)
         return None
 
 

@@ -151,7 +151,7 @@ def _claim(work: Path | None, fam: Family, t: str, fp: str, rerun: bool, claims:
         busy[key] = c
         return False
     claims[key] = c
-    res = None if rerun else _load_finished(job_dir(work, fam.name, t), fp, f"{fam.name}/{t}")
+    res = None if rerun else _load_finished(job_dir(work, fam.name, t), fp, f"{fam.name}/{t}", quiet=True)
     if res is not None:  # another process saved it between our look and our claim: reuse, never rerun
         loaded[key] = res
         claims.pop(key).release()

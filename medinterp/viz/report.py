@@ -18,7 +18,7 @@ from medinterp.maps.findings import PAPER, block_criticality, findings_table
 from medinterp.maps.synthesis import _ranges_text
 from medinterp.viz.html import escape
 from medinterp.viz.html import figure_div, page, provenance_block
-from medinterp.viz.style import num
+from medinterp.viz.style import num, short_note
 
 if TYPE_CHECKING:  # pragma: no cover
     from medinterp.maps import KnowledgeMap
@@ -288,8 +288,10 @@ def render_report(
             parts.append("<p class='note'>Curve: " + "; ".join(f"{escape(km.label(c))}: {escape(v)}" for c, v in names.items()) + ".</p>")
         else:
             parts.append(f"<p class='note'>Curve: {escape(km.curve_name(t))}.</p>")
-        if not any(km.status[c].get(t) == "ok" for c in km.concepts):
-            parts.append("<p class='missing'>Not run for any concept.</p>")
+        if not any(km.status[c].get(t) == "ok" for c in km.concepts):  # ran, or not: say which, per concept
+            why = "; ".join(f"{escape(km.label(c))}: {escape(short_note(str(km.status[c].get(t) or 'not run'), 90))}"
+                            for c in km.concepts)
+            parts.append(f"<p class='missing'>No concept has a curve for this technique ({why}).</p>")
             continue
         cf = control_curves_figure(km, t)
         if cf is not None:

@@ -29,6 +29,14 @@ def test_every_command_has_help(command):
     assert "Usage" in result.output
 
 
+def test_help_describes_the_curves_the_map_draws():
+    """The saliency help names the curve the map reads (the block's share of sum |grad*w|), not the 0.1 metric."""
+    top = runner.invoke(app, ["--help"], terminal_width=200).output
+    sal = " ".join(runner.invoke(app, ["saliency", "--help"], terminal_width=200).output.split())
+    assert "mean |grad| per block" not in top + sal
+    assert "share of sum |grad*w|" in sal
+
+
 def test_models_lists_builtins():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0

@@ -172,3 +172,31 @@ def test_findings_rows_say_a_missing_ci_in_words_never_nan():
     assert "not measured" in Finding("c", "inconclusive", "s", float("nan")).as_row()[2]
     m = ModelContrast("c", "s", "A", "B", 1.0, 2.0, -1.0, (float("nan"), 0.5))
     assert not any(NAN_WORD.search(x) for x in m.as_row())
+
+
+def test_a_technique_with_no_curve_says_why_per_concept_not_that_it_never_ran():
+    """A technique that ran but has no curve anywhere (e.g. the model knows none of the pairs) is not "not run":
+    the report says, per concept, what its cell says."""
+    from medinterp.viz.report import render_report
+
+    km = KnowledgeMap.from_curves(
+        {"a": {"lesion": np.arange(L, dtype=float)}, "b": {"lesion": np.arange(L, dtype=float)}},
+        techniques=["lesion", "patching"], rules={"lesion": "percentile", "patching": "percentile"}, window=2)
+    km.status["a"]["patching"] = "not known: 0 of 9 valid pairs known"
+    km.status["b"]["patching"] = "not run: no pairs"
+    html = render_report(km)
+    assert "Not run for any concept" not in html
+    assert "No concept has a curve for this technique" in html and "0 of 9 valid pairs known" in html
+
+
+def test_balance_of_a_single_control_item_warns_nothing():
+    """One finite covariate value in a group has no sample variance: no numpy warning reaches the user's terminal."""
+    import warnings
+
+    from medinterp.maps.balance import match_units
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = match_units({"prompt_len": np.array([10.0, 11, 12])}, ["x", "y", "z"],
+                        {"prompt_len": np.array([10.0, np.nan])}, ["c", "d"])  # one finite value
+    assert not b.comparable

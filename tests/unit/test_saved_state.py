@@ -84,6 +84,7 @@ def test_a_changed_saved_result_is_recomputed_with_a_log_line(tiny, toy, tmp_pat
         _map(tiny, work)
     assert toy == ["age", "drugs", "drugs"]
     assert "drugs/toy_saved: saved result in" in caplog.text and "was changed after it was saved" in caplog.text
+    assert caplog.text.count("was changed after it was saved") == 1  # said once, not again when claimed
     assert json.loads((d / "manifest.json").read_text())["fields"]["concept_set"] == "drugs"  # saved again
 
 
