@@ -111,11 +111,14 @@ def map_cmd(
         shard_ij = parse_shard(shard) if shard is not None else None  # noqa: F841 (read by run_scaled)
         run_scaled(locals(), work)  # shards and workers claim jobs, not the whole work dir
         return
+    existed = work.exists()
     lock = WorkDirLock(work).acquire()  # a second run on this work dir stops here, before the model loads
     try:
         _run_map(locals(), planned, work)
     finally:
         lock.release()
+        if not existed and work.is_dir() and not any(work.iterdir()):  # nothing saved (e.g. the model did not
+            work.rmdir()  # load): leave no empty work dir behind
 
 
 def _run_map(a: dict, planned: list[str], work: Path) -> None:

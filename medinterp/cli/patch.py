@@ -60,11 +60,17 @@ def patch_cmd(
     if max_pairs is not None and max_pairs < 0:
         raise MedinterpError(f"--max-pairs {max_pairs}: expected a number >= 0 (0 = all)")
     from medinterp.techniques import REGISTRY
+    from medinterp.concepts.pairs import contradictions
     from medinterp.techniques.patching import spread_pairs
 
     if max_pairs is None:  # quick: the quick map's pair count; full and none: every pair
         max_pairs = REGISTRY["patching"].presets["quick"].get("max_pairs") if preset == "quick" else None
     pair_data = pair_set(pairs)
+    bad = contradictions(pair_data) if on_bad == "raise" else []
+    if bad:  # found on the text: no need to load the model first
+        raise MedinterpError(f"{pairs}: {len(bad)} group(s) of contradictory pairs (patching would average opposite "
+                             f"targets): {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; fix the file or pass "
+                             "--drop-bad to drop them")
     total = len(pair_data)
     pair_data = spread_pairs(pair_data, max_pairs or None)
     per_pair = _positions_per_pair(pair_data, pos)

@@ -377,6 +377,30 @@ class _Tok:
         return [str(t) for t in self.tok.convert_ids_to_tokens(ids)]
 
 
+def contradictions(pairs: Any) -> list[str]:
+    """The pairs of a pair set that share clean and corrupted prompts but not answers, one sentence each (the
+    same rule tokenizing applies, checked on the text alone, so before any model loads).
+
+    Example:
+        >>> from types import SimpleNamespace as P
+        >>> contradictions([P(clean="a", corrupted="b", clean_answer=" x", corrupted_answer=" y", line=2),
+        ...                 P(clean="a", corrupted="b", clean_answer=" y", corrupted_answer=" x", line=5)])
+        ["line 2 and line 5: the same clean and corrupted prompts with other answers (' x' / ' y' vs ' y' / ' x')"]
+    """
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for k, p in enumerate(pairs):
+        groups.setdefault((p.clean, p.corrupted), []).append((k, p))
+    out = []
+    for rows in groups.values():
+        answers = list(dict.fromkeys((p.clean_answer, p.corrupted_answer) for _, p in rows))
+        if len(answers) < 2:
+            continue
+        where = " and ".join(f"line {p.line}" if getattr(p, "line", None) else f"pair {k}" for k, p in rows)
+        said = " vs ".join(f"{a!r} / {b!r}" for a, b in answers)
+        out.append(f"{where}: the same clean and corrupted prompts with other answers ({said})")
+    return out
+
+
 def _drop_contradictions(valid: list, ids: list, lens: list, toks: list, dropped: list, dropped_index: list) -> None:
     """Move every otherwise valid pair whose clean and corrupted prompts another valid pair has with other
     answers to ``dropped`` (in place, pair order kept): patching them would average opposite targets."""

@@ -163,3 +163,38 @@ def test_cli_imports_no_private_name():
                     continue
                 bad += [f"{f.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert bad == []
+
+
+def test_patch_rejects_contradictory_pairs_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    _no_model(monkeypatch)
+    f = tmp_path / "dup.yaml"
+    f.write_text("name: dup\nkind: pairs\npairs:\n"
+                 "  - {clean: The patient has angina, corrupted: The patient has asthma, clean_answer: ' aspirin', "
+                 "corrupted_answer: ' insulin'}\n"
+                 "  - {clean: The patient has angina, corrupted: The patient has asthma, clean_answer: ' insulin', "
+                 "corrupted_answer: ' aspirin'}\n"
+                 "  - {clean: The patient has fever, corrupted: The patient has cough, clean_answer: ' aspirin', "
+                 "corrupted_answer: ' insulin'}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["patch", "--pairs", str(f), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert e.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "contradictory pairs" in err and "line 4 and line 5" in err and "--drop-bad" in err and "Traceback" not in err
+
+
+def test_map_whose_model_fails_to_load_leaves_no_empty_work_dir(monkeypatch, tmp_path, capsys):
+    import medinterp.models
+    from medinterp.errors import MedinterpError
+
+    def fail(spec, **k):
+        raise MedinterpError(f"{spec}: no such model")
+
+    monkeypatch.setattr(medinterp.models, "load_model", fail)
+    with pytest.raises(SystemExit) as e:
+        main(["map", "--model", "nowhere", "--quick", "--out", str(tmp_path / "r.html"), "--no-progress"])
+    assert e.value.code == 2 and "nowhere: no such model" in capsys.readouterr().err
+    assert not (tmp_path / "r.work").exists()
+    (tmp_path / "kept.work").mkdir()  # a work dir the user made (or an earlier run left) is never removed
+    with pytest.raises(SystemExit):
+        main(["map", "--model", "nowhere", "--quick", "--out", str(tmp_path / "kept.html"), "--no-progress"])
+    assert (tmp_path / "kept.work").is_dir()
