@@ -200,3 +200,15 @@ def test_balance_of_a_single_control_item_warns_nothing():
         b = match_units({"prompt_len": np.array([10.0, 11, 12])}, ["x", "y", "z"],
                         {"prompt_len": np.array([10.0, np.nan])}, ["c", "d"])  # one finite value
     assert not b.comparable
+
+
+def test_pca_of_a_constant_layer_warns_nothing():
+    """A layer where every prompt gives one vector reduces to zeros, with no sklearn 0/0 warning on the terminal."""
+    import warnings
+
+    from medinterp.techniques.geometry.concept import reduce
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Z = reduce(np.ones((200, 80)), 16)
+    assert Z.shape == (200, 16) and np.allclose(Z, 0)

@@ -80,8 +80,10 @@ def reduce(X: Float[np.ndarray, "n d"], pca_dims: int | None, seed: int = 0) -> 
     k = min(pca_dims, n - 1) if n <= pca_dims else pca_dims
     if k < 1:
         return X
-    if n > d:
-        return PCA(n_components=k, random_state=seed, svd_solver="covariance_eigh").fit_transform(X)
+    if n > d:  # a layer where every prompt gives one vector (total variance 0) only makes sklearn's explained-
+        # variance ratio 0/0, which nothing here reads: no warning on the user's terminal for it
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return PCA(n_components=k, random_state=seed, svd_solver="covariance_eigh").fit_transform(X)
     Xc = X - X.mean(0)
     w, U = np.linalg.eigh(Xc @ Xc.T)  # ascending
     w, U = w[::-1][:k], U[:, ::-1][:, :k]
