@@ -68,8 +68,8 @@ def patch_cmd(
     pair_data = pair_set(pairs)
     bad = contradictions(pair_data) if on_bad == "raise" else []
     if bad:  # found on the text: no need to load the model first
-        raise MedinterpError(f"{pairs}: {len(bad)} group(s) of contradictory pairs (patching would average opposite "
-                             f"targets): {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; fix the file or pass "
+        raise MedinterpError(f"{pairs}: {len(bad)} group(s) of pairs with contradictory answers (patching would average "
+                             f"opposite targets): {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; fix the file or pass "
                              "--drop-bad to drop them")
     total = len(pair_data)
     pair_data = spread_pairs(pair_data, max_pairs or None)

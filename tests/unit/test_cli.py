@@ -179,7 +179,7 @@ def test_patch_rejects_contradictory_pairs_before_the_model_loads(monkeypatch, t
         main(["patch", "--pairs", str(f), "--out", str(tmp_path / "o"), "--no-progress"])
     assert e.value.code == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "contradictory pairs" in err and "line 4 and line 5" in err and "--drop-bad" in err and "Traceback" not in err
+    assert "contradictory answers" in err and "line 4 and line 5" in err and "--drop-bad" in err and "Traceback" not in err
 
 
 def test_map_whose_model_fails_to_load_leaves_no_empty_work_dir(monkeypatch, tmp_path, capsys):

@@ -759,7 +759,9 @@ def test_crossfit_means_exclude_own_prompts(rot):
         others = [q for q, f in zip(prompts, fold) if f != fold[i]]
         assert p not in others
         alone = lesion(rot, [p], modes=["block_mean", "mlp_mean", "attn_mean"], reference=others, **kw)
-        np.testing.assert_allclose(res.metrics[i], alone.metrics[0], rtol=1e-5, atol=1e-6)
+        # float32, a batch of 5 vs one prompt: ~2e-6 apart on some CPUs; a leak of the prompt's own activations
+        # into its mean moves the metric by > 1e-3 (below)
+        np.testing.assert_allclose(res.metrics[i], alone.metrics[0], rtol=1e-5, atol=1e-5)
     # the prompt's own activations would make a mean ablation of a one-prompt reference a no-op; cross-fitted it is not
     own = lesion(rot, [prompts[1]], modes=["block_mean"], reference=[prompts[1]], **kw)
     assert np.abs(own.values("logp_drop", "block_mean")).max() < 1e-4
